@@ -1,0 +1,271 @@
+"""Campaign configuration: one TOML file validated with pydantic.
+
+Every field has a default, so a campaign needs no file at all (``medloop demo``).
+Unknown keys and wrong types are errors that name the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CLASSES_DEFAULT = ["normal", "benign", "malignant"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where images come from and how they are split."""
+
+    source: Literal["synthetic", "busi", "generic"] = Field(
+        "synthetic", description="dataset format: synthetic phantoms, BUSI layout or images/+masks/+labels.csv"
+    )
+    path: str | None = Field(None, description="dataset root for busi / generic (ignored for synthetic)")
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES_DEFAULT), description="class names, in label order")
+    image_size: int = Field(64, ge=16, le=1024, description="side of the square image the model sees (pixels)")
+    channels: int = Field(1, ge=1, le=3, description="1 (grey) or 3 (RGB) input channels")
+    n_samples: int = Field(240, ge=6, description="synthetic: number of phantoms to generate")
+    class_mix: list[float] = Field(default_factory=lambda: [0.2, 0.5, 0.3], description="synthetic: class proportions")
+    difficulty: float = Field(0.3, ge=0.0, le=1.0, description="synthetic: 0 = classes well apart, 1 = heavy overlap")
+    split: list[float] = Field(default_factory=lambda: [0.7, 0.15, 0.15], description="train / val / test fractions")
+    unlabeled_fraction: float = Field(
+        0.8, ge=0.0, lt=1.0, description="fraction of the train split moved to the unlabeled pool (labels kept hidden)"
+    )
+    seed: int = Field(0, description="seed for generation and splits")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError("data.split: expected three fractions (train, val, test) that sum to 1")
+        if len(self.class_mix) != len(self.classes):
+            raise ValueError("data.class_mix: expected one proportion per class in data.classes")
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValueError("data.classes: expected at least two distinct class names")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which joint model to train (by registry name) and its size."""
+
+    name: str = Field("mtunet", description="mtunet | jrl | mttu | tim_upa | uml")
+    width: int = Field(16, ge=4, description="channels of the first encoder level")
+    depth: int = Field(4, ge=2, le=6, description="number of down-sampling levels")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="MC-dropout rate")
+    dropout_placement: list[str] = Field(
+        default_factory=lambda: ["decoder", "classifier"], description="where dropout sits: bottleneck, decoder, classifier"
+    )
+    cls_head: Literal["softmax", "evidential"] = Field("softmax", description="classification head")
+    seg_head: Literal["softmax", "evidential"] = Field("softmax", description="segmentation head")
+    weights: str | None = Field(None, description="optional local weights file (.pt) to start from")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra model options passed to the builder")
+
+
+class UncertaintyConfig(_Section):
+    """How uncertainty is estimated on the pool."""
+
+    method: Literal["mc_dropout", "evidential", "both"] = Field("mc_dropout", description="estimator")
+    mc_passes: int = Field(10, ge=2, le=100, description="T, MC-dropout passes (seed 002: T = 10)")
+    boundary_band: int = Field(3, ge=0, description="pixels around the predicted lesion counted in the lesion uncertainty")
+
+
+class SelectionConfig(_Section):
+    """Pseudo-label policy and the annotation queue."""
+
+    policy: str = Field("ups", description="pseudo-label policy: pl | cpl | ups")
+    tau_c: float = Field(0.9, ge=0.0, le=1.0, description="confidence threshold (seed 002 Eq. 19)")
+    tau_u: float = Field(0.05, ge=0.0, description="uncertainty threshold on the chosen measure (seed 002 Eq. 19)")
+    measure: Literal["std", "entropy", "mutual_info", "vacuity"] = Field("std", description="uncertainty measure for UPS")
+    class_balance: bool = Field(True, description="selected pseudo-labels follow the human class ratio")
+    pixel_tau_u: float = Field(0.1, ge=0.0, description="pixels with uncertainty above this become 'ignore' in pseudo-masks")
+    mask_gate: float = Field(0.05, ge=0.0, description="a pseudo-mask is used only if its mean pixel uncertainty is below this")
+    acquisition: str = Field(
+        "entropy", description="entropy | bald | margin | vacuity | seg_uncertainty | hybrid | random"
+    )
+    hybrid_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: weight of the class term (1 - w on segmentation)")
+    budget: int = Field(16, ge=0, description="cases sent to annotators per round")
+    diversity: bool = Field(False, description="k-center greedy on embeddings among the top candidates")
+    audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fraction of accepted pseudo-labels also queued, flagged")
+    max_ece: float = Field(0.25, ge=0.0, le=1.0, description="calibration gate: above this validation ECE, no pseudo-labels")
+    min_new_labels: int = Field(0, ge=0, description="trigger: run only when this many new human labels arrived")
+    stop_patience: int = Field(3, ge=1, description="stop when validation has not improved for this many rounds")
+    seed: int = Field(0, description="seed for random acquisition and audits")
+
+
+class LabelingConfig(_Section):
+    """Label Studio connection and project."""
+
+    enabled: bool = Field(False, description="push to / sync from Label Studio (off: the oracle answers directly)")
+    url: str = Field("http://127.0.0.1:8080", description="Label Studio URL")
+    token_env: str = Field("LABEL_STUDIO_API_KEY", description="environment variable holding the API token")
+    token_file: str | None = Field(None, description="file holding the API token (used when the variable is unset)")
+    project_title: str | None = Field(None, description="project title (default: medloop-<campaign>)")
+    lesion_label: str = Field("Lesion", description="BrushLabels label name for the lesion")
+    oracle: bool = Field(True, description="answer queued cases from hidden ground truth (demo / benchmarks)")
+    multi_annotation_policy: Literal["latest", "agreement"] = Field("latest", description="several annotations on a task")
+    port: int = Field(8080, ge=1, le=65535, description="port for `medloop labelstudio start`")
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    uri: str | None = Field(None, description="tracking URI (default: SQLite + local artifacts in the campaign folder)")
+    experiment: str | None = Field(None, description="experiment name (default: medloop-<campaign>)")
+    register_model: bool = Field(True, description="register each round's model and move the 'champion' alias")
+
+
+class ComputeConfig(_Section):
+    """Training and scoring resources."""
+
+    ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = Field(False, description="train and score on GPUs")
+    epochs: int = Field(8, ge=1, description="epochs per round")
+    batch_size: int = Field(16, ge=1, description="per-worker batch size")
+    lr: float = Field(2e-3, gt=0.0, description="learning rate (AdamW)")
+    weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
+    patience: int = Field(4, ge=1, description="early stopping patience (epochs)")
+    augment: list[str] = Field(default_factory=lambda: ["flip", "rotate", "intensity"], description="augmentations")
+    amp: bool = Field(True, description="bf16 autocast on GPU")
+    channels_last: bool = Field(True, description="channels_last memory format on GPU")
+    compile: bool = Field(False, description="torch.compile the model")
+    score_batch_size: int = Field(32, ge=1, description="batch size for pool scoring")
+    score_actors: int = Field(1, ge=1, description="Ray Data actors for pool scoring")
+    seed: int = Field(0, description="training seed")
+
+
+class Campaign(_Section):
+    """A campaign: one TOML file, every section optional."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="campaign name (folder and experiment name)")
+    root: str | None = Field(None, description="campaign folder (default: .medloop/<name>)")
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL of the ledger (default: SQLite in the campaign folder)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    labeling: LabelingConfig = Field(default_factory=LabelingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    # ---- derived locations -------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) if self.root else Path(".medloop") / self.name
+
+    @property
+    def ledger(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.folder / 'ledger.db').resolve()}"
+
+    @property
+    def store(self) -> Path:
+        """The image store folder (``images/``, ``masks/``, ``arrays/`` inside)."""
+        return self.folder / "store"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.folder / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.folder / "mlartifacts").resolve()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"medloop-{self.name}"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / "round.lock"
+
+
+class ConfigError(ValueError):
+    """A campaign file is invalid; the message names the key and what was expected."""
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid campaign configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            expected = e["msg"]
+            got = e.get("input")
+            lines.append(f"  {key}: {expected} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_campaign(data: dict[str, Any], source: str = "<config>") -> Campaign:
+    """Validate a mapping (parsed TOML) into a :class:`Campaign`."""
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_campaign(path: str | Path | None = None, **overrides: Any) -> Campaign:
+    """Load a campaign TOML file (or the defaults when ``path`` is None)."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: campaign file not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return parse_campaign(data, source)
+
+
+def flatten(campaign: Campaign) -> dict[str, Any]:
+    """Flat ``section.key -> value`` mapping (for MLflow params). Holds no secrets."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", campaign.model_dump())
+    return out
+
+
+def commented_toml(campaign: Campaign | None = None) -> str:
+    """A campaign file with every key and its description, for ``medloop init``."""
+    import tomli_w
+
+    campaign = campaign or Campaign()
+    lines = ["# medloop campaign file. Every key is optional; shown values are the defaults.", ""]
+    top = campaign.model_dump()
+    for key, field in Campaign.model_fields.items():
+        if isinstance(top[key], dict):
+            continue
+        lines.append(f"# {field.description}")
+        value = top[key]
+        lines.append(tomli_w.dumps({key: value}).strip() if value is not None else f"# {key} = ")
+    for key, field in Campaign.model_fields.items():
+        if not isinstance(top[key], dict):
+            continue
+        section_cls = field.annotation
+        lines += ["", f"[{key}]"]
+        for sub, sub_field in section_cls.model_fields.items():  # type: ignore[union-attr]
+            value = top[key][sub]
+            lines.append(f"# {sub_field.description}")
+            if value is None:
+                lines.append(f"# {sub} = ")
+            else:
+                lines.append(tomli_w.dumps({sub: value}).strip())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""The image store: normalised PNG images and masks, and arrays (uncertainty maps), in a folder.
+
+Paths handed out are relative to the store's folder (``<campaign>/store``), so a ledger
+stays valid when the campaign folder moves. Images are uint8, (H, W) for grey or
+(H, W, 3) for RGB; masks are uint8 {0, 1} (H, W); pseudo-mask ignore maps are bool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def content_hash(image: np.ndarray) -> str:
+    """sha256 of the pixel data and shape: the same picture gets the same hash, whatever file held it."""
+    h = hashlib.sha256()
+    h.update(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class ImageStore:
+    """A folder of images (``images/``), masks (``masks/``) and arrays (``arrays/``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    # ---- writing (atomic: a crash never leaves half a file) -----------------------------
+    def put_png(self, rel: str, array: np.ndarray) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+        _atomic_write(self.root / rel, buf.getvalue())
+        return rel
+
+    def put_image(self, uid: str, image: np.ndarray) -> str:
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"image {uid}: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+        return self.put_png(f"images/{uid}.png", image)
+
+    def put_mask(self, name: str, mask: np.ndarray) -> str:
+        """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1})."""
+        return self.put_png(f"masks/{name}.png", (np.asarray(mask) > 0).astype(np.uint8) * 255)
+
+    def put_array(self, name: str, array: np.ndarray) -> str:
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        rel = f"arrays/{name}.npy"
+        _atomic_write(self.root / rel, buf.getvalue())
+        return rel
+
+    # ---- reading ------------------------------------------------------------------------
+    def load_image(self, rel: str) -> np.ndarray:
+        with Image.open(self.root / rel) as im:
+            return np.asarray(im)
+
+    def load_mask(self, rel: str) -> np.ndarray:
+        with Image.open(self.root / rel) as im:
+            return (np.asarray(im) > 0).astype(np.uint8)
+
+    def load_array(self, rel: str) -> np.ndarray:
+        return np.load(self.root / rel, allow_pickle=False)

@@ -1,0 +1,32 @@
+"""The ledger: samples, labels with provenance, rounds, predictions, selections, tasks."""
+
+from .schema import (
+    LABEL_KINDS,
+    SCHEMA_VERSION,
+    SPLITS,
+    STEPS,
+    AnnotationTask,
+    Label,
+    Prediction,
+    Quarantine,
+    Round,
+    RoundStep,
+    Sample,
+    Selection,
+)
+from .store import (
+    HumanLabelExists,
+    Ledger,
+    LedgerError,
+    active_label,
+    add_human_label,
+    add_pseudo_label,
+    add_truth_label,
+    retire_pseudo_labels,
+)
+
+__all__ = [
+    "LABEL_KINDS", "SCHEMA_VERSION", "SPLITS", "STEPS", "AnnotationTask", "Label", "Prediction", "Quarantine",
+    "Round", "RoundStep", "Sample", "Selection", "HumanLabelExists", "Ledger", "LedgerError", "active_label",
+    "add_human_label", "add_pseudo_label", "add_truth_label", "retire_pseudo_labels",
+]

@@ -1,0 +1,199 @@
+"""The ledger: open a database, run transactions, and the label rules in one place.
+
+Rules enforced here and nowhere else:
+
+* a pseudo-label never replaces (nor coexists as the active label with) a human label;
+* a new human label for a sample supersedes the earlier one, which stays as history;
+* every write happens in one transaction (:meth:`Ledger.transaction`);
+* SQLite runs in WAL mode with foreign keys on.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
+
+
+class LedgerError(RuntimeError):
+    """A ledger rule was broken or the database cannot be used."""
+
+
+class HumanLabelExists(LedgerError):
+    """A pseudo-label was offered for a sample that has a human label."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    """Access to one campaign's ledger database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # ---- opening --------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, *, create: bool = True) -> "Ledger":
+        engine = make_engine(url)
+        ledger = cls(engine)
+        if create:
+            Base.metadata.create_all(engine)
+        with ledger.transaction() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{url}: ledger schema version {row.value} is newer than this medloop "
+                    f"(supports {SCHEMA_VERSION}); upgrade medloop"
+                )
+        return ledger
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed as a whole or not at all."""
+        with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only (nothing is committed)."""
+        with self._sessions() as session:
+            yield session
+
+    # ---- key/value facts ---------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.reading() as s:
+            row = s.get(Meta, key)
+            return None if row is None else row.value
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as s:
+            s.merge(Meta(key=key, value=value))
+
+
+# ---- the label rules ----------------------------------------------------------------------
+
+
+def active_label(session: Session, sample_id: int, kind: str) -> Label | None:
+    return session.scalars(
+        select(Label).where(Label.sample_id == sample_id, Label.kind == kind, Label.active.is_(True))
+    ).first()
+
+
+def add_human_label(
+    session: Session,
+    sample_id: int,
+    *,
+    class_name: str | None,
+    mask_path: str | None,
+    author: str,
+    ls_task_id: int | None = None,
+    ls_annotation_id: int | None = None,
+) -> Label:
+    """Record a human label. The earlier human label becomes history; any pseudo-label is retired."""
+    now = utcnow()
+    session.execute(
+        update(Label)
+        .where(Label.sample_id == sample_id, Label.kind.in_(("human", "pseudo")), Label.active.is_(True))
+        .values(active=False, superseded_at=now)
+    )
+    label = Label(
+        sample_id=sample_id,
+        kind="human",
+        class_name=class_name,
+        mask_path=mask_path,
+        author=author,
+        ls_task_id=ls_task_id,
+        ls_annotation_id=ls_annotation_id,
+        active=True,
+        created_at=now,
+    )
+    session.add(label)
+    session.flush()
+    return label
+
+
+def add_pseudo_label(
+    session: Session,
+    sample_id: int,
+    *,
+    class_name: str | None,
+    mask_path: str | None,
+    ignore_path: str | None,
+    round_id: int,
+    selector: str,
+    thresholds: dict[str, Any],
+) -> Label:
+    """Record a pseudo-label; raises :class:`HumanLabelExists` when a human label is present."""
+    if active_label(session, sample_id, "human") is not None:
+        raise HumanLabelExists(f"sample {sample_id} has a human label; a pseudo-label never replaces it")
+    now = utcnow()
+    session.execute(
+        update(Label)
+        .where(Label.sample_id == sample_id, Label.kind == "pseudo", Label.active.is_(True))
+        .values(active=False, superseded_at=now)
+    )
+    label = Label(
+        sample_id=sample_id,
+        kind="pseudo",
+        class_name=class_name,
+        mask_path=mask_path,
+        ignore_path=ignore_path,
+        author=f"round-{round_id}/{selector}",
+        round_id=round_id,
+        selector=selector,
+        thresholds=thresholds,
+        active=True,
+        created_at=now,
+    )
+    session.add(label)
+    session.flush()
+    return label
+
+
+def retire_pseudo_labels(session: Session, round_id: int) -> int:
+    """Pseudo-labels are decided again every round: retire those made before ``round_id``."""
+    result = session.execute(
+        update(Label)
+        .where(Label.kind == "pseudo", Label.active.is_(True), Label.round_id < round_id)
+        .values(active=False, superseded_at=utcnow())
+    )
+    return int(result.rowcount or 0)
+
+
+def add_truth_label(session: Session, sample_id: int, *, class_name: str | None, mask_path: str | None, source: str) -> Label:
+    """Hidden ground truth kept for benchmark oracles (never used for training directly)."""
+    existing = active_label(session, sample_id, "truth")
+    if existing is not None:
+        return existing
+    label = Label(sample_id=sample_id, kind="truth", class_name=class_name, mask_path=mask_path, author=source)
+    session.add(label)
+    session.flush()
+    return label
