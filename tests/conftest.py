@@ -1,0 +1,1 @@
+"""Fixtures shared by every test folder. Area-specific fixtures live in tests/<area>/conftest.py."""
