@@ -1,0 +1,75 @@
+"""The generic layout: ``images/``, optional ``masks/`` (same file stem), optional ``labels.csv``
+with columns ``image,label`` (a blank label, or an image not listed, means unlabeled)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .errors import BadFile, DataError
+from .records import IMAGE_SUFFIXES, Item, inside
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]) -> dict[str, str | None]:
+    """labels.csv -> {image stem: class or None}; bad rows go to ``bad``."""
+    csv_path = root / "labels.csv"
+    out: dict[str, str | None] = {}
+    if not csv_path.exists():
+        return out
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"image", "label"} <= {f.strip() for f in reader.fieldnames}:
+            raise DataError(f"{csv_path}: expected a header with columns image,label (got {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            name, label = row["image"], row["label"]
+            where = f"{csv_path}:{line}"
+            target = (root / "images" / name) if (root / "images" / name).exists() else (root / name)
+            if not name or ".." in Path(name).parts or Path(name).is_absolute() or not inside(root, target):
+                bad.append(BadFile(f"{where} ({name})", f"path escapes the dataset root {root} (symlink or '..')"))
+                continue
+            stem = Path(name).stem
+            if stem not in images:
+                bad.append(BadFile(f"{where} ({name})", "listed in labels.csv but no such file in images/"))
+                continue
+            if label and label not in classes:
+                bad.append(BadFile(f"{where} ({name})", f"unknown class {label!r} (expected one of {', '.join(classes)})"))
+                images.pop(stem)
+                continue
+            out[stem] = label or None
+    return out
+
+
+def scan_generic(path: str | Path, classes: list[str]) -> tuple[list[Item], list[BadFile]]:
+    """Walk a generic dataset folder: the cases found, and the files that cannot be ingested."""
+    root = Path(path)
+    if not (root / "images").is_dir():
+        raise DataError(f"{root}: expected a folder images/ (and optionally masks/ and labels.csv)")
+    bad: list[BadFile] = []
+    images: dict[str, Path] = {}
+    for f in _files(root / "images"):
+        if not inside(root, f):
+            bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
+        elif f.stem in images:
+            bad.append(BadFile(str(f), f"two images with the stem {f.stem!r} ({images[f.stem].name})"))
+        else:
+            images[f.stem] = f
+    masks: dict[str, Path] = {}
+    if (root / "masks").is_dir():
+        for f in _files(root / "masks"):
+            if not inside(root, f):
+                bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
+            elif f.stem not in images:
+                bad.append(BadFile(str(f), f"mask without an image (no images/{f.stem}.*)"))
+            else:
+                masks[f.stem] = f
+    labels = _read_labels(root, classes, images, bad)
+    items = [
+        Item(image=p, masks=[masks[s]] if s in masks else [], class_name=labels.get(s))
+        for s, p in sorted(images.items())
+    ]
+    return items, bad
