@@ -1,0 +1,174 @@
+"""One round: sync -> train -> score -> select -> push -> report, as a persisted state machine.
+
+Every step runs as ``fn(ctx) -> detail``. A step either commits its results together with its
+``done`` state in one transaction (``ctx.complete(session, detail)``, used by select and the oracle
+push) or is idempotent by construction (sync skips imported annotations, score skips scored
+samples, push skips pushed tasks); the orchestrator then records ``done`` itself. A round killed at
+any point resumes at the first step that is not done; steps already done are never run again.
+
+Tests crash the process on purpose with ``MEDLOOP_TEST_CRASH_AT=<step>:<before|after-commit>``:
+the orchestrator sends itself SIGKILL at that point (see :func:`_crash_point`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from medloop.config import Campaign
+from medloop.ledger.schema import STEPS, Round, utcnow
+from medloop.ledger.store import Ledger
+
+from . import state
+from .lock import round_lock
+from .stopping import check_stop
+from .triggers import check_trigger
+
+log = logging.getLogger("medloop.rounds")
+
+CRASH_ENV = "MEDLOOP_TEST_CRASH_AT"
+
+
+class RoundStepFailed(RuntimeError):
+    """A step raised; the round is marked failed and resumes at that step next time."""
+
+    def __init__(self, round_id: int, step: str, reason: str) -> None:
+        super().__init__(f"round {round_id}: step {step!r} failed: {reason}. "
+                         f"Everything before it is committed; `medloop round` resumes at {step!r}.")
+        self.round_id, self.step, self.reason = round_id, step, reason
+
+
+@dataclass
+class StepContext:
+    """What a step function sees."""
+
+    campaign: Campaign
+    ledger: Ledger
+    round_id: int
+    step: str
+    force: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)  # injected collaborators (tests, demo)
+    completed: bool = False
+
+    def complete(self, session: Any, detail: dict[str, Any]) -> None:
+        """Mark this step done inside the caller's transaction (results and state commit together)."""
+        state.set_step(session, self.round_id, self.step, "done", detail)
+        self.completed = True
+
+    def round(self, session: Any) -> Round:
+        rnd = session.get(Round, self.round_id)
+        assert rnd is not None
+        return rnd
+
+    def detail(self, step: str) -> dict[str, Any]:
+        with self.ledger.reading() as s:
+            return state.step_detail(s, self.round_id, step)
+
+
+StepFn = Callable[[StepContext], dict[str, Any] | None]
+
+
+@dataclass
+class RoundOutcome:
+    """What ``run_round`` did: ``status`` is done / stopped / not-triggered."""
+
+    status: str
+    message: str
+    round_id: int | None = None
+    resumed: bool = False
+    steps: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _crash_point(step: str, when: str) -> None:
+    """Test hook: SIGKILL this process at ``<step>:<when>`` when MEDLOOP_TEST_CRASH_AT says so."""
+    if os.environ.get(CRASH_ENV) == f"{step}:{when}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def default_steps() -> dict[str, StepFn]:
+    from .steps import STEP_FUNCTIONS
+
+    return dict(STEP_FUNCTIONS)
+
+
+def _start_or_resume(campaign: Campaign, ledger: Ledger, force: bool) -> tuple[int | None, bool, RoundOutcome | None]:
+    with ledger.transaction() as s:
+        rnd = state.unfinished_round(s)
+        if rnd is not None:
+            rnd.status = "running"
+            return rnd.id, True, None
+        stop = check_stop(campaign, s)
+        if stop and not force:
+            last = state.last_round(s)
+            if last is not None:
+                state.update_notes(last, stop=stop)
+            return None, False, RoundOutcome("stopped", f"stopping rule: {stop} (use --force to run anyway)")
+        trig = check_trigger(campaign, s, force=force)
+        if not trig.run:
+            return None, False, RoundOutcome("not-triggered", trig.reason)
+        rnd = state.create_round(s, {"trigger": trig.as_dict()})
+        return rnd.id, False, None
+
+
+def run_round(
+    campaign: Campaign,
+    *,
+    force: bool = False,
+    steps: Mapping[str, StepFn] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> RoundOutcome:
+    """Run (or resume) one round of ``campaign`` under the campaign lock."""
+    with round_lock(campaign):
+        ledger = Ledger.open(campaign.ledger)
+        try:
+            chosen = dict(steps or {})
+            if set(chosen) != set(STEPS):
+                chosen = {**default_steps(), **chosen}
+            return _run_locked(campaign, ledger, force, chosen, extras or {})
+        finally:
+            ledger.close()
+
+
+def _run_locked(
+    campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any]
+) -> RoundOutcome:
+    round_id, resumed, early = _start_or_resume(campaign, ledger, force)
+    if early is not None:
+        return early
+    assert round_id is not None
+    for name in STEPS:
+        with ledger.reading() as s:
+            current = state.get_step(s, round_id, name).state
+        if current in ("done", "skipped"):
+            continue
+        fn = steps.get(name)
+        if fn is None:
+            raise KeyError(f"no function for step {name!r}")
+        with ledger.transaction() as s:
+            state.set_step(s, round_id, name, "running")
+        _crash_point(name, "before")
+        ctx = StepContext(campaign, ledger, round_id, name, force=force, extras=extras)
+        log.info("round %d: %s", round_id, name)
+        try:
+            detail = fn(ctx) or {}
+        except Exception as err:  # noqa: BLE001 - recorded, then re-raised with the step named
+            reason = f"{type(err).__name__}: {err}"
+            with ledger.transaction() as s:
+                state.set_step(s, round_id, name, "failed", {"error": reason})
+                s.get(Round, round_id).status = "failed"  # type: ignore[union-attr]
+            raise RoundStepFailed(round_id, name, reason) from err
+        if not ctx.completed:
+            with ledger.transaction() as s:
+                state.set_step(s, round_id, name, "done", detail)
+        _crash_point(name, "after-commit")
+    with ledger.transaction() as s:
+        rnd = s.get(Round, round_id)
+        assert rnd is not None
+        rnd.status, rnd.finished_at = "done", utcnow()
+        metrics = dict(rnd.metrics or {})
+        states = state.step_states(s, round_id)
+    return RoundOutcome("done", f"round {round_id} done", round_id, resumed, states, metrics)
