@@ -28,3 +28,15 @@ class IngestError(DataError):
         lines = [f"{source}: {len(self.bad)} bad file(s); nothing was written (use --skip-bad to ingest the rest)"]
         lines += [f"  {b}" for b in self.bad]
         super().__init__("\n".join(lines))
+
+
+class FileError(DataError):
+    """One file is bad: ``path`` and ``problem`` are kept apart for reports."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def as_bad(self) -> BadFile:
+        return BadFile(self.path, self.problem)

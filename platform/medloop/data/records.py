@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import FileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -33,7 +33,7 @@ def inside(root: Path, path: Path) -> bool:
 
 def check_inside(root: Path, path: Path) -> None:
     if not inside(root, path):
-        raise DataError(f"{path}: path escapes the dataset root {root} (symlink or '..')")
+        raise FileError(str(path), f"path escapes the dataset root {root} (symlink or '..')")
 
 
 def read_image(path: Path, channels: int = 1) -> np.ndarray:
@@ -43,7 +43,7 @@ def read_image(path: Path, channels: int = 1) -> np.ndarray:
             im.load()
             out = im.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or truncated image ({err})") from None
+        raise FileError(str(path), f"unreadable or truncated image ({err})") from None
     return np.asarray(out, dtype=np.uint8)
 
 
@@ -54,7 +54,7 @@ def read_mask(path: Path) -> np.ndarray:
             im.load()
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable or truncated mask ({err})") from None
+        raise FileError(str(path), f"unreadable or truncated mask ({err})") from None
     if arr.ndim == 3:
         colour = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
         if arr.shape[-1] in (2, 4):  # alpha: transparent pixels are background
@@ -65,8 +65,9 @@ def read_mask(path: Path) -> np.ndarray:
 
 def check_mask_size(mask_path: Path, mask: np.ndarray, image: np.ndarray) -> None:
     if mask.shape[:2] != image.shape[:2]:
-        raise DataError(
-            f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+        raise FileError(
+            str(mask_path),
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
             f"({image.shape[1]}x{image.shape[0]})"
         )
 
@@ -80,7 +81,7 @@ class Item:
     class_name: str | None
 
     def load(self, channels: int = 1) -> Record:
-        """Read the image and the union of its masks; raises :class:`DataError` naming the bad file."""
+        """Read the image and the union of its masks; raises :class:`FileError` naming the bad file."""
         image = read_image(self.image, channels)
         mask = None
         for mpath in self.masks:

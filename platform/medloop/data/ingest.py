@@ -1,0 +1,247 @@
+"""``ingest(campaign, fmt, path)``: validate a dataset, then register it in the ledger and the image store.
+
+Order of work: walk the folder, read every file (bad ones collected with the reason), and only
+then write. Without ``skip_bad`` a single bad file stops everything before anything is written.
+Cases are deduplicated by the hash of their pixels and mask, so ingesting twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+
+from ..config import Campaign
+from ..ledger import Label, Ledger, Sample
+from .errors import BadFile, DataError, FileError, IngestError
+from .imagestore import ImageStore, content_hash
+from .records import Item, Record
+
+FORMATS = ("synthetic", "busi", "generic")
+
+
+@dataclass
+class Prepared:
+    """A record normalised for the store: resized image and mask, and its case hash."""
+
+    uid: str
+    case_hash: str
+    image_hash: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    class_name: str | None
+    original_path: str | None
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: counts by split and class, duplicates, and the files left out."""
+
+    source: str
+    path: str | None
+    found: int = 0
+    added: int = 0
+    duplicates: int = 0
+    bad: list[BadFile] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.source}: {self.found} case(s) found, {self.added} added, {self.duplicates} already present, "
+            f"{len(self.bad)} bad"
+        ]
+        if self.splits:
+            lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items())))
+        if self.classes:
+            lines.append("  classes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.classes.items())))
+        lines += [f"  skipped {b}" for b in self.bad]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    if array.shape[:2] == (size, size):
+        return array
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
+def prepare(record: Record, source: str, size: int, channels: int) -> Prepared:
+    """Hash the original pixels (+ mask) and convert to the campaign's channels and size."""
+    image = record.image
+    if channels == 3 and image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    elif channels == 1 and image.ndim == 3:
+        image = np.asarray(Image.fromarray(image).convert("L"))
+    image_hash = content_hash(image)
+    mask_hash = "-" if record.mask is None else content_hash(record.mask)
+    case_hash = hashlib.sha256(f"{image_hash}:{mask_hash}".encode()).hexdigest()
+    mask = None if record.mask is None else _resize(record.mask.astype(np.uint8), size, nearest=True)
+    return Prepared(
+        uid=f"{source}-{case_hash[:16]}",
+        case_hash=case_hash,
+        image_hash=image_hash,
+        image=_resize(image, size, nearest=False),
+        mask=mask,
+        class_name=record.class_name,
+        original_path=record.original_path,
+    )
+
+
+def _synthetic_records(campaign: Campaign) -> Iterator[Record]:
+    from .synthetic import generate
+
+    d = campaign.data
+    try:
+        ph = generate(d.n_samples, d.image_size, d.seed, d.class_mix, d.difficulty, d.classes)
+    except ValueError as err:
+        raise DataError(f"synthetic: {err}") from None
+    for i, (img, msk, lab) in enumerate(zip(ph.images, ph.masks, ph.labels)):
+        yield Record(original_path=f"synthetic:seed={d.seed}/{i}", image=img, mask=msk, class_name=lab)
+
+
+def _scan(campaign: Campaign, fmt: str, path: str | Path | None) -> tuple[list[Item], list[BadFile]]:
+    if path is None:
+        raise DataError(f"ingest {fmt}: a dataset path is needed (argument PATH or data.path in the campaign)")
+    if not Path(path).exists():
+        raise DataError(f"{path}: dataset folder not found")
+    if fmt == "busi":
+        from .busi import scan_busi
+
+        return scan_busi(path, campaign.data.classes)
+    from .generic import scan_generic
+
+    return scan_generic(path, campaign.data.classes)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+
+
+def _track(progress, items: Iterable, total: int, description: str) -> Iterator:
+    if progress is None:
+        yield from items
+        return
+    task = progress.add_task(description, total=total)
+    for x in items:
+        yield x
+        progress.advance(task)
+
+
+def read_dataset(
+    campaign: Campaign, fmt: str, path: str | Path | None, progress=None
+) -> tuple[list[Prepared], list[BadFile]]:
+    """Read and normalise every case; nothing is written. Bad files are returned with their reason."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown dataset format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    d = campaign.data
+    prepared: list[Prepared] = []
+    if fmt == "synthetic":
+        for rec in _track(progress, _synthetic_records(campaign), d.n_samples, "generating phantoms"):
+            prepared.append(prepare(rec, fmt, d.image_size, d.channels))
+        return prepared, []
+    items, bad = _scan(campaign, fmt, path)
+    for item in _track(progress, items, len(items), f"reading {fmt}"):
+        try:
+            rec = item.load(d.channels)
+        except FileError as err:
+            bad.append(err.as_bad())
+            continue
+        prepared.append(prepare(rec, fmt, d.image_size, d.channels))
+    return prepared, bad
+
+
+def ingest(
+    campaign: Campaign,
+    fmt: str,
+    path: str | Path | None = None,
+    skip_bad: bool = False,
+    progress: bool = False,
+) -> IngestReport:
+    """Register a dataset in the campaign's ledger and image store (see module docstring)."""
+    path = path if path is not None else campaign.data.path
+    report = IngestReport(source=fmt, path=None if path is None else str(path))
+    with _progress(progress) as bar:
+        prepared, bad = read_dataset(campaign, fmt, path, bar)
+        report.found = len(prepared) + len(bad)
+        report.bad = bad
+        if bad and not skip_bad:
+            raise IngestError(bad, f"{fmt} {path}")
+        ledger = Ledger.open(campaign.ledger)
+        try:
+            _write(campaign, ledger, prepared, report, bar)
+        finally:
+            ledger.close()
+    return report
+
+
+def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report: IngestReport, bar) -> None:
+    from .splits import assign_splits
+
+    with ledger.reading() as s:
+        known = set(s.scalars(select(Sample.content_hash)))
+    new: dict[str, Prepared] = {}
+    by_image: dict[str, Prepared] = {}
+    for p in prepared:
+        if p.case_hash in known or p.case_hash in new:
+            report.duplicates += 1
+            continue
+        other = by_image.get(p.image_hash)
+        if other is not None:
+            report.warnings.append(f"{p.original_path}: same pixels as {other.original_path} (kept: masks differ)")
+        by_image[p.image_hash] = p
+        new[p.case_hash] = p
+    cases = sorted(new.values(), key=lambda p: p.case_hash)  # file order never changes the split
+    d = campaign.data
+    splits = assign_splits([_stratum(p) for p in cases], d.split, d.unlabeled_fraction, d.seed)
+    store = ImageStore(campaign.store)
+    paths: list[tuple[str, str | None]] = []
+    for p in _track(bar, cases, len(cases), "storing images"):
+        img_rel = store.put_image(p.uid, p.image)
+        mask_rel = None if p.mask is None else store.put_mask(p.uid, p.mask)
+        paths.append((img_rel, mask_rel))
+    author = f"dataset:{report.source}"
+    with ledger.transaction() as s:
+        samples = [
+            Sample(
+                uid=p.uid, content_hash=p.case_hash, image_path=img_rel, original_path=p.original_path,
+                source=report.source, split=split, height=p.image.shape[0], width=p.image.shape[1],
+                channels=1 if p.image.ndim == 2 else p.image.shape[2],
+            )
+            for p, split, (img_rel, _) in zip(cases, splits, paths)
+        ]
+        s.add_all(samples)
+        s.flush()
+        # New samples have no labels yet, so the ledger rules (pseudo never replaces human, history)
+        # have nothing to supersede: the rows are added in bulk.
+        labels: list[Label] = []
+        for p, split, sample, (_, mask_rel) in zip(cases, splits, samples, paths):
+            if p.class_name is None and mask_rel is None:
+                continue  # unlabeled in the dataset itself
+            labels.append(Label(sample_id=sample.id, kind="truth", class_name=p.class_name, mask_path=mask_rel, author=author))
+            if split != "pool":
+                labels.append(Label(sample_id=sample.id, kind="human", class_name=p.class_name, mask_path=mask_rel, author=author))
+        s.add_all(labels)
+    report.added = len(cases)
+    report.splits = dict(Counter(splits))
+    report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
+
+
+def _stratum(p: Prepared) -> str | None:
+    """Split stratum: the class; a mask-only case is its own stratum; no label at all -> None (pool)."""
+    if p.class_name is not None:
+        return p.class_name
+    return "(mask only)" if p.mask is not None else None
