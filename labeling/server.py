@@ -1,0 +1,338 @@
+"""A local Label Studio server for development, the demo and the tests.
+
+* :func:`install` puts Label Studio's server (``label-studio==1.23.*``) in its own virtual
+  environment (``MEDLOOP_LS_VENV`` or ``.medloop/labelstudio-venv``); quick when present.
+* :func:`start` runs it on ``127.0.0.1:<port>`` with its data folder in ``<campaign>/labelstudio``,
+  an admin user and a legacy API token created without a browser (a random token generated on
+  first start and kept in ``<campaign>/labelstudio/api-token``, mode 0600; never printed), local
+  file serving rooted at the campaign folder, and waits until ``/health`` answers.
+* :func:`stop` and :func:`status` use the pid file ``<campaign>/labelstudio/server.pid``;
+  the server logs to ``<campaign>/labelstudio/server.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from medloop.config import Campaign
+
+from .errors import LabelStudioInstallError
+
+LS_REQUIREMENT = "label-studio==1.23.*"
+ADMIN_USER = "admin@medloop.local"
+
+
+# ---- the server's virtual environment ---------------------------------------------------------
+
+
+def venv_path(venv: str | Path | None = None) -> Path:
+    if venv is not None:
+        return Path(venv)
+    env = os.environ.get("MEDLOOP_LS_VENV")
+    return Path(env) if env else Path.cwd() / ".medloop" / "labelstudio-venv"
+
+
+def executable(venv: str | Path | None = None) -> Path:
+    return venv_path(venv) / "bin" / "label-studio"
+
+
+def is_installed(venv: str | Path | None = None) -> bool:
+    return executable(venv).exists()
+
+
+def install(venv: str | Path | None = None, *, quiet: bool = True) -> Path:
+    """Install Label Studio's server into ``venv`` when missing; returns the ``label-studio`` executable."""
+    exe = executable(venv)
+    if exe.exists():
+        return exe
+    root = venv_path(venv)
+    python = root / "bin" / "python"
+    try:
+        if not python.exists():
+            root.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+        q = ["-q"] if quiet else []
+        subprocess.run([str(python), "-m", "pip", "install", *q, "--upgrade", "pip"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", *q, LS_REQUIREMENT], check=True)
+    except (subprocess.CalledProcessError, OSError) as err:
+        raise LabelStudioInstallError(f"could not install {LS_REQUIREMENT} into {root}: {err}") from err
+    if not exe.exists():
+        raise LabelStudioInstallError(f"{LS_REQUIREMENT} installed into {root} but {exe} is missing")
+    return exe
+
+
+# ---- files of a campaign's server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    folder: Path  # <campaign>/labelstudio: Label Studio's data folder
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / "server.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "server.log"
+
+    @property
+    def token(self) -> Path:
+        return self.folder / "api-token"
+
+    @property
+    def password(self) -> Path:
+        return self.folder / "admin-password"
+
+    @property
+    def port(self) -> Path:
+        return self.folder / "server.port"
+
+
+def files(campaign: Campaign) -> ServerFiles:
+    return ServerFiles((campaign.folder / "labelstudio").resolve())
+
+
+def document_root(campaign: Campaign) -> Path:
+    """The folder local-file URLs are relative to (the campaign folder: the store's parent)."""
+    return campaign.folder.resolve()
+
+
+def _secret_file(path: Path, nbytes: int) -> str:
+    """Read a secret from ``path``, or generate one and write it with mode 0600."""
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    os.chmod(path, 0o600)
+    return value
+
+
+def local_token(campaign: Campaign) -> str | None:
+    """The token of the campaign's local server, when it was started here."""
+    path = files(campaign).token
+    if path.exists():
+        value = path.read_text().strip()
+        return value or None
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(f: ServerFiles) -> int | None:
+    try:
+        return int(f.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        r = requests.get(url.rstrip("/") + "/health", timeout=timeout)
+        return r.status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    data_dir: Path
+    log: Path
+    token_file: Path
+    document_root: Path
+
+    def as_dict(self) -> dict:
+        return {
+            "url": self.url,
+            "pid": self.pid,
+            "running": self.running,
+            "healthy": self.healthy,
+            "data_dir": str(self.data_dir),
+            "log": str(self.log),
+            "token_file": str(self.token_file),
+            "document_root": str(self.document_root),
+        }
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def status(campaign: Campaign) -> ServerInfo:
+    f = files(campaign)
+    pid = _read_pid(f)
+    running = pid is not None and _pid_alive(pid)
+    try:
+        port = int(f.port.read_text().strip())
+    except (OSError, ValueError):
+        port = campaign.labeling.port
+    url = _url(port)
+    return ServerInfo(
+        url=url,
+        pid=pid if running else None,
+        running=running,
+        healthy=running and healthy(url),
+        data_dir=f.folder,
+        log=f.log,
+        token_file=f.token,
+        document_root=document_root(campaign),
+    )
+
+
+def start(
+    campaign: Campaign,
+    *,
+    port: int | None = None,
+    venv: str | Path | None = None,
+    timeout: float = 240.0,
+    install_missing: bool = True,
+) -> ServerInfo:
+    """Start the campaign's Label Studio server (or return the running one) and wait for ``/health``."""
+    current = status(campaign)
+    if current.running:
+        if current.healthy or _wait_health(current.url, current.pid, timeout):
+            current.healthy = True
+            return current
+        raise LabelStudioInstallError(
+            f"Label Studio (pid {current.pid}) runs but {current.url}/health does not answer; see {current.log}"
+        )
+    exe = install(venv) if install_missing else executable(venv)
+    if not exe.exists():
+        raise LabelStudioInstallError(f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`")
+    port = port or campaign.labeling.port
+    if not port_free(port):
+        raise LabelStudioInstallError(f"port {port} on 127.0.0.1 is taken; choose another with --port")
+    f = files(campaign)
+    f.folder.mkdir(parents=True, exist_ok=True)
+    token = _secret_file(f.token, 20)
+    password = _secret_file(f.password, 12)
+    root = document_root(campaign)
+    env = dict(os.environ)
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(f.folder),
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_USERNAME": ADMIN_USER,
+            "LABEL_STUDIO_PASSWORD": password,
+            "LABEL_STUDIO_USER_TOKEN": token,
+            "LOCAL_FILES_SERVING_ENABLED": "true",
+            "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+            # webhooks to a receiver on 127.0.0.1 (labeling/webhook.py) need this on loopback
+            "SSRF_PROTECTION_ENABLED": "false",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "DJANGO_DB": "sqlite",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):
+        env.pop(key, None)
+    cmd = [
+        str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(f.folder), "--enable-legacy-api-token", "--log-level", "WARNING",
+    ]
+    with open(f.log, "ab") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(f.folder), start_new_session=True,
+        )
+    f.pid.write_text(f"{proc.pid}\n")
+    f.port.write_text(f"{port}\n")
+    url = _url(port)
+    if not _wait_health(url, proc.pid, timeout):
+        alive = _pid_alive(proc.pid)
+        stop(campaign)
+        why = "did not answer /health in time" if alive else "exited"
+        raise LabelStudioInstallError(f"Label Studio on {url} {why}; see {f.log}")
+    return status(campaign)
+
+
+def _wait_health(url: str, pid: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return True
+        if pid is not None and not _pid_alive(pid):
+            return False
+        time.sleep(0.5)
+    return False
+
+
+def stop(campaign: Campaign, *, timeout: float = 30.0) -> bool:
+    """Stop the campaign's server; returns False when none was running."""
+    f = files(campaign)
+    pid = _read_pid(f)
+    if pid is None or not _pid_alive(pid):
+        f.pid.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)  # started in its own session: pgid == pid
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _reap(pid)
+    f.pid.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
