@@ -1,0 +1,71 @@
+"""Output heads: raw logits -> probabilities (softmax) or Dirichlet parameters (evidential).
+
+Evidential head (seed 000, subjective logic): evidence ``e = softplus(logits)``,
+``alpha = e + 1``, ``S = sum_k alpha_k``, belief ``b_k = e_k / S`` and uncertainty mass
+(vacuity) ``u = K / S`` -- Eq. 1 per image (class dim of (B, K)) and Eq. 2 per pixel
+(class dim of (B, Q, H, W)). The expected probability is ``alpha / S``; note
+``sum_k b_k + u = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Head = Literal["softmax", "evidential"]
+HEADS: tuple[str, ...] = ("softmax", "evidential")
+
+
+def check_head(head: str) -> str:
+    """Return ``head`` if it is a known head name, else raise ``ValueError``."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; known: {', '.join(HEADS)}")
+    return head
+
+
+def dirichlet_alpha(logits: torch.Tensor) -> torch.Tensor:
+    """Dirichlet parameters ``alpha = softplus(logits) + 1`` (seed 000, Eq. 1-2)."""
+    return F.softplus(logits) + 1.0
+
+
+@dataclass
+class EvidentialQuantities:
+    """Subjective-logic quantities of a Dirichlet ``alpha`` along the class dim.
+
+    belief, probs: same shape as alpha; vacuity, strength: alpha's shape without the class dim.
+    """
+
+    belief: torch.Tensor
+    vacuity: torch.Tensor
+    probs: torch.Tensor
+    strength: torch.Tensor
+
+
+def evidential_quantities(alpha: torch.Tensor, dim: int = 1) -> EvidentialQuantities:
+    """Belief ``b = (alpha - 1) / S``, vacuity ``u = K / S``, probs ``alpha / S`` (seed 000 Eq. 1-2)."""
+    strength = alpha.sum(dim=dim, keepdim=True)
+    k = alpha.shape[dim]
+    return EvidentialQuantities(
+        belief=(alpha - 1.0) / strength,
+        vacuity=(k / strength).squeeze(dim),
+        probs=alpha / strength,
+        strength=strength.squeeze(dim),
+    )
+
+
+def probs_from_logits(logits: torch.Tensor, head: str = "softmax", dim: int = 1) -> torch.Tensor:
+    """Class probabilities: ``softmax(logits)`` or the Dirichlet mean ``alpha / S``."""
+    check_head(head)
+    if head == "softmax":
+        return torch.softmax(logits, dim=dim)
+    alpha = dirichlet_alpha(logits)
+    return alpha / alpha.sum(dim=dim, keepdim=True)
+
+
+def vacuity_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Evidential vacuity ``K / S`` of raw logits (class dim removed)."""
+    alpha = dirichlet_alpha(logits)
+    return logits.shape[dim] / alpha.sum(dim=dim)

@@ -1,0 +1,151 @@
+"""MC-dropout sampling (Gal & Ghahramani; seed 002 uses T = 10 passes).
+
+Only dropout modules are stochastic while sampling; BatchNorm and every other module stay
+in eval mode. The cached sampler exploits the model contract ``forward(x) ==
+decode(encode(x))``: the deterministic prefix ``encode`` runs once, its features are
+repeated T times along the batch dimension and ``decode`` runs on all T copies in one
+batch (optionally in chunks of at most ``max_batch`` rows). Each repeated row draws its
+own dropout mask, so the samples have the same distribution as T full forward passes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from medloop.trainers.heads import check_head, dirichlet_alpha, probs_from_logits
+
+
+def is_dropout(module: nn.Module) -> bool:
+    """True for every torch dropout module (Dropout, Dropout1d/2d/3d, AlphaDropout, ...)."""
+    return isinstance(module, _DropoutNd)
+
+
+@contextmanager
+def enable_mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with only its dropout modules in train mode; restore after.
+
+    Dropout must be implemented with ``nn.Dropout*`` modules (functional dropout keyed to
+    ``self.training`` of a non-dropout module stays off).
+    """
+    previous = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if is_dropout(m):
+            m.train()
+    try:
+        yield model
+    finally:
+        for m, mode in previous.items():
+            m.training = mode
+
+
+def map_tensors(features: Any, fn: Any) -> Any:
+    """Apply ``fn`` to every tensor in a tensor / tuple / list / dict structure."""
+    if isinstance(features, torch.Tensor):
+        return fn(features)
+    if isinstance(features, dict):
+        return {k: map_tensors(v, fn) for k, v in features.items()}
+    if isinstance(features, tuple):
+        return tuple(map_tensors(v, fn) for v in features)
+    if isinstance(features, list):
+        return [map_tensors(v, fn) for v in features]
+    return features
+
+
+def repeat_batch(features: Any, times: int) -> Any:
+    """Repeat every tensor ``times`` along dim 0 (row ``t * B + b`` is copy t of sample b)."""
+    return map_tensors(features, lambda t: t.repeat(times, *([1] * (t.dim() - 1))))
+
+
+@dataclass
+class MCSamples:
+    """T stochastic predictions for a batch of B images.
+
+    cls_probs (T, B, K), seg_probs (T, B, Q, H, W); cls_alpha / seg_alpha hold the Dirichlet
+    parameters when the head is evidential (else None); embedding (B, D) is the mean over
+    passes (None when the model gives none).
+    """
+
+    cls_probs: torch.Tensor
+    seg_probs: torch.Tensor
+    cls_alpha: torch.Tensor | None
+    seg_alpha: torch.Tensor | None
+    embedding: torch.Tensor | None
+
+
+def _heads(cls_logits: torch.Tensor, seg_logits: torch.Tensor, cls_head: str, seg_head: str):
+    cls_alpha = dirichlet_alpha(cls_logits) if cls_head == "evidential" else None
+    seg_alpha = dirichlet_alpha(seg_logits) if seg_head == "evidential" else None
+    return (
+        probs_from_logits(cls_logits, cls_head),
+        probs_from_logits(seg_logits, seg_head),
+        cls_alpha,
+        seg_alpha,
+    )
+
+
+def _stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(parts, dim=0)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def mc_sample(
+    model: nn.Module,
+    x: torch.Tensor,
+    passes: int = 10,
+    cached: bool = True,
+    cls_head: str = "softmax",
+    seg_head: str = "softmax",
+    max_batch: int | None = None,
+) -> MCSamples:
+    """Draw ``passes`` MC-dropout predictions of ``model`` on ``x`` (B, C, H, W).
+
+    cached=True: ``encode`` once, ``decode`` on the features repeated along the batch
+    (chunks of at most ``max_batch`` rows, whole passes per chunk); cached=False: T full
+    ``model(x)`` passes. Heads map logits to probabilities (``medloop.trainers.heads``).
+    """
+    check_head(cls_head)
+    check_head(seg_head)
+    if passes < 1:
+        raise ValueError("passes must be >= 1")
+    b = x.shape[0]
+    cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
+    with enable_mc_dropout(model):
+        if cached:
+            features = model.encode(x)
+            per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))
+            done = 0
+            while done < passes:
+                t = min(per_chunk, passes - done)
+                out = model.decode(repeat_batch(features, t))
+                cp, sp, ca, sa = _heads(out.cls_logits, out.seg_logits, cls_head, seg_head)
+                cls_p.append(cp.reshape(t, b, *cp.shape[1:]))
+                seg_p.append(sp.reshape(t, b, *sp.shape[1:]))
+                cls_a.append(None if ca is None else ca.reshape(t, b, *ca.shape[1:]))
+                seg_a.append(None if sa is None else sa.reshape(t, b, *sa.shape[1:]))
+                if out.embedding is not None:
+                    emb.append(out.embedding.reshape(t, b, -1))
+                done += t
+        else:
+            for _ in range(passes):
+                out = model(x)
+                cp, sp, ca, sa = _heads(out.cls_logits, out.seg_logits, cls_head, seg_head)
+                cls_p.append(cp[None])
+                seg_p.append(sp[None])
+                cls_a.append(None if ca is None else ca[None])
+                seg_a.append(None if sa is None else sa[None])
+                if out.embedding is not None:
+                    emb.append(out.embedding.reshape(1, b, -1))
+    return MCSamples(
+        cls_probs=torch.cat(cls_p, 0),
+        seg_probs=torch.cat(seg_p, 0),
+        cls_alpha=_stack(cls_a),
+        seg_alpha=_stack(seg_a),
+        embedding=torch.cat(emb, 0).mean(0) if emb else None,
+    )
