@@ -2,9 +2,138 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
 import typer
 
+if TYPE_CHECKING:
+    from medloop.config import Campaign
+
 app = typer.Typer(no_args_is_help=True, help="medloop: self-training rounds for joint classification + segmentation.")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
+
+
+def load_or_exit(config: Optional[Path], **overrides: object) -> "Campaign":
+    """Load the campaign; a bad file prints the message (key + expected type) and exits 2."""
+    from medloop.config import ConfigError, load_campaign
+
+    try:
+        return load_campaign(config, **overrides)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+def _data_error(err: Exception) -> typer.Exit:
+    typer.echo(str(err), err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("campaign.toml"), help="where to write the campaign file"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Write a commented campaign file with every key at its default (or the values of --config)."""
+    from medloop.config import commented_toml
+
+    if path.exists() and not force:
+        typer.echo(f"{path}: already exists (use --force to overwrite)", err=True)
+        raise typer.Exit(1)
+    campaign = load_or_exit(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(commented_toml(campaign))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def ingest(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="synthetic | busi | generic"),
+    path: Optional[Path] = typer.Argument(None, help="dataset folder (default: data.path of the campaign)"),
+    config: Optional[Path] = ConfigOption,
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="ingest the good files and list the bad ones"),
+) -> None:
+    """Register a dataset in the ledger and image store (stratified splits, unlabeled pool)."""
+    from medloop.data.errors import DataError
+    from medloop.data.ingest import ingest as run_ingest
+
+    campaign = load_or_exit(config)
+    try:
+        report = run_ingest(campaign, fmt, path, skip_bad=skip_bad, progress=True)
+    except DataError as err:
+        raise _data_error(err) from None
+    typer.echo(report.summary())
+
+
+def print_status(campaign: "Campaign") -> None:
+    """Pool sizes by split and label kind, the rounds, and quarantined annotations."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medloop.ledger import Ledger
+    from medloop.ledger.queries import LABEL_COLUMNS, class_counts, pool_sizes, quarantine_summary, rounds_table
+
+    console = Console()
+    ledger = Ledger.open(campaign.ledger)
+    try:
+        with ledger.reading() as s:
+            sizes, truth = pool_sizes(s), class_counts(s, "truth")
+            rounds, (n_quarantined, reasons) = rounds_table(s), quarantine_summary(s)
+    finally:
+        ledger.close()
+    console.print(f"campaign [bold]{campaign.name}[/bold] in {campaign.folder}")
+    table = Table(title="samples by split and active label kind")
+    for col in ("split", "samples", *LABEL_COLUMNS):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, row in sizes.items():
+        table.add_row(split, *(str(row[c]) for c in ("samples", *LABEL_COLUMNS)))
+    console.print(table)
+    if truth:
+        console.print("classes (hidden truth): " + ", ".join(f"{k} {v}" for k, v in sorted(truth.items())))
+    if rounds:
+        rt = Table(title="rounds")
+        for col in ("round", "status", "started", "finished", "steps"):
+            rt.add_column(col)
+        for r in rounds:
+            steps = " ".join(f"{k}:{v}" for k, v in r["steps"].items())
+            rt.add_row(str(r["id"]), r["status"], str(r["started_at"] or ""), str(r["finished_at"] or ""), steps)
+        console.print(rt)
+    else:
+        console.print("rounds: none yet")
+    console.print(f"quarantined annotations: {n_quarantined}")
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        console.print(f"  {n} x {reason}")
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOption) -> None:
+    """Show pool sizes by split and label kind, rounds, and quarantined annotations."""
+    print_status(load_or_exit(config))
+
+
+@app.command()
+def demo(
+    path: Optional[Path] = typer.Argument(None, help="dataset folder for --dataset busi"),
+    config: Optional[Path] = ConfigOption,
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
+) -> None:
+    """Run the demo campaign on the embedded defaults (no file needed)."""
+    from medloop.data.errors import DataError
+    from medloop.demo import run_demo
+
+    campaign = load_or_exit(config)
+    if dataset is not None and dataset not in ("synthetic", "busi"):
+        typer.echo(f"--dataset: expected synthetic or busi (got {dataset!r})", err=True)
+        raise typer.Exit(2)
+    try:
+        report = run_demo(campaign, dataset=dataset, path=path)
+    except DataError as err:
+        raise _data_error(err) from None
+    typer.echo(report.summary())
+    print_status(campaign)
 
 
 # ---- sub-commands that live next to the code they drive --------------------------------
