@@ -1,0 +1,77 @@
+"""Class balancing of selected pseudo-labels (seed 002, Sec. IV-G: selected pseudo-labels are
+balanced to the class ratio of the human-labelled training data, 1 : 1.6 there).
+
+Given the accepted candidates per class ``n_k`` and a target ratio ``r_k`` (usually the human label
+counts per class), the kept counts are the largest set that follows the ratio::
+
+    s   = min over classes with r_k > 0 of  n_k / r_k
+    c_k = floor(s * r_k)            (so c_k <= n_k, and the binding class keeps all of its n_k)
+
+and in each class the ``c_k`` least uncertain candidates are kept (ties: lower index first).
+
+Conventions: classes with ``r_k == 0`` (no human labels of that class) get no pseudo-labels. A
+class with ``r_k > 0`` but no accepted candidates makes ``s = 0`` (nothing kept: the ratio cannot
+be followed) unless ``skip_empty=True``, which drops such classes from the ratio. An all-zero ratio
+(no human class labels at all) means "nothing to follow": the accepted mask is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_EPS = 1e-9
+
+
+def balanced_counts(available: np.ndarray, target_ratio: np.ndarray, *, skip_empty: bool = False) -> np.ndarray:
+    """Per-class counts ``c_k = floor(s r_k)`` with ``s = min_k n_k / r_k`` (see module doc)."""
+    n = np.asarray(available, dtype=np.int64)
+    r = np.asarray(target_ratio, dtype=np.float64)
+    if n.shape != r.shape or n.ndim != 1:
+        raise ValueError(f"available {n.shape} and target_ratio {r.shape} must be 1-d of the same length")
+    if np.any(r < 0) or not np.all(np.isfinite(r)):
+        raise ValueError("target_ratio must be finite and >= 0")
+    use = r > 0
+    if skip_empty:
+        use &= n > 0
+    if not use.any():
+        return np.zeros_like(n)
+    s = float(np.min(n[use] / r[use]))
+    counts = np.floor(s * r + _EPS).astype(np.int64)
+    counts[~use] = 0
+    return np.minimum(counts, n)
+
+
+def balance_to_ratio(
+    pred_class: np.ndarray,
+    uncertainty: np.ndarray,
+    accepted: np.ndarray,
+    target_ratio: np.ndarray,
+    *,
+    skip_empty: bool = False,
+) -> np.ndarray:
+    """Subset of ``accepted`` following ``target_ratio`` (one weight per class), least uncertain first.
+
+    ``pred_class`` int (N,), ``uncertainty`` float (N,) (lower = kept first; NaN last), ``accepted``
+    bool (N,), ``target_ratio`` (K,) e.g. human label counts ``[10, 16]`` for 1 : 1.6.
+    Returns a bool mask (N,) that is a subset of ``accepted``. Classes outside ``[0, K)`` are dropped.
+    """
+    cls = np.asarray(pred_class).astype(np.int64, copy=False)
+    unc = np.asarray(uncertainty, dtype=np.float64)
+    acc = np.asarray(accepted, dtype=bool)
+    ratio = np.asarray(target_ratio, dtype=np.float64)
+    if not (cls.shape == unc.shape == acc.shape) or cls.ndim != 1:
+        raise ValueError("pred_class, uncertainty and accepted must be 1-d arrays of the same length")
+    k = ratio.shape[0]
+    if ratio.sum() <= 0:
+        return acc.copy()
+    idx = np.flatnonzero(acc & (cls >= 0) & (cls < k))
+    c = cls[idx]
+    available = np.bincount(c, minlength=k)
+    keep_counts = balanced_counts(available, ratio, skip_empty=skip_empty)
+    order = np.lexsort((idx, unc[idx], c))  # by class, then uncertainty, then index
+    idx, c = idx[order], c[order]
+    starts = np.concatenate(([0], np.cumsum(available)[:-1]))
+    rank = np.arange(idx.shape[0]) - starts[c]
+    out = np.zeros(acc.shape[0], dtype=bool)
+    out[idx[rank < keep_counts[c]]] = True
+    return out

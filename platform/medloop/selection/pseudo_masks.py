@@ -1,0 +1,64 @@
+"""Segmentation pseudo-labels: pixel-wise UPS for masks plus an image-level quality gate.
+
+* :func:`pseudo_mask` -- keep the predicted mask, mark pixels whose uncertainty is above
+  ``pixel_tau_u`` (or not finite) as *ignore* (no loss there): Eq. 19's uncertainty factor applied
+  per pixel.
+* :func:`mask_gate` -- image-level decision: the pseudo-mask is used at all only when the image's
+  mean pixel uncertainty is strictly below ``gate``.
+* :func:`training_target` -- ``(mask, ignore)`` -> the training target of the batch contract
+  (``docs/contracts.md``): values {0, 1}, **255 at ignored pixels**.
+
+The class pseudo-label and the mask pseudo-label are decided separately (see ``decide.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+def pseudo_mask(
+    pred_mask: np.ndarray, pixel_uncertainty: np.ndarray, pixel_tau_u: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask uint8, ignore bool)``: ``ignore = not (pixel_uncertainty <= pixel_tau_u)``.
+
+    Works on one image ``(H, W)`` or a batch ``(B, H, W)``; the mask keeps the predicted values
+    everywhere (ignored pixels included) -- use :func:`training_target` to write 255 there.
+    """
+    mask = np.asarray(pred_mask)
+    unc = np.asarray(pixel_uncertainty)
+    if mask.shape != unc.shape:
+        raise ValueError(f"pred_mask shape {mask.shape} != pixel_uncertainty shape {unc.shape}")
+    ignore = ~(unc <= pixel_tau_u)  # NaN -> ignore
+    return mask.astype(np.uint8, copy=True), ignore
+
+
+def mean_pixel_uncertainty(pixel_uncertainty: np.ndarray) -> np.ndarray | float:
+    """Mean over the last two (spatial) axes: a float for ``(H, W)``, an array ``(B,)`` for ``(B, H, W)``."""
+    unc = np.asarray(pixel_uncertainty, dtype=np.float64)
+    if unc.ndim < 2:
+        raise ValueError("pixel_uncertainty must have at least two (spatial) axes")
+    m = unc.mean(axis=(-2, -1))
+    return float(m) if np.ndim(m) == 0 else m
+
+
+def mask_gate(mean_pixel_unc: float | np.ndarray, gate: float) -> bool | np.ndarray:
+    """Use the pseudo-mask only when its mean pixel uncertainty is ``< gate`` (NaN -> False).
+
+    A scalar gives a bool, an array ``(N,)`` gives a bool array.
+    """
+    m = np.asarray(mean_pixel_unc, dtype=np.float64)
+    ok = m < gate
+    return bool(ok) if ok.ndim == 0 else ok
+
+
+def training_target(mask: np.ndarray, ignore: np.ndarray, *, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Training target: ``mask`` (uint8) with ``ignore_index`` (255) at ignored pixels."""
+    m = np.asarray(mask)
+    ign = np.asarray(ignore, dtype=bool)
+    if m.shape != ign.shape:
+        raise ValueError(f"mask shape {m.shape} != ignore shape {ign.shape}")
+    out = m.astype(np.uint8, copy=True)
+    out[ign] = ignore_index
+    return out
