@@ -1,0 +1,99 @@
+"""Binary segmentation metrics on numpy masks (H, W): Dice, IoU, ASSD, HD95.
+
+Empty-mask conventions (both masks are compared after dropping ignored pixels):
+* both empty: Dice = IoU = 1, ASSD = HD95 = 0 (a correct "no lesion");
+* one empty: Dice = IoU = 0 and ASSD = HD95 = the image diagonal (in ``spacing`` units),
+  the largest distance possible in the image, so averages stay finite and penalise the
+  miss; pass ``empty_distance="nan"`` to get NaN instead (then use nanmean).
+Distances follow MedPy: surfaces are the mask pixels removed by one 3x3 erosion (border
+counted as background); ASSD = mean of the two mean directed surface distances;
+HD95 = max of the two directed 95th percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+IGNORE = 255
+
+
+def _binary(pred: np.ndarray, target: np.ndarray, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred)
+    target = np.asarray(target)
+    valid = np.ones(target.shape, bool) if ignore_index is None else target != ignore_index
+    return (pred > 0) & valid, (target > 0) & valid
+
+
+def dice(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
+    """``2 |P n G| / (|P| + |G|)`` over non-ignored pixels; 1 when both are empty."""
+    p, g = _binary(pred, target, ignore_index)
+    denom = p.sum() + g.sum()
+    return 1.0 if denom == 0 else float(2.0 * (p & g).sum() / denom)
+
+
+def iou(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
+    """``|P n G| / |P u G|``; 1 when both are empty."""
+    p, g = _binary(pred, target, ignore_index)
+    union = (p | g).sum()
+    return 1.0 if union == 0 else float((p & g).sum() / union)
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels: the mask minus its 3x3 erosion (outside the image counts as background)."""
+    eroded = ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=0)
+    return mask & ~eroded
+
+
+def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
+    """Distance from every surface pixel of ``a`` to the nearest surface pixel of ``b``."""
+    sb = surface(b)
+    dt = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    return dt[surface(a)]
+
+
+def _empty_case(p: np.ndarray, g: np.ndarray, spacing: Sequence[float], empty_distance: str) -> float | None:
+    if not p.any() and not g.any():
+        return 0.0
+    if p.any() and g.any():
+        return None
+    if empty_distance == "nan":
+        return float("nan")
+    return float(math.hypot(p.shape[0] * spacing[0], p.shape[1] * spacing[1]))
+
+
+def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE, empty_distance: str = "diagonal") -> float:
+    """Average symmetric surface distance (MedPy ``assd``)."""
+    p, g = _binary(pred, target, ignore_index)
+    special = _empty_case(p, g, spacing, empty_distance)
+    if special is not None:
+        return special
+    return float((directed_distances(p, g, spacing).mean() + directed_distances(g, p, spacing).mean()) / 2)
+
+
+def hd95(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE, empty_distance: str = "diagonal") -> float:
+    """95th-percentile Hausdorff distance (MedPy ``hd95``)."""
+    p, g = _binary(pred, target, ignore_index)
+    special = _empty_case(p, g, spacing, empty_distance)
+    if special is not None:
+        return special
+    return float(max(np.percentile(directed_distances(p, g, spacing), 95), np.percentile(directed_distances(g, p, spacing), 95)))
+
+
+def segmentation_metrics(pred: np.ndarray, target: np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    """Per-image Dice / IoU / ASSD / HD95 for batches (B, H, W); images without any valid pixel are NaN."""
+    ignore_index = kwargs.get("ignore_index", IGNORE)
+    out: dict[str, list[float]] = {"dice": [], "iou": [], "assd": [], "hd95": []}
+    for p, t in zip(np.asarray(pred), np.asarray(target)):
+        if ignore_index is not None and (t == ignore_index).all():
+            for v in out.values():
+                v.append(float("nan"))
+            continue
+        out["dice"].append(dice(p, t, ignore_index))
+        out["iou"].append(iou(p, t, ignore_index))
+        out["assd"].append(assd(p, t, **kwargs))
+        out["hd95"].append(hd95(p, t, **kwargs))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
