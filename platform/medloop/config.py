@@ -266,6 +266,9 @@ def commented_toml(campaign: Campaign | None = None) -> str:
             lines.append(f"# {sub_field.description}")
             if value is None:
                 lines.append(f"# {sub} = ")
+            elif isinstance(value, dict):  # inline table: a [header] would end the section
+                inner = ", ".join(tomli_w.dumps({k: v}).strip() for k, v in value.items())
+                lines.append(f"{sub} = {{{inner}}}" if inner else f"{sub} = {{}}")
             else:
                 lines.append(tomli_w.dumps({sub: value}).strip())
     return "\n".join(lines) + "\n"
