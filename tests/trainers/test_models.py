@@ -1,0 +1,193 @@
+"""Seed model families: shapes, gradients, encode/decode split, dropout placement, weights, UML loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medloop.registry import UnknownNameError
+from medloop.trainers.models import MODELS, build, count_parameters
+from medloop.trainers.models.base import JointModel, JointOutput
+from medloop.trainers.models.weights import WeightsMismatchError
+
+NAMES = ["jrl", "mttu", "mtunet", "tim_upa", "uml"]
+TINY = dict(width=4, depth=3)
+HW = 32
+
+
+def tiny(name: str, **kw) -> JointModel:
+    opts = dict(TINY)
+    if name == "mttu":
+        opts.update(transformer_layers=1, image_size=HW)
+    opts.update(kw)
+    return build(name, **opts)
+
+
+def aux_tensors(aux: dict) -> list[torch.Tensor]:
+    out = []
+    for v in aux.values():
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            out += [t for t in v if isinstance(t, torch.Tensor)]
+    return out
+
+
+def full_loss(out: JointOutput) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    loss = (out.cls_logits * torch.randn(out.cls_logits.shape, generator=gen)).sum()
+    loss = loss + (out.seg_logits * torch.randn(out.seg_logits.shape, generator=gen)).mean()
+    for t in aux_tensors(out.aux):
+        loss = loss + (t * torch.randn(t.shape, generator=gen)).mean()
+    return loss
+
+
+def test_registry_lists_all_five_and_rejects_unknown() -> None:
+    assert set(NAMES) <= set(MODELS.names())
+    with pytest.raises(UnknownNameError, match="unknown model 'nope'.*mtunet"):
+        build("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_forward_backward_shapes_and_gradients(name: str, channels: int) -> None:
+    torch.manual_seed(0)
+    model = tiny(name, in_channels=channels, num_classes=3)
+    assert model.default_loss == name
+    out = model(torch.rand(2, channels, HW, HW))
+    assert out.cls_logits.shape == (2, 3)
+    assert out.seg_logits.shape == (2, 2, HW, HW)
+    assert out.embedding is not None and out.embedding.shape[0] == 2 and out.embedding.ndim == 2
+    full_loss(out).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seg_classes_and_wrong_input(name: str) -> None:
+    model = tiny(name, seg_classes=3, num_classes=2).eval()
+    out = model(torch.rand(1, 1, HW, HW))
+    assert out.seg_logits.shape == (1, 3, HW, HW) and out.cls_logits.shape == (1, 2)
+    with pytest.raises(ValueError):
+        model(torch.rand(1, 3, HW, HW))
+    with pytest.raises(ValueError, match="divisible"):
+        model(torch.rand(1, 1, HW + 4, HW + 4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_decode_equals_forward_and_encode_is_deterministic(name: str) -> None:
+    torch.manual_seed(1)
+    model = tiny(name, dropout=0.5, dropout_placement=("bottleneck", "decoder", "classifier"))
+    model.train()
+    model(torch.rand(2, 1, HW, HW))  # move BN statistics away from their init
+    model.eval()
+    x = torch.rand(2, 1, HW, HW)
+    full = model(x)
+    split = model.decode(model.encode(x))
+    torch.testing.assert_close(split.cls_logits, full.cls_logits)
+    torch.testing.assert_close(split.seg_logits, full.seg_logits)
+    # MC mode: only dropout stochastic -> encode identical, decode varies
+    for m in model.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            m.train()
+    feats_a, feats_b = model.encode(x), model.encode(x)
+    flat = lambda f: [t for t in (f.values() if isinstance(f, dict) else f if isinstance(f, (list, tuple)) else [f])]
+    for a, b in zip(flat(feats_a), flat(feats_b)):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(2)
+    d1 = model.decode(feats_a)
+    torch.manual_seed(3)
+    d2 = model.decode(feats_a)
+    assert not torch.allclose(d1.seg_logits, d2.seg_logits)
+    assert not torch.allclose(d1.cls_logits, d2.cls_logits)
+
+
+def dropouts(module: nn.Module) -> tuple[int, int]:
+    mods = list(module.modules())
+    return sum(type(m) is nn.Dropout for m in mods), sum(type(m) is nn.Dropout2d for m in mods)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dropout_placement(name: str) -> None:
+    n1d, n2d = dropouts(tiny(name, dropout_placement=("classifier",)))
+    assert n1d >= 1 and n2d == 0
+    n1d, n2d_all = dropouts(tiny(name, dropout_placement="decoder"))
+    assert n1d == 0 and n2d_all >= 3  # one per decoder level (depth 3)
+    _, n2d_one = dropouts(tiny(name, dropout_placement="decoder", dropout_levels=[0]))
+    assert 1 <= n2d_one < n2d_all
+    n1d, n2d = dropouts(tiny(name, dropout_placement=("bottleneck",)))
+    assert (n1d, n2d) == (0, 1)
+    assert dropouts(tiny(name, dropout=0.0, dropout_placement=("bottleneck", "decoder", "classifier"))) == (0, 0)
+    with pytest.raises(ValueError, match="placement"):
+        tiny(name, dropout_placement=("encoder",))
+    # encode never runs a dropout module, whatever the placement
+    model = tiny(name, dropout=0.5, dropout_placement=("bottleneck", "decoder", "classifier")).eval()
+    seen: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m))
+             for m in model.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d))]
+    feats = model.encode(torch.rand(1, 1, HW, HW))
+    assert seen == []
+    model.decode(feats)
+    assert len(seen) >= 3
+    for h in hooks:
+        h.remove()
+
+
+@pytest.mark.parametrize("encoder", ["vgg", "mobilenetv2", "resnet"])
+def test_mtunet_encoders_and_weights_round_trip(encoder: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    a = tiny("mtunet", encoder=encoder, in_channels=3).eval()
+    path = tmp_path / "w.pt"
+    torch.save(a.state_dict(), path)
+    b = tiny("mtunet", encoder=encoder, in_channels=3, weights=str(path)).eval()
+    x = torch.rand(1, 3, HW, HW)
+    torch.testing.assert_close(a(x).seg_logits, b(x).seg_logits)
+    c = tiny("mtunet", encoder=encoder, in_channels=3).eval()
+    assert not torch.allclose(a(x).seg_logits, c(x).seg_logits)
+    # encoder-only file under a prefix
+    enc = tmp_path / "enc.pt"
+    torch.save({"state_dict": a.encoder.state_dict()}, enc)
+    d = tiny("mtunet", encoder=encoder, in_channels=3, weights=str(enc), weights_prefix="encoder.").eval()
+    torch.testing.assert_close(a.encode(x)[-1], d.encode(x)[-1])
+
+
+def test_mtunet_weights_mismatch_is_clear(tmp_path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(tiny("mtunet", in_channels=3).state_dict(), path)
+    with pytest.raises(WeightsMismatchError, match="shape mismatches"):
+        tiny("mtunet", in_channels=1, weights=str(path))
+    with pytest.raises(WeightsMismatchError, match="unexpected keys"):
+        tiny("mtunet", in_channels=3, encoder="resnet", weights=str(path))
+    with pytest.raises(FileNotFoundError):
+        tiny("mtunet", weights=str(tmp_path / "absent.pt"))
+
+
+def test_mttu_position_embedding_interpolates() -> None:
+    model = tiny("mttu", image_size=64).eval()
+    assert model(torch.rand(1, 1, HW, HW)).seg_logits.shape == (1, 2, HW, HW)
+    assert model(torch.rand(1, 1, 64, 64)).seg_logits.shape == (1, 2, 64, 64)
+
+
+def test_aux_outputs() -> None:
+    out = tiny("tim_upa").eval()(torch.rand(2, 1, HW, HW))
+    ds = out.aux["deep_supervision"]
+    assert len(ds) >= 2 and all(t.shape[:2] == (2, 2) for t in ds)
+    out = tiny("uml").eval()(torch.rand(2, 1, HW, HW))
+    assert out.aux["prelim_seg_logits"].shape == (2, 2, HW, HW)
+    u = out.aux["seg_uncertainty"]
+    assert u.shape == (2, 1, HW, HW) and (u > 0).all() and (u <= 1).all()
+    assert len(out.aux["deep_supervision"]) == 3
+
+
+def test_default_sizes_documented() -> None:
+    """docs/models.md quotes the parameter counts of the default sizes."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    for name in ["mtunet"]:  # the cheap one; the others are checked by scripts in the doc
+        n = count_parameters(build(name))
+        assert f"{n:,}" in doc
