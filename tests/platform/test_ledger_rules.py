@@ -1,0 +1,76 @@
+"""The ledger rules on a real SQLite file: pseudo never replaces human, history, WAL, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from medloop.ledger import HumanLabelExists, Label, Ledger, Sample, active_label, add_human_label, add_pseudo_label
+from medloop.ledger.queries import pool_sizes
+
+
+def _ledger(tmp_path: Path) -> Ledger:
+    return Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+
+def _sample(s, uid: str, split: str = "pool") -> int:
+    row = Sample(uid=uid, content_hash=uid * 4, image_path=f"images/{uid}.png", original_path=None,
+                 source="test", split=split, height=16, width=16, channels=1)
+    s.add(row)
+    s.flush()
+    return row.id
+
+
+def test_wal_mode_on(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    with ledger.reading() as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    ledger.close()
+
+
+def test_pseudo_never_replaces_human(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    with ledger.transaction() as s:
+        sid = _sample(s, "a")
+        add_human_label(s, sid, class_name="benign", mask_path=None, author="ann")
+    with pytest.raises(HumanLabelExists):
+        with ledger.transaction() as s:
+            add_pseudo_label(s, sid, class_name="malignant", mask_path=None, ignore_path=None,
+                             round_id=1, selector="ups", thresholds={"tau_c": 0.9})
+    with ledger.reading() as s:
+        assert active_label(s, sid, "human").class_name == "benign"
+        assert s.scalars(select(Label).where(Label.kind == "pseudo")).all() == []
+    ledger.close()
+
+
+def test_human_update_keeps_history_and_retires_pseudo(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    with ledger.transaction() as s:
+        sid = _sample(s, "b")
+        add_pseudo_label(s, sid, class_name="normal", mask_path=None, ignore_path=None,
+                         round_id=1, selector="ups", thresholds={})
+        add_human_label(s, sid, class_name="benign", mask_path=None, author="ann1")
+        add_human_label(s, sid, class_name="malignant", mask_path=None, author="ann2")
+    with ledger.reading() as s:
+        rows = s.scalars(select(Label).where(Label.sample_id == sid).order_by(Label.id)).all()
+        assert [(r.kind, r.class_name, r.active) for r in rows] == [
+            ("pseudo", "normal", False), ("human", "benign", False), ("human", "malignant", True)
+        ]
+        assert rows[1].superseded_at is not None
+        assert pool_sizes(s)["pool"] == {"samples": 1, "human": 1, "pseudo": 0, "truth": 0, "unlabeled": 0}
+    ledger.close()
+
+
+def test_transaction_rolls_back_as_a_whole(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    with pytest.raises(RuntimeError):
+        with ledger.transaction() as s:
+            sid = _sample(s, "c")
+            add_human_label(s, sid, class_name="benign", mask_path=None, author="ann")
+            raise RuntimeError("crash in the middle of a write")
+    with ledger.reading() as s:
+        assert s.scalars(select(Sample)).all() == []
+        assert s.scalars(select(Label)).all() == []
+    ledger.close()
