@@ -1,0 +1,91 @@
+"""An oracle annotator for the demo and benchmarks: it answers queued cases from hidden truth.
+
+Directly (labeling disabled): each open task whose sample has a ``truth`` label gets a human label
+with author ``"oracle"`` and the task becomes ``completed``, in the caller's transaction.
+Through Label Studio (labeling enabled): the oracle posts an annotation on every pushed task via
+the SDK, as an annotator would; the labels then arrive through ``medloop.labeling.sync``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from medloop.config import Campaign
+from medloop.ledger.schema import AnnotationTask, Label, Prediction, utcnow
+from medloop.ledger.store import active_label, add_human_label
+
+ORACLE_AUTHOR = "oracle"
+
+
+def _latest_prediction(session: Session, sample_id: int) -> Prediction | None:
+    return session.scalars(
+        select(Prediction).where(Prediction.sample_id == sample_id).order_by(Prediction.round_id.desc())
+    ).first()
+
+
+def open_tasks(session: Session, states: tuple[str, ...] = ("intent", "pushed")) -> list[AnnotationTask]:
+    return list(session.scalars(select(AnnotationTask).where(AnnotationTask.state.in_(states)).order_by(AnnotationTask.id)))
+
+
+def answer_directly(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """Answer every open task from the hidden truth, in ``session`` (idempotent: completed tasks are skipped)."""
+    classes = campaign.data.classes
+    answered = no_truth = kept = 0
+    for task in open_tasks(session):
+        truth = active_label(session, task.sample_id, "truth")
+        if truth is None:
+            no_truth += 1
+            continue
+        add_human_label(
+            session, task.sample_id, class_name=truth.class_name, mask_path=truth.mask_path,
+            author=ORACLE_AUTHOR, ls_task_id=task.ls_task_id,
+        )
+        pred = _latest_prediction(session, task.sample_id)
+        if pred is not None and truth.class_name in classes:
+            task.kept_prediction = classes.index(truth.class_name) == pred.pred_class
+            kept += int(bool(task.kept_prediction))
+        task.state, task.completed_at = "completed", utcnow()
+        answered += 1
+    return {"oracle_answered": answered, "oracle_no_truth": no_truth, "oracle_kept_prediction": kept}
+
+
+def truth_answers(session: Session, tasks: list[AnnotationTask]) -> list[tuple[AnnotationTask, Label]]:
+    """(task, truth label) pairs for the tasks that have hidden truth."""
+    out = []
+    for task in tasks:
+        truth = active_label(session, task.sample_id, "truth")
+        if truth is not None:
+            out.append((task, truth))
+    return out
+
+
+def answer_via_labelstudio(campaign: Campaign, ledger: Any, store: Any) -> dict[str, Any]:
+    """Post the truth as Label Studio annotations on pushed tasks, then sync them into the ledger."""
+    from medloop import labeling
+
+    with ledger.reading() as s:
+        pairs = [(t.ls_task_id, t.sample_id, truth.class_name, truth.mask_path)
+                 for t, truth in truth_answers(s, open_tasks(s, ("pushed",))) if t.ls_task_id is not None]
+    annotate = getattr(labeling, "annotate_as", None)
+    if annotate is None:
+        raise RuntimeError("medloop.labeling has no annotate_as(); the oracle cannot answer through Label Studio")
+    posted = 0
+    for ls_task_id, _sample_id, class_name, mask_path in pairs:
+        mask = store.load_mask(mask_path) if mask_path else None
+        annotate(campaign, ls_task_id, class_name=class_name, mask=mask, author=ORACLE_AUTHOR)
+        posted += 1
+    synced = labeling.sync(campaign, ledger, store)
+    return {"oracle_posted": posted, "sync": _as_dict(synced)}
+
+
+def _as_dict(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (dict, int, float, str)):
+        return obj
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(obj).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return str(obj)

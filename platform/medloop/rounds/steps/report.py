@@ -1,0 +1,208 @@
+"""report: calibration and selection statistics of the round -> ``Round.metrics`` / ``notes`` and MLflow."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from medloop.ledger.schema import AnnotationTask, Label, Sample, Selection
+
+from .. import state
+from ..scores import ScoreTable, load_scores
+from ..stopping import open_pool, validation_score
+from ._util import jsonable, store_of
+
+RC_POINTS = 50
+
+
+def _bins(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    from medloop.trainers.metrics import reliability_bins
+
+    b = reliability_bins(probs, labels, n_bins=10)
+    return [
+        {"lo": float(lo), "hi": float(hi), "confidence": _num(c), "accuracy": _num(a), "count": int(n)}
+        for lo, hi, c, a, n in zip(b["lower"], b["upper"], b["confidence"], b["accuracy"], b["count"])
+    ]
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
+
+
+def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Calibration + classification metrics on labeled validation predictions (and the confusion matrix)."""
+    from medloop.trainers.metrics import calibration_metrics, classification_metrics, confusion_matrix, risk_coverage
+
+    idx = [i for i, c in enumerate(val.human_class) if c in classes]
+    if not idx:
+        return {}, None
+    probs = val.arrays["probs"][idx]
+    labels = np.array([classes.index(val.human_class[i]) for i in idx])
+    cal = calibration_metrics(probs, labels, n_bins=10)
+    cls = classification_metrics(labels, probs)
+    conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(float)
+    cov, risk = risk_coverage(conf, correct)
+    keep = np.unique(np.linspace(0, len(cov) - 1, min(RC_POINTS, len(cov))).astype(int))
+    out = {
+        "accuracy": cls["accuracy"], "f1": cls["f1_macro"], "auc": cls["auc_ovr"],
+        "ece": cal["ece"], "adaptive_ece": cal["adaptive_ece"], "brier": cal["brier"], "nll": cal["nll"],
+        "calibration": {"class": {"bins": _bins(probs, labels)}},
+        "risk_coverage": {"coverage": cov[keep].tolist(), "risk": risk[keep].tolist(), "aurc": cal["aurc"]},
+        "n_val": len(idx),
+    }
+    return out, confusion_matrix(labels, probs.argmax(1), len(classes))
+
+
+def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
+    """Mean Dice / IoU of the predicted validation masks against the human masks."""
+    from medloop.trainers.metrics import dice, iou
+
+    store = store_of(ctx)
+    d, j = [], []
+    for pred_rel, true_rel in zip(val.mask_paths, val.human_mask):
+        if pred_rel and true_rel:
+            p, t = store.load_mask(pred_rel), store.load_mask(true_rel)
+            if p.shape == t.shape:
+                d.append(dice(p, t))
+                j.append(iou(p, t))
+    return {"dice": float(np.nanmean(d)), "iou": float(np.nanmean(j))} if d else {}
+
+
+def pseudo_precision_truth(s: Any, round_id: int) -> dict[str, Any]:
+    """Precision of this round's class pseudo-labels against hidden truth labels (where known)."""
+    truth = {sid: c for sid, c in s.execute(select(Label.sample_id, Label.class_name).where(Label.kind == "truth"))}
+    pseudo = s.execute(select(Label.sample_id, Label.class_name).where(
+        Label.kind == "pseudo", Label.round_id == round_id, Label.class_name.is_not(None))).all()
+    known = [(c, truth[sid]) for sid, c in pseudo if truth.get(sid) is not None]
+    if not known:
+        return {}
+    return {"pseudo_precision_truth": sum(a == b for a, b in known) / len(known), "pseudo_truth_n": len(known)}
+
+
+def audit_stats(s: Any, round_id: int, classes: list[str]) -> dict[str, Any]:
+    """Audit precision: this round's audited pseudo-labels against the human answers."""
+    from medloop.selection import audit_precision
+
+    ids = s.scalars(select(Selection.sample_id).where(Selection.round_id == round_id,
+                                                      Selection.decision == "audit")).all()
+    pc, hc = [], []
+    for sid in ids:
+        p = s.scalars(select(Label.class_name).where(Label.sample_id == sid, Label.kind == "pseudo",
+                                                     Label.round_id == round_id)).first()
+        h = s.scalars(select(Label.class_name).where(Label.sample_id == sid, Label.kind == "human",
+                                                     Label.active.is_(True))).first()
+        pc.append(classes.index(p) if p in classes else -1)
+        hc.append(classes.index(h) if h in classes else -1)
+    if not ids:
+        return {}
+    res = audit_precision(np.array(pc), np.array(hc), classes)
+    return {"audit_precision": _num(res["overall"]), "audit_answered": int(res["n"])} if res["n"] else {}
+
+
+def pool_sizes(s: Any) -> dict[str, int]:
+    pool = select(Sample.id).where(Sample.split == "pool")
+    lab = lambda kind: int(s.scalar(select(func.count(func.distinct(Label.sample_id))).where(  # noqa: E731
+        Label.kind == kind, Label.active.is_(True), Label.sample_id.in_(pool))) or 0)
+    return {
+        "pool_total": int(s.scalar(select(func.count()).select_from(Sample).where(Sample.split == "pool")) or 0),
+        "pool_human": lab("human"), "pool_pseudo": lab("pseudo"), "pool_open": open_pool(s),
+        "tasks_open": int(s.scalar(select(func.count()).select_from(AnnotationTask).where(
+            AnnotationTask.state.in_(("intent", "pushed")))) or 0),
+        "human_labels": int(s.scalar(select(func.count()).select_from(Label).where(
+            Label.kind == "human", Label.active.is_(True))) or 0),
+    }
+
+
+def report_step(ctx: Any) -> dict[str, Any]:
+    classes = ctx.campaign.data.classes
+    train_d, select_d, score_d = ctx.detail("train"), ctx.detail("select"), ctx.detail("score")
+    with ctx.ledger.reading() as s:
+        version = ctx.round(s).model_version
+        val = load_scores(s, version, "val", len(classes))
+        pool = load_scores(s, version, "pool", len(classes))
+        extra = {**pseudo_precision_truth(s, ctx.round_id), **audit_stats(s, ctx.round_id, classes)}
+        sizes = pool_sizes(s)
+    metrics, cm = class_metrics(val, classes)
+    metrics = {**{k: v for k, v in (train_d.get("best_metrics") or {}).items() if isinstance(v, (int, float))},
+               **seg_metrics(ctx, val), **metrics, **extra}
+    metrics["val_score"] = validation_score(metrics)
+    sel_stats = {k: select_d.get(k) for k in ("queue_size", "audit_size", "pseudo_labels", "pseudo_masks",
+                                              "pseudo_per_class", "retired", "gate_open", "val_ece")}
+    run_id = None
+    if ctx.extras.get("tracking", True):
+        run_id = _track(ctx, metrics, cm, pool, train_d, select_d, score_d, sizes)
+    with ctx.ledger.transaction() as s:
+        rnd = ctx.round(s)
+        rnd.metrics = jsonable(metrics)
+        rnd.mlflow_run_id = run_id
+        state.update_notes(rnd, selection=jsonable(sel_stats), pools=sizes)
+        detail = {"mlflow_run_id": run_id, "val_score": metrics["val_score"], **sizes}
+        ctx.complete(s, jsonable(detail))
+    return detail
+
+
+def _selection_table(ctx: Any, path: Path) -> Path:
+    with ctx.ledger.reading() as s:
+        rows = s.execute(select(Sample.uid, Selection.sample_id, Selection.decision, Selection.target,
+                                Selection.policy, Selection.score, Selection.reason)
+                         .join(Sample, Sample.id == Selection.sample_id)
+                         .where(Selection.round_id == ctx.round_id).order_by(Selection.id)).all()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "sample_id", "decision", "target", "policy", "score", "reason"])
+        w.writerows(rows)
+    return path
+
+
+def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: ScoreTable,
+           train_d: dict[str, Any], select_d: dict[str, Any], score_d: dict[str, Any],
+           sizes: dict[str, int]) -> str:
+    from medloop.tracking import RoundRecord, Tracker, manifest_hash, safe_params
+    from medloop.tracking import plots
+
+    campaign = ctx.campaign
+    out = campaign.folder / "reports" / f"round-{ctx.round_id}"
+    out.mkdir(parents=True, exist_ok=True)
+    round_files: list[Path] = []
+    if metrics.get("calibration"):
+        round_files.append(plots.reliability_diagram(metrics["calibration"]["class"]["bins"],
+                                                     out / "reliability.png", f"round {ctx.round_id}"))
+    if cm is not None:
+        round_files.append(plots.confusion_matrix_png(cm, campaign.data.classes, out / "confusion_matrix.png"))
+    hist = {k: pool.arrays[k] for k in ("std", "entropy", "mutual_info", "seg_uncertainty") if k in pool.arrays}
+    select_files = [_selection_table(ctx, out / "selection.csv"),
+                    plots.uncertainty_histograms(hist, out / "uncertainty_hist.png")]
+    with ctx.ledger.reading() as s:
+        manifest = manifest_hash([(u, sp, h) for u, sp, h in s.execute(
+            select(Sample.uid, Sample.split, Sample.content_hash)).all()])
+    sel = campaign.selection
+    params = {**safe_params(campaign), "round": ctx.round_id, "model_name": campaign.model.name,
+              "data_manifest_hash": manifest, "threshold.tau_c": sel.tau_c, "threshold.tau_u": sel.tau_u,
+              "threshold.pixel_tau_u": sel.pixel_tau_u, "threshold.mask_gate": sel.mask_gate,
+              "threshold.max_ece": sel.max_ece}
+    scalar = {f"val_{k}": v for k, v in metrics.items()
+              if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll")}
+    select_metrics = {"queue_size": select_d.get("queue_size", 0), "audit_size": select_d.get("audit_size", 0),
+                      "pseudo_labels": select_d.get("pseudo_labels", 0), "pseudo_masks": select_d.get("pseudo_masks", 0),
+                      **{f"pseudo_{c}": n for c, n in (select_d.get("pseudo_per_class") or {}).items()}}
+    for k in ("audit_precision", "pseudo_precision_truth"):
+        if metrics.get(k) is not None:
+            select_metrics[k] = metrics[k]
+    round_metrics = {**scalar, **select_metrics, **{k: float(v) for k, v in sizes.items()},
+                     "aurc": (metrics.get("risk_coverage") or {}).get("aurc")}
+    if metrics.get("val_score") is not None:
+        round_metrics["val_score"] = metrics["val_score"]
+    report = score_d.get("report") if isinstance(score_d.get("report"), dict) else {}
+    record = RoundRecord(
+        round_id=ctx.round_id, params=params, metrics={k: v for k, v in round_metrics.items() if v is not None},
+        history=train_d.get("history") or [],
+        score_metrics={k: v for k, v in (report or {}).items() if isinstance(v, (int, float))},
+        select_metrics=select_metrics, artifacts={"round": round_files, "select": select_files},
+        checkpoint_path=train_d.get("checkpoint_path"), val_score=metrics.get("val_score"),
+    )
+    return Tracker(campaign).log_round(record, log_model=ctx.extras.get("log_model", True))

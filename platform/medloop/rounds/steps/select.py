@@ -1,0 +1,140 @@
+"""select: pseudo-labels (class and mask decided separately) and the annotation queue.
+
+Everything the step decides is written in ONE transaction together with its ``done`` state:
+old pseudo-labels retired, new ones added (``add_pseudo_label``: a human label always wins),
+``Selection`` rows, ``AnnotationTask`` rows in state ``intent`` for the queue and the flagged audit
+sample, and the calibration gate's reason in ``Round.notes``. A crash before that commit leaves
+nothing behind; pseudo-mask files written before it are overwritten identically on the re-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from medloop.ledger.schema import AnnotationTask, Selection
+from medloop.ledger.store import HumanLabelExists, add_pseudo_label, retire_pseudo_labels
+from medloop.selection import (
+    PseudoLabelParams,
+    acquisition_scores,
+    audit_sample,
+    build_queue,
+    calibration_gate,
+    decide_pseudo_labels,
+    pseudo_mask,
+    reason_names,
+)
+
+from .. import state
+from ..scores import ScoreTable, human_class_counts, load_scores, val_ece
+from ._util import store_of
+
+
+def _pseudo_mask_files(ctx: Any, table: ScoreTable, idx: np.ndarray) -> dict[int, tuple[str, str]]:
+    """Write pseudo-mask + ignore map for rows ``idx``; row -> (mask rel, ignore rel)."""
+    store = store_of(ctx)
+    out: dict[int, tuple[str, str]] = {}
+    tau = ctx.campaign.selection.pixel_tau_u
+    for i in idx.tolist():
+        mpath, upath = table.mask_paths[i], table.umap_paths[i]
+        if not mpath or not upath:
+            continue
+        mask, ignore = pseudo_mask(store.load_mask(mpath), store.load_array(upath), tau)
+        uid = table.uids[i]
+        out[i] = (store.put_mask(f"pseudo/round-{ctx.round_id}/{uid}", mask),
+                  store.put_array(f"ignore/round-{ctx.round_id}/{uid}", ignore))
+    return out
+
+
+def _acquisition(ctx: Any, table: ScoreTable) -> np.ndarray:
+    sel = ctx.campaign.selection
+    options: dict[str, Any] = {"seed": sel.seed + ctx.round_id}
+    if sel.acquisition == "hybrid":
+        options["weight"] = sel.hybrid_weight
+    return acquisition_scores(sel.acquisition, table.arrays, **options)
+
+
+def select_step(ctx: Any) -> dict[str, Any]:
+    campaign, sel, classes = ctx.campaign, ctx.campaign.selection, ctx.campaign.data.classes
+    with ctx.ledger.reading() as s:
+        version = ctx.round(s).model_version
+        pool = load_scores(s, version, "pool", len(classes))
+        val = load_scores(s, version, "val", len(classes))
+        counts = human_class_counts(s, classes)
+        tasked = set(s.scalars(select(AnnotationTask.sample_id)).all())
+    ece = val_ece(val, classes)
+    allow, gate_reason = calibration_gate(ece, sel.max_ece)
+    params = PseudoLabelParams.from_config(sel)
+    dec = decide_pseudo_labels(pool.arrays, pool.has_human, counts, params, allow_pseudo=allow)
+    accepted = np.flatnonzero(dec["accept_class"] | dec["accept_mask"])
+    mask_files = _pseudo_mask_files(ctx, pool, np.flatnonzero(dec["accept_mask"]))
+    is_tasked = np.array([int(sid) in tasked for sid in pool.sample_ids], dtype=bool)
+    eligible = ~pool.has_human & ~is_tasked & ~(dec["accept_class"] | dec["accept_mask"])
+    acq = _acquisition(ctx, pool)
+    queue = build_queue(acq, eligible, sel.budget, diversity=sel.diversity, embeddings=pool.embeddings,
+                        seed=sel.seed + ctx.round_id)
+    audit = audit_sample(accepted[~is_tasked[accepted]], sel.audit_fraction, seed=sel.seed + ctx.round_id)
+    thresholds = {"tau_c": sel.tau_c, "tau_u": sel.tau_u, "measure": sel.measure,
+                  "pixel_tau_u": sel.pixel_tau_u, "mask_gate": sel.mask_gate}
+    rc, rm = reason_names(dec["reason_class"]), reason_names(dec["reason_mask"])
+    per_class = {c: 0 for c in classes}
+    n_masks = skipped_human = 0
+    with ctx.ledger.transaction() as s:
+        retired = retire_pseudo_labels(s, ctx.round_id)
+        for i in accepted.tolist():
+            sid = int(pool.sample_ids[i])
+            cls = classes[int(dec["pseudo_class"][i])] if dec["accept_class"][i] else None
+            mfiles = mask_files.get(i)
+            if cls is None and mfiles is None:
+                continue
+            try:
+                add_pseudo_label(s, sid, class_name=cls, mask_path=mfiles[0] if mfiles else None,
+                                 ignore_path=mfiles[1] if mfiles else None, round_id=ctx.round_id,
+                                 selector=params.policy, thresholds=thresholds)
+            except HumanLabelExists:  # a human label arrived since scoring: it wins
+                skipped_human += 1
+                continue
+            target = "both" if (cls and mfiles) else ("class" if cls else "mask")
+            if cls:
+                per_class[cls] += 1
+            n_masks += int(mfiles is not None)
+            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="pseudo", target=target,
+                            policy=params.policy, score=_f(pool.arrays["confidence"][i]),
+                            reason=f"class:{rc[i]} mask:{rm[i] if mfiles else 'not_used'}"))
+        for i in queue.tolist():
+            sid = int(pool.sample_ids[i])
+            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="queue", target="both",
+                            policy=sel.acquisition, score=_f(acq[i]), reason=f"class:{rc[i]}"))
+            s.add(AnnotationTask(sample_id=sid, round_id=ctx.round_id, state="intent", score=_f(acq[i])))
+        for i in audit.tolist():
+            sid = int(pool.sample_ids[i])
+            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="audit", target="class",
+                            policy=params.policy, score=_f(pool.arrays["confidence"][i]), reason="audit sample"))
+            s.add(AnnotationTask(sample_id=sid, round_id=ctx.round_id, state="intent", is_audit=True,
+                                 score=_f(acq[i])))
+        chosen = set(accepted.tolist()) | set(queue.tolist())
+        rejected = 0
+        for i in range(len(pool)):
+            if i in chosen or pool.has_human[i]:
+                continue
+            rejected += 1
+            s.add(Selection(round_id=ctx.round_id, sample_id=int(pool.sample_ids[i]), decision="rejected",
+                            target="class", policy=params.policy, score=_f(acq[i]), reason=f"class:{rc[i]}"))
+        state.update_notes(ctx.round(s), gate=gate_reason)
+        detail = {
+            "val_ece": ece, "gate_open": allow, "gate": gate_reason, "pool_scored": len(pool),
+            "pseudo_labels": len(accepted) - skipped_human,
+            "pseudo_per_class": per_class, "pseudo_masks": n_masks, "retired": retired,
+            "queue_size": int(queue.shape[0]), "audit_size": int(audit.shape[0]), "rejected": rejected,
+            "skipped_human": skipped_human, "thresholds": thresholds, "policy": params.policy,
+            "acquisition": sel.acquisition, "human_class_counts": counts.tolist(),
+        }
+        ctx.complete(s, detail)
+    return detail
+
+
+def _f(x: Any) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
