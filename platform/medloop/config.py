@@ -88,6 +88,7 @@ class SelectionConfig(_Section):
     )
     hybrid_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: weight of the class term (1 - w on segmentation)")
     budget: int = Field(16, ge=0, description="cases sent to annotators per round")
+    total_budget: int = Field(0, ge=0, description="stop when this many cases were queued in all (0 = no limit)")
     diversity: bool = Field(False, description="k-center greedy on embeddings among the top candidates")
     audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fraction of accepted pseudo-labels also queued, flagged")
     max_ece: float = Field(0.25, ge=0.0, le=1.0, description="calibration gate: above this validation ECE, no pseudo-labels")
