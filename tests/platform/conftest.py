@@ -83,3 +83,13 @@ def write_generic(root: Path, n: int = 9, labels: list[str] | None = None, masks
         rows.append(f"case{i}.png,{label}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture
+def lay() -> Any:
+    """The layout helpers above (test modules cannot import conftest under --import-mode=importlib)."""
+    import types
+
+    return types.SimpleNamespace(
+        grey=grey, blob=blob, save_mask=save_mask, write_busi=write_busi, write_generic=write_generic
+    )

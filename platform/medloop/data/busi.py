@@ -38,18 +38,22 @@ def scan_busi(path: str | Path, classes: list[str]) -> tuple[list[Item], list[Ba
             continue
         images: dict[str, Path] = {}
         masks: dict[str, list[Path]] = {}
+        rejected: set[str] = set()  # cases already reported: their masks are not reported again
         for f in files:
+            m = _MASK.match(f.stem)
             if not inside(root, f):
                 bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
+                rejected.add(m.group("stem") if m else f.stem)
                 continue
-            m = _MASK.match(f.stem)
             if m:
                 masks.setdefault(m.group("stem"), []).append(f)
             else:
                 images[f.stem] = f
         for stem, mpaths in sorted(masks.items()):
-            if stem not in images:
+            if stem not in images and stem not in rejected:
                 bad += [BadFile(str(p), f"mask without an image (no {stem}.png in {folder})") for p in mpaths]
         for stem, ipath in sorted(images.items()):
+            if stem in rejected:  # one of its masks escapes the root: the whole case stays out
+                continue
             items.append(Item(image=ipath, masks=sorted(masks.get(stem, [])), class_name=folder.name))
     return items, bad

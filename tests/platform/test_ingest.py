@@ -1,0 +1,214 @@
+"""ingest(): every bad-input case with and without skip_bad, idempotence, splits and labels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from medloop.data.errors import IngestError
+from medloop.data.imagestore import ImageStore
+from medloop.data.ingest import ingest
+from medloop.ledger import Label, Ledger, Sample
+from medloop.ledger.queries import class_counts, pool_sizes
+
+BUSI = "Dataset_BUSI_with_GT"
+
+
+def _counts(campaign) -> tuple[int, int]:
+    if not (campaign.folder / "ledger.db").exists():
+        return 0, 0
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        n = s.scalar(select(func.count()).select_from(Sample)), s.scalar(select(func.count()).select_from(Label))
+    ledger.close()
+    return n
+
+
+def _stored_images(campaign) -> int:
+    folder = campaign.store / "images"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+# Each breaker damages one thing in a fresh dataset and returns (format, root, bad file name, problem words).
+def _truncated(lay: Any, tmp: Path):
+    root = lay.write_busi(tmp / "d", per_class=2)
+    f = root / BUSI / "benign" / "benign (2).png"
+    f.write_bytes(f.read_bytes()[:60])
+    return "busi", root, "benign (2).png", "truncated"
+
+
+def _unreadable(lay: Any, tmp: Path):
+    root = lay.write_generic(tmp / "d", n=6)
+    (root / "images" / "case3.png").write_bytes(b"not a png at all")
+    return "generic", root, "case3.png", "unreadable"
+
+
+def _mask_size(lay: Any, tmp: Path):
+    root = lay.write_busi(tmp / "d", per_class=2)
+    lay.save_mask(root / BUSI / "malignant" / "malignant (1)_mask.png", np.ones((10, 10), np.uint8), "RGB")
+    return "busi", root, "malignant (1)_mask.png", "mask size 10x10 differs from its image (32x24)"
+
+
+def _orphan_mask_busi(lay: Any, tmp: Path):
+    root = lay.write_busi(tmp / "d", per_class=2)
+    lay.save_mask(root / BUSI / "benign" / "benign (9)_mask.png", lay.blob(), "1")
+    return "busi", root, "benign (9)_mask.png", "mask without an image"
+
+
+def _orphan_mask_generic(lay: Any, tmp: Path):
+    root = lay.write_generic(tmp / "d", n=6)
+    lay.save_mask(root / "masks" / "ghost.png", lay.blob(), "L")
+    return "generic", root, "ghost.png", "mask without an image"
+
+
+def _unknown_class_busi(lay: Any, tmp: Path):
+    root = lay.write_busi(tmp / "d", per_class=2)
+    (root / BUSI / "cyst").mkdir()
+    (root / BUSI / "benign" / "benign (1).png").rename(root / BUSI / "cyst" / "cyst (1).png")
+    (root / BUSI / "benign" / "benign (1)_mask.png").unlink()
+    (root / BUSI / "benign" / "benign (1)_mask_1.png").unlink()
+    return "busi", root, "cyst (1).png", "unknown class 'cyst'"
+
+
+def _unknown_class_generic(lay: Any, tmp: Path):
+    root = lay.write_generic(tmp / "d", n=6, labels=["benign", "normal", "cyst", "malignant", "benign", ""])
+    return "generic", root, "case2.png", "unknown class 'cyst'"
+
+
+def _symlink_escape(lay: Any, tmp: Path):
+    root = lay.write_busi(tmp / "d", per_class=2)
+    outside = tmp / "outside.png"
+    (root / BUSI / "normal" / "normal (1).png").rename(outside)
+    os.symlink(outside, root / BUSI / "normal" / "normal (1).png")
+    return "busi", root, "normal (1).png", "escapes the dataset root"
+
+
+def _dotdot_escape(lay: Any, tmp: Path):
+    root = lay.write_generic(tmp / "d", n=6)
+    lay.write_generic(tmp / "other", n=1)
+    with (root / "labels.csv").open("a") as fh:
+        fh.write("../other/images/case0.png,benign\n")
+    return "generic", root, "../other/images/case0.png", "escapes the dataset root"
+
+
+def _listed_missing(lay: Any, tmp: Path):
+    root = lay.write_generic(tmp / "d", n=6)
+    with (root / "labels.csv").open("a") as fh:
+        fh.write("nothere.png,benign\n")
+    return "generic", root, "nothere.png", "no such file in images/"
+
+
+BREAKERS: list[Callable] = [
+    _truncated, _unreadable, _mask_size, _orphan_mask_busi, _orphan_mask_generic, _unknown_class_busi,
+    _unknown_class_generic, _symlink_escape, _dotdot_escape, _listed_missing,
+]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_writes_nothing_without_skip_bad(breaker, lay, tmp_path: Path, campaign_factory) -> None:
+    fmt, root, name, problem = breaker(lay, tmp_path)
+    campaign = campaign_factory()
+    with pytest.raises(IngestError) as exc:
+        ingest(campaign, fmt, root)
+    msg = str(exc.value)
+    assert name in msg and problem in msg and "nothing was written" in msg
+    assert len(exc.value.bad) == 1
+    assert _counts(campaign) == (0, 0) and _stored_images(campaign) == 0
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_skipped_with_skip_bad(breaker, lay, tmp_path: Path, campaign_factory) -> None:
+    fmt, root, name, problem = breaker(lay, tmp_path)
+    campaign = campaign_factory()
+    report = ingest(campaign, fmt, root, skip_bad=True)
+    assert [name in b.path and problem in b.problem for b in report.bad] == [True]
+    assert report.added > 0 and _counts(campaign)[0] == report.added == _stored_images(campaign)
+    assert name in report.summary()
+
+
+def test_ingest_twice_changes_nothing(lay, tmp_path: Path, campaign_factory) -> None:
+    root = lay.write_busi(tmp_path / "d", per_class=4)
+    campaign = campaign_factory()
+    first = ingest(campaign, "busi", root)
+    before = _counts(campaign)
+    second = ingest(campaign, "busi", root)
+    assert first.added == 12 and second.added == 0 and second.duplicates == 12
+    assert _counts(campaign) == before
+
+
+def test_splits_labels_and_store(lay, tmp_path: Path, campaign_factory) -> None:
+    root = lay.write_busi(tmp_path / "d", per_class=8)
+    campaign = campaign_factory(image_size=16, split=[0.5, 0.25, 0.25], unlabeled_fraction=0.5)
+    report = ingest(campaign, "busi", root)
+    assert report.splits == {"train": 6, "val": 6, "test": 6, "pool": 6}
+    ledger = Ledger.open(campaign.ledger)
+    store = ImageStore(campaign.store)
+    with ledger.reading() as s:
+        sizes = pool_sizes(s)
+        assert sizes["pool"] == {"samples": 6, "human": 0, "pseudo": 0, "truth": 6, "unlabeled": 6}
+        for split in ("train", "val", "test"):
+            assert sizes[split]["human"] == sizes[split]["truth"] == 6
+        assert class_counts(s, "truth") == {"benign": 8, "malignant": 8, "normal": 8}
+        assert class_counts(s, "human") == {"benign": 6, "malignant": 6, "normal": 6}  # stratified
+        authors = set(s.scalars(select(Label.author)))
+        assert authors == {"dataset:busi"}
+        sample = s.scalars(select(Sample).where(Sample.original_path.like("%benign (1).png"))).one()
+        assert (sample.height, sample.width, sample.channels) == (16, 16, 1)
+        img = store.load_image(sample.image_path)
+        assert img.shape == (16, 16) and img.dtype == np.uint8
+        truth = s.scalars(select(Label).where(Label.sample_id == sample.id, Label.kind == "truth")).one()
+        mask = store.load_mask(truth.mask_path)
+        assert set(np.unique(mask)) == {0, 1} and mask.shape == (16, 16)
+    ledger.close()
+
+
+def test_split_is_seeded(lay, tmp_path: Path, campaign_factory) -> None:
+    root = lay.write_busi(tmp_path / "d", per_class=8)
+
+    def splits(seed: int, name: str) -> dict[str, str]:
+        campaign = lay_campaign(tmp_path / name, seed)
+        ingest(campaign, "busi", root)
+        ledger = Ledger.open(campaign.ledger)
+        with ledger.reading() as s:
+            out = dict(s.execute(select(Sample.original_path, Sample.split)).all())
+        ledger.close()
+        return out
+
+    assert splits(0, "a") == splits(0, "b")
+    assert splits(0, "a") != splits(5, "c")
+
+
+def lay_campaign(root: Path, seed: int):
+    from medloop.config import parse_campaign
+
+    return parse_campaign({"root": str(root), "data": {"image_size": 16, "seed": seed, "unlabeled_fraction": 0.5}})
+
+
+def test_generic_unlabeled_go_to_pool_without_truth(lay, tmp_path: Path, campaign_factory) -> None:
+    root = lay.write_generic(tmp_path / "d", n=9, labels=["benign"] * 3 + ["malignant"] * 3 + [""] * 3, masks=False)
+    campaign = campaign_factory(unlabeled_fraction=0.0)
+    report = ingest(campaign, "generic", root)
+    assert report.classes["(unlabeled)"] == 3
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        sizes = pool_sizes(s)
+        assert sizes["pool"]["samples"] == 3 and sizes["pool"]["truth"] == 0
+        assert s.scalar(select(func.count()).select_from(Label).where(Label.mask_path.is_not(None))) == 0
+    ledger.close()
+
+
+def test_synthetic_ingest_rgb(campaign_factory) -> None:
+    campaign = campaign_factory(n_samples=12, channels=3, image_size=24)
+    report = ingest(campaign, "synthetic")
+    assert report.added == 12 and report.bad == []
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        sample = s.scalars(select(Sample)).first()
+        assert sample.channels == 3
+        assert ImageStore(campaign.store).load_image(sample.image_path).shape == (24, 24, 3)
+    ledger.close()
