@@ -1,7 +1,140 @@
-"""``medloop labelstudio start|stop|status|install``."""
+"""``medloop labelstudio install|start|stop|status|push|sync|webhook``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
+VenvOption = typer.Option(None, "--venv", help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV or .medloop/labelstudio-venv)")
+
+
+def _campaign(config: Optional[Path]):
+    from medloop.config import ConfigError, load_campaign
+
+    try:
+        return load_campaign(config)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"medloop labelstudio: {err}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def install(venv: Optional[Path] = VenvOption, quiet: bool = typer.Option(True, "--quiet/--verbose")) -> None:
+    """Install Label Studio's server into its own virtual environment (nothing to do when present)."""
+    from . import server
+    from .errors import LabelStudioInstallError
+
+    if server.is_installed(venv):
+        typer.echo(f"Label Studio is installed: {server.executable(venv)}")
+        return
+    typer.echo(f"installing {server.LS_REQUIREMENT} into {server.venv_path(venv)} (a few minutes)", err=True)
+    try:
+        exe = server.install(venv, quiet=quiet)
+    except LabelStudioInstallError as err:
+        _fail(err)
+    typer.echo(f"Label Studio is installed: {exe}")
+
+
+@app.command()
+def start(
+    config: Optional[Path] = ConfigOption,
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="port on 127.0.0.1 (default: labeling.port)"),
+    venv: Optional[Path] = VenvOption,
+    timeout: float = typer.Option(240.0, help="seconds to wait for /health"),
+) -> None:
+    """Start the campaign's Label Studio on 127.0.0.1 and wait until it answers."""
+    from . import server
+    from .errors import LabelStudioInstallError
+
+    campaign = _campaign(config)
+    try:
+        info = server.start(campaign, port=port, venv=venv, timeout=timeout)
+    except LabelStudioInstallError as err:
+        _fail(err)
+    typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}); log: {info.log}")
+    typer.echo(f"API token in {info.token_file} (admin user {server.ADMIN_USER}, password in {server.files(campaign).password})")
+
+
+@app.command()
+def stop(config: Optional[Path] = ConfigOption) -> None:
+    """Stop the campaign's Label Studio."""
+    from . import server
+
+    campaign = _campaign(config)
+    typer.echo("Label Studio stopped" if server.stop(campaign) else "Label Studio was not running")
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Is the campaign's Label Studio running and healthy? (exit 1 when not)"""
+    from . import server
+
+    campaign = _campaign(config)
+    info = server.status(campaign)
+    if as_json:
+        typer.echo(json.dumps(info.as_dict()))
+    elif info.running:
+        typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}), {'healthy' if info.healthy else 'NOT answering /health'}")
+    else:
+        typer.echo(f"Label Studio is not running (data in {info.data_dir})")
+    if not (info.running and info.healthy):
+        raise typer.Exit(1)
+
+
+@app.command()
+def push(config: Optional[Path] = ConfigOption) -> None:
+    """Push the queued cases (AnnotationTask rows in state 'intent') to Label Studio."""
+    from medloop.data.imagestore import ImageStore
+    from medloop.ledger import Ledger
+
+    from .errors import LabelStudioError
+    from .push import push_queue
+
+    campaign = _campaign(config)
+    ledger = Ledger.open(campaign.ledger)
+    try:
+        report = push_queue(campaign, ledger, ImageStore(campaign.store))
+    except LabelStudioError as err:
+        _fail(err)
+    typer.echo(json.dumps(report.as_dict()))
+
+
+@app.command()
+def sync(config: Optional[Path] = ConfigOption) -> None:
+    """Pull finished annotations from Label Studio into the ledger."""
+    from medloop.data.imagestore import ImageStore
+    from medloop.ledger import Ledger
+
+    from .errors import LabelStudioError
+    from .pull import sync as do_sync
+
+    campaign = _campaign(config)
+    ledger = Ledger.open(campaign.ledger)
+    try:
+        report = do_sync(campaign, ledger, ImageStore(campaign.store))
+    except LabelStudioError as err:
+        _fail(err)
+    typer.echo(json.dumps(report.as_dict()))
+
+
+@app.command()
+def webhook(
+    config: Optional[Path] = ConfigOption,
+    port: int = typer.Option(8765, help="port on 127.0.0.1"),
+    register: bool = typer.Option(True, help="register the webhook in the project"),
+) -> None:
+    """Run a receiver on 127.0.0.1 that syncs when Label Studio reports an annotation (Ctrl-C stops)."""
+    from .webhook import serve_forever
+
+    serve_forever(_campaign(config), port=port, register=register)
