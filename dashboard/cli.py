@@ -2,8 +2,47 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import typer
+
+APP = Path(__file__).with_name("app.py")
+
+
+def streamlit_command(config: Path | None, port: int) -> list[str]:
+    """The command line that serves the dashboard (bound to 127.0.0.1, headless, no telemetry)."""
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", "127.0.0.1",
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--global.developmentMode", "false",
+    ]
+    if config is not None:
+        cmd += ["--", "--config", str(config.resolve())]
+    return cmd
 
 
 def register(app: typer.Typer) -> None:
     """Add the dashboard command to the top-level app."""
+
+    @app.command("dashboard")
+    def dashboard(
+        config: Path = typer.Option(None, "--config", "-c", help="campaign file (default: MEDLOOP_CONFIG or defaults)"),
+        port: int = typer.Option(8501, "--port", min=1, max=65535, help="port on 127.0.0.1"),
+    ) -> None:
+        """Start the read-only Streamlit dashboard on http://127.0.0.1:PORT."""
+        if config is not None and not config.is_file():
+            typer.echo(f"medloop dashboard: campaign file not found: {config}", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"medloop dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+        env = dict(os.environ)
+        try:
+            code = subprocess.call(streamlit_command(config, port), env=env)
+        except KeyboardInterrupt:
+            code = 0
+        raise typer.Exit(code)

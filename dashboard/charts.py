@@ -1,0 +1,329 @@
+"""Chart builders (altair) and image overlays (numpy) for the dashboard.
+
+Colours are fixed per class (by position in ``campaign.data.classes``), per label kind, per
+decision and per step state, so the same thing has the same colour on every page.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+CLASS_PALETTE = ["#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6"]
+KIND_COLOURS = {"human": "#2CA02C", "pseudo": "#FF7F0E", "queued": "#9467BD", "unlabeled": "#C7C7C7"}
+DECISION_COLOURS = {"pseudo": "#FF7F0E", "queue": "#9467BD", "audit": "#17BECF", "rejected": "#D62728", "none": "#BBBBBB"}
+STATE_COLOURS = {"done": "#2CA02C", "running": "#1F77B4", "pending": "#C7C7C7", "failed": "#D62728", "skipped": "#BCBD22"}
+TASK_COLOURS = {"done": "#2CA02C", "pending": "#9467BD", "skipped": "#BCBD22"}
+OVERLAY_RGB = {"human": (44, 160, 44), "pseudo": (255, 127, 14), "predicted": (31, 119, 180)}
+STEP_ORDER = ["sync", "train", "score", "select", "push", "report"]
+
+
+def _scale(mapping: dict[str, str], present: list[str] | None = None) -> alt.Scale:
+    keys = list(mapping) if present is None else [k for k in mapping if k in present] or list(mapping)
+    return alt.Scale(domain=keys, range=[mapping[k] for k in keys])
+
+
+def class_scale(classes: list[str]) -> alt.Scale:
+    names = list(classes) + ["(mask only)"]
+    return alt.Scale(domain=names, range=[CLASS_PALETTE[i % len(CLASS_PALETTE)] for i in range(len(classes))] + ["#999999"])
+
+
+# ---- overview ------------------------------------------------------------------------------------------
+
+
+def step_timeline(steps: pd.DataFrame) -> alt.Chart:
+    """Grid: one row per round, one cell per step, coloured by state."""
+    return (
+        alt.Chart(steps)
+        .mark_rect(stroke="white", strokeWidth=2)
+        .encode(
+            x=alt.X("step:N", sort=STEP_ORDER, title="step"),
+            y=alt.Y("round:O", title="round"),
+            color=alt.Color("state:N", scale=_scale(STATE_COLOURS), title="state"),
+            tooltip=["round", "step", "state", alt.Tooltip("seconds:Q", format=".1f", title="duration (s)"), "detail"],
+        )
+        .properties(title="Round steps", height=alt.Step(28))
+    )
+
+
+def pool_stack(pool: pd.DataFrame) -> alt.Chart:
+    """Stacked bars of the training candidates by label kind, per round."""
+    order = list(KIND_COLOURS)
+    return (
+        alt.Chart(pool)
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("samples:Q", title="samples (train + pool splits)"),
+            color=alt.Color("kind:N", scale=_scale(KIND_COLOURS), sort=order, title="label kind"),
+            order=alt.Order("kind_order:Q"),
+            tooltip=["round", "kind", "samples"],
+        )
+        .transform_calculate(kind_order=f"indexof({order!r}, datum.kind)")
+        .properties(title="Pool size per round by label kind")
+    )
+
+
+def metric_lines(df: pd.DataFrame, metrics: list[str], title: str, y_title: str) -> alt.Chart:
+    """Lines of several metrics over rounds (``df`` has a ``round`` column and one column per metric)."""
+    long = df[["round", *metrics]].melt(id_vars="round", var_name="metric", value_name="value").dropna()
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("value:Q", title=y_title),
+            color=alt.Color("metric:N", title="metric"),
+            tooltip=["round", "metric", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(title=title)
+    )
+
+
+def epoch_lines(hist: pd.DataFrame, metric: str) -> alt.Chart:
+    return (
+        alt.Chart(hist)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y("value:Q", title=metric),
+            color=alt.Color("round:N", title="round"),
+            tooltip=["round", "epoch", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(title=f"{metric} per epoch (MLflow, nested train runs)")
+    )
+
+
+# ---- calibration ----------------------------------------------------------------------------------------
+
+
+def _diagonal() -> alt.Chart:
+    return alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(strokeDash=[4, 4], color="grey").encode(
+        x="x:Q", y="y:Q"
+    )
+
+
+def reliability(bins: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Reliability diagram: accuracy vs mean confidence per bin (point size = samples), and the diagonal."""
+    pts = (
+        alt.Chart(bins)
+        .mark_line(point=alt.OverlayMarkDef(filled=True), color="#4C78A8")
+        .encode(
+            x=alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("accuracy:Q", title="observed accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["lo", "hi", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f"), "count"],
+        )
+    )
+    size = alt.Chart(bins).mark_circle(color="#4C78A8", opacity=0.35).encode(
+        x="confidence:Q", y="accuracy:Q", size=alt.Size("count:Q", title="samples in bin")
+    )
+    return alt.layer(_diagonal(), pts, size).properties(title=title, width=380, height=320)
+
+
+def per_class_reliability(binned: pd.DataFrame, classes: list[str]) -> alt.LayerChart:
+    lines = (
+        alt.Chart(binned)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("accuracy:Q", title="accuracy vs human label", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("pred_class:N", scale=class_scale(classes), title="predicted class"),
+            tooltip=["pred_class", "n", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f")],
+        )
+    )
+    return alt.layer(_diagonal(), lines).properties(title="Per-class reliability (validation)", width=380, height=320)
+
+
+def risk_coverage(rc: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(rc)
+        .mark_line()
+        .encode(
+            x=alt.X("coverage:Q", title="coverage (fraction of cases kept)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("risk:Q", title="risk (error rate on kept cases)"),
+            color=alt.Color("round:N", title="round"),
+            tooltip=["round", alt.Tooltip("coverage:Q", format=".2f"), alt.Tooltip("risk:Q", format=".3f"),
+                     alt.Tooltip("aurc:Q", format=".4f")],
+        )
+        .properties(title="Risk-coverage", width=380, height=320)
+    )
+
+
+def uncertainty_scatter(pairs: pd.DataFrame, classes: list[str]) -> alt.Chart:
+    df = pairs.assign(pred=[classes[k] if 0 <= k < len(classes) else str(k) for k in pairs["pred_class"]])
+    return (
+        alt.Chart(df)
+        .mark_circle(opacity=0.6)
+        .encode(
+            x=alt.X("std:Q", title="MC-dropout std of the predicted class probability"),
+            y=alt.Y("vacuity:Q", title="evidential vacuity (K / S)"),
+            color=alt.Color("pred:N", scale=class_scale(classes), title="predicted class"),
+            tooltip=["sample_id", "pred", "split", alt.Tooltip("std:Q", format=".4f"), alt.Tooltip("vacuity:Q", format=".4f")],
+        )
+        .properties(title="MC-dropout vs evidential uncertainty", width=380, height=320)
+    )
+
+
+# ---- selection ---------------------------------------------------------------------------------------------
+
+
+def pseudo_bars(df: pd.DataFrame, classes: list[str]) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("sum(samples):Q", title="pseudo-labels (samples)"),
+            color=alt.Color("class:N", scale=class_scale(classes), title="class"),
+            tooltip=["round", "class", "selector", "samples"],
+        )
+        .properties(title="Pseudo-labels per class per round")
+    )
+
+
+def selection_scatter(df: pd.DataFrame, tau_c: float, tau_u: float, measure: str) -> alt.LayerChart:
+    """Confidence vs uncertainty, coloured by decision, with the tau lines and the accepted region shaded."""
+    ymax = float(max(df["uncertainty"].max() if len(df) else 0.0, tau_u) * 1.1) or 1.0
+    region = alt.Chart(pd.DataFrame({"x": [tau_c], "x2": [1.0], "y": [0.0], "y2": [tau_u]})).mark_rect(
+        color="#FF7F0E", opacity=0.12
+    ).encode(x="x:Q", x2="x2:Q", y="y:Q", y2="y2:Q")
+    vline = alt.Chart(pd.DataFrame({"x": [tau_c], "label": [f"tau_c = {tau_c:g}"]})).mark_rule(
+        color="black", strokeDash=[6, 3]
+    ).encode(x="x:Q", tooltip=["label"])
+    hline = alt.Chart(pd.DataFrame({"y": [tau_u], "label": [f"tau_u = {tau_u:g}"]})).mark_rule(
+        color="black", strokeDash=[2, 2]
+    ).encode(y="y:Q", tooltip=["label"])
+    pts = (
+        alt.Chart(df)
+        .mark_circle(opacity=0.7)
+        .encode(
+            x=alt.X("confidence:Q", title="confidence (max class probability)", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("uncertainty:Q", title=f"uncertainty ({measure})", scale=alt.Scale(domain=[0, ymax])),
+            color=alt.Color("decision:N", scale=_scale(DECISION_COLOURS), title="decision"),
+            tooltip=["sample_id", "decision", alt.Tooltip("confidence:Q", format=".3f"),
+                     alt.Tooltip("uncertainty:Q", format=".4f")],
+        )
+    )
+    return alt.layer(region, pts, vline, hline).properties(
+        title="Confidence vs uncertainty (shaded: accepted region)", width=520, height=360
+    )
+
+
+def rate_bars(df: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round"),
+            xOffset="decision:N",
+            y=alt.Y("rate:Q", title="share of scored pool samples", axis=alt.Axis(format="%")),
+            color=alt.Color("decision:N", scale=_scale(DECISION_COLOURS), title="decision"),
+            tooltip=["round", "policy", "decision", "samples", "scored", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(title="Acceptance and queue rates")
+    )
+
+
+def precision_lines(df: pd.DataFrame, title: str) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("precision:Q", title="precision of pseudo class labels", scale=alt.Scale(domain=[0, 1]),
+                    axis=alt.Axis(format="%")),
+            color=alt.Color("source:N", title="checked against"),
+            strokeDash=alt.StrokeDash("policy:N", title="policy"),
+            tooltip=["round", "source", "policy", alt.Tooltip("precision:Q", format=".1%"), "n"],
+        )
+        .properties(title=title)
+    )
+
+
+def policy_comparison(df: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("policy:N", title="policy"),
+            y=alt.Y("samples:Q", title="pseudo-labels (samples)"),
+            color=alt.Color("policy:N", title="policy"),
+            column=alt.Column("round:O", title="round"),
+            tooltip=["round", "policy", "samples"],
+        )
+        .properties(title="Pseudo-labels by policy", width=120)
+    )
+
+
+# ---- annotation --------------------------------------------------------------------------------------------
+
+
+def task_bars(df: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round the task was queued in"),
+            y=alt.Y("tasks:Q", title="annotation tasks"),
+            color=alt.Color("status:N", scale=_scale(TASK_COLOURS), title="status"),
+            tooltip=["round", "status", "tasks", "audit"],
+        )
+        .properties(title="Annotation tasks per round")
+    )
+
+
+def kept_bars(df: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(df)
+        .mark_bar(color="#2CA02C")
+        .encode(
+            x=alt.X("round:O", title="round"),
+            y=alt.Y("rate:Q", title="kept the pre-annotated class", scale=alt.Scale(domain=[0, 1]),
+                    axis=alt.Axis(format="%")),
+            tooltip=["round", "answered", "kept", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(title="How often annotators kept the model's pre-annotation")
+    )
+
+
+# ---- sample explorer: overlays ------------------------------------------------------------------------------
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return img[..., :3].astype(np.uint8).copy()
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask) > 0
+    inner = m.copy()
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return m & ~inner
+
+
+def overlay(image: np.ndarray, masks: dict[str, np.ndarray | None], scale: int = 4) -> np.ndarray:
+    """The image (upscaled ``scale`` times) with the outline of each mask in its label colour."""
+    rgb = _rgb(image)
+    rgb = np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else rgb
+    for kind, mask in masks.items():
+        if mask is None:
+            continue
+        m = np.kron((np.asarray(mask) > 0).astype(np.uint8), np.ones((scale, scale), dtype=np.uint8))
+        if m.shape != rgb.shape[:2]:
+            continue
+        edge = _outline(m)
+        rgb[edge] = OVERLAY_RGB.get(kind, (255, 255, 255))
+    return rgb
+
+
+def heatmap(umap: np.ndarray, scale: int = 4, vmax: float | None = None) -> np.ndarray:
+    """Pixel uncertainty as an RGB image (matplotlib 'magma'; 0 dark, ``vmax`` bright)."""
+    from matplotlib import colormaps
+
+    u = np.asarray(umap, dtype=np.float32)
+    top = vmax if vmax is not None else float(np.nanmax(u)) if u.size and np.nanmax(u) > 0 else 1.0
+    rgb = (colormaps["magma"](np.clip(u / top, 0, 1))[..., :3] * 255).astype(np.uint8)
+    return np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else rgb
