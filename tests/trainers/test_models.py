@@ -180,7 +180,7 @@ def test_aux_outputs() -> None:
     assert out.aux["prelim_seg_logits"].shape == (2, 2, HW, HW)
     u = out.aux["seg_uncertainty"]
     assert u.shape == (2, 1, HW, HW) and (u > 0).all() and (u <= 1).all()
-    assert len(out.aux["deep_supervision"]) == 3
+    assert len(out.aux["deep_supervision"]) == 4  # s_1..s_4 at depth 3
 
 
 def test_default_sizes_documented() -> None:
