@@ -45,6 +45,18 @@ def enable_mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode (deterministic); the previous modes are restored after."""
+    previous = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in previous.items():
+            m.training = mode
+
+
 def map_tensors(features: Any, fn: Any) -> Any:
     """Apply ``fn`` to every tensor in a tensor / tuple / list / dict structure."""
     if isinstance(features, torch.Tensor):
@@ -103,12 +115,15 @@ def mc_sample(
     cls_head: str = "softmax",
     seg_head: str = "softmax",
     max_batch: int | None = None,
+    stochastic: bool = True,
 ) -> MCSamples:
     """Draw ``passes`` MC-dropout predictions of ``model`` on ``x`` (B, C, H, W).
 
     cached=True: ``encode`` once, ``decode`` on the features repeated along the batch
     (chunks of at most ``max_batch`` rows, whole passes per chunk); cached=False: T full
     ``model(x)`` passes. Heads map logits to probabilities (``medloop.trainers.heads``).
+    ``stochastic=False`` runs with every module in eval mode (dropout off), e.g. one
+    deterministic pass for the evidential method.
     """
     check_head(cls_head)
     check_head(seg_head)
@@ -116,7 +131,7 @@ def mc_sample(
         raise ValueError("passes must be >= 1")
     b = x.shape[0]
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
-    with enable_mc_dropout(model):
+    with enable_mc_dropout(model) if stochastic else eval_mode(model):
         if cached:
             features = model.encode(x)
             per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))

@@ -82,12 +82,7 @@ def score_batch(
     if mc:
         s = mc_sample(model, images, passes, cached=cached, cls_head=cls_head, seg_head=seg_head, max_batch=max_batch)
     else:
-        was_training = model.training
-        model.eval()
-        try:
-            s = mc_sample(model, images, 1, cached=False, cls_head=cls_head, seg_head=seg_head)
-        finally:
-            model.train(was_training)
+        s = mc_sample(model, images, 1, cached=False, cls_head=cls_head, seg_head=seg_head, stochastic=False)
     b = images.shape[0]
     nan = torch.full((b,), float("nan"))
 
