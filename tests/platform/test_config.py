@@ -57,3 +57,15 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     f.write_text("[data\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_campaign(f)
+
+
+def test_configuration_doc_lists_every_key() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = []
+    for key, field in Campaign.model_fields.items():
+        section = getattr(field.annotation, "model_fields", None)
+        if section is None:
+            missing += [] if f"`{key}`" in doc else [key]
+        else:
+            missing += [f"{key}.{sub}" for sub in section if f"`{sub}`" not in doc.split(f"`[{key}]`", 1)[-1]]
+    assert missing == [], f"docs/configuration.md does not describe: {missing}"
