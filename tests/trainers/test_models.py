@@ -191,3 +191,76 @@ def test_default_sizes_documented() -> None:
     for name in ["mtunet"]:  # the cheap one; the others are checked by scripts in the doc
         n = count_parameters(build(name))
         assert f"{n:,}" in doc
+
+
+# --- UML loss (seed 000, Eq. 6-9) -------------------------------------------------------------
+
+def uml_batch() -> dict:
+    mask = torch.zeros(2, 16, 16, dtype=torch.long)
+    mask[0, 4:10, 5:12] = 1
+    mask[1, 8:14, 2:6] = 1
+    mask[0, :, :3] = 255  # ignored stripe
+    mask[1, 12:, :] = 255
+    return {"image": torch.rand(2, 1, 16, 16), "label": torch.tensor([2, 0]), "mask": mask}
+
+
+def perfect_output(batch: dict, scale: float = 200.0) -> JointOutput:
+    labels, mask = batch["label"], batch["mask"].clamp(max=1)
+    cls = (torch.nn.functional.one_hot(labels.clamp(min=0), 3).float() * 2 - 1) * scale
+    seg = (torch.nn.functional.one_hot(mask, 2).permute(0, 3, 1, 2).float() * 2 - 1) * scale
+    aux = {"prelim_seg_logits": seg.clone(), "deep_supervision": [seg.clone(), seg.clone()]}
+    return JointOutput(cls_logits=cls, seg_logits=seg, aux=aux, embedding=torch.zeros(2, 4))
+
+
+def uml_loss():
+    from medloop.trainers.losses import LOSSES, build_loss
+
+    assert "uml" in LOSSES
+    return build_loss("uml", anneal_steps=10)
+
+
+def test_uml_loss_is_minimal_at_a_perfect_prediction() -> None:
+    loss = uml_loss()
+    batch = uml_batch()
+    best, parts = loss(perfect_output(batch), batch, step=100)
+    assert set(parts) >= {"total", "mutual", "cls", "seg"}
+    assert float(best) < 0.05
+    gen = torch.Generator().manual_seed(0)
+    for field in ["cls_logits", "seg_logits", "prelim"]:
+        worse = perfect_output(batch)
+        target = worse.aux["prelim_seg_logits"] if field == "prelim" else getattr(worse, field)
+        target.add_(torch.randn(target.shape, generator=gen) * 400)
+        assert float(loss(worse, batch, step=100)[0]) > float(best) + 1e-3, field
+    random = JointOutput(torch.randn(2, 3), torch.randn(2, 2, 16, 16), {"prelim_seg_logits": torch.randn(2, 2, 16, 16)})
+    assert float(loss(random, batch, step=100)[0]) > float(best) + 0.1
+
+
+def test_uml_loss_respects_ignore_mask_and_missing_labels() -> None:
+    loss = uml_loss()
+    batch = uml_batch()
+    batch["label"] = torch.tensor([2, -1])
+    ref = float(loss(perfect_output(batch, scale=3.0), batch, step=5)[0])
+    changed = perfect_output(batch, scale=3.0)
+    ignored = (batch["mask"] == 255).unsqueeze(1).expand(-1, 2, -1, -1)
+    noise = torch.randn(changed.seg_logits.shape) * 50
+    changed.seg_logits[ignored] += noise[ignored]
+    changed.aux["prelim_seg_logits"][ignored] += noise[ignored]
+    changed.aux["deep_supervision"][0][ignored] += noise[ignored]
+    changed.cls_logits[1] += torch.tensor([9.0, -3.0, 4.0])  # sample without a class label
+    assert float(loss(changed, batch, step=5)[0]) == pytest.approx(ref, rel=1e-6, abs=1e-6)
+    # a change at a labelled pixel does move it
+    changed.seg_logits[0, :, 6, 6] += torch.tensor([40.0, -40.0])
+    assert float(loss(changed, batch, step=5)[0]) != pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
+def test_uml_loss_trains_the_uml_model() -> None:
+    torch.manual_seed(0)
+    model = tiny("uml")
+    loss = uml_loss()
+    batch = {"image": torch.rand(2, 1, HW, HW), "label": torch.tensor([1, -1]),
+             "mask": torch.randint(0, 2, (2, HW, HW))}
+    batch["mask"][1] = 255  # second sample: no mask
+    total, parts = loss(model(batch["image"]), batch, step=3)
+    assert torch.isfinite(total) and total.requires_grad
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
