@@ -1,9 +1,71 @@
-"""Round commands: ``medloop round``, ``medloop watch``, ``medloop tune``, ``medloop dashboard``."""
+"""Round commands: ``medloop round`` and ``medloop watch``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+EXIT_LOCKED = 3
+EXIT_FAILED = 1
+
+
+def _campaign(config: Optional[Path]):
+    from medloop.config import ConfigError, load_campaign
+
+    try:
+        return load_campaign(config)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+def summary(out) -> str:  # noqa: ANN001 - RoundOutcome
+    """A few lines about a round's outcome."""
+    lines = [f"{out.status}: {out.message}" + (" (resumed)" if out.resumed else "")]
+    m = out.metrics or {}
+    keys = [k for k in ("accuracy", "dice", "ece", "pseudo_precision_truth", "audit_precision") if m.get(k) is not None]
+    if keys:
+        lines.append("  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys))
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
     """Add the round commands to the top-level app."""
+
+    @app.command("round")
+    def round_cmd(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        force: bool = typer.Option(False, "--force", help="run even if the trigger or a stopping rule says no"),
+    ) -> None:
+        """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
+        from medloop.rounds.lock import RoundLocked
+        from medloop.rounds.orchestrator import RoundStepFailed, run_round
+
+        campaign = _campaign(config)
+        try:
+            out = run_round(campaign, force=force)
+        except RoundLocked as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(EXIT_LOCKED) from None
+        except RoundStepFailed as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        typer.echo(summary(out))
+
+    @app.command("watch")
+    def watch_cmd(
+        every: str = typer.Option("6h", "--every", help="interval between attempts: 6h, 30m, 90s, 1d"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        max_rounds: Optional[int] = typer.Option(None, "--max-rounds", help="exit after this many finished rounds"),
+    ) -> None:
+        """Try a round every --every; the trigger and stopping rules decide whether it runs."""
+        from medloop.rounds.scheduler import parse_every, watch
+
+        try:
+            seconds = parse_every(every)
+        except ValueError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from None
+        watch(_campaign(config), seconds, max_rounds=max_rounds, echo=typer.echo)

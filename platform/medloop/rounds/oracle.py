@@ -62,22 +62,41 @@ def truth_answers(session: Session, tasks: list[AnnotationTask]) -> list[tuple[A
     return out
 
 
+def annotation_result(campaign: Campaign, class_name: str, mask: Any | None) -> list[dict[str, Any]]:
+    """A Label Studio annotation result (class choice + brush mask), as the labeling UI would send."""
+    from medloop.labeling.project import CLASS_FROM, IMAGE_TO, LESION_FROM
+    from medloop.labeling.rle import mask_to_rle
+
+    result: list[dict[str, Any]] = [{"from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
+                                     "value": {"choices": [class_name]}}]
+    if mask is not None and mask.any():
+        result.append({"from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
+                       "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]),
+                       "image_rotation": 0,
+                       "value": {"format": "rle", "rle": mask_to_rle(mask),
+                                 "brushlabels": [campaign.labeling.lesion_label]}})
+    return result
+
+
 def answer_via_labelstudio(campaign: Campaign, ledger: Any, store: Any) -> dict[str, Any]:
-    """Post the truth as Label Studio annotations on pushed tasks, then sync them into the ledger."""
-    from medloop import labeling
+    """Post the truth as annotations on pushed tasks (Label Studio API, as an annotator), then sync."""
+    from medloop.labeling.client import connect
+    from medloop.labeling.pull import sync
 
     with ledger.reading() as s:
-        pairs = [(t.ls_task_id, t.sample_id, truth.class_name, truth.mask_path)
+        pairs = [(t.ls_task_id, truth.class_name, truth.mask_path)
                  for t, truth in truth_answers(s, open_tasks(s, ("pushed",))) if t.ls_task_id is not None]
-    annotate = getattr(labeling, "annotate_as", None)
-    if annotate is None:
-        raise RuntimeError("medloop.labeling has no annotate_as(); the oracle cannot answer through Label Studio")
+    client = connect(campaign)
     posted = 0
-    for ls_task_id, _sample_id, class_name, mask_path in pairs:
+    for ls_task_id, class_name, mask_path in pairs:
+        existing = client.get(f"/api/tasks/{ls_task_id}/annotations/")
+        if existing:  # answered already (a resumed push): never annotate twice
+            continue
         mask = store.load_mask(mask_path) if mask_path else None
-        annotate(campaign, ls_task_id, class_name=class_name, mask=mask, author=ORACLE_AUTHOR)
+        client.post(f"/api/tasks/{ls_task_id}/annotations/",
+                    json={"result": annotation_result(campaign, class_name, mask), "was_cancelled": False})
         posted += 1
-    synced = labeling.sync(campaign, ledger, store)
+    synced = sync(campaign, ledger, store, client=client)
     return {"oracle_posted": posted, "sync": _as_dict(synced)}
 
 

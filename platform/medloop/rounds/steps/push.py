@@ -31,7 +31,8 @@ def _task_counts(ctx: Any) -> dict[str, int]:
 def push_step(ctx: Any) -> dict[str, Any]:
     campaign = ctx.campaign
     if campaign.labeling.enabled:
-        from medloop.labeling import LabelStudioUnavailable, push_queue
+        from medloop.labeling.errors import LabelStudioUnavailable
+        from medloop.labeling.push import push_queue
 
         try:
             pushed = push_queue(campaign, ctx.ledger, store_of(ctx))

@@ -2,7 +2,8 @@
 
 ``medloop.labeling.sync`` is idempotent (an annotation already imported is skipped), so running
 this step twice imports nothing twice. The step records the label watermark the trigger of the
-next round counts from.
+next round counts from. When Label Studio is unreachable the round goes on with the labels the
+ledger has (the reason is recorded); the push step is the one that must reach it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from ._util import jsonable, store_of
 def sync_step(ctx: Any) -> dict[str, Any]:
     detail: dict[str, Any] = {}
     if ctx.campaign.labeling.enabled:
-        from medloop.labeling import sync
+        from medloop.labeling.errors import LabelStudioUnavailable
+        from medloop.labeling.pull import sync
 
-        detail["labelstudio"] = jsonable(sync(ctx.campaign, ctx.ledger, store_of(ctx)))
+        try:
+            detail["labelstudio"] = jsonable(sync(ctx.campaign, ctx.ledger, store_of(ctx)))
+        except LabelStudioUnavailable as err:  # train on what is in the ledger; pull next round
+            detail["labelstudio"] = f"unreachable, nothing pulled this round: {err}"
     else:
         detail["labelstudio"] = "disabled"
     with ctx.ledger.reading() as s:
