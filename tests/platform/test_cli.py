@@ -76,3 +76,21 @@ def test_ingest_bad_data_exits_1_and_names_file(tmp_path: Path, lay) -> None:
 def test_ingest_needs_path_for_busi(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "busi", "--config", str(_config(tmp_path))])
     assert result.exit_code == 1 and "a dataset path is needed" in result.output
+
+
+def test_status_shows_rounds_and_quarantine(tmp_path: Path) -> None:
+    from medloop.ledger import Ledger, Quarantine, Round, RoundStep
+
+    cfg = _config(tmp_path)
+    ledger = Ledger.open(load_campaign(cfg).ledger)
+    with ledger.transaction() as s:
+        s.add(Round(id=1, status="done"))
+        s.flush()
+        s.add_all([RoundStep(round_id=1, step="train", state="done"), RoundStep(round_id=1, step="score", state="failed")])
+        s.add_all([Quarantine(ls_annotation_id=i, reason="empty brush mask") for i in range(2)])
+        s.add(Quarantine(ls_annotation_id=9, reason="unknown class 'cyst'"))
+    ledger.close()
+    result = runner.invoke(app, ["status", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "train:done" in result.output and "score:failed" in result.output
+    assert "quarantined annotations: 3" in result.output and "2 x empty brush mask" in result.output
