@@ -1,0 +1,141 @@
+"""Metrics: hand-computed cases and cross-checks against scikit-learn."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+from sklearn import metrics as skm
+
+from medloop.trainers.metrics import (
+    accuracy, adaptive_ece, assd, aurc, auc_ovr, brier_score, calibration_metrics, classification_metrics,
+    confusion_matrix, dice, ece, f1_score, hd95, iou, nll, reliability_bins, risk_coverage, segmentation_metrics,
+    sensitivity, specificity,
+)
+from medloop.trainers.metrics.segmentation import surface
+
+
+def test_dice_iou_hand_and_empty_conventions():
+    p = np.zeros((4, 4), np.uint8)
+    t = np.zeros((4, 4), np.uint8)
+    p[0, :3] = 1  # 3 pixels
+    t[0, 1:] = 1  # 3 pixels, overlap 2
+    assert dice(p, t) == pytest.approx(4 / 6)
+    assert iou(p, t) == pytest.approx(2 / 4)
+    e = np.zeros((4, 4))
+    assert dice(e, e) == 1.0 and iou(e, e) == 1.0 and assd(e, e) == 0.0 and hd95(e, e) == 0.0
+    assert dice(p, e) == 0.0 and iou(e, t) == 0.0
+    assert assd(p, e) == pytest.approx(math.hypot(4, 4)) and hd95(e, t) == pytest.approx(math.hypot(4, 4))
+    assert math.isnan(hd95(p, e, empty_distance="nan"))
+    # ignored pixels (255 in the target) are dropped from both masks
+    t_ign = t.copy()
+    t_ign[0, 0] = 255
+    assert dice(p, t_ign) == pytest.approx(4 / 5)
+
+
+def test_surface_distances_hand_and_bruteforce():
+    p = np.zeros((6, 6), bool)
+    t = np.zeros((6, 6), bool)
+    p[0, 0] = True
+    t[0, 3] = True
+    assert assd(p, t) == pytest.approx(3.0) and hd95(p, t) == pytest.approx(3.0)
+    assert assd(p, t, spacing=(2.0, 0.5)) == pytest.approx(1.5)
+    rng = np.random.default_rng(0)
+    a = np.zeros((20, 20), bool)
+    b = np.zeros((20, 20), bool)
+    a[4:12, 5:14] = True
+    b[6:15, 3:11] = True
+    a &= rng.random((20, 20)) > 0.1
+    ca, cb = np.argwhere(surface(a)), np.argwhere(surface(b))
+    d = cdist(ca, cb)
+    dab, dba = d.min(1), d.min(0)
+    assert assd(a, b) == pytest.approx((dab.mean() + dba.mean()) / 2)
+    assert hd95(a, b) == pytest.approx(max(np.percentile(dab, 95), np.percentile(dba, 95)))
+    assert assd(a, a) == 0.0
+
+
+def test_segmentation_metrics_batch():
+    t = np.zeros((2, 5, 5), np.int64)
+    t[0, 1:3, 1:3] = 1
+    t[1] = 255  # no mask
+    r = segmentation_metrics(t.copy(), t)
+    assert r["dice"][0] == 1.0 and r["hd95"][0] == 0.0
+    assert np.isnan(r["dice"][1])
+
+
+def test_classification_vs_sklearn():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 200)
+    probs = rng.dirichlet(np.ones(3), 200)
+    probs[np.arange(200), labels] += 0.3 * rng.random(200)
+    probs /= probs.sum(1, keepdims=True)
+    preds = probs.argmax(1)
+    assert np.array_equal(confusion_matrix(labels, preds, 3), skm.confusion_matrix(labels, preds, labels=[0, 1, 2]))
+    assert accuracy(labels, preds) == pytest.approx(skm.accuracy_score(labels, preds))
+    assert f1_score(labels, preds, 3, "macro") == pytest.approx(skm.f1_score(labels, preds, average="macro"))
+    assert f1_score(labels, preds, 3, "weighted") == pytest.approx(skm.f1_score(labels, preds, average="weighted"))
+    assert auc_ovr(labels, probs) == pytest.approx(skm.roc_auc_score(labels, probs, multi_class="ovr"))
+    assert auc_ovr(labels, probs, "weighted") == pytest.approx(
+        skm.roc_auc_score(labels, probs, multi_class="ovr", average="weighted")
+    )
+    assert np.allclose(sensitivity(labels, preds, 3), skm.recall_score(labels, preds, average=None))
+    spec_ref = [skm.recall_score(labels != k, preds != k) for k in range(3)]
+    assert np.allclose(specificity(labels, preds, 3), spec_ref)
+    m = classification_metrics(labels, probs)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds))
+
+
+def test_classification_hand():
+    labels = np.array([0, 0, 1, 1])
+    preds = np.array([0, 1, 1, 1])
+    assert np.array_equal(confusion_matrix(labels, preds), [[1, 1], [0, 2]])
+    assert np.allclose(sensitivity(labels, preds), [0.5, 1.0])
+    assert np.allclose(specificity(labels, preds), [1.0, 0.5])
+    assert auc_ovr(np.array([0, 1, 1]), np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])) == pytest.approx(0.5 * (0.75 + 0.75))
+
+
+def test_ece_hand():
+    probs = np.array([[0.93, 0.07], [0.93, 0.07], [0.38, 0.62], [0.38, 0.62]])
+    labels = np.array([0, 1, 1, 1])  # acc 0.5 at conf 0.93; acc 1 at conf 0.62
+    expected = 0.5 * abs(0.5 - 0.93) + 0.5 * abs(1.0 - 0.62)
+    assert ece(probs, labels) == pytest.approx(expected)
+    assert adaptive_ece(probs, labels, n_bins=2) == pytest.approx(expected)
+    b = reliability_bins(probs, labels)
+    assert b["count"].sum() == 4 and b["count"][13] == 2 and b["count"][9] == 2
+    assert b["accuracy"][13] == pytest.approx(0.5) and b["confidence"][9] == pytest.approx(0.62)
+    # perfectly calibrated one-hot predictions
+    assert ece(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_brier_nll_vs_sklearn():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 100)
+    p1 = rng.random(100)
+    probs = np.stack([1 - p1, p1], 1)
+    assert brier_score(probs, labels) == pytest.approx(2 * skm.brier_score_loss(labels, p1))
+    assert nll(probs, labels) == pytest.approx(skm.log_loss(labels, probs))
+    probs3 = rng.dirichlet(np.ones(3), 50)
+    labels3 = rng.integers(0, 3, 50)
+    assert nll(probs3, labels3) == pytest.approx(skm.log_loss(labels3, probs3, labels=[0, 1, 2]))
+    assert brier_score(np.array([[0.7, 0.2, 0.1]]), np.array([1])) == pytest.approx(0.49 + 0.64 + 0.01)
+
+
+def test_reliability_bins_vs_sklearn_calibration_curve():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    p1 = 0.5 + 0.5 * rng.random(300)  # class 1 always the argmax -> conf = p1
+    labels = (rng.random(300) < p1).astype(int)
+    probs = np.stack([1 - p1, p1], 1)
+    b = reliability_bins(probs, labels, n_bins=10)
+    frac, mean_pred = calibration_curve(labels, p1, n_bins=10, strategy="uniform")
+    filled = b["count"] > 0
+    assert np.allclose(b["accuracy"][filled], frac) and np.allclose(b["confidence"][filled], mean_pred)
+
+
+def test_risk_coverage_and_aurc():
+    cov, risk = risk_coverage(np.array([0.7, 0.9, 0.8]), np.array([1, 1, 0]))
+    assert np.allclose(cov, [1 / 3, 2 / 3, 1.0]) and np.allclose(risk, [0.0, 0.5, 1 / 3])
+    assert aurc(np.array([0.7, 0.9, 0.8]), np.array([1, 1, 0])) == pytest.approx((0 + 0.5 + 1 / 3) / 3)
+    m = calibration_metrics(np.eye(3), np.arange(3))
+    assert m["ece"] == 0.0 and m["brier"] == 0.0 and m["aurc"] == 0.0
