@@ -1,0 +1,135 @@
+"""Triggers, stopping rules, the calibration gate, the oracle path and the scheduler."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from medloop.ledger import AnnotationTask, Label, Ledger, Round, Selection
+from medloop.rounds.orchestrator import run_round
+from medloop.rounds.scheduler import parse_every, watch
+from medloop.rounds.stopping import no_gain
+from support import TINY
+
+
+def _run(campaign, **kw):
+    return run_round(campaign, extras={**TINY, "tracking": False}, **kw)
+
+
+def _count(campaign, model, *where) -> int:
+    led = Ledger.open(campaign.ledger)
+    try:
+        with led.reading() as s:
+            return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+    finally:
+        led.close()
+
+
+def test_trigger_needs_new_human_labels_or_force(campaign) -> None:
+    c = campaign.model_copy(update={"selection": campaign.selection.model_copy(update={"min_new_labels": 1000})})
+    assert _run(c).status == "done"  # the first round always runs
+    out = _run(c)
+    assert out.status == "not-triggered"
+    assert "need 1000" in out.message and "--force" in out.message
+    assert _count(c, Round) == 1
+    forced = _run(c, force=True)
+    assert forced.status == "done" and forced.round_id == 2
+
+
+def test_trigger_counts_each_label_once(campaign) -> None:
+    answered = None
+    c = campaign.model_copy(update={"selection": campaign.selection.model_copy(update={"min_new_labels": 1})})
+    assert _run(c).status == "done"
+    answered = _count(c, Label, Label.author == "oracle")
+    assert answered > 0  # the oracle answered round 1's queue -> new labels for round 2
+    assert _run(c).status == "done"
+    led = Ledger.open(c.ledger)
+    with led.reading() as s:
+        notes = [r.notes["trigger"] for r in s.scalars(select(Round).order_by(Round.id))]
+    led.close()
+    assert notes[1]["new_labels"] == answered
+    assert notes[1]["new_labels"] != notes[0]["new_labels"] or notes[0]["new_labels"] == 0
+
+
+def test_calibration_gate_blocks_pseudo_labels(campaign) -> None:
+    strict = campaign.model_copy(update={"selection": campaign.selection.model_copy(update={"max_ece": 0.0})})
+    out = _run(strict)
+    assert out.status == "done"
+    assert _count(strict, Label, Label.kind == "pseudo") == 0
+    assert _count(strict, Selection, Selection.decision == "pseudo") == 0
+    assert _count(strict, AnnotationTask) > 0  # the queue still goes out
+    led = Ledger.open(strict.ledger)
+    with led.reading() as s:
+        gate = s.get(Round, 1).notes["gate"]
+    led.close()
+    assert "max_ece" in gate and "no pseudo-labels" in gate
+
+
+def test_gate_open_adds_pseudo_labels(campaign) -> None:
+    assert _run(campaign).status == "done"
+    assert _count(campaign, Label, Label.kind == "pseudo", Label.active.is_(True)) > 0
+
+
+def test_oracle_answers_queue_directly_as_human_labels(campaign) -> None:
+    _run(campaign)
+    tasks = _count(campaign, AnnotationTask)
+    assert tasks > 0
+    assert _count(campaign, AnnotationTask, AnnotationTask.state == "completed") == tasks
+    led = Ledger.open(campaign.ledger)
+    with led.reading() as s:
+        oracle = s.scalars(select(Label).where(Label.author == "oracle")).all()
+        for lab in oracle:
+            truth = s.scalars(select(Label).where(Label.sample_id == lab.sample_id, Label.kind == "truth")).one()
+            assert lab.kind == "human" and lab.class_name == truth.class_name and lab.mask_path == truth.mask_path
+            # a human label is never overwritten by a pseudo-label afterwards
+            assert not s.scalars(select(Label).where(Label.sample_id == lab.sample_id, Label.kind == "pseudo",
+                                                     Label.active.is_(True))).all()
+    led.close()
+    assert len(oracle) == tasks
+
+
+def test_without_oracle_tasks_stay_queued(campaign) -> None:
+    c = campaign.model_copy(update={"labeling": campaign.labeling.model_copy(update={"oracle": False})})
+    _run(c)
+    assert _count(c, AnnotationTask, AnnotationTask.state == "intent") == _count(c, AnnotationTask) > 0
+    assert _count(c, Label, Label.author == "oracle") == 0
+
+
+def test_stopping_rule_total_budget(campaign) -> None:
+    c = campaign.model_copy(update={"selection": campaign.selection.model_copy(update={"total_budget": 1})})
+    assert _run(c).status == "done"
+    out = _run(c)
+    assert out.status == "stopped" and "annotation budget spent" in out.message
+
+
+def test_labelstudio_unreachable_push_fails_and_keeps_state(campaign, monkeypatch) -> None:
+    from medloop.rounds.orchestrator import RoundStepFailed
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "secret-token-not-logged")
+    c = campaign.model_copy(update={"labeling": campaign.labeling.model_copy(
+        update={"enabled": True, "url": "http://127.0.0.1:9"})})
+    with pytest.raises(RoundStepFailed, match="push") as info:
+        _run(c)
+    assert "Label Studio unreachable" in str(info.value)
+    assert "secret-token-not-logged" not in str(info.value)
+    intents = _count(c, AnnotationTask, AnnotationTask.state == "intent")
+    assert intents > 0  # select's results stay committed
+    with pytest.raises(RoundStepFailed, match="push"):  # the retry resumes at push, adds nothing
+        _run(c)
+    assert _count(c, AnnotationTask) == intents
+    assert _count(c, Round) == 1
+
+
+def test_no_gain_rule() -> None:
+    assert not no_gain([0.5, 0.6, 0.7], 2)
+    assert no_gain([0.5, 0.7, 0.6, 0.65], 2)
+    assert not no_gain([0.5], 3)
+
+
+def test_parse_every_and_watch(campaign) -> None:
+    assert parse_every("6h") == 21600 and parse_every("1h30m") == 5400 and parse_every("90s") == 90
+    with pytest.raises(ValueError, match="duration"):
+        parse_every("soon")
+    slept: list[float] = []
+    outs = watch(campaign, 5.0, max_rounds=2, run=lambda c: _run(c), sleep=slept.append, echo=lambda m: None)
+    assert [o.status for o in outs] == ["done", "done"] and slept == [5.0]
