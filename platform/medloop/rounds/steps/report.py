@@ -128,7 +128,9 @@ def report_step(ctx: Any) -> dict[str, Any]:
         extra = {**pseudo_precision_truth(s, ctx.round_id), **audit_stats(s, ctx.round_id, classes)}
         sizes = pool_sizes(s)
     metrics, cm = class_metrics(val, classes)
-    metrics = {**{k: v for k, v in (train_d.get("best_metrics") or {}).items() if isinstance(v, (int, float))},
+    trained = {k.removeprefix("val_"): v for k, v in (train_d.get("best_metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {**trained,
                **seg_metrics(ctx, val), **metrics, **extra}
     metrics["val_score"] = validation_score(metrics)
     sel_stats = {k: select_d.get(k) for k in ("queue_size", "audit_size", "pseudo_labels", "pseudo_masks",
