@@ -119,6 +119,7 @@ def demo(
     path: Optional[Path] = typer.Argument(None, help="dataset folder for --dataset busi"),
     config: Optional[Path] = ConfigOption,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
+    rounds: int = typer.Option(3, "--rounds", min=0, help="self-training rounds to run after ingesting"),
 ) -> None:
     """Run the demo campaign on the embedded defaults (no file needed)."""
     from medloop.data.errors import DataError
@@ -129,7 +130,7 @@ def demo(
         typer.echo(f"--dataset: expected synthetic or busi (got {dataset!r})", err=True)
         raise typer.Exit(2)
     try:
-        report = run_demo(campaign, dataset=dataset, path=path)
+        report = run_demo(campaign, dataset=dataset, path=path, rounds=rounds)
     except DataError as err:
         raise _data_error(err) from None
     typer.echo(report.summary())
