@@ -360,7 +360,8 @@ def main() -> None:
         st.title("medloop dashboard")
         st.error(str(err))
         return
-    page = st.sidebar.radio("Page", PAGES, key="page")
+    wanted = st.query_params.get("page", PAGES[0])  # e.g. ?page=Calibration (links, browser tests)
+    page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0, key="page")
     st.sidebar.caption(f"Campaign **{campaign.name}**  \nconfig: `{path or '(defaults)'}`  \n"
                        f"ledger: `{campaign.ledger}`  \nMLflow: `{campaign.tracking_uri}`")
     st.sidebar.caption("Read-only view; data refreshes every 30 s.")

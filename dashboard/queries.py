@@ -359,10 +359,7 @@ def quarantined(engine: Engine) -> int:
 
 def _explorer_where(round_id: int, class_index: int | None, decision: str | None) -> tuple[str, dict[str, Any]]:
     where = ["x.round_id = :r"]
-    params: dict[str, Any] = {"r": round_id}
-    if decision:
-        where.append("x.decision = :d")
-        params["d"] = decision
+    params: dict[str, Any] = {"r": round_id, "d": decision}
     if class_index is not None:
         where.append("p.pred_class = :k")
         params["k"] = class_index
@@ -370,8 +367,10 @@ def _explorer_where(round_id: int, class_index: int | None, decision: str | None
 
 
 _EXPLORER_FROM = (
-    "FROM (SELECT round_id, sample_id, MIN(decision) AS decision, MIN(policy) AS policy, MAX(score) AS score "
-    "FROM selections WHERE round_id = :r GROUP BY round_id, sample_id) x "
+    "FROM (SELECT round_id, sample_id, CASE WHEN COUNT(DISTINCT decision) > 1 "
+    "THEN MAX(decision) || '+' || MIN(decision) ELSE MIN(decision) END AS decision, "
+    "MIN(policy) AS policy, MAX(score) AS score "
+    "FROM selections WHERE round_id = :r AND (:d IS NULL OR decision = :d) GROUP BY round_id, sample_id) x "
     "JOIN samples s ON s.id = x.sample_id "
     "LEFT JOIN predictions p ON p.sample_id = x.sample_id AND p.round_id = x.round_id "
 )
@@ -390,7 +389,10 @@ def explorer_page(
     page: int = 0,
     page_size: int = 12,
 ) -> pd.DataFrame:
-    """One page of the samples selected in a round (ordered by score, highest first)."""
+    """One page of the samples selected in a round (ordered by score, highest first).
+
+    ``decision`` keeps samples that had that decision in the round (an audited pseudo-label has two).
+    """
     where, params = _explorer_where(round_id, class_index, decision)
     params.update(lim=page_size, off=page * page_size)
     return _df(
