@@ -104,7 +104,9 @@ def files(campaign: Campaign) -> ServerFiles:
 
 
 def document_root(campaign: Campaign) -> Path:
-    """The folder local-file URLs are relative to (the campaign folder: the store's parent)."""
+    """The folder local-file URLs are relative to: ``labeling.document_root``, else the campaign folder."""
+    if campaign.labeling.document_root:
+        return Path(campaign.labeling.document_root).expanduser().resolve()
     return campaign.folder.resolve()
 
 

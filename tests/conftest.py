@@ -1,1 +1,78 @@
 """Fixtures shared by every test folder. Area-specific fixtures live in tests/<area>/conftest.py."""
+
+# ---- Label Studio (owned by the labeling area) --------------------------------------------------
+import dataclasses as _dc
+import os
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
+
+@_dc.dataclass
+class LabelStudioServer:
+    """A real Label Studio server on 127.0.0.1, started once per test run.
+
+    ``document_root`` is its LOCAL_FILES_DOCUMENT_ROOT: put campaign folders below it
+    (``campaign(name)`` does) so that their images are served.
+    """
+
+    url: str
+    token_file: _Path
+    document_root: _Path
+    server_campaign: object
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def campaign(self, name: str, **overrides):
+        """A campaign whose folder lies below the document root, connected to this server."""
+        from medloop.config import Campaign
+
+        data = {
+            "name": name,
+            "root": str(self.document_root / "campaigns" / name),
+            "labeling": {"enabled": True, "url": self.url, "token_env": "MEDLOOP_TEST_LS_TOKEN_NOT_SET",
+                         "token_file": str(self.token_file), "project_title": f"test-{name}",
+                         "document_root": str(self.document_root)},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Campaign.model_validate(data)
+
+
+@_pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory):
+    """Start Label Studio once per test run (installing it when missing); skip when impossible."""
+    from medloop.config import Campaign
+    from medloop.labeling import server
+    from medloop.labeling.errors import LabelStudioInstallError
+
+    venv = server.venv_path()
+    if not server.is_installed(venv):
+        try:
+            server.install(venv)
+        except LabelStudioInstallError as err:
+            _pytest.skip(f"Label Studio server cannot be installed ({err}); run `medloop labelstudio install`")
+    reuse = os.environ.get("MEDLOOP_TEST_LS_ROOT")  # development: a server already started there
+    if reuse:
+        campaign = Campaign(name="ls-tests", root=reuse)
+        info = server.status(campaign)
+        if info.healthy:
+            yield LabelStudioServer(url=info.url, token_file=info.token_file,
+                                    document_root=_Path(reuse).resolve(), server_campaign=campaign)
+            return
+    root = tmp_path_factory.mktemp("labelstudio")
+    campaign = Campaign(name="ls-tests", root=str(root))
+    try:
+        info = server.start(campaign, port=server.free_port(), venv=venv, install_missing=False)
+    except LabelStudioInstallError as err:
+        _pytest.skip(f"Label Studio server cannot be started: {err}")
+    try:
+        yield LabelStudioServer(url=info.url, token_file=info.token_file, document_root=root.resolve(),
+                                server_campaign=campaign)
+    finally:
+        server.stop(campaign)

@@ -109,6 +109,9 @@ class LabelingConfig(_Section):
     oracle: bool = Field(True, description="answer queued cases from hidden ground truth (demo / benchmarks)")
     multi_annotation_policy: Literal["latest", "agreement"] = Field("latest", description="several annotations on a task")
     port: int = Field(8080, ge=1, le=65535, description="port for `medloop labelstudio start`")
+    document_root: str | None = Field(
+        None, description="the server's LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it (default: campaign folder)"
+    )
 
 
 class TrackingConfig(_Section):

@@ -1,0 +1,84 @@
+"""Fixtures for the Label Studio tests: a campaign below the server's document root with samples,
+images, predictions (class + mask) and queued AnnotationTask intents, built with the ledger API."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from medloop.data.imagestore import ImageStore, content_hash
+from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
+
+_counter = itertools.count()
+
+
+@dataclass
+class Queue:
+    campaign: object
+    ledger: Ledger
+    store: ImageStore
+    uids: list[str]
+    sample_ids: dict[str, int]
+    pred_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    pred_class: dict[str, str] = field(default_factory=dict)
+    audit: set[str] = field(default_factory=set)
+
+    def client(self):
+        from medloop.labeling.client import connect
+
+        return connect(self.campaign)
+
+
+def lesion(h: int, w: int, i: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[5 + i % 7: 20 + i % 11, 8 + i % 5: 30 + i % 13] = 1
+    return m
+
+
+def build_queue(campaign, n: int, *, size: int = 64, round_id: int = 1, audit_every: int = 3,
+                with_predictions: bool = True, seed: int = 0) -> Queue:
+    ledger = Ledger.open(campaign.ledger)
+    store = ImageStore(campaign.store)
+    rng = np.random.default_rng(seed)
+    classes = campaign.data.classes
+    q = Queue(campaign, ledger, store, [], {})
+    with ledger.transaction() as s:
+        for i in range(n):
+            uid = f"{campaign.name}-s{i:05d}"
+            img = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            rel = store.put_image(uid, img)
+            smp = Sample(uid=uid, content_hash=content_hash(img), image_path=rel, source="synthetic", split="pool",
+                         height=size, width=size, channels=1)
+            s.add(smp)
+            s.flush()
+            q.uids.append(uid)
+            q.sample_ids[uid] = smp.id
+            if with_predictions:
+                m = lesion(size, size, i)
+                mp = store.put_mask(f"pred/round-{round_id}/{uid}", m)
+                pc = i % len(classes)
+                s.add(Prediction(round_id=round_id, sample_id=smp.id, model_version=f"round-{round_id}",
+                                 probs=[0.2, 0.5, 0.3], pred_class=pc, confidence=0.5, std=0.1, entropy=1.0,
+                                 mutual_info=0.2, seg_uncertainty=0.3, mask_path=mp))
+                q.pred_masks[uid] = m
+                q.pred_class[uid] = classes[pc]
+            audit = audit_every > 0 and i % audit_every == 0
+            if audit:
+                q.audit.add(uid)
+            s.add(AnnotationTask(sample_id=smp.id, round_id=round_id, state="intent", is_audit=audit,
+                                 score=1.0 - i / max(n, 1)))
+    return q
+
+
+@pytest.fixture
+def make_queue(labelstudio_server):
+    def make(n: int = 6, **kw) -> Queue:
+        name = f"lab{next(_counter)}-{np.random.default_rng().integers(1 << 30)}"
+        overrides = kw.pop("overrides", {})
+        campaign = labelstudio_server.campaign(name, **overrides)
+        return build_queue(campaign, n, **kw)
+
+    return make
