@@ -1,0 +1,251 @@
+"""Training data from the ledger: samples decoded once into in-memory uint8 arrays.
+
+:func:`load_arrays` reads the ledger and the image store and returns a :class:`SampleArrays`
+(images ``(N, C, S, S)`` uint8, masks ``(N, S, S)`` uint8 with {0, 1} and **255 = ignore**,
+labels ``(N,)`` int64 with **-1 = no class label**). :class:`JointDataset` turns it into the
+training batch of the contracts (``image`` float32 in [0, 1], ``label`` int64, ``mask`` int64),
+with augmentation (flips, 90-degree rotations, intensity) applied identically to image and mask.
+
+Which samples train (see docs/contracts.md): active human labels on every split except
+``val`` and ``test`` (annotated pool cases included) plus active pseudo-labels; a pseudo-mask's
+ignore map turns its pixels to 255. Validation: split ``val`` with active human labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy import select
+
+from medloop.config import Campaign
+from medloop.data.imagestore import ImageStore
+from medloop.ledger.schema import Label, Sample
+from medloop.ledger.store import Ledger
+
+IGNORE = 255
+AUGMENTATIONS = ("flip", "rotate", "intensity")
+
+
+@dataclass
+class SampleArrays:
+    """Decoded samples; every array has the sample on dimension 0."""
+
+    sample_ids: np.ndarray  # int64 (N,)
+    uids: list[str]
+    images: np.ndarray  # uint8 (N, C, S, S)
+    masks: np.ndarray  # uint8 (N, S, S): 0 / 1 / 255 (ignore)
+    labels: np.ndarray  # int64 (N,): class index, -1 = none
+    kinds: list[str] = field(default_factory=list)  # "human" / "pseudo" / "" (unlabeled)
+
+    def __len__(self) -> int:
+        return int(self.sample_ids.shape[0])
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> "SampleArrays":
+        idx = np.asarray(index, dtype=np.int64)
+        return SampleArrays(
+            self.sample_ids[idx],
+            [self.uids[i] for i in idx],
+            self.images[idx],
+            self.masks[idx],
+            self.labels[idx],
+            [self.kinds[i] for i in idx] if self.kinds else [],
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes + self.masks.nbytes + self.labels.nbytes)
+
+
+def empty_arrays(size: int, channels: int) -> SampleArrays:
+    return SampleArrays(
+        np.zeros(0, np.int64), [], np.zeros((0, channels, size, size), np.uint8),
+        np.zeros((0, size, size), np.uint8), np.zeros(0, np.int64), [],
+    )
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+
+
+def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 (H, W) / (H, W, 3) -> (C, size, size) uint8 (bilinear resize, grey/RGB conversion)."""
+    img = Image.fromarray(np.ascontiguousarray(image))
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """uint8 mask (values kept, e.g. 0/1/255) -> (size, size) with nearest-neighbour resize."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8)
+    return mask
+
+
+def _load_ignore(store: ImageStore, rel: str) -> np.ndarray:
+    """An ignore map (bool .npy array, or a PNG mask) as uint8 {0, 1}."""
+    if rel.endswith(".npy"):
+        return (store.load_array(rel) > 0).astype(np.uint8)
+    return store.load_mask(rel)
+
+
+def decode_sample(
+    store: ImageStore,
+    image_path: str,
+    label: Label | None,
+    classes: Sequence[str],
+    size: int,
+    channels: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One sample -> (image (C,S,S) uint8, mask (S,S) uint8 with 255 = ignore, class index or -1)."""
+    image = store.load_image(image_path)
+    h, w = image.shape[:2]
+    mask = np.full((h, w), IGNORE, np.uint8)
+    cls = -1
+    if label is not None:
+        if label.class_name is not None:
+            if label.class_name not in classes:
+                raise ValueError(
+                    f"label {label.id}: class {label.class_name!r} is not in the campaign classes {list(classes)}"
+                )
+            cls = list(classes).index(label.class_name)
+        if label.mask_path:
+            m = store.load_mask(label.mask_path)
+            if m.shape != (h, w):
+                raise ValueError(f"label {label.id}: mask {m.shape} differs from its image {(h, w)}")
+            mask = m.copy()
+            if label.ignore_path:
+                mask[_load_ignore(store, label.ignore_path) > 0] = IGNORE
+    return fit_image(image, size, channels), fit_mask(mask, size), cls
+
+
+def _stack(
+    store: ImageStore, rows: Iterable[tuple[Sample, Label | None]], campaign: Campaign
+) -> SampleArrays:
+    size, channels = campaign.data.image_size, campaign.data.channels
+    ids, uids, imgs, masks, labels, kinds = [], [], [], [], [], []
+    for sample, label in rows:
+        img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels)
+        ids.append(sample.id)
+        uids.append(sample.uid)
+        imgs.append(img)
+        masks.append(mask)
+        labels.append(cls)
+        kinds.append(label.kind if label is not None else "")
+    if not ids:
+        return empty_arrays(size, channels)
+    return SampleArrays(
+        np.asarray(ids, np.int64), uids, np.stack(imgs), np.stack(masks), np.asarray(labels, np.int64), kinds
+    )
+
+
+# ---- from the ledger -------------------------------------------------------------------------------
+
+
+def labeled_rows(ledger: Ledger, part: str) -> list[tuple[Sample, Label]]:
+    """``part="train"``: human labels outside val/test + pseudo-labels; ``"val"``: human labels on val."""
+    with ledger.reading() as s:
+        q = select(Sample, Label).join(Label, Label.sample_id == Sample.id).where(Label.active.is_(True))
+        if part == "train":
+            q = q.where(Label.kind.in_(("human", "pseudo")), Sample.split.not_in(("val", "test")))
+        elif part in ("val", "test"):
+            q = q.where(Label.kind == "human", Sample.split == part)
+        else:
+            raise ValueError(f"unknown part {part!r}; expected 'train', 'val' or 'test'")
+        rows = s.execute(q.order_by(Sample.id, Label.kind)).all()
+    # a sample with both (should not happen: the ledger retires pseudo on human) keeps the human label
+    chosen: dict[int, tuple[Sample, Label]] = {}
+    for sample, label in rows:
+        if sample.id not in chosen or label.kind == "human":
+            chosen[sample.id] = (sample, label)
+    return list(chosen.values())
+
+
+def load_arrays(campaign: Campaign, ledger: Ledger, part: str) -> SampleArrays:
+    """Decode the training (``"train"``) or validation (``"val"``) set once into memory."""
+    return _stack(ImageStore(campaign.store), labeled_rows(ledger, part), campaign)
+
+
+def load_samples(campaign: Campaign, ledger: Ledger, sample_ids: Sequence[int]) -> SampleArrays:
+    """Decode given samples' images (no labels: masks all 255, labels -1), e.g. for scoring."""
+    with ledger.reading() as s:
+        rows = s.scalars(select(Sample).where(Sample.id.in_(list(sample_ids))).order_by(Sample.id)).all()
+    return _stack(ImageStore(campaign.store), [(r, None) for r in rows], campaign)
+
+
+# ---- torch Dataset + augmentation ----------------------------------------------------------------------
+
+
+@dataclass
+class Augment:
+    """Random flips, 90-degree rotations and intensity changes (gamma, contrast, brightness)."""
+
+    flip: bool = True
+    rotate: bool = True
+    intensity: bool = True
+    intensity_strength: float = 0.2
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> "Augment | None":
+        names = list(names)
+        unknown = sorted(set(names) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+        if not names:
+            return None
+        return cls(flip="flip" in names, rotate="rotate" in names, intensity="intensity" in names)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """image (C, H, W) float32 in [0, 1], mask (H, W): the same geometric change for both."""
+        if self.flip:
+            if rng.random() < 0.5:
+                image, mask = image[:, :, ::-1], mask[:, ::-1]
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1, :], mask[::-1, :]
+        if self.rotate:
+            k = int(rng.integers(0, 4))
+            if k:
+                image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
+        if self.intensity:
+            s = self.intensity_strength
+            gamma = float(np.exp(rng.uniform(-s, s)))
+            contrast = float(rng.uniform(1 - s, 1 + s))
+            bright = float(rng.uniform(-s / 2, s / 2))
+            image = np.clip((image**gamma - 0.5) * contrast + 0.5 + bright, 0.0, 1.0)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
+
+
+class JointDataset(torch.utils.data.Dataset):
+    """Items are dicts: ``image`` float32 (C,H,W) in [0,1], ``label`` int64, ``mask`` int64 (H,W), ``index``."""
+
+    def __init__(self, arrays: SampleArrays, augment: Augment | None = None, seed: int = 0) -> None:
+        self.arrays = arrays
+        self.augment = augment
+        self.seed = seed
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation stream (called once per epoch by the training loops)."""
+        self._epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.arrays.images[i].astype(np.float32) / 255.0
+        mask = self.arrays.masks[i]
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self._epoch, int(i)))
+            image, mask = self.augment(image, mask, rng)
+        return {
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(mask.astype(np.int64)),
+            "label": torch.tensor(int(self.arrays.labels[i]), dtype=torch.int64),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }

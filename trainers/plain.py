@@ -1,0 +1,332 @@
+"""The training loop's pieces, and a plain single-process loop built from them.
+
+The Ray Train loop (:mod:`medloop.trainers.train`) and Ray Tune trials reuse :func:`train_epoch`,
+:func:`predict` and :func:`validation_metrics`; :func:`train_plain` runs them in one process
+(``compute.num_workers = 0``, the benchmark baseline, tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medloop.config import Campaign
+
+from .checkpoints import build_model, model_spec, unwrap
+from .dataset import IGNORE, Augment, JointDataset, SampleArrays
+
+#: the validation metric that picks the best epoch and drives early stopping / ASHA
+SCORE_METRIC = "val_score"
+
+
+@dataclass
+class LoopSettings:
+    """Everything a training loop needs besides the data (plain, picklable)."""
+
+    model: dict[str, Any]  # {"name", "options"} for the models registry
+    classes: list[str]
+    cls_head: str = "softmax"
+    seg_head: str = "softmax"
+    loss: str | None = None  # None: the model's default_loss
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 4
+    augment: list[str] = field(default_factory=list)
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    image_size: int = 64
+    channels: int = 1
+
+    @classmethod
+    def from_campaign(cls, campaign: Campaign, **override: Any) -> "LoopSettings":
+        c, m = campaign.compute, campaign.model
+        opts = dict(m.options)
+        loss = opts.pop("loss", None)
+        loss_options = dict(opts.pop("loss_options", {}) or {})
+        spec = model_spec(campaign)
+        spec["options"] = {k: v for k, v in spec["options"].items() if k not in ("loss", "loss_options")}
+        base = cls(
+            model=spec, classes=list(campaign.data.classes), cls_head=m.cls_head, seg_head=m.seg_head,
+            loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+            weight_decay=c.weight_decay, patience=c.patience, augment=list(c.augment), amp=c.amp,
+            channels_last=c.channels_last, compile=c.compile, seed=c.seed,
+            image_size=campaign.data.image_size, channels=campaign.data.channels,
+        )
+        return replace(base, **override)
+
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint meta fields that describe the model."""
+        return {
+            "model": self.model, "classes": self.classes, "cls_head": self.cls_head, "seg_head": self.seg_head,
+            "image_size": self.image_size, "channels": self.channels,
+        }
+
+
+def make_loss(model: nn.Module, settings: LoopSettings) -> nn.Module:
+    from medloop.trainers.losses import build_loss
+
+    name = settings.loss or getattr(unwrap(model), "default_loss", "mtunet")
+    options = dict(settings.loss_options)
+    return build_loss(name, **_loss_head_options(name, settings, options))
+
+
+def _loss_head_options(name: str, settings: LoopSettings, options: dict[str, Any]) -> dict[str, Any]:
+    """Pass the heads to losses that take them (evidential heads change the loss)."""
+    import inspect
+
+    from medloop.trainers.losses import LOSSES
+
+    try:
+        params = inspect.signature(LOSSES.get(name)).parameters
+    except (TypeError, ValueError):
+        return options
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in (("cls_head", settings.cls_head), ("seg_head", settings.seg_head)):
+        if (key in params or takes_any) and key not in options:
+            options[key] = value
+    return options
+
+
+def make_optimizer(model: nn.Module, loss_fn: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
+    params = list(model.parameters()) + [p for p in loss_fn.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def make_loader(
+    arrays: SampleArrays, settings: LoopSettings, *, train: bool, pin_memory: bool = False, workers: int = 0
+) -> DataLoader:
+    augment = Augment.from_names(settings.augment) if train else None
+    dataset = JointDataset(arrays, augment, seed=settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    return DataLoader(
+        dataset, batch_size=settings.batch_size, shuffle=train, drop_last=False, pin_memory=pin_memory,
+        num_workers=workers, generator=generator if train else None,
+    )
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last and device.type == "cuda":
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _sync_loss_grads(loss_fn: nn.Module) -> None:
+    """All-reduce gradients of learnable loss parameters (e.g. Kendall weights) outside DDP."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    global_step: int,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns (global step after it, mean loss parts + images)."""
+    model.train()
+    loss_fn.train()
+    sums: dict[str, float] = {}
+    n_batches, n_images = 0, 0
+    for batch in loader:
+        batch = _to(batch, device, channels_last)
+        with _autocast(device, amp):
+            output = model(batch["image"])
+        output = _float_output(output)
+        total, parts = loss_fn(output, batch, step=global_step)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        _sync_loss_grads(loss_fn)
+        optimizer.step()
+        global_step += 1
+        n_batches += 1
+        n_images += int(batch["image"].shape[0])
+        sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        for k, v in parts.items():
+            sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(torch.as_tensor(v).detach().float().mean())
+    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    stats["images"] = float(n_images)
+    return global_step, stats
+
+
+def _float_output(output: Any) -> Any:
+    """Losses run in float32 (autocast leaves bf16 logits)."""
+    if output.cls_logits.dtype != torch.float32:
+        output.cls_logits = output.cls_logits.float()
+        output.seg_logits = output.seg_logits.float()
+    return output
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    cls_head: str = "softmax",
+    amp: bool = True,
+    channels_last: bool = True,
+) -> dict[str, np.ndarray]:
+    """Deterministic predictions on ``loader``: class probs, predicted masks, and the targets."""
+    from medloop.trainers.heads import probs_from_logits
+
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "probs", "label", "pred_mask", "mask")}
+    for batch in loader:
+        batch = _to(batch, device, channels_last)
+        with _autocast(device, amp):
+            o = model(batch["image"])
+        out["probs"].append(probs_from_logits(o.cls_logits.float(), cls_head).cpu().numpy())
+        out["pred_mask"].append(o.seg_logits.float().argmax(1).to(torch.uint8).cpu().numpy())
+        out["label"].append(batch["label"].cpu().numpy())
+        out["mask"].append(batch["mask"].to(torch.uint8).cpu().numpy())
+        out["index"].append(batch["index"].cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def validation_metrics(pred: dict[str, np.ndarray], num_classes: int) -> dict[str, float]:
+    """``val_*`` metrics (contract names) from :func:`predict` output, plus :data:`SCORE_METRIC`."""
+    from medloop.trainers import metrics as M
+
+    out: dict[str, float] = {}
+    labels, probs = pred["label"], pred["probs"]
+    has_cls = labels >= 0
+    if has_cls.any():
+        y, p = labels[has_cls], probs[has_cls]
+        yhat = p.argmax(1)
+        out["val_accuracy"] = M.accuracy(y, yhat)
+        out["val_f1"] = M.f1_score(y, yhat, num_classes, "macro")
+        out["val_auc"] = M.auc_ovr(y, p)
+        out["val_ece"] = M.ece(p, y)
+        out["val_adaptive_ece"] = M.adaptive_ece(p, y)
+        out["val_brier"] = M.brier_score(p, y)
+        out["val_nll"] = M.nll(p, y)
+    has_mask = (pred["mask"] != IGNORE).reshape(len(pred["mask"]), -1).any(1) if len(pred["mask"]) else has_cls
+    if has_mask.any():
+        out["val_dice"] = M.dice(pred["pred_mask"][has_mask], pred["mask"][has_mask], IGNORE)
+        out["val_iou"] = M.iou(pred["pred_mask"][has_mask], pred["mask"][has_mask], IGNORE)
+    out = {k: float(v) for k, v in out.items()}
+    terms = [out[k] for k in ("val_dice", "val_accuracy") if k in out and math.isfinite(out[k])]
+    out[SCORE_METRIC] = float(np.mean(terms)) if terms else 0.0
+    return out
+
+
+@dataclass
+class EarlyStop:
+    """Best score so far and epochs without improvement."""
+
+    patience: int
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, score: float, epoch: int) -> bool:
+        """Record an epoch; True when it is the best so far."""
+        if score > self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+def prepare_for_device(model: nn.Module, settings: LoopSettings, device: torch.device) -> nn.Module:
+    """Move to ``device``; on GPU channels_last; optional torch.compile."""
+    model = model.to(device)
+    if device.type == "cuda" and settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def maybe_compile(model: nn.Module, settings: LoopSettings) -> nn.Module:
+    return torch.compile(model) if settings.compile else model
+
+
+@dataclass
+class PlainResult:
+    model: nn.Module
+    history: list[dict[str, float]]
+    global_step: int
+    best_state: dict[str, torch.Tensor] | None
+    best_metrics: dict[str, float]
+
+
+def train_plain(
+    settings: LoopSettings,
+    train: SampleArrays,
+    val: SampleArrays,
+    *,
+    device: str | torch.device = "cpu",
+    init_state: dict[str, torch.Tensor] | None = None,
+    global_step: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> PlainResult:
+    """Single-process training with validation and early stopping; keeps the best weights in memory."""
+    if len(train) == 0:
+        raise ValueError("no training samples: the ledger has no active human or pseudo labels outside val/test")
+    device = torch.device(device)
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = prepare_for_device(model, settings, device)
+    loss_fn = make_loss(model, settings).to(device)
+    optimizer = make_optimizer(model, loss_fn, settings)
+    run_model = maybe_compile(model, settings)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train, settings, train=True, pin_memory=pin)
+    val_loader = make_loader(val, settings, train=False, pin_memory=pin) if len(val) else None
+    stopper = EarlyStop(settings.patience)
+    history: list[dict[str, float]] = []
+    best_state, best_metrics = None, {}
+    for epoch in range(settings.epochs):
+        train_loader.dataset.set_epoch(epoch)
+        global_step, stats = train_epoch(
+            run_model, train_loader, loss_fn, optimizer, device=device, global_step=global_step,
+            amp=settings.amp, channels_last=settings.channels_last,
+        )
+        metrics: dict[str, float] = {}
+        if val_loader is not None:
+            pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
+                           channels_last=settings.channels_last)
+            metrics = validation_metrics(pred, len(settings.classes))
+        row = {"epoch": epoch + 1, "global_step": global_step, **stats, **metrics}
+        history.append(row)
+        if stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1):
+            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+            best_metrics = row
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
+        if stopper.stop:
+            break
+    return PlainResult(unwrap(model), history, global_step, best_state, best_metrics)
