@@ -1,0 +1,74 @@
+"""Ray Data pool scoring: Prediction rows, store maps, incremental re-scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+ray = pytest.importorskip("ray")
+
+from medloop.data.imagestore import ImageStore  # noqa: E402
+from medloop.ledger.schema import Prediction  # noqa: E402
+from medloop.ledger.store import Ledger  # noqa: E402
+from medloop.trainers.checkpoints import build_model, save_checkpoint  # noqa: E402
+from medloop.trainers.plain import LoopSettings  # noqa: E402
+from medloop.trainers.score import score_samples  # noqa: E402
+from medloop.trainers.toydata import populate, toy_campaign  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("score")
+    campaign = toy_campaign(folder, compute={"score_batch_size": 4})
+    ledger = Ledger.open(campaign.ledger)
+    ids = populate(campaign, ledger, n_train=3, n_val=3, n_pool=7)
+    settings = LoopSettings.from_campaign(campaign)
+    model = build_model(settings.model)
+    ckpt = save_checkpoint(folder / "ckpt", model, {**settings.meta(), "global_step": 0, "epoch": 0, "metrics": {}})
+    return campaign, ledger, ids, str(ckpt)
+
+
+def test_scores_written_to_ledger_and_store(setup):
+    campaign, ledger, ids, ckpt = setup
+    report = score_samples(campaign, ledger, round_id=1, checkpoint_path=ckpt, model_version="round-1")
+    assert report.written == 10 and report.skipped == 0 and report.candidates == 10
+    with ledger.reading() as s:
+        rows = s.scalars(select(Prediction).where(Prediction.model_version == "round-1")).all()
+    assert sorted(r.sample_id for r in rows) == sorted(ids["pool"] + ids["val"])
+    store = ImageStore(campaign.store)
+    for r in rows:
+        assert r.round_id == 1 and len(r.probs) == 3 and abs(sum(r.probs) - 1) < 1e-4
+        assert r.pred_class == int(np.argmax(r.probs)) and r.confidence == pytest.approx(max(r.probs), abs=1e-5)
+        for col in ("std", "entropy", "mutual_info", "margin", "seg_uncertainty_image", "lesion_fraction"):
+            assert getattr(r, col) is not None, col
+        assert r.vacuity is None  # softmax heads: no vacuity
+        assert r.mask_path.startswith("masks/pred/round-1/") and r.umap_path.startswith("arrays/umap/round-1/")
+        assert store.load_array(r.umap_path).shape == (32, 32)
+        assert store.load_mask(r.mask_path).shape == (32, 32)
+        assert r.embedding is not None and len(r.embedding) % 4 == 0
+
+
+def test_incremental_rescoring_skips_done(setup):
+    campaign, ledger, ids, ckpt = setup
+    score_samples(campaign, ledger, round_id=1, checkpoint_path=ckpt, model_version="round-1")
+    again = score_samples(campaign, ledger, round_id=1, checkpoint_path=ckpt, model_version="round-1")
+    assert again.written == 0 and again.skipped == 10
+    more = populate(campaign, ledger, n_train=0, n_val=0, n_pool=2, seed=5)
+    third = score_samples(campaign, ledger, round_id=1, checkpoint_path=ckpt, model_version="round-1",
+                          splits=("pool",))
+    assert third.written == 2 and third.skipped == 7
+    # another model version scores everything again
+    other = score_samples(campaign, ledger, round_id=2, checkpoint_path=ckpt, model_version="round-2",
+                          splits=("pool",), use_ray=False)
+    assert other.written == 9
+    with ledger.reading() as s:
+        got = s.scalars(select(Prediction.sample_id).where(Prediction.model_version == "round-1")).all()
+    assert len(got) == len(set(got)) == 12 and set(more["pool"]) <= set(got)
