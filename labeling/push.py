@@ -14,13 +14,14 @@ stays committed and the next call pushes exactly what is left.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from medloop.config import Campaign
 from medloop.data.imagestore import ImageStore
@@ -163,15 +164,17 @@ def _load_intents(ledger: Ledger) -> list[tuple[AnnotationTask, Sample, Predicti
 
 
 def _mark_pushed(ledger: Ledger, pairs: list[tuple[int, int]]) -> None:
-    """(annotation task row id, ls task id) -> state pushed, in one transaction."""
+    """(annotation task row id, ls task id) -> state pushed, in one transaction (one executemany)."""
+    if not pairs:
+        return
     now = utcnow()
+    stmt = (
+        update(AnnotationTask.__table__)
+        .where(AnnotationTask.__table__.c.id == bindparam("row_id"), AnnotationTask.__table__.c.state == "intent")
+        .values(state="pushed", ls_task_id=bindparam("ls_id"), pushed_at=now)
+    )
     with ledger.transaction() as s:
-        for row_id, ls_id in pairs:
-            s.execute(
-                update(AnnotationTask)
-                .where(AnnotationTask.id == row_id, AnnotationTask.state == "intent")
-                .values(state="pushed", ls_task_id=ls_id, pushed_at=now)
-            )
+        s.connection().execute(stmt, [{"row_id": r, "ls_id": i} for r, i in pairs])
 
 
 def existing_tasks(client: LSClient, project_id: int) -> dict[str, int]:
@@ -230,15 +233,23 @@ def push_queue(
                 report.task_ids[smp.uid] = present[smp.uid]
     todo = [row for row in intents if row[1].uid not in present]
     report.remaining = len(todo)
-    for i in range(0, len(todo), chunk_size):
-        chunk = todo[i:i + chunk_size]
-        payload = [build_task(campaign, store, root, t, smp, pred) for t, smp, pred in chunk]
-        ids = import_tasks(client, pid, payload)
-        _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)])
-        for (_, smp, _), ls_id in zip(chunk, ids):
-            report.task_ids[smp.uid] = ls_id
-        report.pushed += len(chunk)
-        report.remaining -= len(chunk)
-        report.chunks += 1
+    chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+
+    def build(chunk: list) -> list[dict[str, Any]]:
+        return [build_task(campaign, store, root, t, smp, pred) for t, smp, pred in chunk]
+
+    # pipeline: the next chunk's payload is built while Label Studio imports the current one
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-import") as pool:
+        payload = build(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            future = pool.submit(import_tasks, client, pid, payload)
+            payload = build(chunks[k + 1]) if k + 1 < len(chunks) else []
+            ids = future.result()  # raises LabelStudioUnavailable: earlier chunks stay committed
+            _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)])
+            for (_, smp, _), ls_id in zip(chunk, ids):
+                report.task_ids[smp.uid] = ls_id
+            report.pushed += len(chunk)
+            report.remaining -= len(chunk)
+            report.chunks += 1
     report.seconds = time.perf_counter() - t0
     return report
