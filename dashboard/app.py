@@ -73,6 +73,10 @@ def chart(c: Any) -> None:
     st.altair_chart(c, width="stretch")
 
 
+def txt(x: Any) -> str:
+    return "—" if x is None or (isinstance(x, float) and pd.isna(x)) or x == "" else str(x)
+
+
 def fmt(x: Any, spec: str = ".3f") -> str:
     return "—" if x is None or (isinstance(x, float) and pd.isna(x)) else format(x, spec)
 
@@ -331,7 +335,7 @@ def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
     image = _load(store.load_image, row.image_path)
     pred = classes[int(row.pred_class)] if row.pred_class is not None and not pd.isna(row.pred_class) else "—"
     title = (f"**{row.uid}** · {row.decision} · predicted {pred} ({fmt(row.confidence, '.2f')})  \n"
-             f"human: {row.human_class or '—'} · pseudo: {row.pseudo_class or '—'} · std {fmt(row.std, '.3f')}")
+             f"human: {txt(row.human_class)} · pseudo: {txt(row.pseudo_class)} · std {fmt(row.std, '.3f')}")
     st.markdown(title)
     if image is None:
         st.warning(f"Image missing in the store: {row.image_path}")

@@ -34,16 +34,17 @@ def class_scale(classes: list[str]) -> alt.Scale:
 
 def step_timeline(steps: pd.DataFrame) -> alt.Chart:
     """Grid: one row per round, one cell per step, coloured by state."""
+    n_rounds = max(int(steps["round"].nunique()) if len(steps) else 1, 1)
     return (
         alt.Chart(steps)
         .mark_rect(stroke="white", strokeWidth=2)
         .encode(
-            x=alt.X("step:N", sort=STEP_ORDER, title="step"),
+            x=alt.X("step:N", sort=STEP_ORDER, title="step", axis=alt.Axis(labelAngle=0, orient="top")),
             y=alt.Y("round:O", title="round"),
             color=alt.Color("state:N", scale=_scale(STATE_COLOURS), title="state"),
             tooltip=["round", "step", "state", alt.Tooltip("seconds:Q", format=".1f", title="duration (s)"), "detail"],
         )
-        .properties(title="Round steps", height=alt.Step(28))
+        .properties(title="Round steps", height=max(130, 28 * n_rounds))
     )
 
 
@@ -54,7 +55,7 @@ def pool_stack(pool: pd.DataFrame) -> alt.Chart:
         alt.Chart(pool)
         .mark_bar()
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("samples:Q", title="samples (train + pool splits)"),
             color=alt.Color("kind:N", scale=_scale(KIND_COLOURS), sort=order, title="label kind"),
             order=alt.Order("kind_order:Q"),
@@ -72,7 +73,7 @@ def metric_lines(df: pd.DataFrame, metrics: list[str], title: str, y_title: str)
         alt.Chart(long)
         .mark_line(point=True)
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("value:Q", title=y_title),
             color=alt.Color("metric:N", title="metric"),
             tooltip=["round", "metric", alt.Tooltip("value:Q", format=".4f")],
@@ -173,7 +174,7 @@ def pseudo_bars(df: pd.DataFrame, classes: list[str]) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("sum(samples):Q", title="pseudo-labels (samples)"),
             color=alt.Color("class:N", scale=class_scale(classes), title="class"),
             tooltip=["round", "class", "selector", "samples"],
@@ -215,7 +216,7 @@ def rate_bars(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             xOffset="decision:N",
             y=alt.Y("rate:Q", title="share of scored pool samples", axis=alt.Axis(format="%")),
             color=alt.Color("decision:N", scale=_scale(DECISION_COLOURS), title="decision"),
@@ -230,7 +231,7 @@ def precision_lines(df: pd.DataFrame, title: str) -> alt.Chart:
         alt.Chart(df)
         .mark_line(point=True)
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("precision:Q", title="precision of pseudo class labels", scale=alt.Scale(domain=[0, 1]),
                     axis=alt.Axis(format="%")),
             color=alt.Color("source:N", title="checked against"),
@@ -278,7 +279,7 @@ def kept_bars(df: pd.DataFrame) -> alt.Chart:
         alt.Chart(df)
         .mark_bar(color="#2CA02C")
         .encode(
-            x=alt.X("round:O", title="round"),
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("rate:Q", title="kept the pre-annotated class", scale=alt.Scale(domain=[0, 1]),
                     axis=alt.Axis(format="%")),
             tooltip=["round", "answered", "kept", alt.Tooltip("rate:Q", format=".1%")],
@@ -297,25 +298,46 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return img[..., :3].astype(np.uint8).copy()
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    m = np.asarray(mask) > 0
-    inner = m.copy()
-    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return m & ~inner
+def _erode(m: np.ndarray) -> np.ndarray:
+    out = m.copy()
+    out[0, :] = out[-1, :] = out[:, 0] = out[:, -1] = False
+    out[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return out
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    return ~_erode(~m)
+
+
+# where each outline sits relative to the mask edge, so identical masks stay distinguishable:
+# human just outside the edge, pseudo on it, predicted just inside
+_RING = {"human": "outer", "pseudo": "edge", "predicted": "inner"}
+
+
+def _ring(m: np.ndarray, where: str) -> np.ndarray:
+    if where == "outer":
+        return _dilate(m) & ~m
+    if where == "inner":
+        e = _erode(m)
+        return e & ~_erode(e)
+    return m & ~_erode(m)
 
 
 def overlay(image: np.ndarray, masks: dict[str, np.ndarray | None], scale: int = 4) -> np.ndarray:
-    """The image (upscaled ``scale`` times) with the outline of each mask in its label colour."""
+    """The image (upscaled ``scale`` times) with the outline of each mask in its label colour.
+
+    Outlines are one pixel wide after upscaling: human outside the mask edge, pseudo on it, predicted
+    inside it, so all three show even when the masks agree.
+    """
     rgb = _rgb(image)
     rgb = np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else rgb
     for kind, mask in masks.items():
         if mask is None:
             continue
-        m = np.kron((np.asarray(mask) > 0).astype(np.uint8), np.ones((scale, scale), dtype=np.uint8))
+        m = np.kron((np.asarray(mask) > 0).astype(np.uint8), np.ones((scale, scale), dtype=np.uint8)) > 0
         if m.shape != rgb.shape[:2]:
             continue
-        edge = _outline(m)
-        rgb[edge] = OVERLAY_RGB.get(kind, (255, 255, 255))
+        rgb[_ring(m, _RING.get(kind, "edge"))] = OVERLAY_RGB.get(kind, (255, 255, 255))
     return rgb
 
 

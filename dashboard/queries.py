@@ -370,7 +370,8 @@ _EXPLORER_FROM = (
     "FROM (SELECT round_id, sample_id, CASE WHEN COUNT(DISTINCT decision) > 1 "
     "THEN MAX(decision) || '+' || MIN(decision) ELSE MIN(decision) END AS decision, "
     "MIN(policy) AS policy, MAX(score) AS score "
-    "FROM selections WHERE round_id = :r AND (:d IS NULL OR decision = :d) GROUP BY round_id, sample_id) x "
+    "FROM selections WHERE round_id = :r GROUP BY round_id, sample_id "
+    "HAVING (:d IS NULL OR SUM(CASE WHEN decision = :d THEN 1 ELSE 0 END) > 0)) x "
     "JOIN samples s ON s.id = x.sample_id "
     "LEFT JOIN predictions p ON p.sample_id = x.sample_id AND p.round_id = x.round_id "
 )

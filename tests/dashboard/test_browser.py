@@ -1,0 +1,217 @@
+"""Start `medloop dashboard` on a free port, open it in headless Chromium (driven over the DevTools
+protocol), wait until the charts are drawn, check them, and save screenshots under test-output/."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "test-output" / "dashboard"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_S = 180  # upper bound for the app to render on a busy machine (a wait, not a timing assert)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; "
+                                                  "scripts/test.sh does this when run as root)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - 127.0.0.1 only
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer")
+
+
+class Tab:
+    """A minimal DevTools-protocol client for one page."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=64 * 2**20, open_timeout=30, legacy=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expr: str) -> object:
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+STATE_JS = """(() => {
+  const running = !!document.querySelector('[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]')
+      || /Running/.test((document.querySelector('[data-testid="stStatusWidget"]')||{}).innerText||'');
+  const charts = [...document.querySelectorAll('.vega-embed')];
+  const drawn = charts.filter(e => { const c = e.querySelector('canvas, svg');
+      return c && c.getBoundingClientRect().width > 50 && c.getBoundingClientRect().height > 50; }).length;
+  const headers = [...document.querySelectorAll('h2')].map(h => h.innerText.trim());
+  return {running, charts: charts.length, drawn,
+          exceptions: document.querySelectorAll('[data-testid="stException"]').length,
+          headers, text: document.body.innerText.slice(0, 5000)};
+})()"""
+
+
+def wait_rendered(tab: Tab, header: str, min_charts: int, deadline: float) -> dict:
+    state: dict = {}
+    stable = 0
+    while time.monotonic() < deadline:
+        state = tab.js(STATE_JS) or {}
+        ok = header in state.get("headers", []) and not state.get("running") and state.get("drawn", 0) >= min_charts
+        stable = stable + 1 if ok else 0
+        if stable >= 3 or state.get("exceptions"):
+            return state
+        time.sleep(1.0)
+    return state
+
+
+CHART_RECTS_JS = """[...document.querySelectorAll('.vega-embed')].map(e => { const r = e.getBoundingClientRect();
+    return [Math.round(r.left), Math.round(r.top + window.scrollY), Math.round(r.width), Math.round(r.height)]; })"""
+
+
+def painted_charts(png: bytes, rects: list) -> int:
+    """Charts whose area in the screenshot holds many colours (axes, marks), i.e. not blank."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    painted = 0
+    for left, top, width, height in rects:
+        if width < 50 or height < 50:
+            continue
+        crop = img.crop((left, top, min(left + width, img.width), min(top + height, img.height)))
+        colours = crop.getcolors(maxcolors=1 << 16)
+        if colours is None or len(colours) > 20:
+            painted += 1
+    return painted
+
+
+def screenshot(tab: Tab, path: Path) -> bytes:
+    h = int(tab.js("document.querySelector('[data-testid=\"stMain\"]')?.scrollHeight || 1600") or 1600)
+    tab.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(max(h, 900), 6000), deviceScaleFactor=1,
+             mobile=False)
+    time.sleep(1.0)
+    data = base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.fixture()
+def served(campaign_config: Path, tmp_path: Path):  # noqa: ANN201
+    port = free_port()
+    env = dict(os.environ, MEDLOOP_CONFIG="")
+    medloop = Path(sys.executable).with_name("medloop")
+    cmd = [str(medloop), "dashboard", "--config", str(campaign_config), "--port", str(port)]
+    log = open(tmp_path / "dashboard.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", time.monotonic() + 120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture()
+def browser(tmp_path: Path):  # noqa: ANN201
+    port = free_port()
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--remote-debugging-port={port}",
+         "--remote-debugging-address=127.0.0.1", "--window-size=1400,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        pages: list = []
+        while time.monotonic() < deadline and not pages:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:  # noqa: S310
+                    pages = [p for p in json.load(r) if p.get("type") == "page"]
+            except OSError:
+                time.sleep(0.5)
+        assert pages, "chromium's DevTools endpoint did not come up"
+        tab = Tab(pages[0]["webSocketDebuggerUrl"])
+        tab.call("Page.enable")
+        tab.call("Runtime.enable")
+        yield tab
+        tab.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+PAGES = [("Overview", 2), ("Calibration", 3), ("Selection", 3), ("Annotation", 1)]
+
+
+def test_dashboard_in_chromium(served: str, browser: Tab) -> None:
+    for page, min_charts in PAGES:
+        browser.call("Page.navigate", url=f"{served}/?page={page}")
+        state = wait_rendered(browser, page, min_charts, time.monotonic() + WAIT_S)
+        shot = screenshot(browser, OUT / f"{page.lower()}.png")
+        rects = browser.js(CHART_RECTS_JS) or []
+        assert not state.get("exceptions"), state.get("text")
+        assert page in state.get("headers", []), state
+        assert state.get("drawn", 0) >= min_charts, state
+        assert painted_charts(shot, rects) >= min_charts, f"{page}: chart areas are blank in the screenshot"
+        assert "Traceback" not in state.get("text", "")
+    assert "medloop" in state["text"]
+
+
+def test_sample_explorer_images_in_chromium(served: str, browser: Tab) -> None:
+    browser.call("Page.navigate", url=f"{served}/?page=Sample%20explorer")
+    deadline = time.monotonic() + WAIT_S
+    loaded = 0
+    while time.monotonic() < deadline:
+        loaded = int(browser.js("[...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                                ".filter(i => i.complete && i.naturalWidth > 0).length") or 0)
+        if loaded >= 2:
+            break
+        time.sleep(1.0)
+    screenshot(browser, OUT / "sample-explorer.png")
+    assert loaded >= 2, "no sample images were rendered"
+    assert "Sample explorer" in (browser.js(STATE_JS) or {}).get("headers", [])
