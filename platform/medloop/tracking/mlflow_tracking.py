@@ -148,11 +148,11 @@ class Tracker:
             model.eval()
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pytorch.log_model(model, name="model", registered_model_name=name,
-                                                pip_requirements=["torch"])
+                                                pip_requirements=["torch"], serialization_format="pickle")
             existing = self._version_for_run(name, run_id) or str(getattr(info, "registered_model_version", ""))
             self.client.set_model_version_tag(name, existing, ROUND_TAG, str(rec.round_id))
             if rec.val_score is not None:
-                self.client.set_model_version_tag(name, existing, SCORE_TAG, f"{rec.val_score:.6f}")
+                self.client.set_model_version_tag(name, existing, SCORE_TAG, repr(float(rec.val_score)))
         self._maybe_promote(name, existing, rec.val_score)
         return existing
 
@@ -184,8 +184,9 @@ class Tracker:
         if current is not None and str(current.version) == str(version):
             return True
         if current is not None:
-            best = (current.tags or {}).get(SCORE_TAG)
-            if score is None or (best is not None and score <= float(best)):
+            tags = self.client.get_model_version(name, str(current.version)).tags or {}
+            best = tags.get(SCORE_TAG)
+            if score is None or (best is not None and score <= float(best) + 1e-12):
                 return False
         self.client.set_registered_model_alias(name, "champion", version)
         return True

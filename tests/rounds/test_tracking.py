@@ -1,0 +1,52 @@
+"""MLflow contents of rounds (through MlflowClient): runs, nested runs, params without secrets,
+per-epoch metrics, artifacts, the registered model and the champion alias.
+
+Scoring is the deterministic stand-in of support.py; the checkpoint is a real (tiny) model, so
+mlflow.pytorch logging and registration are real. Both rounds score the validation split
+identically, so round 2 does not improve validation and the champion alias must stay on round 1.
+"""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from medloop.rounds.orchestrator import run_round
+from medloop.tracking import safe_params
+from support import checkpoint_train_round, tiny_campaign, tiny_score_samples
+
+
+def test_rounds_in_mlflow_and_champion_alias(campaign, monkeypatch) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "tok-should-never-appear")
+
+    extras = {"train_round": checkpoint_train_round([0.9, 0.1]), "score_samples": tiny_score_samples}
+    outs = [run_round(campaign, extras=extras), run_round(campaign, extras=extras, force=True)]
+    assert [o.status for o in outs] == ["done", "done"]
+    client = MlflowClient(tracking_uri=campaign.tracking_uri, registry_uri=campaign.tracking_uri)
+    exp = client.get_experiment_by_name(campaign.experiment_name)
+    parents = client.search_runs([exp.experiment_id], "tags.`medloop.round` != ''")
+    roots = sorted((r for r in parents if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.run_name)
+    assert [r.info.run_name for r in roots] == ["round-1", "round-2"]
+    for root in roots:
+        params = root.data.params
+        assert params["model.name"] == campaign.model.name and len(params["data_manifest_hash"]) == 16
+        assert all("tok-should-never-appear" not in v for v in params.values())
+        for m in ("val_accuracy", "val_ece", "val_brier", "val_nll", "queue_size", "pseudo_precision_truth"):
+            assert m in root.data.metrics, m
+        assert {"reliability.png", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(root.info.run_id)}
+        kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{root.info.run_id}'")
+        by = {k.info.run_name: k for k in kids}
+        assert set(by) == {"train", "score", "select"}
+        hist = client.get_metric_history(by["train"].info.run_id, "val_accuracy")
+        assert [m.step for m in hist] == [1, 2]
+        assert {"selection.csv", "uncertainty_hist.png"} <= {a.path for a in client.list_artifacts(by["select"].info.run_id)}
+    name = f"medloop-{campaign.name}"
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert len(versions) == 2
+    assert client.get_model_version_by_alias(name, "champion").tags["medloop.round"] == "1"  # round 2 did not improve
+
+
+def test_safe_params_mask_url_passwords(tmp_path) -> None:
+    c = tiny_campaign(tmp_path, ledger_url="postgresql://medloop:hunter2@db/medloop")
+    params = safe_params(c)
+    assert "hunter2" not in params["ledger_url"] and "***" in params["ledger_url"]
+    assert params["labeling.token_env"] == "LABEL_STUDIO_API_KEY"
