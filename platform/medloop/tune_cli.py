@@ -2,8 +2,45 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the tune command to the top-level app."""
+
+    @app.command("tune")
+    def tune(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        samples: int = typer.Option(8, "--samples", "-n", min=1, help="number of trials"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"),
+        write_back_: bool = typer.Option(False, "--write-back", help="write the best values into the campaign file"),
+    ) -> None:
+        """Search lr, dropout, width and loss weights with ASHA on the labeled data."""
+        from medloop.config import ConfigError, load_campaign
+        from medloop.ledger.store import Ledger
+        from medloop.trainers.tune import tune_campaign, write_back
+
+        try:
+            campaign = load_campaign(config)
+        except ConfigError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from None
+        if write_back_ and config is None:
+            typer.echo("--write-back needs --config FILE", err=True)
+            raise typer.Exit(2)
+        ledger = Ledger.open(campaign.ledger)
+        try:
+            best = tune_campaign(campaign, ledger, num_samples=samples, max_epochs=epochs)
+        except ValueError as err:
+            typer.echo(f"tune: {err}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            ledger.close()
+        typer.echo(json.dumps(best, indent=1, default=str))
+        if write_back_:
+            write_back(config, best)
+            typer.echo(f"wrote the best configuration into {config}")
