@@ -1,0 +1,72 @@
+"""Writing N Prediction rows to the SQLite ledger (target: 1,000,000 rows in <= 60 s).
+
+    .venv/bin/python bench/bench_ledger_writes.py [--rows 1000000] [--batch 50000]
+
+Rows are inserted the way a scorer writes them: table-level Core bulk inserts (executemany) of plain dicts in transactions of
+``--batch`` rows, through ``Ledger.transaction()`` (WAL, synchronous=NORMAL). Prints JSON, then a
+markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=50_000)
+    args = ap.parse_args()
+    from medloop.ledger import Ledger, Prediction, Sample
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger.open(f"sqlite:///{tmp}/ledger.db")
+        n_samples = args.rows
+        t0 = time.perf_counter()
+        with ledger.transaction() as s:
+            s.connection().execute(insert(Sample.__table__), [
+                {"uid": f"s{i}", "content_hash": f"h{i}", "image_path": f"images/s{i}.png", "source": "bench",
+                 "split": "pool", "height": 64, "width": 64, "channels": 1} for i in range(n_samples)])
+        samples_s = time.perf_counter() - t0
+        probs = rng.dirichlet(np.ones(3), size=args.rows)
+        t1 = time.perf_counter()
+        for start in range(0, args.rows, args.batch):
+            stop = min(args.rows, start + args.batch)
+            rows = [{
+                "round_id": 1, "sample_id": i + 1, "model_version": "round-1", "probs": probs[i].tolist(),
+                "pred_class": int(probs[i].argmax()), "confidence": float(probs[i].max()), "std": 0.01,
+                "entropy": 0.5, "mutual_info": 0.01, "vacuity": None, "margin": 0.2, "seg_uncertainty": 0.1,
+                "seg_uncertainty_image": 0.05, "lesion_fraction": 0.1,
+                "mask_path": f"masks/pred/round-1/s{i}.png", "umap_path": f"arrays/umap/round-1/s{i}.npy",
+            } for i in range(start, stop)]
+            with ledger.transaction() as s:
+                s.connection().execute(insert(Prediction.__table__), rows)
+        write_s = time.perf_counter() - t1
+        size_mb = Path(f"{tmp}/ledger.db").stat().st_size / 2**20
+        ledger.close()
+    result = {"bench": "ledger_writes", "rows": args.rows, "batch": args.batch, "seconds": round(write_s, 2),
+              "rows_per_s": round(args.rows / write_s), "target_s": 60.0 * args.rows / 1_000_000,
+              "meets_target": write_s <= 60.0 * args.rows / 1_000_000, "sample_rows_s": round(samples_s, 2),
+              "db_mb": round(size_mb, 1)}
+    print(json.dumps(result))
+    print()
+    print("| rows | batch | seconds | rows/s | target s | meets target |")
+    print("|---:|---:|---:|---:|---:|:---:|")
+    print(f"| {args.rows:,} | {args.batch:,} | {result['seconds']} | {result['rows_per_s']:,} | "
+          f"{result['target_s']:.0f} | {'yes' if result['meets_target'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
