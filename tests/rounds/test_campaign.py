@@ -25,6 +25,7 @@ def real_campaign(root: Path):
     )
 
 
+@pytest.mark.slow  # real Ray training + MC scoring, 2 rounds: ~4-5 min on 2 shared CPU cores
 def test_two_round_campaign_with_mlflow(tmp_path: Path) -> None:
     c = real_campaign(tmp_path / "camp")
     ingest_synthetic(c)
