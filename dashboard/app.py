@@ -261,6 +261,9 @@ def page_selection(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
         if len(truth):
             cols[1].metric("Hidden-truth precision (latest)", f"{truth['precision'].iloc[-1]:.1%}")
         chart(charts.precision_lines(prec, "Precision of pseudo class labels"))
+    elif len(pseudo) and (pseudo["class"] == "(mask only)").all():
+        st.info("The pseudo-labels of this campaign are masks only, so class precision does not apply "
+                "(audits still show up on the Annotation page).")
     else:
         st.info("No audited pseudo-labels answered and no hidden truth to check against yet.")
 
