@@ -8,6 +8,7 @@ The Ray Train loop (:mod:`medloop.trainers.train`) and Ray Tune trials reuse :fu
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -153,6 +154,7 @@ def train_epoch(
     """One pass over ``loader``; returns (global step after it, mean loss parts + images)."""
     model.train()
     loss_fn.train()
+    t0 = time.perf_counter()
     sums: dict[str, float] = {}
     n_batches, n_images = 0, 0
     for batch in loader:
@@ -172,7 +174,10 @@ def train_epoch(
         for k, v in parts.items():
             sums[f"loss_{k}"] = sums.get(f"loss_{k}", 0.0) + float(torch.as_tensor(v).detach().float().mean())
     stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     stats["images"] = float(n_images)
+    stats["train_seconds"] = time.perf_counter() - t0  # data loading included
     return global_step, stats
 
 
