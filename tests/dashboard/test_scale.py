@@ -92,6 +92,7 @@ def test_queries_on_100k_samples(tmp_path: Path) -> None:
     binned = timed("per_class_calibration", queries.per_class_calibration, ROUNDS, ["normal", "benign", "malignant"])
     assert binned["n"].sum() == 2_000
     assert timed("explorer_count", queries.explorer_count, ROUNDS, None, "pseudo") == facts["pseudo_per_round"]
+    assert timed("explorer_count (class filter)", queries.explorer_count, ROUNDS, 1, "rejected") > 0
     page = timed("explorer_page (page 100)", queries.explorer_page, ROUNDS, 1, None, 100, 12)
     assert len(page) == 12
     truth = timed("truth_precision", queries.truth_precision)
