@@ -217,12 +217,13 @@ def rate_bars(df: pd.DataFrame) -> alt.Chart:
         .mark_bar()
         .encode(
             x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
-            xOffset="decision:N",
+            xOffset=alt.XOffset("series:N", title="policy / decision"),
             y=alt.Y("rate:Q", title="share of scored pool samples", axis=alt.Axis(format="%")),
             color=alt.Color("decision:N", scale=_scale(DECISION_COLOURS), title="decision"),
             tooltip=["round", "policy", "decision", "samples", "scored", alt.Tooltip("rate:Q", format=".1%")],
         )
-        .properties(title="Acceptance and queue rates")
+        .transform_calculate(series="datum.policy + ' / ' + datum.decision")
+        .properties(title="Acceptance and queue rates (per policy and decision)")
     )
 
 

@@ -146,6 +146,10 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
                                  ignore_path=None, round_id=rnd, selector="ups", thresholds=thresholds)
                 s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="pseudo", target="both", policy="ups",
                                 score=p.std, reason="confident and certain"))
+            if rnd == 2:  # a CPL run recorded next to UPS for comparison (class pseudo-labels only)
+                for p in [p for p in free if p.confidence >= sel_cfg.tau_c][:12]:
+                    s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="pseudo", target="class",
+                                    policy="cpl", score=p.confidence, reason="comparison"))
             for p in rejected:
                 s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="rejected", policy="ups", score=p.std,
                                 reason="std above tau_u"))

@@ -139,7 +139,11 @@ def test_hand_campaign_numbers(hand_campaign: Path, monkeypatch: pytest.MonkeyPa
     assert (m["Queue (waiting now)"], m["Done"], m["Skipped"]) == ("4", "5", "1")
     assert m["Kept the pre-annotation (all rounds)"].endswith("%")
     at.sidebar.radio(key="page").set_value("Selection").run()
+    assert not at.exception
     assert metrics(at)["Audit precision (latest)"] == "100.0%"
+    assert "PL / CPL / UPS comparison" in [h.value for h in at.subheader]  # ups and cpl were both run
+    comparison = next(c for c in charts(at) if c.get("title") == "Pseudo-labels by policy")
+    assert comparison["encoding"]["y"]["title"] == "pseudo-labels (samples)"
 
 
 def test_explorer_filters_and_pages(hand_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
