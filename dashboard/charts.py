@@ -34,17 +34,17 @@ def class_scale(classes: list[str]) -> alt.Scale:
 
 def step_timeline(steps: pd.DataFrame) -> alt.Chart:
     """Grid: one row per round, one cell per step, coloured by state."""
-    n_rounds = max(int(steps["round"].nunique()) if len(steps) else 1, 1)
     return (
         alt.Chart(steps)
         .mark_rect(stroke="white", strokeWidth=2)
         .encode(
-            x=alt.X("step:N", sort=STEP_ORDER, title="step", axis=alt.Axis(labelAngle=0, orient="top")),
+            x=alt.X("step:N", sort=STEP_ORDER, title="step", axis=alt.Axis(labelAngle=0)),
             y=alt.Y("round:O", title="round"),
-            color=alt.Color("state:N", scale=_scale(STATE_COLOURS), title="state"),
+            color=alt.Color("state:N", scale=_scale(STATE_COLOURS), title="state",
+                            legend=alt.Legend(orient="bottom", direction="horizontal")),
             tooltip=["round", "step", "state", alt.Tooltip("seconds:Q", format=".1f", title="duration (s)"), "detail"],
         )
-        .properties(title="Round steps", height=max(130, 28 * n_rounds))
+        .properties(title="Round steps", height=alt.Step(28))
     )
 
 

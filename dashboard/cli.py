@@ -39,10 +39,13 @@ def register(app: typer.Typer) -> None:
         if config is not None and not config.is_file():
             typer.echo(f"medloop dashboard: campaign file not found: {config}", err=True)
             raise typer.Exit(2)
-        typer.echo(f"medloop dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)")
-        env = dict(os.environ)
-        try:
-            code = subprocess.call(streamlit_command(config, port), env=env)
-        except KeyboardInterrupt:
+        typer.echo(f"medloop dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
+        cmd = streamlit_command(config, port)
+        if os.name == "posix":
+            # become the streamlit server: signals (Ctrl-C, SIGTERM from a service manager) reach it directly
+            os.execv(cmd[0], cmd)
+        try:  # pragma: no cover - non-POSIX
+            code = subprocess.call(cmd)
+        except KeyboardInterrupt:  # pragma: no cover
             code = 0
         raise typer.Exit(code)

@@ -116,7 +116,8 @@ def pool_composition(engine: Engine) -> pd.DataFrame:
     """Label kinds of the training candidates (splits train + pool) at the end of every round.
 
     Long format: round, kind (human / pseudo / queued / unlabeled), samples. ``human``: samples with
-    a human label made by the end of the round; ``pseudo``: samples given a pseudo-label in that round;
+    a human label made by the end of the round; ``pseudo``: samples given a pseudo-label in that round
+    and without a human label by its end (an audit answered in the round counts as human);
     ``queued``: non-audit annotation tasks open at the end of the round; ``unlabeled``: the rest.
     """
     end = "COALESCE(r.finished_at, '9999-12-31')"
@@ -127,10 +128,13 @@ def pool_composition(engine: Engine) -> pd.DataFrame:
         f"JOIN labels l ON l.kind = 'human' AND l.created_at <= {end} "
         f"JOIN samples s ON s.id = l.sample_id AND s.split IN ('train','pool') GROUP BY r.id",
     )
-    pseudo = _df(
+    pseudo = _df(  # pseudo-labels of the round whose sample had no human label by the end of it
         engine,
-        "SELECT l.round_id AS round, COUNT(DISTINCT l.sample_id) AS n FROM labels l "
-        "WHERE l.kind = 'pseudo' AND l.round_id IS NOT NULL GROUP BY l.round_id",
+        f"SELECT r.id AS round, COUNT(DISTINCT l.sample_id) AS n FROM rounds r "
+        f"JOIN labels l ON l.kind = 'pseudo' AND l.round_id = r.id "
+        f"JOIN samples s ON s.id = l.sample_id AND s.split IN ('train','pool') "
+        f"WHERE NOT EXISTS (SELECT 1 FROM labels h WHERE h.sample_id = l.sample_id AND h.kind = 'human' "
+        f"AND h.created_at <= {end}) GROUP BY r.id",
     )
     queued = _df(
         engine,
