@@ -363,3 +363,61 @@ def set_threads(n: int | None) -> None:
 
     if n:
         torch.set_num_threads(n)
+
+
+# ---- pseudo-labels ---------------------------------------------------------------------------------
+
+
+def pseudo_labels(scores: dict[str, np.ndarray], human_counts: np.ndarray, policy: str, *, tau_c: float = 0.9,
+                  tau_u: float = 0.05, mask_gate: float = 0.05, pixel_tau_u: float = 0.1,
+                  class_balance: bool = True, skip_empty: bool = True) -> dict[str, np.ndarray]:
+    """medloop.selection.decide_pseudo_labels on scored pool samples (none has a human label).
+
+    UPS: class by Eq. 19 (confidence >= tau_c and MC std <= tau_u); mask only when the mean pixel
+    uncertainty is below ``mask_gate``, with pixels above ``pixel_tau_u`` set to ignore (255).
+    PL / CPL (the baselines use no uncertainty): every predicted mask of a sample whose class is
+    accepted, no ignore pixels. ``skip_empty``: a class with no candidate drops out of the ratio
+    (medloop's ``skip_empty_classes``; False = strict: one empty class means no pseudo-label). Returns accept_class, pseudo_class, accept_mask, target_mask (N, S, S).
+    """
+    from medloop.selection import PseudoLabelParams, decide_pseudo_labels, pseudo_mask, training_target
+
+    n = len(scores["pred_class"])
+    ups = policy == "ups"
+    params = PseudoLabelParams(policy=policy, measure="std", tau_c=tau_c, tau_u=tau_u, class_balance=class_balance,
+                               skip_empty_classes=skip_empty, mask_gate=mask_gate if ups else float("inf"))
+    d = decide_pseudo_labels(scores, np.zeros(n, bool), human_counts if class_balance else None, params)
+    if ups:
+        m, ignore = pseudo_mask(scores["pred_mask"], scores["pixel_uncertainty"], pixel_tau_u)
+        target = training_target(m, ignore)
+        accept_mask = d["accept_mask"]
+    else:
+        target = scores["pred_mask"].astype(np.uint8)
+        accept_mask = d["accept_class"].copy()
+    target = np.where(accept_mask[:, None, None], target, IGNORE).astype(np.uint8)
+    return {"accept_class": d["accept_class"], "pseudo_class": d["pseudo_class"], "accept_mask": accept_mask,
+            "target_mask": target}
+
+
+def pseudo_quality(pl: dict[str, np.ndarray], truth_labels: np.ndarray, truth_masks: np.ndarray) -> dict[str, Any]:
+    """Precision / recall per class of the class pseudo-labels against hidden truth; pixel Dice of accepted masks."""
+    out: dict[str, Any] = {"n_class": int(pl["accept_class"].sum()), "n_mask": int(pl["accept_mask"].sum())}
+    acc, pc = pl["accept_class"], pl["pseudo_class"]
+    correct = acc & (pc == truth_labels)
+    out["precision"] = float(correct.sum() / acc.sum()) if acc.any() else float("nan")
+    for k, name in enumerate(CLASSES):
+        sel = acc & (pc == k)
+        out[f"n_{name}"] = int(sel.sum())
+        out[f"precision_{name}"] = float((sel & (truth_labels == k)).sum() / sel.sum()) if sel.any() else float("nan")
+        pos = truth_labels == k
+        out[f"recall_{name}"] = float((sel & pos).sum() / pos.sum()) if pos.any() else float("nan")
+    am = pl["accept_mask"]
+    if am.any():
+        t, g = pl["target_mask"][am], truth_masks[am]
+        valid = t != IGNORE
+        p, q = (t == 1) & valid, (g > 0) & valid
+        den = p.sum() + q.sum()
+        out["mask_dice"] = float(2 * (p & q).sum() / den) if den else 1.0
+        out["mask_ignored"] = float(1 - valid.mean())
+    else:
+        out["mask_dice"], out["mask_ignored"] = float("nan"), float("nan")
+    return out
