@@ -46,12 +46,43 @@ def test_surface_distances_hand_and_bruteforce():
     a[4:12, 5:14] = True
     b[6:15, 3:11] = True
     a &= rng.random((20, 20)) > 0.1
-    ca, cb = np.argwhere(surface(a)), np.argwhere(surface(b))
+    assert np.array_equal(surface(a), _surface_4(a)) and np.array_equal(surface(b), _surface_4(b))
+    ca, cb = np.argwhere(_surface_4(a)), np.argwhere(_surface_4(b))
     d = cdist(ca, cb)
     dab, dba = d.min(1), d.min(0)
     assert assd(a, b) == pytest.approx((dab.mean() + dba.mean()) / 2)
-    assert hd95(a, b) == pytest.approx(max(np.percentile(dab, 95), np.percentile(dba, 95)))
+    assert hd95(a, b) == pytest.approx(np.percentile(np.concatenate((dab, dba)), 95))  # MedPy: pooled
     assert assd(a, a) == 0.0
+
+
+def _surface_4(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask (the image border counts as outside)."""
+    m = np.pad(mask, 1)
+    inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def test_surface_is_medpy_connectivity_1():
+    """A pixel whose only background neighbour is diagonal is not on the surface (4-connected cross)."""
+    m = np.zeros((9, 9), bool)
+    m[2:7, 2:7] = True
+    m[2, 2] = False
+    s = surface(m)
+    assert not s[3, 3] and s[2, 3] and s[3, 2] and not s[4, 4]
+    assert s.sum() == 15  # the 16 border pixels of the 5x5 block, minus the removed corner
+
+
+def test_hd95_pools_both_directions_like_medpy():
+    """HD95 = 95th percentile of the pooled directed distances, not the max of two percentiles."""
+    p = np.zeros((3, 24), bool)
+    g = np.zeros((3, 24), bool)
+    p[1, 0] = True
+    g[1, 2:22] = True  # a one-pixel-thick line: every pixel is on the surface
+    # p -> g: [2]; g -> p: [2, 3, ..., 21]; pooled 21 values, the 95th percentile is 20
+    assert hd95(p, g) == pytest.approx(20.0)
+    assert hd95(g, p) == pytest.approx(20.0)  # symmetric
+    # the max of the directed percentiles would give 20.05
+    assert hd95(p, g) != pytest.approx(max(2.0, np.percentile(np.arange(2, 22), 95)))
 
 
 def test_segmentation_metrics_batch():
