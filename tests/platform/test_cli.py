@@ -60,8 +60,10 @@ def test_ingest_status_and_demo(tmp_path: Path) -> None:
     status = runner.invoke(app, ["status", "--config", str(cfg)])
     assert status.exit_code == 0
     assert "pool" in status.output and "rounds: none yet" in status.output and "quarantined annotations: 0" in status.output
-    demo = runner.invoke(app, ["demo", "--config", str(cfg)])
+    # --rounds 0: the demo's ingest + status path; its rounds are tested in tests/rounds/test_demo.py
+    demo = runner.invoke(app, ["demo", "--config", str(cfg), "--rounds", "0"])
     assert demo.exit_code == 0 and "0 added, 18 already present" in demo.output
+    assert "round by round" not in demo.output and "rounds: none yet" in demo.output
 
 
 def test_ingest_bad_data_exits_1_and_names_file(tmp_path: Path, lay) -> None:
