@@ -31,6 +31,16 @@ def dirichlet_alpha(logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(logits) + 1.0
 
 
+def dirichlet_mean(alpha: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Expected probability ``alpha / S`` of a Dirichlet along ``dim``."""
+    return alpha / alpha.sum(dim=dim, keepdim=True)
+
+
+def vacuity(alpha: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Uncertainty mass ``u = K / S`` (seed 000 Eq. 1 per image, Eq. 2 per pixel); ``dim`` removed."""
+    return alpha.shape[dim] / alpha.sum(dim=dim)
+
+
 @dataclass
 class EvidentialQuantities:
     """Subjective-logic quantities of a Dirichlet ``alpha`` along the class dim.
@@ -47,11 +57,10 @@ class EvidentialQuantities:
 def evidential_quantities(alpha: torch.Tensor, dim: int = 1) -> EvidentialQuantities:
     """Belief ``b = (alpha - 1) / S``, vacuity ``u = K / S``, probs ``alpha / S`` (seed 000 Eq. 1-2)."""
     strength = alpha.sum(dim=dim, keepdim=True)
-    k = alpha.shape[dim]
     return EvidentialQuantities(
         belief=(alpha - 1.0) / strength,
-        vacuity=(k / strength).squeeze(dim),
-        probs=alpha / strength,
+        vacuity=vacuity(alpha, dim),
+        probs=dirichlet_mean(alpha, dim),
         strength=strength.squeeze(dim),
     )
 
@@ -61,11 +70,4 @@ def probs_from_logits(logits: torch.Tensor, head: str = "softmax", dim: int = 1)
     check_head(head)
     if head == "softmax":
         return torch.softmax(logits, dim=dim)
-    alpha = dirichlet_alpha(logits)
-    return alpha / alpha.sum(dim=dim, keepdim=True)
-
-
-def vacuity_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Evidential vacuity ``K / S`` of raw logits (class dim removed)."""
-    alpha = dirichlet_alpha(logits)
-    return logits.shape[dim] / alpha.sum(dim=dim)
+    return dirichlet_mean(dirichlet_alpha(logits), dim)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medloop.trainers.heads import dirichlet_alpha, evidential_quantities, probs_from_logits, vacuity_from_logits
+from medloop.trainers.heads import dirichlet_alpha, evidential_quantities, probs_from_logits, vacuity
 
 
 def test_alpha_is_softplus_plus_one():
@@ -38,6 +38,7 @@ def test_probs_from_logits_heads():
     assert torch.allclose(probs_from_logits(logits, "softmax"), torch.softmax(logits, 1))
     alpha = torch.nn.functional.softplus(logits) + 1
     assert torch.allclose(probs_from_logits(logits, "evidential"), alpha / alpha.sum(1, keepdim=True))
-    assert torch.allclose(vacuity_from_logits(logits), 3 / alpha.sum(1))
+    assert torch.allclose(vacuity(alpha), 3 / alpha.sum(1))
+    assert torch.allclose(vacuity(alpha.movedim(1, -1), dim=-1), 3 / alpha.sum(1))
     with pytest.raises(ValueError):
         probs_from_logits(logits, "sigmoid")

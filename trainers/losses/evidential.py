@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from medloop.trainers.heads import dirichlet_mean
 from medloop.trainers.losses._common import IGNORE, NO_LABEL, masked_sample_mean, one_hot_mask, valid_pixels, zero_like
 from medloop.trainers.losses.segmentation import soft_dice_loss
 
@@ -96,5 +97,4 @@ def evidential_segmentation_loss(
     pixel_term = masked_sample_mean(per_sample, count > 0)
     if dice_weight == 0:
         return pixel_term
-    probs = alpha / alpha.sum(dim=1, keepdim=True)
-    return pixel_term + dice_weight * soft_dice_loss(probs, mask, ignore_index=ignore_index)
+    return pixel_term + dice_weight * soft_dice_loss(dirichlet_mean(alpha), mask, ignore_index=ignore_index)

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import MODELS
 from .base import JointModel, JointOutput
+from ..heads import dirichlet_alpha, vacuity
 from .blocks import BasicBlock, DoubleConv, DropoutPlan, UpBlock, VGGBlock, check_input, conv_bn_act, gap
 
 
@@ -109,8 +110,8 @@ class UMLNet(JointModel):
         for j, up in enumerate(self.mut_ups):
             m = up(m, fm[d - j - 1])
         prelim = self.mut_head(m)
-        alpha = F.softplus(prelim) + 1.0
-        u = alpha.shape[1] / alpha.sum(1, keepdim=True)
+        alpha = dirichlet_alpha(prelim)
+        u = vacuity(alpha).unsqueeze(1)
         reliab = torch.exp(-u)
         # step 2: Uncertainty Navigator
         x = self.un_bottom(fs[-1] * F.avg_pool2d(reliab, 2**d))  # U^s guides the bottom feature

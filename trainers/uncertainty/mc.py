@@ -10,7 +10,7 @@ own dropout mask, so the samples have the same distribution as T full forward pa
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -27,34 +27,29 @@ def is_dropout(module: nn.Module) -> bool:
 
 
 @contextmanager
-def enable_mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with only its dropout modules in train mode; restore after.
+def eval_mode(model: nn.Module, *, dropout_on: bool = False) -> Iterator[nn.Module]:
+    """Every module in eval mode (dropout modules in train mode when ``dropout_on``); the
+    previous mode of every module is restored after."""
+    previous = {m: m.training for m in model.modules()}
+    model.eval()
+    if dropout_on:
+        for m in model.modules():
+            if is_dropout(m):
+                m.train()
+    try:
+        yield model
+    finally:
+        for m, mode in previous.items():
+            m.training = mode
+
+
+def enable_mc_dropout(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Eval mode with only the dropout modules stochastic (BatchNorm frozen); restored after.
 
     Dropout must be implemented with ``nn.Dropout*`` modules (functional dropout keyed to
     ``self.training`` of a non-dropout module stays off).
     """
-    previous = {m: m.training for m in model.modules()}
-    model.eval()
-    for m in model.modules():
-        if is_dropout(m):
-            m.train()
-    try:
-        yield model
-    finally:
-        for m, mode in previous.items():
-            m.training = mode
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module in eval mode (deterministic); the previous modes are restored after."""
-    previous = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in previous.items():
-            m.training = mode
+    return eval_mode(model, dropout_on=True)
 
 
 def map_tensors(features: Any, fn: Any) -> Any:
@@ -131,7 +126,7 @@ def mc_sample(
         raise ValueError("passes must be >= 1")
     b = x.shape[0]
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
-    with enable_mc_dropout(model) if stochastic else eval_mode(model):
+    with eval_mode(model, dropout_on=stochastic):
         if cached:
             features = model.encode(x)
             per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))

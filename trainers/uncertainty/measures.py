@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medloop.trainers.heads import vacuity  # noqa: F401  (evidential vacuity K / S, seed 000 Eq. 1-2)
+
 _EPS = 1e-12
 
 
@@ -62,11 +64,6 @@ def margin(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Top-1 minus top-2 probability (small margin = uncertain)."""
     top = probs.topk(2, dim=dim).values
     return top.select(dim, 0) - top.select(dim, 1)
-
-
-def vacuity(alpha: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Evidential uncertainty mass ``K / S`` (seed 000 Eq. 1-2)."""
-    return alpha.shape[dim] / alpha.sum(dim=dim)
 
 
 def dilate(mask: torch.Tensor, band: int) -> torch.Tensor:
