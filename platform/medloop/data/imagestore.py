@@ -16,6 +16,11 @@ import numpy as np
 from PIL import Image
 
 
+def binarise(mask: np.ndarray) -> np.ndarray:
+    """The one mask convention: any non-zero value is lesion -> uint8 {0, 1}."""
+    return (np.asarray(mask) > 0).astype(np.uint8)
+
+
 def content_hash(image: np.ndarray) -> str:
     """sha256 of the pixel data and shape: the same picture gets the same hash, whatever file held it."""
     h = hashlib.sha256()
@@ -38,6 +43,7 @@ class ImageStore:
         self.root = Path(root)
 
     def path(self, rel: str) -> Path:
+        """Absolute location of a store-relative path."""
         return self.root / rel
 
     # ---- writing (atomic: a crash never leaves half a file) -----------------------------
@@ -54,7 +60,7 @@ class ImageStore:
 
     def put_mask(self, name: str, mask: np.ndarray) -> str:
         """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1})."""
-        return self.put_png(f"masks/{name}.png", (np.asarray(mask) > 0).astype(np.uint8) * 255)
+        return self.put_png(f"masks/{name}.png", binarise(mask) * 255)
 
     def put_array(self, name: str, array: np.ndarray) -> str:
         buf = io.BytesIO()
@@ -65,12 +71,14 @@ class ImageStore:
 
     # ---- reading ------------------------------------------------------------------------
     def load_image(self, rel: str) -> np.ndarray:
+        """A stored image as written: uint8 (H, W) or (H, W, 3)."""
         with Image.open(self.root / rel) as im:
             return np.asarray(im)
 
     def load_mask(self, rel: str) -> np.ndarray:
+        """A stored mask as uint8 {0, 1}."""
         with Image.open(self.root / rel) as im:
-            return (np.asarray(im) > 0).astype(np.uint8)
+            return binarise(np.asarray(im))
 
     def load_array(self, rel: str) -> np.ndarray:
         return np.load(self.root / rel, allow_pickle=False)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import FileError
+from .imagestore import binarise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -60,7 +61,7 @@ def read_mask(path: Path) -> np.ndarray:
         if arr.shape[-1] in (2, 4):  # alpha: transparent pixels are background
             colour = np.where(arr[..., -1] > 0, colour, 0)
         arr = colour
-    return (arr > 0).astype(np.uint8)
+    return binarise(arr)
 
 
 def check_mask_size(mask_path: Path, mask: np.ndarray, image: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 """Calibration gate: no pseudo-labels in a round whose model is poorly calibrated.
 
 Seed 002 (Sec. III-B, Fig. 3a) motivates UPS by calibration: confident predictions of a poorly
-calibrated network are often wrong. The gate checks the validation ECE (seed 002 Eq. 18) of the
+calibrated network are often wrong. The gate checks the validation ECE (seed 002 Eq. 16-18) of the
 round's model against ``SelectionConfig.max_ece`` before any pseudo-label is accepted.
 """
 
