@@ -74,3 +74,27 @@ def test_transaction_rolls_back_as_a_whole(tmp_path: Path) -> None:
         assert s.scalars(select(Sample)).all() == []
         assert s.scalars(select(Label)).all() == []
     ledger.close()
+
+
+def test_new_pseudo_supersedes_old_only_on_its_sample_and_retire_by_round(tmp_path: Path) -> None:
+    from medloop.ledger import retire_pseudo_labels
+
+    ledger = _ledger(tmp_path)
+    with ledger.transaction() as s:
+        a, b = _sample(s, "d"), _sample(s, "e")
+        for sid in (a, b):
+            add_pseudo_label(s, sid, class_name="benign", mask_path=None, ignore_path=None,
+                             round_id=1, selector="ups", thresholds={})
+        add_pseudo_label(s, a, class_name="malignant", mask_path=None, ignore_path=None,
+                         round_id=2, selector="ups", thresholds={})
+        add_human_label(s, b, class_name="normal", mask_path=None, author="ann")
+        assert retire_pseudo_labels(s, 2) == 0  # b's round-1 pseudo was already retired by its human label
+    with ledger.reading() as s:
+        rows = s.scalars(select(Label).order_by(Label.id)).all()
+        assert [(r.sample_id, r.kind, r.round_id, r.active) for r in rows] == [
+            (a, "pseudo", 1, False), (b, "pseudo", 1, False), (a, "pseudo", 2, True), (b, "human", None, True)
+        ]
+    with ledger.transaction() as s:
+        assert retire_pseudo_labels(s, 3) == 1
+        assert active_label(s, a, "pseudo") is None and active_label(s, b, "human").class_name == "normal"
+    ledger.close()

@@ -11,6 +11,7 @@ Rules enforced here and nowhere else:
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -102,9 +103,19 @@ class Ledger:
 
 
 def active_label(session: Session, sample_id: int, kind: str) -> Label | None:
+    """The sample's active label of ``kind`` (human / pseudo / truth), or None."""
     return session.scalars(
         select(Label).where(Label.sample_id == sample_id, Label.kind == kind, Label.active.is_(True))
     ).first()
+
+
+def _supersede(session: Session, sample_id: int, kinds: tuple[str, ...], now: datetime) -> None:
+    """Make the sample's active labels of ``kinds`` history (inactive, superseded at ``now``)."""
+    session.execute(
+        update(Label)
+        .where(Label.sample_id == sample_id, Label.kind.in_(kinds), Label.active.is_(True))
+        .values(active=False, superseded_at=now)
+    )
 
 
 def add_human_label(
@@ -119,11 +130,7 @@ def add_human_label(
 ) -> Label:
     """Record a human label. The earlier human label becomes history; any pseudo-label is retired."""
     now = utcnow()
-    session.execute(
-        update(Label)
-        .where(Label.sample_id == sample_id, Label.kind.in_(("human", "pseudo")), Label.active.is_(True))
-        .values(active=False, superseded_at=now)
-    )
+    _supersede(session, sample_id, ("human", "pseudo"), now)
     label = Label(
         sample_id=sample_id,
         kind="human",
@@ -155,11 +162,7 @@ def add_pseudo_label(
     if active_label(session, sample_id, "human") is not None:
         raise HumanLabelExists(f"sample {sample_id} has a human label; a pseudo-label never replaces it")
     now = utcnow()
-    session.execute(
-        update(Label)
-        .where(Label.sample_id == sample_id, Label.kind == "pseudo", Label.active.is_(True))
-        .values(active=False, superseded_at=now)
-    )
+    _supersede(session, sample_id, ("pseudo",), now)
     label = Label(
         sample_id=sample_id,
         kind="pseudo",
