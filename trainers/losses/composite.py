@@ -72,6 +72,13 @@ class JointLoss(nn.Module):
         return pixel_cross_entropy(logits, mask)
 
     @staticmethod
+    def to_mask_size(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Deep-supervision logits (B, Q, h, w) upsampled bilinearly to the mask's (H, W)."""
+        if logits.shape[-2:] == mask.shape[-2:]:
+            return logits
+        return F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+
+    @staticmethod
     def present(batch: dict) -> tuple[bool, bool]:
         """(has any class label, has any valid mask pixel)."""
         return bool((batch["label"] != NO_LABEL).any()), bool((batch["mask"] != IGNORE).any())
@@ -182,13 +189,7 @@ class TIMUPALoss(JointLoss):
         seg = terms["seg"]
         ds_maps = (output.aux or {}).get("deep_supervision") or []
         if ds_maps:
-            size = mask.shape[-2:]
-            ds = torch.stack(
-                [
-                    self.seg_terms(F.interpolate(m, size=size, mode="bilinear", align_corners=False), mask, step)["seg"]
-                    for m in ds_maps
-                ]
-            ).mean()
+            ds = torch.stack([self.seg_terms(self.to_mask_size(m, mask), mask, step)["seg"] for m in ds_maps]).mean()
             terms["deep_supervision"] = ds
             seg = seg + self.ds_weight * ds
         cls = self.cls_loss(output.cls_logits, labels, step, focal_gamma=self.focal_gamma)

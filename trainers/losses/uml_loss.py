@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from medloop.trainers.heads import dirichlet_alpha
 from medloop.trainers.losses import LOSSES
@@ -46,9 +45,8 @@ class UMLLoss(JointLoss):
         self.mut_dice_weight = mut_dice_weight
 
     def _dice(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-2:] != mask.shape[-2:]:
-            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        return soft_dice_loss(self.seg_probs(logits), mask)
+        """Soft Dice of one (possibly lower-resolution) segmentation output, Eq. 8."""
+        return soft_dice_loss(self.seg_probs(self.to_mask_size(logits, mask)), mask)
 
     def forward(self, output: Any, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask, labels = batch["mask"], batch["label"]
