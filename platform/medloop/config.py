@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CLASSES_DEFAULT = ["normal", "benign", "malignant"]
 
@@ -95,6 +95,17 @@ class SelectionConfig(_Section):
     min_new_labels: int = Field(0, ge=0, description="trigger: run only when this many new human labels arrived")
     stop_patience: int = Field(3, ge=1, description="stop when validation has not improved for this many rounds")
     seed: int = Field(0, description="seed for random acquisition and audits")
+
+    @field_validator("policy", "acquisition")
+    @classmethod
+    def _registered(cls, name: str, info: Any) -> str:
+        """A policy / acquisition must name an entry of its registry (caught at load, not mid-round)."""
+        from medloop.selection import ACQUISITIONS, POLICIES
+
+        registry = POLICIES if info.field_name == "policy" else ACQUISITIONS
+        if name not in registry:
+            raise ValueError(f"unknown {info.field_name} {name!r}; known: {', '.join(registry.names())}")
+        return name
 
 
 class LabelingConfig(_Section):

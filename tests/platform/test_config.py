@@ -69,3 +69,13 @@ def test_configuration_doc_lists_every_key() -> None:
         else:
             missing += [f"{key}.{sub}" for sub in section if f"`{sub}`" not in doc.split(f"`[{key}]`", 1)[-1]]
     assert missing == [], f"docs/configuration.md does not describe: {missing}"
+
+
+def test_unknown_policy_or_acquisition_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[selection]\npolicy = "upss"\nacquisition = "coreset"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_campaign(f)
+    msg = str(exc.value)
+    assert "selection.policy" in msg and "'upss'" in msg and "cpl, pl, ups" in msg
+    assert "selection.acquisition" in msg and "'coreset'" in msg and "bald" in msg
