@@ -25,6 +25,8 @@ from medloop.trainers.losses.segmentation import (
 from medloop.trainers.losses.weighting import KendallWeighting
 from medloop.trainers.models.base import JointOutput
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def perfect_logits(mask: torch.Tensor, q: int = 2, scale: float = 30.0) -> torch.Tensor:
     safe = torch.where(mask == 255, torch.zeros_like(mask), mask)

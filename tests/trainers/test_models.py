@@ -11,6 +11,8 @@ from medloop.trainers.models import MODELS, build, count_parameters
 from medloop.trainers.models.base import JointModel, JointOutput
 from medloop.trainers.models.weights import WeightsMismatchError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NAMES = ["jrl", "mttu", "mtunet", "tim_upa", "uml"]
 TINY = dict(width=4, depth=3)
 HW = 32

@@ -12,13 +12,7 @@ from medloop.trainers.uncertainty import enable_mc_dropout, mc_sample, score_bat
 from medloop.trainers.uncertainty import measures as M
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster single-threaded on a shared, loaded CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyJoint(JointModel):
