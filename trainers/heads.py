@@ -10,12 +10,10 @@ Evidential head (seed 000, subjective logic): evidence ``e = softplus(logits)``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Head = Literal["softmax", "evidential"]
 HEADS: tuple[str, ...] = ("softmax", "evidential")
 
 
