@@ -180,7 +180,7 @@ def risk_coverage(rounds_df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def per_class_calibration(engine: Engine, round_id: int, classes: list[str], n_bins: int = 10) -> pd.DataFrame:
+def per_class_calibration(engine: Engine, round_id: int, classes: list[str], n_bins: int = 15) -> pd.DataFrame:
     """Val predictions of a round joined with their human labels, binned by confidence per predicted class.
 
     Columns: pred_class (name), bin, n, confidence (mean), accuracy (fraction whose human label is the

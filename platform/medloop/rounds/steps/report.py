@@ -22,7 +22,7 @@ RC_POINTS = 50
 def _bins(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
     from medloop.trainers.metrics import reliability_bins
 
-    b = reliability_bins(probs, labels, n_bins=10)
+    b = reliability_bins(probs, labels, n_bins=15)
     return [
         {"lo": float(lo), "hi": float(hi), "confidence": _num(c), "accuracy": _num(a), "count": int(n)}
         for lo, hi, c, a, n in zip(b["lower"], b["upper"], b["confidence"], b["accuracy"], b["count"])
@@ -43,7 +43,7 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
         return {}, None
     probs = val.arrays["probs"][idx]
     labels = np.array([classes.index(val.human_class[i]) for i in idx])
-    cal = calibration_metrics(probs, labels, n_bins=10)
+    cal = calibration_metrics(probs, labels, n_bins=15)
     cls = classification_metrics(labels, probs)
     conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(float)
     cov, risk = risk_coverage(conf, correct)
