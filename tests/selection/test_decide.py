@@ -155,3 +155,23 @@ def test_decide_subsets_without_balancing(n, data, tau_c, tau_u):
     }
     assert not np.any(acc["ups"] & ~acc["cpl"]) and not np.any(acc["cpl"] & ~acc["pl"])
     np.testing.assert_array_equal(acc["pl"], ~human)
+
+
+def test_mask_must_agree_with_the_predicted_class():
+    # class 0 = "normal" (no lesion). An empty mask is kept only where "normal" is predicted and a
+    # non-empty mask only where a lesion class is predicted, however certain its pixels are.
+    sc = {
+        "pred_class": np.array([0, 0, 1, 1]),
+        "confidence": np.array([0.99, 0.99, 0.99, 0.99]),
+        "std": np.zeros(4),
+        "seg_uncertainty_image": np.zeros(4),
+        "lesion_fraction": np.array([0.0, 0.2, 0.0, 0.1]),
+    }
+    out = decide_pseudo_labels(sc, np.zeros(4, bool), None, PseudoLabelParams(no_lesion_class=0))
+    assert np.flatnonzero(out["accept_mask"]).tolist() == [0, 3]
+    assert reason_names(out["reason_mask"]).tolist() == [
+        "accepted", "mask_inconsistent", "mask_inconsistent", "accepted",
+    ]
+    # without a no-lesion class the rule is off
+    out = decide_pseudo_labels(sc, np.zeros(4, bool), None, PseudoLabelParams())
+    assert out["accept_mask"].all()

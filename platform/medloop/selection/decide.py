@@ -17,6 +17,7 @@ code  name                meaning
 5     high_uncertainty    uncertainty > tau_u (ups)
 6     class_balance       dropped to follow the human class ratio
 7     mask_uncertain      mean pixel uncertainty >= mask_gate (mask only)
+8     mask_inconsistent   the mask's emptiness contradicts the predicted class (mask only)
 ====  ==================  ==========================================================
 """
 
@@ -40,10 +41,12 @@ REASONS: tuple[str, ...] = (
     "high_uncertainty",
     "class_balance",
     "mask_uncertain",
+    "mask_inconsistent",
 )
-ACCEPTED, HUMAN_LABEL, CALIBRATION_GATE, MISSING_SCORE, LOW_CONFIDENCE, HIGH_UNCERTAINTY, CLASS_BALANCE, MASK_UNCERTAIN = (
-    range(len(REASONS))
-)
+(
+    ACCEPTED, HUMAN_LABEL, CALIBRATION_GATE, MISSING_SCORE, LOW_CONFIDENCE, HIGH_UNCERTAINTY, CLASS_BALANCE,
+    MASK_UNCERTAIN, MASK_INCONSISTENT,
+) = range(len(REASONS))
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class PseudoLabelParams:
     ``measure`` names the uncertainty array in ``scores`` used by UPS and to rank within a class when
     balancing; ``tau_u`` is in its units (per measure and head, see ``policies.py``).
     ``mask_measure`` names the per-image mean pixel uncertainty compared with ``mask_gate``.
+    ``no_lesion_class`` (e.g. the index of "normal"): when set and ``scores`` has ``lesion_fraction``,
+    a pseudo-mask is accepted only if it is empty exactly when the predicted class is the no-lesion
+    class. A model that confidently predicts an empty mask on a lesion image has low pixel
+    uncertainty, so the gate alone would accept that empty mask (seen on BUSI, bench/README.md).
     """
 
     policy: str = "ups"
@@ -63,6 +70,7 @@ class PseudoLabelParams:
     mask_gate: float = 0.05
     mask_measure: str = "seg_uncertainty_image"
     skip_empty_classes: bool = False
+    no_lesion_class: int | None = None
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "PseudoLabelParams":
@@ -151,6 +159,11 @@ def decide_pseudo_labels(
         mu = _arr(scores, p.mask_measure, n)
         gate_ok = np.asarray(_mask_gate(mu, p.mask_gate), dtype=bool)
         reason_mask[~gate_ok] = MASK_UNCERTAIN
+        if p.no_lesion_class is not None and "lesion_fraction" in scores:
+            has_lesion = _arr(scores, "lesion_fraction", n) > 0
+            consistent = has_lesion == (pred != p.no_lesion_class)
+            reason_mask[gate_ok & ~consistent] = MASK_INCONSISTENT
+            gate_ok = gate_ok & consistent
         reason_mask[~np.isfinite(mu)] = MISSING_SCORE
     else:
         gate_ok = np.zeros(n, dtype=bool)

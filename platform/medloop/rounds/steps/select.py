@@ -66,7 +66,9 @@ def select_step(ctx: Any) -> dict[str, Any]:
         tasked = set(s.scalars(select(AnnotationTask.sample_id)).all())
     ece = val_ece(val, classes)
     allow, gate_reason = calibration_gate(ece, sel.max_ece)
-    params = PseudoLabelParams.from_config(sel)
+    params = PseudoLabelParams.from_config(
+        sel, no_lesion_class=classes.index("normal") if "normal" in classes else None
+    )
     dec = decide_pseudo_labels(pool.arrays, pool.has_human, counts, params, allow_pseudo=allow)
     accepted = np.flatnonzero(dec["accept_class"] | dec["accept_mask"])
     mask_files = _pseudo_mask_files(ctx, pool, np.flatnonzero(dec["accept_mask"]))
