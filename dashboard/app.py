@@ -149,8 +149,11 @@ def page_calibration(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     task_names = {"class": "classification", "seg": "segmentation"}
     task = right.radio("Task", list(task_names), format_func=task_names.get, horizontal=True, key="cal_task")
     row = rounds.loc[rounds["round"] == rnd].iloc[0]
+    cards = (("ece", "adaptive_ece", "brier", "nll"), ("ECE", "Adaptive ECE", "Brier", "NLL"))
+    if task == "seg":
+        cards = (("seg_ece",), ("Pixel ECE",))
     cols = st.columns(4)
-    for col, key, label in zip(cols, ("ece", "adaptive_ece", "brier", "nll"), ("ECE", "Adaptive ECE", "Brier", "NLL")):
+    for col, key, label in zip(cols, *cards):
         col.metric(f"{label} (round {rnd})", fmt(row[key], ".4f"))
     bins = queries.reliability_bins(rounds, rnd, task)
     a, b = st.columns(2)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, create_engine, inspect, text
 
-METRIC_KEYS = ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "pseudo_precision_truth")
+METRIC_KEYS = ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece",
+               "pseudo_precision_truth")
 DECISIONS = ("pseudo", "queue", "audit", "rejected")
 UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_info", "vacuity", "margin", "seg_uncertainty")
 

@@ -74,11 +74,20 @@ class LoopSettings:
         }
 
 
-def make_loss(model: nn.Module, settings: LoopSettings) -> nn.Module:
-    from medloop.trainers.losses import build_loss
+def make_loss(model: nn.Module, settings: LoopSettings, train_labels: np.ndarray | None = None) -> nn.Module:
+    """The model's joint loss. ``loss_options.class_weights = "auto"`` (the default of losses with
+    ``frequency_weighted_ce``, i.e. ``mttu``) becomes seed 002 Eq. 14 weights of ``train_labels``."""
+    from medloop.trainers.losses import LOSSES, build_loss
+    from medloop.trainers.losses.classification import frequency_class_weights
 
     name = settings.loss or getattr(unwrap(model), "default_loss", "mtunet")
     options = dict(settings.loss_options)
+    default = "auto" if getattr(LOSSES.get(name), "frequency_weighted_ce", False) else None
+    choice = options.get("class_weights", default)
+    if choice == "none" or (choice == "auto" and train_labels is None):
+        options.pop("class_weights", None)
+    elif choice == "auto":
+        options["class_weights"] = frequency_class_weights(train_labels, len(settings.classes)).tolist()
     return build_loss(name, **_loss_head_options(name, settings, options))
 
 
@@ -305,7 +314,7 @@ def train_plain(
     if init_state is not None:
         model.load_state_dict(init_state)
     model = prepare_for_device(model, settings, device)
-    loss_fn = make_loss(model, settings).to(device)
+    loss_fn = make_loss(model, settings, train.labels).to(device)
     optimizer = make_optimizer(model, loss_fn, settings)
     run_model = maybe_compile(model, settings)
     pin = device.type == "cuda"

@@ -163,7 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stopped = bool(ts.get("stopped", False))
 
     model = prepare_for_device(model, settings, device)
-    loss_fn = make_loss(model, settings).to(device)
+    loss_fn = make_loss(model, settings, train_arrays.labels).to(device)
     if "loss" in ts:
         loss_fn.load_state_dict(ts["loss"])
     model = ray.train.torch.prepare_model(

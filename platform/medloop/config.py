@@ -137,7 +137,7 @@ class ComputeConfig(_Section):
     """Training and scoring resources."""
 
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP); 0 trains in-process without Ray Train")
     use_gpu: bool = Field(False, description="train and score on GPUs")
     epochs: int = Field(8, ge=1, description="epochs per round")
     batch_size: int = Field(16, ge=1, description="per-worker batch size")

@@ -178,7 +178,7 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
         risk = (np.cumsum(1 - correct[order]) / np.arange(1, len(conf) + 1)).tolist()
         metrics = {"dice": 0.6 + 0.1 * rnd, "iou": 0.45 + 0.1 * rnd, "accuracy": float(correct.mean()),
                    "f1": float(correct.mean()) - 0.02, "auc": 0.8 + 0.05 * rnd, "ece": ece, "adaptive_ece": ece * 1.1,
-                   "brier": 0.4 - 0.08 * rnd, "nll": 0.9 - 0.15 * rnd, "pseudo_precision_truth": 0.8 + 0.05 * rnd,
+                   "brier": 0.4 - 0.08 * rnd, "nll": 0.9 - 0.15 * rnd, "seg_ece": seg_ece, "pseudo_precision_truth": 0.8 + 0.05 * rnd,
                    "calibration": {"class": calib, "seg": seg_calib},
                    "risk_coverage": {"coverage": cov, "risk": risk, "aurc": float(np.mean(risk))}}
         histories[rnd] = [{"epoch": e, "val_dice": 0.5 + 0.05 * e + 0.1 * rnd, "val_ece": 0.2 - 0.03 * e}

@@ -30,9 +30,11 @@ def test_rounds_in_mlflow_and_champion_alias(campaign, monkeypatch) -> None:
         params = root.data.params
         assert params["model.name"] == campaign.model.name and len(params["data_manifest_hash"]) == 16
         assert all("tok-should-never-appear" not in v for v in params.values())
-        for m in ("val_accuracy", "val_ece", "val_brier", "val_nll", "queue_size", "pseudo_precision_truth"):
+        for m in ("val_accuracy", "val_ece", "val_brier", "val_nll", "queue_size", "pseudo_precision_truth",
+                  "val_seg_ece"):
             assert m in root.data.metrics, m
-        assert {"reliability.png", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(root.info.run_id)}
+        assert {"reliability.png", "reliability_seg.png", "confusion_matrix.png"} <= {
+            a.path for a in client.list_artifacts(root.info.run_id)}
         kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{root.info.run_id}'")
         by = {k.info.run_name: k for k in kids}
         assert set(by) == {"train", "score", "select"}
@@ -50,3 +52,21 @@ def test_safe_params_mask_url_passwords(tmp_path) -> None:
     params = safe_params(c)
     assert "hunter2" not in params["ledger_url"] and "***" in params["ledger_url"]
     assert params["labeling.token_env"] == "LABEL_STUDIO_API_KEY"
+
+
+def test_round_metrics_hold_pixel_calibration(campaign) -> None:
+    """The report step's segmentation reliability bins count every non-ignored validation pixel."""
+    from medloop.ledger import Ledger, Round
+    from medloop.trainers.dataset import load_arrays
+
+    extras = {"train_round": checkpoint_train_round([0.9, 0.1]), "score_samples": tiny_score_samples}
+    assert run_round(campaign, extras=extras).status == "done"
+    led = Ledger.open(campaign.ledger)
+    with led.reading() as s:
+        metrics = s.get(Round, 1).metrics
+    val = load_arrays(campaign, led, "val")
+    led.close()
+    labelled = int((val.masks != 255).sum())
+    bins = metrics["calibration"]["seg"]["bins"]
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == metrics["seg_pixels"] == min(labelled, 1_000_000)
+    assert 0.0 <= metrics["seg_ece"] <= 1.0

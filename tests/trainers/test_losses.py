@@ -243,3 +243,38 @@ def test_tim_upa_deep_supervision_term():
 def test_unknown_loss_name():
     with pytest.raises(KeyError):
         build_loss("nope")
+
+
+# ---- seed 002 Eq. 14 class weights --------------------------------------------------------------
+
+
+def test_frequency_class_weights_two_classes_match_eq14():
+    from medloop.trainers.losses.classification import frequency_class_weights
+
+    # N_1 = 1 mutant, N_2 = 3 wild-type: w_1 = N_2 / (N_1 + N_2) = 0.75, w_2 = N_1 / (N_1 + N_2) = 0.25
+    w = frequency_class_weights([0, 1, 1, 1, -1], 2)
+    assert w.tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_frequency_class_weights_three_classes_sum_to_one_and_favour_rare():
+    from medloop.trainers.losses.classification import frequency_class_weights
+
+    w = frequency_class_weights([0] * 6 + [1] * 3 + [2], 3)  # N = 10
+    assert w.tolist() == pytest.approx([4 / 20, 7 / 20, 9 / 20])
+    assert w.sum() == pytest.approx(1.0)
+    assert frequency_class_weights([-1, -1], 3).tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_make_loss_fills_mttu_class_weights_from_training_labels():
+    import numpy as np
+
+    from medloop.trainers.plain import LoopSettings, make_loss
+
+    settings = LoopSettings(model={"name": "mttu", "options": {}}, classes=["a", "b"], loss="mttu")
+    loss = make_loss(torch.nn.Linear(1, 1), settings, np.array([0, 1, 1, 1]))
+    assert loss.class_weights.tolist() == pytest.approx([0.75, 0.25])
+    off = LoopSettings(model={"name": "mttu", "options": {}}, classes=["a", "b"], loss="mttu",
+                       loss_options={"class_weights": "none"})
+    assert make_loss(torch.nn.Linear(1, 1), off, np.array([0, 1, 1, 1])).class_weights is None
+    plain = LoopSettings(model={"name": "mtunet", "options": {}}, classes=["a", "b"], loss="mtunet")
+    assert make_loss(torch.nn.Linear(1, 1), plain, np.array([0, 1, 1, 1])).class_weights is None

@@ -170,3 +170,20 @@ def test_risk_coverage_and_aurc():
     assert aurc(np.array([0.7, 0.9, 0.8]), np.array([1, 1, 0])) == pytest.approx((0 + 0.5 + 1 / 3) / 3)
     m = calibration_metrics(np.eye(3), np.arange(3))
     assert m["ece"] == 0.0 and m["brier"] == 0.0 and m["aurc"] == 0.0
+
+
+def test_pixel_predictions_flatten_and_drop_ignored_pixels():
+    from medloop.trainers.metrics import pixel_predictions
+
+    fg = np.array([[[0.9, 0.2], [0.6, 0.1]]])  # (1, 2, 2) foreground probability
+    probs = np.stack([1 - fg, fg], axis=1)  # (1, Q=2, 2, 2)
+    masks = np.array([[[1, 0], [255, 1]]], dtype=np.uint8)
+    p, y = pixel_predictions(probs, masks)
+    assert y.tolist() == [1, 0, 1]
+    assert p[:, 1].tolist() == pytest.approx([0.9, 0.2, 0.1])
+    # confidences 0.9, 0.8, 0.9 with correctness 1, 1, 0 -> one bin per confidence with 15 bins
+    assert ece(p, y, n_bins=15) == pytest.approx((abs(1 - 0.8) + 2 * abs(0.5 - 0.9)) / 3)
+    sub_p, sub_y = pixel_predictions(probs, masks, max_pixels=2, seed=1)
+    assert len(sub_y) == 2 and set(sub_p[:, 1].tolist()) <= {0.9, 0.2, 0.1}
+    with pytest.raises(ValueError, match="N, Q, H, W"):
+        pixel_predictions(probs[0], masks)

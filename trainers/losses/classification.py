@@ -4,6 +4,9 @@ such samples are skipped; the loss is the mean over the samples that have a labe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +15,22 @@ from medloop.trainers.losses._common import NO_LABEL, zero_like
 
 def _present(labels: torch.Tensor) -> torch.Tensor:
     return labels != NO_LABEL
+
+
+def frequency_class_weights(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
+    """Class weights of seed 002 Eq. 14, ``w_c = (N - N_c) / ((K - 1) N)``.
+
+    For K = 2 this is exactly the paper's ``w_1 = N_2 / (N_1 + N_2)``, ``w_2 = N_1 / (N_1 + N_2)``
+    (the rarer class weighs more); for K > 2 the weights still sum to 1. Labels < 0 (no class)
+    are ignored; with no labelled sample every class gets ``1 / K``.
+    """
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    y = y[(y >= 0) & (y < num_classes)]
+    if num_classes < 2 or y.size == 0:
+        return np.full(max(num_classes, 1), 1.0 / max(num_classes, 1))
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    n = counts.sum()
+    return (n - counts) / ((num_classes - 1) * n)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

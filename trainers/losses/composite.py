@@ -132,6 +132,9 @@ class MTTULoss(JointLoss):
     Kendall weights (Eq. 15). The module has parameters: give ``loss.parameters()`` to the
     optimiser too."""
 
+    #: the training loops fill ``class_weights`` from the training labels (Eq. 14) unless given
+    frequency_weighted_ce = True
+
     def __init__(self, init_log_var: float = 0.0, **options: Any) -> None:
         super().__init__(**options)
         self.weighting = KendallWeighting(2, init_log_var)

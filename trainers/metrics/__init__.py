@@ -1,7 +1,8 @@
 """Segmentation, classification and calibration metrics (numpy in, floats/arrays out)."""
 
 from medloop.trainers.metrics.calibration import (
-    adaptive_ece, aurc, brier_score, calibration_metrics, ece, nll, reliability_bins, risk_coverage,
+    adaptive_ece, aurc, brier_score, calibration_metrics, ece, nll, pixel_predictions, reliability_bins,
+    risk_coverage,
 )
 from medloop.trainers.metrics.classification import (
     accuracy, auc_ovr, classification_metrics, confusion_matrix, f1_score, sensitivity, specificity,
@@ -9,7 +10,7 @@ from medloop.trainers.metrics.classification import (
 from medloop.trainers.metrics.segmentation import assd, dice, hd95, iou, segmentation_metrics
 
 __all__ = [
-    "adaptive_ece", "aurc", "brier_score", "calibration_metrics", "ece", "nll", "reliability_bins",
+    "adaptive_ece", "aurc", "brier_score", "calibration_metrics", "ece", "nll", "pixel_predictions", "reliability_bins",
     "risk_coverage", "accuracy", "auc_ovr", "classification_metrics", "confusion_matrix", "f1_score",
     "sensitivity", "specificity", "assd", "dice", "hd95", "iou", "segmentation_metrics",
 ]

@@ -10,6 +10,8 @@
 * NLL: ``-1/N sum_i log p_{i, y_i}`` (probabilities clipped at 1e-12).
 * risk-coverage: sort by decreasing confidence; at coverage k/N the risk is the error
   rate of the k most confident; AURC = mean risk over k = 1..N.
+* segmentation: :func:`pixel_predictions` turns (N, Q, H, W) maps into per-pixel rows, so the
+  same functions give pixel-wise ECE / reliability bins.
 """
 
 from __future__ import annotations
@@ -100,3 +102,24 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15)
         "nll": nll(probs, labels),
         "aurc": aurc(conf, correct),
     }
+
+
+def pixel_predictions(
+    seg_probs: np.ndarray, masks: np.ndarray, *, ignore: int = 255, max_pixels: int | None = 1_000_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-level calibration input: seg probabilities (N, Q, H, W) and masks (N, H, W) ->
+    (P, Q) probabilities and (P,) labels of the pixels whose mask is not ``ignore``.
+
+    Every pixel counts as one prediction (the usual pixel-wise ECE of segmentation calibration).
+    When more than ``max_pixels`` remain, a seeded uniform subsample keeps the cost bounded.
+    """
+    probs = np.asarray(seg_probs)
+    masks = np.asarray(masks)
+    if probs.ndim != 4 or masks.shape != (probs.shape[0], *probs.shape[2:]):
+        raise ValueError(f"seg_probs (N, Q, H, W) and masks (N, H, W) expected; got {probs.shape} and {masks.shape}")
+    flat = np.moveaxis(probs, 1, -1).reshape(-1, probs.shape[1])
+    labels = masks.reshape(-1)
+    keep = np.flatnonzero(labels != ignore)
+    if max_pixels is not None and keep.size > max_pixels:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, size=max_pixels, replace=False))
+    return flat[keep].astype(np.float64), labels[keep].astype(np.int64)

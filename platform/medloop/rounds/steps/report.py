@@ -73,6 +73,37 @@ def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
     return {"dice": float(np.nanmean(d)), "iou": float(np.nanmean(j))} if d else {}
 
 
+def seg_calibration(ctx: Any, checkpoint_path: str | None, batch_size: int = 16) -> dict[str, Any]:
+    """Pixel-wise calibration of the round's model on the validation human masks: ``seg_ece`` and
+    the reliability bins ``calibration.seg`` (one deterministic forward pass, dropout off)."""
+    import torch
+
+    from medloop.trainers.checkpoints import load_model
+    from medloop.trainers.dataset import load_arrays
+    from medloop.trainers.metrics import ece, pixel_predictions
+    from medloop.trainers.uncertainty import measures as M
+    from medloop.trainers.uncertainty.mc import mc_sample
+
+    if not checkpoint_path:
+        return {}
+    val = load_arrays(ctx.campaign, ctx.ledger, "val")
+    has_mask = (val.masks != 255).any(axis=(1, 2))
+    if not has_mask.any():
+        return {}
+    images, masks = val.images[has_mask], val.masks[has_mask]
+    model, meta = load_model(checkpoint_path)
+    parts = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i:i + batch_size]).float().div_(255.0)
+        with torch.no_grad():
+            s = mc_sample(model, x, 1, cached=False, cls_head=meta.get("cls_head", "softmax"),
+                          seg_head=meta.get("seg_head", "softmax"), stochastic=False)
+        parts.append(M.mean_probs(s.seg_probs).float().numpy())
+    probs, labels = pixel_predictions(np.concatenate(parts), masks)
+    return {"seg_ece": ece(probs, labels, n_bins=15), "seg_pixels": int(labels.size),
+            "seg_bins": _bins(probs, labels)}
+
+
 def pseudo_precision_truth(s: Any, round_id: int) -> dict[str, Any]:
     """Precision of this round's class pseudo-labels against hidden truth labels (where known)."""
     truth = {sid: c for sid, c in s.execute(select(Label.sample_id, Label.class_name).where(Label.kind == "truth"))}
@@ -130,8 +161,12 @@ def report_step(ctx: Any) -> dict[str, Any]:
     metrics, cm = class_metrics(val, classes)
     trained = {k.removeprefix("val_"): v for k, v in (train_d.get("best_metrics") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    seg_cal = seg_calibration(ctx, train_d.get("checkpoint_path"))
     metrics = {**trained,
                **seg_metrics(ctx, val), **metrics, **extra}
+    if seg_cal:
+        metrics["seg_ece"], metrics["seg_pixels"] = seg_cal["seg_ece"], seg_cal["seg_pixels"]
+        metrics.setdefault("calibration", {})["seg"] = {"bins": seg_cal["seg_bins"]}
     metrics["val_score"] = validation_score(metrics)
     sel_stats = {k: select_d.get(k) for k in ("queue_size", "audit_size", "pseudo_labels", "pseudo_masks",
                                               "pseudo_per_class", "retired", "gate_open", "val_ece")}
@@ -171,9 +206,13 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
     out = campaign.folder / "reports" / f"round-{ctx.round_id}"
     out.mkdir(parents=True, exist_ok=True)
     round_files: list[Path] = []
-    if metrics.get("calibration"):
-        round_files.append(plots.reliability_diagram(metrics["calibration"]["class"]["bins"],
+    calibration = metrics.get("calibration") or {}
+    if "class" in calibration:
+        round_files.append(plots.reliability_diagram(calibration["class"]["bins"],
                                                      out / "reliability.png", f"round {ctx.round_id}"))
+    if "seg" in calibration:
+        round_files.append(plots.reliability_diagram(calibration["seg"]["bins"], out / "reliability_seg.png",
+                                                     f"round {ctx.round_id}, pixels"))
     if cm is not None:
         round_files.append(plots.confusion_matrix_png(cm, campaign.data.classes, out / "confusion_matrix.png"))
     hist = {k: pool.arrays[k] for k in ("std", "entropy", "mutual_info", "seg_uncertainty") if k in pool.arrays}
@@ -188,7 +227,7 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
               "threshold.pixel_tau_u": sel.pixel_tau_u, "threshold.mask_gate": sel.mask_gate,
               "threshold.max_ece": sel.max_ece}
     scalar = {f"val_{k}": v for k, v in metrics.items()
-              if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll")}
+              if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece")}
     select_metrics = {"queue_size": select_d.get("queue_size", 0), "audit_size": select_d.get("audit_size", 0),
                       "pseudo_labels": select_d.get("pseudo_labels", 0), "pseudo_masks": select_d.get("pseudo_masks", 0),
                       **{f"pseudo_{c}": n for c, n in (select_d.get("pseudo_per_class") or {}).items()}}
