@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/bench_ledger_writes.py [--rows 1000000] [--batch 50000]
 
-Rows are inserted the way a scorer writes them: table-level Core bulk inserts (executemany) of plain dicts in transactions of
-``--batch`` rows, through ``Ledger.transaction()`` (WAL, synchronous=NORMAL). Prints JSON, then a
-markdown table.
+``--mode scorer`` (default) is the real path: ``medloop.trainers.score.write_predictions`` per batch of
+``--batch`` rows (one transaction each, with its check for rows already written by that model version, then
+an ORM bulk insert). ``core`` (table-level Core executemany) and ``driver`` (DB-API executemany of tuples)
+are lower bounds for comparison. All go through ``Ledger.transaction()`` (WAL, synchronous=NORMAL).
+Prints JSON, then a markdown table.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=50_000)
-    ap.add_argument("--mode", choices=("core", "driver"), default="driver")
+    ap.add_argument("--mode", choices=("scorer", "core", "driver"), default="scorer")
     args = ap.parse_args()
     from medloop.ledger import Ledger, Prediction, Sample
+    from medloop.trainers.score import write_predictions
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,6 +61,9 @@ def main() -> None:
                 "seg_uncertainty_image": 0.05, "lesion_fraction": 0.1,
                 "mask_path": f"masks/pred/round-1/s{i}.png", "umap_path": f"arrays/umap/round-1/s{i}.npy",
             } for i in range(start, stop)]
+            if args.mode == "scorer":
+                write_predictions(ledger, rows, "round-1")
+                continue
             with ledger.transaction() as s:
                 if args.mode == "core":
                     s.connection().execute(insert(Prediction.__table__), rows)

@@ -17,7 +17,7 @@ from .data.ingest import IngestReport, ingest
 #: settings used when the campaign leaves compute / model / uncertainty at their defaults, so that
 #: 3 rounds fit in minutes on 2 CPU cores
 DEMO_PROFILE = {
-    "compute": {"epochs": 3, "num_workers": 1, "batch_size": 16},
+    "compute": {"epochs": 8, "num_workers": 1, "batch_size": 16},
     "model": {"width": 8},
     "uncertainty": {"mc_passes": 5},
 }
@@ -66,7 +66,8 @@ def round_row(campaign: Campaign, outcome: Any) -> dict[str, Any]:
         "round": outcome.round_id, "status": outcome.status, "human": pools.get("human_labels"),
         "pseudo": sel.get("pseudo_labels"), "queued": sel.get("queue_size"), "audit": sel.get("audit_size"),
         "pool_open": pools.get("pool_open"), "accuracy": m.get("accuracy"), "dice": m.get("dice"),
-        "ece": m.get("ece"), "pseudo_precision": m.get("pseudo_precision_truth"),
+        "ece": m.get("ece"), "seg_ece": m.get("seg_ece"), "pseudo_precision": m.get("pseudo_precision_truth"),
+        "pseudo_mask_dice": m.get("pseudo_mask_dice_truth"),
         "gate": "open" if sel.get("gate_open") else "closed",
     }
 

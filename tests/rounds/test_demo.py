@@ -23,7 +23,7 @@ def test_demo_runs_rounds_and_reports_changes(tmp_path: Path) -> None:
 
 def test_demo_profile_only_touches_default_sections() -> None:
     c, notes = demo_campaign(Campaign())
-    assert c.compute.epochs == 3 and c.model.width == 8 and len(notes) == 3
-    custom = Campaign.model_validate({"compute": {"epochs": 7}})
+    assert c.compute.epochs == 8 and c.model.width == 8 and len(notes) == 3
+    custom = Campaign.model_validate({"compute": {"epochs": 5}})
     c2, _ = demo_campaign(custom)
-    assert c2.compute.epochs == 7 and c2.model.width == 8
+    assert c2.compute.epochs == 5 and c2.model.width == 8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlalchemy import func, select
 
@@ -63,6 +65,26 @@ def test_calibration_gate_blocks_pseudo_labels(campaign) -> None:
         gate = s.get(Round, 1).notes["gate"]
     led.close()
     assert "max_ece" in gate and "no pseudo-labels" in gate
+
+
+def test_mask_only_pseudo_labels_leave_the_class_to_annotators(campaign) -> None:
+    """Every pool mask is pseudo-labelled but no class is: the uncertain classes still fill the queue,
+    and a case picked for the audit is not queued a second time."""
+    sel = campaign.selection.model_copy(update={"tau_c": 0.99, "mask_gate": 1.0, "pixel_tau_u": 1.0,
+                                                "audit_fraction": 0.5, "budget": 4})
+    c = campaign.model_copy(update={"selection": sel})
+    assert _run(c).status == "done"
+    assert _count(c, Label, Label.kind == "pseudo", Label.class_name.is_not(None)) == 0
+    masks_only = _count(c, Selection, Selection.decision == "pseudo", Selection.target == "mask")
+    assert masks_only > 0
+    assert _count(c, Selection, Selection.decision == "queue") == 4
+    audits = _count(c, Selection, Selection.decision == "audit")
+    assert audits == math.ceil(0.5 * masks_only)
+    led = Ledger.open(c.ledger)
+    with led.reading() as s:
+        per_sample = s.execute(select(AnnotationTask.sample_id, func.count()).group_by(AnnotationTask.sample_id)).all()
+    led.close()
+    assert len(per_sample) == 4 + audits and all(n == 1 for _, n in per_sample)
 
 
 def test_gate_open_adds_pseudo_labels(campaign) -> None:

@@ -55,7 +55,8 @@ def test_safe_params_mask_url_passwords(tmp_path) -> None:
 
 
 def test_round_metrics_hold_pixel_calibration(campaign) -> None:
-    """The report step's segmentation reliability bins count every non-ignored validation pixel."""
+    """The report step's segmentation reliability bins count every non-ignored validation pixel; pseudo-masks
+    are scored against the hidden truth."""
     from medloop.ledger import Ledger, Round
     from medloop.trainers.dataset import load_arrays
 
@@ -70,3 +71,5 @@ def test_round_metrics_hold_pixel_calibration(campaign) -> None:
     bins = metrics["calibration"]["seg"]["bins"]
     assert len(bins) == 15 and sum(b["count"] for b in bins) == metrics["seg_pixels"] == min(labelled, 1_000_000)
     assert 0.0 <= metrics["seg_ece"] <= 1.0
+    # the stand-in scorer predicts the hidden truth masks exactly: accepted pseudo-masks score Dice 1
+    assert metrics["pseudo_mask_truth_n"] > 0 and metrics["pseudo_mask_dice_truth"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..stopping import open_pool, validation_score
 from ._util import jsonable, store_of
 
 RC_POINTS = 50
+log = logging.getLogger(__name__)
 
 
 def _bins(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
@@ -115,6 +117,34 @@ def pseudo_precision_truth(s: Any, round_id: int) -> dict[str, Any]:
     return {"pseudo_precision_truth": sum(a == b for a, b in known) / len(known), "pseudo_truth_n": len(known)}
 
 
+def pseudo_mask_dice_truth(s: Any, ctx: Any) -> dict[str, Any]:
+    """Mean Dice of this round's pseudo-masks against hidden truth masks, on the kept (not ignored) pixels."""
+    from medloop.trainers.dataset import _load_ignore
+    from medloop.trainers.metrics import dice
+
+    truth = {sid: m for sid, m in s.execute(select(Label.sample_id, Label.mask_path).where(
+        Label.kind == "truth", Label.mask_path.is_not(None)))}
+    pseudo = s.execute(select(Label.sample_id, Label.mask_path, Label.ignore_path).where(
+        Label.kind == "pseudo", Label.round_id == ctx.round_id, Label.mask_path.is_not(None))).all()
+    store = store_of(ctx)
+    scores = []
+    for sid, mask_rel, ignore_rel in pseudo:
+        if sid not in truth:
+            continue
+        p, t = store.load_mask(mask_rel), store.load_mask(truth[sid])
+        if p.shape != t.shape:
+            continue
+        if ignore_rel:
+            ignored = _load_ignore(store, ignore_rel) > 0
+            if ignored.shape != t.shape or ignored.all():
+                continue
+            t = np.where(ignored, 255, t).astype(np.uint8)
+        scores.append(dice(p, t))  # ignored pixels (255 in the target) do not count
+    if not scores:
+        return {}
+    return {"pseudo_mask_dice_truth": float(np.nanmean(scores)), "pseudo_mask_truth_n": len(scores)}
+
+
 def audit_stats(s: Any, round_id: int, classes: list[str]) -> dict[str, Any]:
     """Audit precision: this round's audited pseudo-labels against the human answers."""
     from medloop.selection import audit_precision
@@ -156,15 +186,24 @@ def report_step(ctx: Any) -> dict[str, Any]:
         version = ctx.round(s).model_version
         val = load_scores(s, version, "val", len(classes))
         pool = load_scores(s, version, "pool", len(classes))
-        extra = {**pseudo_precision_truth(s, ctx.round_id), **audit_stats(s, ctx.round_id, classes)}
+        extra = {**pseudo_precision_truth(s, ctx.round_id), **pseudo_mask_dice_truth(s, ctx),
+                 **audit_stats(s, ctx.round_id, classes)}
         sizes = pool_sizes(s)
     metrics, cm = class_metrics(val, classes)
     trained = {k.removeprefix("val_"): v for k, v in (train_d.get("best_metrics") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    seg_cal = seg_calibration(ctx, train_d.get("checkpoint_path"))
+    from medloop.trainers.checkpoints import CheckpointError
+
+    try:
+        seg_cal = seg_calibration(ctx, train_d.get("checkpoint_path"))
+    except CheckpointError as err:  # the round's other statistics do not depend on reloading the model
+        log.warning("round %d: no pixel calibration: %s", ctx.round_id, err)
+        seg_cal = {"seg_calibration_error": str(err)}
     metrics = {**trained,
                **seg_metrics(ctx, val), **metrics, **extra}
-    if seg_cal:
+    if "seg_calibration_error" in seg_cal:
+        metrics["seg_calibration_error"] = seg_cal["seg_calibration_error"]
+    elif seg_cal:
         metrics["seg_ece"], metrics["seg_pixels"] = seg_cal["seg_ece"], seg_cal["seg_pixels"]
         metrics.setdefault("calibration", {})["seg"] = {"bins": seg_cal["seg_bins"]}
     metrics["val_score"] = validation_score(metrics)
@@ -231,7 +270,7 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
     select_metrics = {"queue_size": select_d.get("queue_size", 0), "audit_size": select_d.get("audit_size", 0),
                       "pseudo_labels": select_d.get("pseudo_labels", 0), "pseudo_masks": select_d.get("pseudo_masks", 0),
                       **{f"pseudo_{c}": n for c, n in (select_d.get("pseudo_per_class") or {}).items()}}
-    for k in ("audit_precision", "pseudo_precision_truth"):
+    for k in ("audit_precision", "pseudo_precision_truth", "pseudo_mask_dice_truth"):
         if metrics.get(k) is not None:
             select_metrics[k] = metrics[k]
     round_metrics = {**scalar, **select_metrics, **{k: float(v) for k, v in sizes.items()},

@@ -73,11 +73,14 @@ def select_step(ctx: Any) -> dict[str, Any]:
     accepted = np.flatnonzero(dec["accept_class"] | dec["accept_mask"])
     mask_files = _pseudo_mask_files(ctx, pool, np.flatnonzero(dec["accept_mask"]))
     is_tasked = np.array([int(sid) in tasked for sid in pool.sample_ids], dtype=bool)
-    eligible = ~pool.has_human & ~is_tasked & ~(dec["accept_class"] | dec["accept_mask"])
+    # a case is left out of the queue only when both its class and its mask were pseudo-labelled: a
+    # mask-only (or class-only) pseudo-label still leaves the other part uncertain, worth an annotator
+    audit = audit_sample(accepted[~is_tasked[accepted]], sel.audit_fraction, seed=sel.seed + ctx.round_id)
+    eligible = ~pool.has_human & ~is_tasked & ~(dec["accept_class"] & dec["accept_mask"])
+    eligible[audit] = False  # an audited case is queued once, as an audit
     acq = _acquisition(ctx, pool)
     queue = build_queue(acq, eligible, sel.budget, diversity=sel.diversity, embeddings=pool.embeddings,
                         seed=sel.seed + ctx.round_id)
-    audit = audit_sample(accepted[~is_tasked[accepted]], sel.audit_fraction, seed=sel.seed + ctx.round_id)
     thresholds = {"tau_c": sel.tau_c, "tau_u": sel.tau_u, "measure": sel.measure,
                   "pixel_tau_u": sel.pixel_tau_u, "mask_gate": sel.mask_gate}
     rc, rm = reason_names(dec["reason_class"]), reason_names(dec["reason_mask"])
