@@ -121,6 +121,14 @@ def initial_state(config: dict[str, Any], checkpoint_dir: str | None) -> dict[st
     return {"weights": None, "meta": {}, "train_state": {}, "source": "scratch", "global_step": 0}
 
 
+def cpus_per_worker(configured: int | None, cluster_cpus: float, workers: int) -> int:
+    """CPUs (and torch threads) per Ray Train worker: the configured number, else the cluster's
+    CPUs shared evenly between the workers (at least 1)."""
+    if configured is not None:
+        return int(configured)
+    return max(1, int(cluster_cpus) // max(1, workers))
+
+
 def _gather(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch.distributed as dist
 
@@ -142,6 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    torch.set_num_threads(int(config.get("threads", 1)))  # Ray's default for a worker is 1 thread
     torch.manual_seed(settings.seed)
 
     ckpt = ray.train.get_checkpoint()
@@ -271,14 +280,15 @@ def train_round(
 
     ensure_ray(campaign)
     use_gpu = campaign.compute.use_gpu
+    cpus = cpus_per_worker(campaign.compute.cpus_per_worker, ray.cluster_resources().get("CPU", 1), workers)
     data_ref = ray.put((train, val))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "settings": settings, "data": data_ref, "warm_start": warm_start,
-            "round_id": round_id, "model_version": model_version,
+            "round_id": round_id, "model_version": model_version, "threads": cpus,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(
             name=name,
             storage_path=storage,

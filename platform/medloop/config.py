@@ -138,6 +138,9 @@ class ComputeConfig(_Section):
 
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP); 0 trains in-process without Ray Train")
+    cpus_per_worker: int | None = Field(
+        None, ge=1, description="CPUs (torch threads) per Ray Train worker (default: the cluster's CPUs / num_workers)"
+    )
     use_gpu: bool = Field(False, description="train and score on GPUs")
     epochs: int = Field(8, ge=1, description="epochs per round")
     batch_size: int = Field(16, ge=1, description="per-worker batch size")

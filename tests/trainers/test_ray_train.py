@@ -111,3 +111,13 @@ def test_pseudo_labels_with_ignore_masks_enter_training(tmp_path):
     assert pool[2] not in train.sample_ids  # no label: not trained on
     val = load_arrays(campaign, ledger, "val")
     assert len(val) == 3 and set(val.kinds) == {"human"}
+
+
+def test_cpus_per_worker_shares_the_cluster_between_workers():
+    from medloop.trainers.train import cpus_per_worker
+
+    assert cpus_per_worker(None, 2.0, 1) == 2  # one worker on this 2-core machine gets both cores
+    assert cpus_per_worker(None, 2.0, 2) == 1
+    assert cpus_per_worker(None, 16.0, 3) == 5
+    assert cpus_per_worker(None, 1.0, 4) == 1  # never below one CPU
+    assert cpus_per_worker(3, 16.0, 2) == 3  # compute.cpus_per_worker wins
