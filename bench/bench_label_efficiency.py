@@ -68,6 +68,8 @@ def main() -> None:
                     help="vacuity needs an evidential head (--head evidential)")
     ap.add_argument("--pseudo", default="none,ups")
     ap.add_argument("--head", default="softmax", help="classification head: softmax or evidential")
+    ap.add_argument("--min-val-dice", type=float, default=0.5,
+                    help="segmentation gate: no UPS pseudo-masks while the model's validation Dice is below (0 = off)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--budget", type=int, default=16, help="human labels added per round")
     ap.add_argument("--init-fraction", type=float, default=0.1)
@@ -94,7 +96,7 @@ def main() -> None:
         return C.loop_settings(args.model, size=args.size, width=args.width, epochs=epochs, batch_size=args.batch_size,
                                lr=args.lr, seed=seed, cls_head=args.head)
 
-    from medloop.selection import acquisition_scores, build_queue
+    from medloop.selection import acquisition_scores, build_queue, segmentation_gate
 
     runs, fulls = [], []
     for seed in seeds:
@@ -107,13 +109,13 @@ def main() -> None:
         print("full", fulls[-1], file=sys.stderr)
         init, _ = C.stratified_subset(data.labels, sp["train"], args.init_fraction, seed)
         s = settings(seed, args.epochs)
-        model0, _ = C.train(s, C.arrays(data, init), val, args.device)
+        model0, info0 = C.train(s, C.arrays(data, init), val, args.device)
         state0 = C.state_of(model0)
         test0 = C.evaluate(model0, data, sp["test"], device=args.device, cls_head=s.cls_head, with_hd95=False)
         for acq in acqs:
             for ps in pseudos:
                 labeled = set(init.tolist())
-                model, state = model0, state0
+                model, state, val_dice = model0, state0, info0.get("val_dice")
                 runs.append({"seed": seed, "acquisition": acq, "pseudo": ps, "round": 0, "n_human": len(labeled),
                              "n_pseudo": 0, **test0})
                 for r in range(1, args.rounds + 1):
@@ -132,14 +134,16 @@ def main() -> None:
                         if len(rest):
                             sub = {k: v[rest] for k, v in sc.items()}
                             counts = np.bincount(data.labels[sorted(labeled)], minlength=len(C.CLASSES))
-                            pl = C.pseudo_labels(sub, counts, "ups")
+                            allow_masks, _ = segmentation_gate(val_dice, args.min_val_dice)
+                            pl = C.pseudo_labels(sub, counts, "ups", allow_masks=allow_masks)
                             use = pl["accept_class"] | pl["accept_mask"]
                             n_pseudo = int(use.sum())
                             if n_pseudo:
                                 train_arr = C.concat(train_arr, C.arrays(
                                     data, pool[rest][use], labels=np.where(pl["accept_class"], pl["pseudo_class"], -1)[use],
                                     masks=pl["target_mask"][use], kind="pseudo"))
-                    model, _ = C.train(s, train_arr, val, args.device, init_state=state)
+                    model, info = C.train(s, train_arr, val, args.device, init_state=state)
+                    val_dice = info.get("val_dice")
                     state = C.state_of(model)
                     test = C.evaluate(model, data, sp["test"], device=args.device, cls_head=s.cls_head, with_hd95=False)
                     runs.append({"seed": seed, "acquisition": acq, "pseudo": ps, "round": r, "n_human": len(labeled),
@@ -183,11 +187,13 @@ def main() -> None:
            "acquisitions": acqs, "pseudo": pseudos, "rounds": args.rounds, "budget": args.budget,
            "init_fraction": args.init_fraction, "size": args.size, "width": args.width, "epochs": args.epochs,
            "full_epochs": args.epochs * (args.rounds + 1), "passes": args.passes, "device": args.device,
+           "min_val_dice": args.min_val_dice,
            "driver": "direct (train_plain + score_batch + medloop.selection, oracle from truth)"}
     md = [f"## Label efficiency ({data.name}, {args.model}, {len(seeds)} seeds)\n",
           f"{len(data)} cases, split 70/15/15 per seed; start with {args.init_fraction:.0%} of train labeled, "
           f"+{args.budget} human labels per round (oracle) for {args.rounds} rounds; {args.epochs} epochs per round "
-          f"(warm start), {args.size}x{args.size}, width {args.width}, MC T = {args.passes}, device {args.device}. "
+          f"(warm start), {args.size}x{args.size}, width {args.width}, MC T = {args.passes}, device {args.device}; "
+          f"UPS pseudo-masks only while the validation Dice >= {args.min_val_dice} (segmentation gate). "
           f"Full-label reference: all {full['n_human']} training labels, {cfg['full_epochs']} epochs from scratch: "
           f"Dice {full['dice_mean']:.3f} +- {full['dice_std']:.3f}, accuracy {full['accuracy_mean']:.3f} +- "
           f"{full['accuracy_std']:.3f}. **Small CPU settings.**\n",

@@ -92,6 +92,9 @@ class SelectionConfig(_Section):
     diversity: bool = Field(False, description="k-center greedy on embeddings among the top candidates")
     audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fraction of accepted pseudo-labels also queued, flagged")
     max_ece: float = Field(0.25, ge=0.0, le=1.0, description="calibration gate: above this validation ECE, no pseudo-labels")
+    min_val_dice: float = Field(
+        0.5, ge=0.0, le=1.0, description="segmentation gate: below this validation Dice, no pseudo-masks (0 = off)"
+    )
     min_new_labels: int = Field(0, ge=0, description="trigger: run only when this many new human labels arrived")
     stop_patience: int = Field(3, ge=1, description="stop when validation has not improved for this many rounds")
     seed: int = Field(0, description="seed for random acquisition and audits")

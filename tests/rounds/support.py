@@ -25,7 +25,7 @@ def tiny_campaign(root: Path, **sections: Any) -> Campaign:
         "name": "tiny",
         "root": str(root),
         "data": {"n_samples": 48, "image_size": 32, "unlabeled_fraction": 0.7, "seed": 1},
-        "selection": {"budget": 4, "tau_c": 0.8, "tau_u": 0.2, "max_ece": 1.0, "audit_fraction": 0.2,
+        "selection": {"budget": 4, "tau_c": 0.8, "tau_u": 0.2, "max_ece": 1.0, "min_val_dice": 0.0, "audit_fraction": 0.2,
                       "mask_gate": 0.5, "pixel_tau_u": 0.3},
         "labeling": {"enabled": False, "oracle": True},
     }

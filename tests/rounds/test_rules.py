@@ -87,6 +87,28 @@ def test_mask_only_pseudo_labels_leave_the_class_to_annotators(campaign) -> None
     assert len(per_sample) == 4 + audits and all(n == 1 for _, n in per_sample)
 
 
+def test_segmentation_gate_keeps_masks_out_below_min_val_dice(campaign) -> None:
+    """The stand-in trainer reports validation Dice 0.5 in round 1: min_val_dice 0.6 closes pseudo-masks
+    (class pseudo-labels still flow) and the round's notes say why."""
+    sel = campaign.selection.model_copy(update={"min_val_dice": 0.6, "mask_gate": 1.0, "pixel_tau_u": 1.0})
+    c = campaign.model_copy(update={"selection": sel})
+    assert _run(c).status == "done"
+    assert _count(c, Label, Label.kind == "pseudo", Label.mask_path.is_not(None)) == 0
+    assert _count(c, Label, Label.kind == "pseudo", Label.class_name.is_not(None)) > 0
+    led = Ledger.open(c.ledger)
+    with led.reading() as s:
+        note = s.get(Round, 1).notes["seg_gate"]
+    led.close()
+    assert note == "validation Dice 0.5000 < min_val_dice 0.6000: no pseudo-masks this round"
+    opened = campaign.model_copy(update={"selection": sel.model_copy(update={"min_val_dice": 0.5}),
+                                         "root": str(campaign.folder.parent / "camp-open")})
+    from support import ingest_synthetic
+
+    ingest_synthetic(opened)
+    assert _run(opened).status == "done"
+    assert _count(opened, Label, Label.kind == "pseudo", Label.mask_path.is_not(None)) > 0
+
+
 def test_gate_open_adds_pseudo_labels(campaign) -> None:
     assert _run(campaign).status == "done"
     assert _count(campaign, Label, Label.kind == "pseudo", Label.active.is_(True)) > 0

@@ -74,6 +74,17 @@ def test_calibration_gate_closes_everything():
     assert reason_names(out["reason_mask"][:1]).tolist() == ["human_label"]
 
 
+def test_segmentation_gate_closes_masks_only():
+    sc = hand_scores()
+    human = np.array([1, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    open_ = decide_pseudo_labels(sc, human, None, policy="cpl")
+    shut = decide_pseudo_labels(sc, human, None, policy="cpl", allow_masks=False)
+    assert open_["accept_mask"].any() and not shut["accept_mask"].any()
+    np.testing.assert_array_equal(shut["accept_class"], open_["accept_class"])  # classes decided as before
+    assert set(reason_names(shut["reason_mask"][1:]).tolist()) == {"segmentation_gate"}
+    assert reason_names(shut["reason_mask"][:1]).tolist() == ["human_label"]
+
+
 def test_from_config_and_human_mask_only():
     cfg = SelectionConfig(policy="cpl", tau_c=0.95, mask_gate=0.03)
     params = PseudoLabelParams.from_config(cfg)

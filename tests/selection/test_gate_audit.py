@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from medloop.selection import audit_precision, audit_sample, calibration_gate
+from medloop.selection import audit_precision, audit_sample, calibration_gate, segmentation_gate
 
 
 def test_calibration_gate_blocks_above_bound_and_says_why():
@@ -20,6 +20,15 @@ def test_calibration_gate_blocks_above_bound_and_says_why():
 def test_calibration_gate_unknown_ece_blocks(ece):
     allow, reason = calibration_gate(ece, 0.25)
     assert allow is False and "unavailable" in reason
+
+
+def test_segmentation_gate_needs_validation_dice_at_the_bound():
+    allow, reason = segmentation_gate(0.42, 0.5)
+    assert allow is False and "0.4200" in reason and "0.5000" in reason and "no pseudo-masks" in reason
+    assert segmentation_gate(0.5, 0.5)[0] is True  # at the bound: allowed
+    assert segmentation_gate(None, 0.5)[0] is False and "unavailable" in segmentation_gate(None, 0.5)[1]
+    assert segmentation_gate(float("nan"), 0.5)[0] is False
+    assert segmentation_gate(None, 0.0) == (True, "segmentation gate off (min_val_dice 0): pseudo-masks allowed")
 
 
 def test_audit_sample_hand_case():

@@ -34,7 +34,7 @@ from medloop.selection.pseudo_masks import (  # noqa: E402
 from medloop.selection.diversity import k_center_greedy  # noqa: E402
 from medloop.selection.acquisition import build_queue, acquisition_scores  # noqa: E402
 from medloop.selection.audit import audit_precision, audit_sample  # noqa: E402
-from medloop.selection.gate import calibration_gate  # noqa: E402
+from medloop.selection.gate import calibration_gate, segmentation_gate  # noqa: E402
 from medloop.selection.decide import (  # noqa: E402
     REASONS,
     PseudoLabelParams,
@@ -62,6 +62,7 @@ __all__ = [
     "audit_sample",
     "audit_precision",
     "calibration_gate",
+    "segmentation_gate",
     "REASONS",
     "PseudoLabelParams",
     "decide_pseudo_labels",

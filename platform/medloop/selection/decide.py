@@ -18,6 +18,7 @@ code  name                meaning
 6     class_balance       dropped to follow the human class ratio
 7     mask_uncertain      mean pixel uncertainty >= mask_gate (mask only)
 8     mask_inconsistent   the mask's emptiness contradicts the predicted class (mask only)
+9     segmentation_gate   the segmentation gate closed pseudo-masks this round (mask only)
 ====  ==================  ==========================================================
 """
 
@@ -42,10 +43,11 @@ REASONS: tuple[str, ...] = (
     "class_balance",
     "mask_uncertain",
     "mask_inconsistent",
+    "segmentation_gate",
 )
 (
     ACCEPTED, HUMAN_LABEL, CALIBRATION_GATE, MISSING_SCORE, LOW_CONFIDENCE, HIGH_UNCERTAINTY, CLASS_BALANCE,
-    MASK_UNCERTAIN, MASK_INCONSISTENT,
+    MASK_UNCERTAIN, MASK_INCONSISTENT, SEGMENTATION_GATE,
 ) = range(len(REASONS))
 
 
@@ -101,6 +103,7 @@ def decide_pseudo_labels(
     params: PseudoLabelParams | None = None,
     *,
     allow_pseudo: bool = True,
+    allow_masks: bool = True,
     has_human_mask: np.ndarray | None = None,
     **overrides: Any,
 ) -> dict[str, np.ndarray]:
@@ -112,7 +115,8 @@ def decide_pseudo_labels(
     sample has a human label -> neither class nor mask accepted. ``has_human_mask`` optionally
     excludes more samples from mask pseudo-labels only. ``human_class_counts`` (K,): the target ratio
     for balancing (``None`` or ``class_balance=False``: no balancing). ``allow_pseudo``: the
-    calibration gate's answer. ``overrides`` replace fields of ``params``.
+    calibration gate's answer; ``allow_masks``: the segmentation gate's (masks only). ``overrides``
+    replace fields of ``params``.
 
     Returns ``accept_class`` bool, ``accept_mask`` bool, ``pseudo_class`` int64 (-1 if not
     accepted), ``reason_class`` int8 and ``reason_mask`` int8 (codes in ``REASONS``), all (N,).
@@ -168,7 +172,9 @@ def decide_pseudo_labels(
     else:
         gate_ok = np.zeros(n, dtype=bool)
         reason_mask[:] = MISSING_SCORE
-    accept_mask = gate_ok & ~human_m & bool(allow_pseudo)
+    accept_mask = gate_ok & ~human_m & bool(allow_pseudo) & bool(allow_masks)
+    if not allow_masks:
+        reason_mask[:] = SEGMENTATION_GATE
     if not allow_pseudo:
         reason_mask[:] = CALIBRATION_GATE
     reason_mask[human_m] = HUMAN_LABEL

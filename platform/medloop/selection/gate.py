@@ -1,4 +1,5 @@
-"""Calibration gate: no pseudo-labels in a round whose model is poorly calibrated.
+"""Round-level gates: no pseudo-labels from a poorly calibrated model (calibration gate), no
+pseudo-masks from a model that segments the validation images poorly (segmentation gate).
 
 Seed 002 (Sec. III-B, Fig. 3a) motivates UPS by calibration: confident predictions of a poorly
 calibrated network are often wrong. The gate checks the validation ECE (seed 002 Eq. 16-18) of the
@@ -27,3 +28,21 @@ def calibration_gate(val_ece: float | None, max_ece: float) -> tuple[bool, str]:
             "no pseudo-labels this round (annotation queue only)"
         )
     return True, f"validation ECE {ece:.4f} <= max_ece {max_ece:.4f}: pseudo-labels allowed"
+
+
+def segmentation_gate(val_dice: float | None, min_val_dice: float) -> tuple[bool, str]:
+    """``(allow_masks, reason)``: pseudo-masks are allowed iff the round's validation Dice >= ``min_val_dice``.
+
+    The pixel-level UPS rule trusts masks whose pixels are certain; a model trained on few masks can
+    be certain about wrong masks (the mean pixel MC std of a confidently empty or misplaced mask is
+    small), and training on them pulls the next round's Dice down (bench/README.md, section 3).
+    ``min_val_dice = 0`` disables the gate. A missing Dice (no validation masks) closes it otherwise.
+    """
+    if min_val_dice <= 0:
+        return True, "segmentation gate off (min_val_dice 0): pseudo-masks allowed"
+    if val_dice is None or not math.isfinite(float(val_dice)):
+        return False, f"validation Dice unavailable ({val_dice!r}): no pseudo-masks this round"
+    dice = float(val_dice)
+    if dice < min_val_dice:
+        return False, f"validation Dice {dice:.4f} < min_val_dice {min_val_dice:.4f}: no pseudo-masks this round"
+    return True, f"validation Dice {dice:.4f} >= min_val_dice {min_val_dice:.4f}: pseudo-masks allowed"

@@ -22,6 +22,7 @@ from medloop.selection import (
     audit_sample,
     build_queue,
     calibration_gate,
+    segmentation_gate,
     decide_pseudo_labels,
     pseudo_mask,
     reason_names,
@@ -66,10 +67,13 @@ def select_step(ctx: Any) -> dict[str, Any]:
         tasked = set(s.scalars(select(AnnotationTask.sample_id)).all())
     ece = val_ece(val, classes)
     allow, gate_reason = calibration_gate(ece, sel.max_ece)
+    val_dice = _val_dice(ctx.detail("train"))
+    allow_masks, seg_gate_reason = segmentation_gate(val_dice, sel.min_val_dice)
     params = PseudoLabelParams.from_config(
         sel, no_lesion_class=classes.index("normal") if "normal" in classes else None
     )
-    dec = decide_pseudo_labels(pool.arrays, pool.has_human, counts, params, allow_pseudo=allow)
+    dec = decide_pseudo_labels(pool.arrays, pool.has_human, counts, params, allow_pseudo=allow,
+                               allow_masks=allow_masks)
     accepted = np.flatnonzero(dec["accept_class"] | dec["accept_mask"])
     mask_files = _pseudo_mask_files(ctx, pool, np.flatnonzero(dec["accept_mask"]))
     is_tasked = np.array([int(sid) in tasked for sid in pool.sample_ids], dtype=bool)
@@ -127,9 +131,10 @@ def select_step(ctx: Any) -> dict[str, Any]:
             rejected += 1
             s.add(Selection(round_id=ctx.round_id, sample_id=int(pool.sample_ids[i]), decision="rejected",
                             target="class", policy=params.policy, score=_f(acq[i]), reason=f"class:{rc[i]}"))
-        state.update_notes(ctx.round(s), gate=gate_reason)
+        state.update_notes(ctx.round(s), gate=gate_reason, seg_gate=seg_gate_reason)
         detail = {
-            "val_ece": ece, "gate_open": allow, "gate": gate_reason, "pool_scored": len(pool),
+            "val_ece": ece, "gate_open": allow, "gate": gate_reason, "val_dice": val_dice,
+            "seg_gate_open": allow_masks, "seg_gate": seg_gate_reason, "pool_scored": len(pool),
             "pseudo_labels": len(accepted) - skipped_human,
             "pseudo_per_class": per_class, "pseudo_masks": n_masks, "retired": retired,
             "queue_size": int(queue.shape[0]), "audit_size": int(audit.shape[0]), "rejected": rejected,
@@ -138,6 +143,13 @@ def select_step(ctx: Any) -> dict[str, Any]:
         }
         ctx.complete(s, detail)
     return detail
+
+
+def _val_dice(train_detail: dict[str, Any]) -> float | None:
+    """The validation Dice of the round's best checkpoint, as the train step recorded it."""
+    best = train_detail.get("best_metrics") or {}
+    value = best.get("val_dice", best.get("dice"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _f(x: Any) -> float | None:
