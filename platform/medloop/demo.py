@@ -69,6 +69,7 @@ def round_row(campaign: Campaign, outcome: Any) -> dict[str, Any]:
         "ece": m.get("ece"), "seg_ece": m.get("seg_ece"), "pseudo_precision": m.get("pseudo_precision_truth"),
         "pseudo_mask_dice": m.get("pseudo_mask_dice_truth"),
         "gate": "open" if sel.get("gate_open") else "closed",
+        "mask_gate": "open" if sel.get("seg_gate_open") else "closed",
     }
 
 

@@ -16,6 +16,7 @@ def test_demo_runs_rounds_and_reports_changes(tmp_path: Path) -> None:
     assert [r["round"] for r in report.rounds] == [1, 2, 3]
     humans = [r["human"] for r in report.rounds]
     assert humans[0] < humans[1] < humans[2]  # the oracle answered each round's queue
+    assert [r["mask_gate"] for r in report.rounds] == ["open"] * 3 and all(r["gate"] == "open" for r in report.rounds)
     text = report.summary()
     assert "round by round" in text and "changed: human" in text
     assert len(printed) == 3

@@ -208,7 +208,8 @@ def report_step(ctx: Any) -> dict[str, Any]:
         metrics.setdefault("calibration", {})["seg"] = {"bins": seg_cal["seg_bins"]}
     metrics["val_score"] = validation_score(metrics)
     sel_stats = {k: select_d.get(k) for k in ("queue_size", "audit_size", "pseudo_labels", "pseudo_masks",
-                                              "pseudo_per_class", "retired", "gate_open", "val_ece")}
+                                              "pseudo_per_class", "retired", "gate_open", "val_ece",
+                                              "seg_gate_open", "val_dice")}
     run_id = None
     if ctx.extras.get("tracking", True):
         run_id = _track(ctx, metrics, cm, pool, train_d, select_d, score_d, sizes)
