@@ -371,22 +371,25 @@ def _explorer_where(round_id: int, class_index: int | None, decision: str | None
     return " AND ".join(where), params
 
 
-_EXPLORER_FROM = (
+_EXPLORER_SELECTIONS = (  # one row per sample selected in round :r (with decision :d when given)
     "FROM (SELECT round_id, sample_id, CASE WHEN COUNT(DISTINCT decision) > 1 "
     "THEN MAX(decision) || '+' || MIN(decision) ELSE MIN(decision) END AS decision, "
     "MIN(policy) AS policy, MAX(score) AS score "
     "FROM selections WHERE round_id = :r GROUP BY round_id, sample_id "
     "HAVING (:d IS NULL OR SUM(CASE WHEN decision = :d THEN 1 ELSE 0 END) > 0)) x "
-    "JOIN samples s ON s.id = x.sample_id "
+)
+_EXPLORER_FROM = (
+    _EXPLORER_SELECTIONS
+    + "JOIN samples s ON s.id = x.sample_id "
     # unary + keeps SQLite from driving this join through ix_predictions_round_id (a scan of the
     # whole round per sample); the lookup goes through the (sample_id, model_version) index instead
-    "LEFT JOIN predictions p ON p.sample_id = x.sample_id AND +p.round_id = x.round_id "
+    + "LEFT JOIN predictions p ON p.sample_id = x.sample_id AND +p.round_id = x.round_id "
 )
 
 
 def explorer_count(engine: Engine, round_id: int, class_index: int | None = None, decision: str | None = None) -> int:
     where, params = _explorer_where(round_id, class_index, decision)
-    source = _EXPLORER_FROM if class_index is not None else _EXPLORER_FROM.split("JOIN samples")[0]
+    source = _EXPLORER_FROM if class_index is not None else _EXPLORER_SELECTIONS  # no join without a class filter
     return int(_df(engine, f"SELECT COUNT(*) AS n {source} WHERE {where}", **params)["n"].iloc[0])
 
 

@@ -88,13 +88,6 @@ def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-def _load_ignore(store: ImageStore, rel: str) -> np.ndarray:
-    """An ignore map (bool .npy array, or a PNG mask) as uint8 {0, 1}."""
-    if rel.endswith(".npy"):
-        return (store.load_array(rel) > 0).astype(np.uint8)
-    return store.load_mask(rel)
-
-
 def decode_sample(
     store: ImageStore,
     image_path: str,
@@ -121,7 +114,7 @@ def decode_sample(
                 raise ValueError(f"label {label.id}: mask {m.shape} differs from its image {(h, w)}")
             mask = m.copy()
             if label.ignore_path:
-                mask[_load_ignore(store, label.ignore_path) > 0] = IGNORE
+                mask[store.load_ignore(label.ignore_path) > 0] = IGNORE
     return fit_image(image, size, channels), fit_mask(mask, size), cls
 
 

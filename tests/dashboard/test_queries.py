@@ -33,8 +33,7 @@ def test_pool_composition_adds_up(engine, orm) -> None:  # noqa: ANN001
     pool = queries.pool_composition(engine)
     with orm.reading() as s:
         population = len(s.scalars(select(Sample.id).where(Sample.split.in_(("train", "pool")))).all())
-    # the same categories computed per sample in Python through the ORM
-    with orm.reading() as s:
+        # the same categories computed per sample in Python through the ORM
         from medloop.ledger.schema import AnnotationTask, Round
 
         cands = set(s.scalars(select(Sample.id).where(Sample.split.in_(("train", "pool")))))

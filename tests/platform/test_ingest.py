@@ -212,3 +212,13 @@ def test_synthetic_ingest_rgb(campaign_factory) -> None:
         assert sample.channels == 3
         assert ImageStore(campaign.store).load_image(sample.image_path).shape == (24, 24, 3)
     ledger.close()
+
+
+def test_image_store_reads_ignore_maps_in_both_formats(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    ignored = np.array([[True, False], [False, True]])
+    as_npy = store.put_array("ignore/a", ignored)
+    as_png = store.put_mask("ignore/b", ignored)
+    for rel in (as_npy, as_png):
+        got = store.load_ignore(rel)
+        assert got.dtype == np.uint8 and got.tolist() == [[1, 0], [0, 1]], rel

@@ -70,7 +70,8 @@ def tiny_train_round(campaign: Campaign, ledger: Ledger, *, round_id: int, warm_
     acc = min(0.95, 0.5 + 0.1 * round_id)
     hist = [{"epoch": e, "val_accuracy": acc - 0.05 * (1 - e), "val_dice": acc - 0.1, "train_loss": 1.0 / (e + 1)}
             for e in range(2)]
-    return TinyTrainResult(str(path), {"accuracy": acc, "dice": acc - 0.1}, hist, 2 * round_id, f"round-{round_id}")
+    best = {"val_accuracy": acc, "val_dice": acc - 0.1}  # the keys the real trainers report
+    return TinyTrainResult(str(path), best, hist, 2 * round_id, f"round-{round_id}")
 
 
 def tiny_score_samples(campaign: Campaign, ledger: Ledger, *, round_id: int, checkpoint_path: str,

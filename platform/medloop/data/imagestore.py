@@ -82,3 +82,7 @@ class ImageStore:
 
     def load_array(self, rel: str) -> np.ndarray:
         return np.load(self.root / rel, allow_pickle=False)
+
+    def load_ignore(self, rel: str) -> np.ndarray:
+        """A pseudo-mask's ignore map (bool ``.npy`` array, or a PNG mask) as uint8 {0, 1}."""
+        return binarise(self.load_array(rel)) if rel.endswith(".npy") else self.load_mask(rel)

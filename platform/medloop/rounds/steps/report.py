@@ -119,7 +119,6 @@ def pseudo_precision_truth(s: Any, round_id: int) -> dict[str, Any]:
 
 def pseudo_mask_dice_truth(s: Any, ctx: Any) -> dict[str, Any]:
     """Mean Dice of this round's pseudo-masks against hidden truth masks, on the kept (not ignored) pixels."""
-    from medloop.trainers.dataset import _load_ignore
     from medloop.trainers.metrics import dice
 
     truth = {sid: m for sid, m in s.execute(select(Label.sample_id, Label.mask_path).where(
@@ -135,7 +134,7 @@ def pseudo_mask_dice_truth(s: Any, ctx: Any) -> dict[str, Any]:
         if p.shape != t.shape:
             continue
         if ignore_rel:
-            ignored = _load_ignore(store, ignore_rel) > 0
+            ignored = store.load_ignore(ignore_rel) > 0
             if ignored.shape != t.shape or ignored.all():
                 continue
             t = np.where(ignored, 255, t).astype(np.uint8)

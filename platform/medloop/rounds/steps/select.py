@@ -22,10 +22,10 @@ from medloop.selection import (
     audit_sample,
     build_queue,
     calibration_gate,
-    segmentation_gate,
     decide_pseudo_labels,
     pseudo_mask,
     reason_names,
+    segmentation_gate,
 )
 
 from .. import state
@@ -77,9 +77,9 @@ def select_step(ctx: Any) -> dict[str, Any]:
     accepted = np.flatnonzero(dec["accept_class"] | dec["accept_mask"])
     mask_files = _pseudo_mask_files(ctx, pool, np.flatnonzero(dec["accept_mask"]))
     is_tasked = np.array([int(sid) in tasked for sid in pool.sample_ids], dtype=bool)
+    audit = audit_sample(accepted[~is_tasked[accepted]], sel.audit_fraction, seed=sel.seed + ctx.round_id)
     # a case is left out of the queue only when both its class and its mask were pseudo-labelled: a
     # mask-only (or class-only) pseudo-label still leaves the other part uncertain, worth an annotator
-    audit = audit_sample(accepted[~is_tasked[accepted]], sel.audit_fraction, seed=sel.seed + ctx.round_id)
     eligible = ~pool.has_human & ~is_tasked & ~(dec["accept_class"] & dec["accept_mask"])
     eligible[audit] = False  # an audited case is queued once, as an audit
     acq = _acquisition(ctx, pool)
@@ -147,9 +147,8 @@ def select_step(ctx: Any) -> dict[str, Any]:
 
 def _val_dice(train_detail: dict[str, Any]) -> float | None:
     """The validation Dice of the round's best checkpoint, as the train step recorded it."""
-    best = train_detail.get("best_metrics") or {}
-    value = best.get("val_dice", best.get("dice"))
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    value = (train_detail.get("best_metrics") or {}).get("val_dice")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _f(x: Any) -> float | None:
