@@ -50,8 +50,6 @@ def main() -> None:
     ap.add_argument("--mask-gate", type=float, default=0.05)
     ap.add_argument("--pixel-tau-u", type=float, default=0.1)
     ap.add_argument("--no-balance", action="store_true")
-    ap.add_argument("--strict-balance", action="store_true",
-                    help="a class without candidates blocks all pseudo-labels (default: it drops out of the ratio)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split-seed", type=int, default=0)
@@ -83,8 +81,7 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             sc = C.score_pool(model, data.images[pool], device=args.device, passes=args.passes)
             pl = C.pseudo_labels(sc, human_counts, policy, tau_c=args.tau_c, tau_u=args.tau_u,
-                                 mask_gate=args.mask_gate, pixel_tau_u=args.pixel_tau_u, class_balance=not args.no_balance,
-                                 skip_empty=not args.strict_balance)
+                                 mask_gate=args.mask_gate, pixel_tau_u=args.pixel_tau_u, class_balance=not args.no_balance)
             q = C.pseudo_quality(pl, data.labels[pool], data.masks[pool])
             use = pl["accept_class"] | pl["accept_mask"]
             pseudo = C.arrays(data, pool[use], labels=np.where(pl["accept_class"], pl["pseudo_class"], -1)[use],
@@ -108,7 +105,7 @@ def main() -> None:
 
     cfg = {"dataset": data.name, "model": args.model, "size": args.size, "width": args.width, "epochs": args.epochs,
            "rounds": args.rounds, "passes": args.passes, "tau_c": args.tau_c, "tau_u": args.tau_u,
-           "mask_gate": args.mask_gate, "strict_balance": args.strict_balance, "pixel_tau_u": args.pixel_tau_u, "class_balance": not args.no_balance,
+           "mask_gate": args.mask_gate, "pixel_tau_u": args.pixel_tau_u, "class_balance": not args.no_balance,
            "n_human": len(human), "n_pool": len(pool), "n_val": len(sp["val"]), "n_test": len(sp["test"]),
            "human_counts": human_counts.tolist(), "device": args.device,
            "driver": "direct (train_plain + score_batch + selection), not the ledger orchestrator"}

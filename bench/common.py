@@ -371,21 +371,22 @@ def set_threads(n: int | None) -> None:
 
 def pseudo_labels(scores: dict[str, np.ndarray], human_counts: np.ndarray, policy: str, *, tau_c: float = 0.9,
                   tau_u: float = 0.05, mask_gate: float = 0.05, pixel_tau_u: float = 0.1,
-                  class_balance: bool = True, skip_empty: bool = True, allow_masks: bool = True) -> dict[str, np.ndarray]:
+                  class_balance: bool = True, allow_masks: bool = True) -> dict[str, np.ndarray]:
     """medloop.selection.decide_pseudo_labels on scored pool samples (none has a human label).
 
     UPS: class by Eq. 19 (confidence >= tau_c and MC std <= tau_u); mask only when the mean pixel
     uncertainty is below ``mask_gate``, with pixels above ``pixel_tau_u`` set to ignore (255).
     PL / CPL (the baselines use no uncertainty): every predicted mask of a sample whose class is
-    accepted, no ignore pixels. ``allow_masks``: the segmentation gate's answer (UPS masks only). ``skip_empty``: a class with no candidate drops out of the ratio
-    (medloop's ``skip_empty_classes``; False = strict: one empty class means no pseudo-label). Returns accept_class, pseudo_class, accept_mask, target_mask (N, S, S).
+    accepted, no ignore pixels. ``allow_masks``: the segmentation gate's answer (UPS masks only). Class balancing
+    is medloop's (a class with no candidate leaves the ratio). Returns accept_class, pseudo_class, accept_mask,
+    target_mask (N, S, S).
     """
     from medloop.selection import PseudoLabelParams, decide_pseudo_labels, pseudo_mask, training_target
 
     n = len(scores["pred_class"])
     ups = policy == "ups"
     params = PseudoLabelParams(policy=policy, measure="std", tau_c=tau_c, tau_u=tau_u, class_balance=class_balance,
-                               skip_empty_classes=skip_empty, mask_gate=mask_gate if ups else float("inf"))
+                               mask_gate=mask_gate if ups else float("inf"))
     d = decide_pseudo_labels(scores, np.zeros(n, bool), human_counts if class_balance else None, params,
                              allow_masks=allow_masks)
     if ups:

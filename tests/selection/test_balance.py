@@ -1,4 +1,5 @@
-"""Class balancing to the human class ratio (seed 002: 1 : 1.6)."""
+"""Class balancing to the human class ratio (Cheng, Liu, Kuang, Wang, MTTU-Net, IEEE TMI 2022,
+Sec. IV-G: 1 : 1.6), among the classes that have candidates."""
 
 import numpy as np
 import pytest
@@ -17,9 +18,28 @@ def test_balanced_counts_hand_cases():
     assert balanced_counts(np.array([10, 30]), np.array([10, 16])).tolist() == [10, 16]
     # a class without human labels gets nothing
     assert balanced_counts(np.array([4, 4, 9]), np.array([1, 0, 2])).tolist() == [4, 0, 8]
-    # an empty class with ratio > 0 blocks everything unless skip_empty
-    assert balanced_counts(np.array([0, 7]), np.array([1, 1])).tolist() == [0, 0]
-    assert balanced_counts(np.array([0, 7]), np.array([1, 1]), skip_empty=True).tolist() == [0, 7]
+    # a class with ratio > 0 but no candidate leaves the ratio; the others still follow it
+    assert balanced_counts(np.array([0, 7]), np.array([1, 1])).tolist() == [0, 7]
+    # BUSI-like round: only benign candidates -> used = {1}, s = 91 / 49, c_1 = floor(91) = 91
+    assert balanced_counts(np.array([0, 91, 0]), np.array([15, 49, 23])).tolist() == [0, 91, 0]
+    # two used classes of three: used = {1, 2}, s = min(91/49, 10/23) = 10/23
+    # -> c_1 = floor(49 * 10 / 23) = floor(21.30) = 21, c_2 = floor(10.0) = 10 (binding class keeps all)
+    assert balanced_counts(np.array([0, 91, 10]), np.array([15, 49, 23])).tolist() == [0, 21, 10]
+    # a class with candidates but no human label still gets none, and does not bind the others
+    assert balanced_counts(np.array([50, 3, 0]), np.array([0, 1, 2])).tolist() == [0, 3, 0]
+    # nothing usable: all zero
+    assert balanced_counts(np.array([0, 0, 5]), np.array([1, 1, 0])).tolist() == [0, 0, 0]
+
+
+def test_balance_to_ratio_with_a_class_without_candidates():
+    # 3 classes, human ratio 15 : 49 : 23; candidates of classes 1 and 2 only
+    cls = np.array([1, 1, 1, 1, 2, 2, 1])
+    unc = np.array([0.05, 0.01, 0.04, 0.02, 0.03, 0.01, 0.03])
+    acc = np.ones(7, dtype=bool)
+    # used = {1, 2}: n = [0, 5, 2]; s = min(5/49, 2/23) = 2/23 -> c = [0, floor(98/23) = 4, 2]
+    out = balance_to_ratio(cls, unc, acc, np.array([15, 49, 23]))
+    # class 1 keeps its 4 least uncertain (1: .01, 3: .02, 6: .03, 2: .04), drops 0 (.05); class 2 keeps both
+    assert np.flatnonzero(out).tolist() == [1, 2, 3, 4, 5, 6]
 
 
 def test_balance_keeps_least_uncertain_exact_indices():
@@ -60,13 +80,40 @@ def test_balance_properties(n, k, data):
     assert not np.any(out & ~acc)  # subset of accepted
     avail = np.bincount(cls[acc], minlength=k)
     kept = np.bincount(cls[out], minlength=k)
-    s = np.min(avail / ratio)
-    # respects the ratio: floor(s r_k) per class, and the binding class keeps all of its candidates
-    np.testing.assert_array_equal(kept, np.minimum(np.floor(s * ratio + 1e-9).astype(int), avail))
-    assert np.all(kept <= s * ratio + 1e-6)
+    used = avail > 0
+    if used.any():
+        s = np.min(avail[used] / ratio[used])
+        # respects the ratio on the used classes: floor(s r_k), the binding class keeps all of its candidates
+        expected = np.where(used, np.minimum(np.floor(s * ratio + 1e-9).astype(int), avail), 0)
+        np.testing.assert_array_equal(kept, expected)
+        assert np.all(kept[used] <= s * ratio[used] + 1e-6)
+        assert np.any(kept[used] == avail[used])
+    else:
+        assert not kept.any()
     # least uncertain per class: every kept one is less uncertain than every dropped one of its class
     for c in range(k):
         kept_u = unc[out & (cls == c)]
         dropped_u = unc[acc & ~out & (cls == c)]
         if kept_u.size and dropped_u.size:
             assert kept_u.max() < dropped_u.min()
+
+
+@settings(max_examples=300, deadline=None)
+@given(k=st.integers(1, 5), data=st.data())
+def test_balanced_counts_properties(k, data):
+    n = data.draw(arrays(np.int64, k, elements=st.integers(0, 200)))
+    r = data.draw(arrays(np.float64, k, elements=st.one_of(st.just(0.0), st.floats(0.1, 100.0))))
+    c = balanced_counts(n, r)
+    assert c.dtype == np.int64 and np.all(c >= 0)
+    assert np.all(c <= n)  # never more than available
+    used = (r > 0) & (n > 0)
+    assert not c[~used].any()  # zero where n_k or r_k is 0
+    if not used.any():
+        return
+    # proportional to r on the used classes, within 1: c_k = floor(s r_k) for one common s
+    s = np.min(n[used] / r[used])
+    np.testing.assert_array_less(np.abs(c[used] - s * r[used]), 1.0 + 1e-6)
+    for i in np.flatnonzero(used):
+        for j in np.flatnonzero(used):
+            assert abs(c[i] * r[j] - c[j] * r[i]) < r[i] + r[j] + 1e-6  # c_i / r_i and c_j / r_j within 1 / r
+    assert np.any(c[used] == n[used])  # the binding class keeps all of its candidates (largest such set)

@@ -14,7 +14,7 @@ def hand_scores():
         "pred_class": np.array([0, 1, 1, 1, 0, 1, 1, 0]),
         "confidence": np.array([0.95, 0.97, 0.99, 0.92, 0.80, 0.93, 0.96, 0.99]),
         "std": np.array([0.01, 0.02, 0.01, 0.03, 0.01, 0.09, 0.04, np.nan]),
-        "seg_uncertainty_image": np.array([0.01, 0.2, 0.04, 0.0, 0.02, 0.01, np.nan, 0.0]),
+        "seg_uncertainty": np.array([0.01, 0.2, 0.04, 0.0, 0.02, 0.01, np.nan, 0.0]),
     }
 
 
@@ -47,11 +47,12 @@ def test_no_balance_and_ratio_1_to_1_6():
     out = decide_pseudo_labels(sc, human, np.array([1.0, 1.6]), class_balance=True)
     # class 0: one candidate -> class 1 keeps floor(1.6) = 1
     assert np.flatnonzero(out["accept_class"]).tolist() == [0, 2]
-    # class 0 needed but absent -> nothing, unless skip_empty_classes
+    # class 2 has human labels but no candidate: it leaves the ratio, classes 0 and 1 follow 1 : 1
     out = decide_pseudo_labels(sc, human, np.array([1, 1, 1]))
-    assert not out["accept_class"].any()
-    out = decide_pseudo_labels(sc, human, np.array([1, 1, 1]), skip_empty_classes=True)
     assert np.flatnonzero(out["accept_class"]).tolist() == [0, 2]
+    # the option to block everything on an empty class is gone (one behaviour for product and bench)
+    with pytest.raises(TypeError):
+        decide_pseudo_labels(sc, human, np.array([1, 1, 1]), skip_empty_classes=True)
 
 
 def test_policies_and_measures_by_name():
@@ -133,7 +134,7 @@ def test_human_label_never_accepted(n, data, policy, balance, allow):
         "pred_class": data.draw(arrays(np.int64, n, elements=st.integers(0, 2))),
         "confidence": data.draw(arrays(np.float64, n, elements=f)),
         "std": data.draw(arrays(np.float64, n, elements=f)),
-        "seg_uncertainty_image": data.draw(arrays(np.float64, n, elements=f)),
+        "seg_uncertainty": data.draw(arrays(np.float64, n, elements=f)),
     }
     human = data.draw(arrays(bool, n))
     counts = data.draw(arrays(np.int64, 3, elements=st.integers(0, 20)))
@@ -175,7 +176,7 @@ def test_mask_must_agree_with_the_predicted_class():
         "pred_class": np.array([0, 0, 1, 1]),
         "confidence": np.array([0.99, 0.99, 0.99, 0.99]),
         "std": np.zeros(4),
-        "seg_uncertainty_image": np.zeros(4),
+        "seg_uncertainty": np.zeros(4),
         "lesion_fraction": np.array([0.0, 0.2, 0.0, 0.1]),
     }
     out = decide_pseudo_labels(sc, np.zeros(4, bool), None, PseudoLabelParams(no_lesion_class=0))

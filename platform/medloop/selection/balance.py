@@ -1,18 +1,23 @@
-"""Class balancing of selected pseudo-labels (seed 002, Sec. IV-G: selected pseudo-labels are
-balanced to the class ratio of the human-labelled training data, 1 : 1.6 there).
+"""Class balancing of selected pseudo-labels (Cheng, Liu, Kuang, Wang, MTTU-Net, IEEE TMI 2022,
+Sec. IV-G: the selected pseudo-labels are balanced to the class ratio of the human-labelled training
+data, 1 : 1.6 there).
 
 Given the accepted candidates per class ``n_k`` and a target ratio ``r_k`` (usually the human label
-counts per class), the kept counts are the largest set that follows the ratio::
+counts per class), the kept counts are the largest set that follows the ratio on the classes that
+can take part, the *used* classes ``U = {k : r_k > 0 and n_k > 0}``::
 
-    s   = min over classes with r_k > 0 of  n_k / r_k
-    c_k = floor(s * r_k)            (so c_k <= n_k, and the binding class keeps all of its n_k)
+    s   = min over k in U of  n_k / r_k
+    c_k = floor(s * r_k)   for k in U      (so c_k <= n_k, and the binding class keeps all of its n_k)
+    c_k = 0                otherwise
 
 and in each class the ``c_k`` least uncertain candidates are kept (ties: lower index first).
 
 Conventions: classes with ``r_k == 0`` (no human labels of that class) get no pseudo-labels. A
-class with ``r_k > 0`` but no accepted candidates makes ``s = 0`` (nothing kept: the ratio cannot
-be followed) unless ``skip_empty=True``, which drops such classes from the ratio. An all-zero ratio
-(no human class labels at all) means "nothing to follow": the accepted mask is returned unchanged.
+class with ``r_k > 0`` but no accepted candidate this round leaves the ratio: the others still
+follow the human ratio among themselves (``n = [0, 91, 0]``, ``r = [15, 49, 23]`` keeps
+``[0, 91, 0]``; a strict rule would keep nothing and starve self-training whenever one class has no
+confident case). An all-zero ratio (no human class labels at all) means "nothing to follow": the
+accepted mask is returned unchanged.
 """
 
 from __future__ import annotations
@@ -22,17 +27,16 @@ import numpy as np
 _EPS = 1e-9
 
 
-def balanced_counts(available: np.ndarray, target_ratio: np.ndarray, *, skip_empty: bool = False) -> np.ndarray:
-    """Per-class counts ``c_k = floor(s r_k)`` with ``s = min_k n_k / r_k`` (see module doc)."""
+def balanced_counts(available: np.ndarray, target_ratio: np.ndarray) -> np.ndarray:
+    """Per-class counts ``c_k = floor(s r_k)`` with ``s = min n_k / r_k`` over the classes with
+    ``r_k > 0`` and ``n_k > 0``; 0 for the others (see module doc)."""
     n = np.asarray(available, dtype=np.int64)
     r = np.asarray(target_ratio, dtype=np.float64)
     if n.shape != r.shape or n.ndim != 1:
         raise ValueError(f"available {n.shape} and target_ratio {r.shape} must be 1-d of the same length")
     if np.any(r < 0) or not np.all(np.isfinite(r)):
         raise ValueError("target_ratio must be finite and >= 0")
-    use = r > 0
-    if skip_empty:
-        use &= n > 0
+    use = (r > 0) & (n > 0)
     if not use.any():
         return np.zeros_like(n)
     s = float(np.min(n[use] / r[use]))
@@ -46,8 +50,6 @@ def balance_to_ratio(
     uncertainty: np.ndarray,
     accepted: np.ndarray,
     target_ratio: np.ndarray,
-    *,
-    skip_empty: bool = False,
 ) -> np.ndarray:
     """Subset of ``accepted`` following ``target_ratio`` (one weight per class), least uncertain first.
 
@@ -67,7 +69,7 @@ def balance_to_ratio(
     idx = np.flatnonzero(acc & (cls >= 0) & (cls < k))
     c = cls[idx]
     available = np.bincount(c, minlength=k)
-    keep_counts = balanced_counts(available, ratio, skip_empty=skip_empty)
+    keep_counts = balanced_counts(available, ratio)
     order = np.lexsort((idx, unc[idx], c))  # by class, then uncertainty, then index
     idx, c = idx[order], c[order]
     starts = np.concatenate(([0], np.cumsum(available)[:-1]))

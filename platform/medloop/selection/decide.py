@@ -71,7 +71,6 @@ class PseudoLabelParams:
     class_balance: bool = True
     mask_gate: float = 0.05
     mask_measure: str = "seg_uncertainty_image"
-    skip_empty_classes: bool = False
     no_lesion_class: int | None = None
 
     @classmethod
@@ -141,8 +140,7 @@ def decide_pseudo_labels(
     if p.class_balance and human_class_counts is not None:
         rank_key = unc if unc is not None else 1.0 - conf
         accept_class = balance_to_ratio(
-            pred_int, rank_key, candidates, np.asarray(human_class_counts, dtype=np.float64),
-            skip_empty=p.skip_empty_classes,
+            pred_int, rank_key, candidates, np.asarray(human_class_counts, dtype=np.float64)
         )
     reason_class = np.full(n, ACCEPTED, dtype=np.int8)
     reason_class[~accept_class & candidates] = CLASS_BALANCE
