@@ -76,11 +76,39 @@ def test_dice_and_focal_tversky_hand_values():
     mask = torch.tensor([[[1, 1], [0, 0]]])
     # TP = 1.5, FP = 0, FN = 0.5, smooth 1
     assert soft_dice_loss(probs, mask).item() == pytest.approx(1 - 4 / 4.5, rel=1e-6)
-    ti = 2.5 / (1.5 + 0.3 * 0.5 + 1)
+    # TI = (TP + s) / (TP + alpha FP + beta FN + s): beta = 0.7 weighs the FN of 0.5
+    ti = 2.5 / (1.5 + 0.3 * 0 + 0.7 * 0.5 + 1)
     assert focal_tversky_loss(probs, mask).item() == pytest.approx((1 - ti) ** 0.75, rel=1e-5)
     # a pixel marked 255 is excluded: the 0.5 pixel ignored -> perfect
     mask_ign = torch.tensor([[[255, 1], [0, 0]]])
     assert soft_dice_loss(probs, mask_ign).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_focal_tversky_favours_recall_with_the_paper_weights():
+    """alpha 0.3 on FP, beta 0.7 on FN (Al Shafi, Zunayed et al., TIM/UPA): missing k lesion pixels
+    costs more than k extra pixels."""
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, 2:6, 2:6] = 1  # 16 lesion pixels
+
+    def probs_for(fg: torch.Tensor) -> torch.Tensor:
+        fg = fg.float()
+        return torch.stack([1 - fg, fg], 0).unsqueeze(0)
+
+    k = 4
+    missed = mask[0].clone()
+    missed[2, 2:6] = 0  # 4 false negatives: TP 12, FN 4, FP 0
+    extra = mask[0].clone()
+    extra[1, 2:6] = 1  # 4 false positives: TP 16, FP 4, FN 0
+    loss_fn = focal_tversky_loss(probs_for(missed), mask).item()
+    loss_fp = focal_tversky_loss(probs_for(extra), mask).item()
+    assert loss_fn > loss_fp
+    # closed form, smooth 1: TI_fn = 13 / (12 + 0.7 * 4 + 1), TI_fp = 17 / (16 + 0.3 * 4 + 1)
+    assert loss_fn == pytest.approx((1 - 13 / (13 + 0.7 * k)) ** 0.75, rel=1e-5)
+    assert loss_fp == pytest.approx((1 - 17 / (17 + 0.3 * k)) ** 0.75, rel=1e-5)
+    # swapping the weights swaps the preference
+    assert focal_tversky_loss(probs_for(missed), mask, alpha=0.7, beta=0.3).item() < focal_tversky_loss(
+        probs_for(extra), mask, alpha=0.7, beta=0.3
+    ).item()
 
 
 @pytest.mark.parametrize("fn", [soft_dice_loss, focal_tversky_loss, boundary_loss, texture_loss])

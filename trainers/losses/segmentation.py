@@ -53,13 +53,16 @@ def focal_tversky_loss(
     include_background: bool = False,
     ignore_index: int = IGNORE,
 ) -> torch.Tensor:
-    """Focal Tversky (Abraham & Khan 2019; seed 001: alpha 0.3, beta 0.7, gamma 0.75).
+    """Focal Tversky (Abraham & Khan, ISBI 2019), as used by Al Shafi, Zunayed et al., "Multi-Level
+    Bidirectional Decoder Interaction for Uncertainty-Aware Breast Ultrasound Analysis" (TIM/UPA):
+    alpha 0.3, beta 0.7, gamma 0.75.
 
-    ``TI_k = (TP + s) / (TP + alpha FN + beta FP + s)``, loss ``mean_k (1 - TI_k)^gamma``
-    (alpha weights false negatives, beta false positives, as in Abraham & Khan's code).
+    ``TI_k = (TP + s) / (TP + alpha FP + beta FN + s)``, loss ``mean_k (1 - TI_k)^gamma``: alpha
+    weighs false positives, beta false negatives, so beta > alpha (the defaults) favours recall
+    (a missed lesion pixel costs more than a spurious one), the point of the loss on small lesions.
     """
     tp, fp, fn, present = _region_stats(probs, mask, include_background, ignore_index)
-    ti = (tp + smooth) / (tp + alpha * fn + beta * fp + smooth)
+    ti = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
     per_sample = (1.0 - ti).clamp_min(0).pow(gamma).mean(1)
     return masked_sample_mean(per_sample, present)
 
