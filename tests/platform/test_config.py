@@ -77,5 +77,5 @@ def test_unknown_policy_or_acquisition_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_campaign(f)
     msg = str(exc.value)
-    assert "selection.policy" in msg and "'upss'" in msg and "cpl, pl, ups" in msg
+    assert "selection.policy" in msg and "'upss'" in msg and "cpl, none, pl, ups" in msg
     assert "selection.acquisition" in msg and "'coreset'" in msg and "bald" in msg

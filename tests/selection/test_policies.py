@@ -13,8 +13,8 @@ STD = np.array([0.01, 0.01, 0.05, 0.20, 0.00, np.nan])
 
 
 def test_registry_names():
-    assert POLICIES.names() == ["cpl", "pl", "ups"]
-    with pytest.raises(UnknownNameError, match="known: cpl, pl, ups"):
+    assert POLICIES.names() == ["cpl", "none", "pl", "ups"]
+    with pytest.raises(UnknownNameError, match="known: cpl, none, pl, ups"):
         POLICIES.get("fixmatch")
 
 
@@ -32,6 +32,29 @@ def test_ups_eq19_both_factors():
     # 4: NaN confidence; 5: NaN uncertainty
     assert np.flatnonzero(POLICIES.get("ups")(CONF, STD, tau_c=0.9, tau_u=0.05)).tolist() == [0, 2]
     assert np.flatnonzero(POLICIES.get("ups")(CONF, STD, tau_c=0.9, tau_u=0.01)).tolist() == [0]
+
+
+def test_none_accepts_nothing():
+    got = POLICIES.get("none")(CONF, STD, tau_c=0.0, tau_u=10.0)  # even with thresholds that let all pass
+    assert got.dtype == bool and got.shape == CONF.shape and not got.any()
+    assert POLICIES.get("none")(CONF[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="1-d"):
+        POLICIES.get("none")(CONF[None])
+
+
+def test_none_policy_in_a_round_decision():
+    """decide_pseudo_labels with policy none: no class pseudo-label; mask_gate 0 closes masks too."""
+    from medloop.selection import PseudoLabelParams, decide_pseudo_labels
+
+    n = 4
+    scores = {"pred_class": np.array([0, 1, 2, 1]), "confidence": np.full(n, 0.99), "std": np.zeros(n),
+              "seg_uncertainty": np.full(n, 0.01)}
+    d = decide_pseudo_labels(scores, np.zeros(n, bool), np.array([1, 1, 1]), PseudoLabelParams(policy="none"))
+    assert not d["accept_class"].any() and (d["pseudo_class"] == -1).all()
+    assert d["accept_mask"].all()  # masks are decided separately, by the mask gate
+    d0 = decide_pseudo_labels(scores, np.zeros(n, bool), np.array([1, 1, 1]),
+                              PseudoLabelParams(policy="none", mask_gate=0.0))
+    assert not d0["accept_class"].any() and not d0["accept_mask"].any()
 
 
 def test_ups_needs_uncertainty():
@@ -57,8 +80,9 @@ unit = st.floats(0.0, 1.0, allow_nan=False)
 )
 def test_ups_subset_cpl_subset_pl(conf, data, tau_c, tau_u):
     unc = data.draw(arrays(np.float64, conf.shape[0], elements=st.one_of(st.floats(0, 1), st.just(np.nan))))
-    masks = {name: POLICIES.get(name)(conf, unc, tau_c=tau_c, tau_u=tau_u) for name in ("pl", "cpl", "ups")}
+    masks = {name: POLICIES.get(name)(conf, unc, tau_c=tau_c, tau_u=tau_u) for name in ("pl", "cpl", "ups", "none")}
     assert all(m.dtype == bool and m.shape == conf.shape for m in masks.values())
+    assert not masks["none"].any()
     assert not np.any(masks["ups"] & ~masks["cpl"])
     assert not np.any(masks["cpl"] & ~masks["pl"])
     # exactly Eq. 19

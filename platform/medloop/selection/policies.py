@@ -7,6 +7,9 @@ Every policy has the same signature and is registered in ``POLICIES``::
 * ``pl``  -- traditional pseudo-labelling: every prediction is accepted.
 * ``cpl`` -- confidence-based: ``confidence >= tau_c``.
 * ``ups`` -- uncertainty-aware (Eq. 19): ``g = [mu(p) <= tau_u] * [p >= tau_c]``.
+* ``none`` -- accepts nothing: active learning without class pseudo-labels (a baseline arm of the
+  label-efficiency benchmark). Pseudo-masks are decided separately, by the mask gate; set
+  ``selection.mask_gate = 0`` as well for no pseudo-mask either.
 
 ``confidence`` is the probability of the predicted class. ``uncertainty`` is whichever measure the
 caller chose (``SelectionConfig.measure``): MC std of the predicted class's probability (the
@@ -17,7 +20,7 @@ on the head's number of classes K (a 3-class head and a 2-class pixel head with 
 evidence have different vacuity): see :func:`vacuity_tau_from_evidence`.
 
 Non-finite confidence or uncertainty is never accepted by CPL / UPS. Guarantee:
-``ups ⊆ cpl ⊆ pl`` for the same arrays and thresholds.
+``none ⊆ ups ⊆ cpl ⊆ pl`` for the same arrays and thresholds.
 """
 
 from __future__ import annotations
@@ -64,6 +67,15 @@ def ups(
     if unc.shape != conf.shape:
         raise ValueError(f"uncertainty shape {unc.shape} != confidence shape {conf.shape}")
     return (conf >= tau_c) & (unc <= tau_u)
+
+
+@POLICIES.register("none")
+def none(
+    confidence: np.ndarray, uncertainty: np.ndarray | None = None, *, tau_c: float = 0.9, tau_u: float = 0.05
+) -> np.ndarray:
+    """No pseudo-labels: accept nothing (thresholds ignored)."""
+    conf = _as_1d(confidence, "confidence")
+    return np.zeros(conf.shape[0], dtype=bool)
 
 
 def vacuity_tau_from_evidence(min_evidence: float, num_classes: int) -> float:
