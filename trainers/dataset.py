@@ -119,7 +119,7 @@ def decode_sample(
 
 
 def _stack(
-    store: ImageStore, rows: Iterable[tuple[Sample, Label | None]], campaign: Campaign
+    store: ImageStore, rows: Sequence[tuple[Sample, Label | None]], campaign: Campaign
 ) -> SampleArrays:
     size, channels = campaign.data.image_size, campaign.data.channels
     ids, uids, imgs, masks, labels, kinds = [], [], [], [], [], []
@@ -160,9 +160,23 @@ def labeled_rows(ledger: Ledger, part: str) -> list[tuple[Sample, Label]]:
     return list(chosen.values())
 
 
+def unlabeled_rows(ledger: Ledger) -> list[tuple[Sample, None]]:
+    """Pool samples with neither an active human nor an active pseudo-label (semi-supervised training)."""
+    with ledger.reading() as s:
+        labeled = (
+            select(Label.sample_id).where(Label.active.is_(True), Label.kind.in_(("human", "pseudo"))).scalar_subquery()
+        )
+        rows = s.scalars(select(Sample).where(Sample.split == "pool", Sample.id.not_in(labeled)).order_by(Sample.id)).all()
+    return [(r, None) for r in rows]
+
+
 def load_arrays(campaign: Campaign, ledger: Ledger, part: str) -> SampleArrays:
-    """Decode the training (``"train"``) or validation (``"val"``) set once into memory."""
-    return _stack(ImageStore(campaign.store), labeled_rows(ledger, part), campaign)
+    """Decode the training (``"train"``), validation (``"val"``), test (``"test"``) or unlabeled
+    (``"unlabeled"``: :func:`unlabeled_rows`) set once into memory."""
+    store = ImageStore(campaign.store)
+    if part == "unlabeled":
+        return _stack(store, unlabeled_rows(ledger), campaign)
+    return _stack(store, labeled_rows(ledger, part), campaign)
 
 
 def load_samples(campaign: Campaign, ledger: Ledger, sample_ids: Sequence[int]) -> SampleArrays:

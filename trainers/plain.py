@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 from medloop.config import Campaign
 
 from .checkpoints import build_model, model_spec, unwrap
+from .models import resolve_heads
 from .dataset import IGNORE, Augment, JointDataset, SampleArrays
+from .semi import SemiOptions, SemiTrainer, split_output, unlabeled_batch_size
 
 #: the validation metric that picks the best epoch and drives early stopping / ASHA
 SCORE_METRIC = "val_score"
@@ -48,21 +50,28 @@ class LoopSettings:
     seed: int = 0
     image_size: int = 64
     channels: int = 1
+    semi: SemiOptions = field(default_factory=SemiOptions)
 
     @classmethod
     def from_campaign(cls, campaign: Campaign, **override: Any) -> "LoopSettings":
-        c, m = campaign.compute, campaign.model
+        c, m, t, sel = campaign.compute, campaign.model, campaign.training, campaign.selection
         opts = dict(m.options)
         loss = opts.pop("loss", None)
         loss_options = dict(opts.pop("loss_options", {}) or {})
         spec = model_spec(campaign)
         spec["options"] = {k: v for k, v in spec["options"].items() if k not in ("loss", "loss_options")}
+        cls_head, seg_head = resolve_heads(m.name, m.cls_head, m.seg_head)  # None: the model's own heads
         base = cls(
-            model=spec, classes=list(campaign.data.classes), cls_head=m.cls_head, seg_head=m.seg_head,
+            model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
             loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
             weight_decay=c.weight_decay, patience=c.patience, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size, channels=campaign.data.channels,
+            semi=SemiOptions(
+                method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
+                ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),
+                tau_c=sel.tau_c, tau_u=sel.tau_u, pixel_tau_u=sel.pixel_tau_u,
+            ),
         )
         return replace(base, **override)
 
@@ -125,6 +134,28 @@ def make_loader(
     )
 
 
+def make_unlabeled_loader(arrays: SampleArrays, settings: LoopSettings, *, rank: int = 0,
+                          pin_memory: bool = False) -> DataLoader:
+    """Weakly augmented unlabeled images, ``unlabeled_ratio`` times the labeled batch size, shuffled
+    with a stream of its own per worker (``rank``)."""
+    dataset = JointDataset(arrays, Augment.from_names(settings.augment), seed=settings.seed + 1000 * (rank + 1))
+    generator = torch.Generator().manual_seed(settings.seed * 1000 + rank + 17)
+    return DataLoader(
+        dataset, batch_size=unlabeled_batch_size(settings.batch_size, settings.semi.unlabeled_ratio), shuffle=True,
+        drop_last=False, pin_memory=pin_memory, generator=generator,
+    )
+
+
+def make_semi(settings: LoopSettings, unlabeled: SampleArrays | None, student: nn.Module, *, rank: int = 0,
+              pin_memory: bool = False, teacher_state: dict[str, torch.Tensor] | None = None) -> SemiTrainer | None:
+    """The round's semi-supervised part, or None (``semi = "none"`` or an empty pool)."""
+    if settings.semi.method == "none" or unlabeled is None or len(unlabeled) == 0:
+        return None
+    loader = make_unlabeled_loader(unlabeled, settings, rank=rank, pin_memory=pin_memory)
+    return SemiTrainer(settings.semi, loader, unwrap(student), cls_head=settings.cls_head, seg_head=settings.seg_head,
+                       epochs=settings.epochs, seed=settings.seed + rank, teacher_state=teacher_state)
+
+
 def _autocast(device: torch.device, amp: bool):
     enabled = amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -159,23 +190,52 @@ def train_epoch(
     global_step: int,
     amp: bool = True,
     channels_last: bool = True,
+    semi: SemiTrainer | None = None,
+    epoch: int = 0,
 ) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns (global step after it, mean loss parts + images)."""
+    """One pass over ``loader``; returns (global step after it, mean loss parts + images).
+
+    With ``semi``, every step also draws an unlabeled batch: the teacher's UPS targets on its weak
+    view supervise the student on its strong view, in the same forward pass as the labeled batch
+    (one batch, so BatchNorm and DDP see one graph), weighted by the ramped unlabeled weight."""
     model.train()
     loss_fn.train()
     t0 = time.perf_counter()
     sums: dict[str, float] = {}
     n_batches, n_images = 0, 0
+    if semi is not None:
+        semi.begin_epoch(epoch, len(loader))
     for batch in loader:
         batch = _to(batch, device, channels_last)
+        images = batch["image"]
+        targets = None
+        if semi is not None:
+            weak = semi.next_images(device)
+            with _autocast(device, amp):
+                targets = semi.targets(weak)
+            images = torch.cat([images, semi.strong_view(weak)])
+            if channels_last and device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
-            output = model(batch["image"])
+            output = model(images)
         output = _float_output(output)
-        total, parts = loss_fn(output, batch, step=global_step)
+        if targets is None:
+            total, parts = loss_fn(output, batch, step=global_step)
+        else:
+            assert semi is not None
+            out_l, out_u = split_output(output, int(batch["image"].shape[0]))
+            total, parts = loss_fn(out_l, batch, step=global_step)
+            u_total, _ = loss_fn(out_u, {"label": targets.label, "mask": targets.mask}, step=global_step)
+            w = semi.weight()
+            total = total + w * u_total
+            parts = {**parts, "unlabeled": u_total.detach(), "unlabeled_weight": torch.tensor(w),
+                     "kept_cases": torch.tensor(targets.kept_cases), "kept_pixels": torch.tensor(targets.kept_pixels)}
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         _sync_loss_grads(loss_fn)
         optimizer.step()
+        if semi is not None:
+            semi.after_step()
         global_step += 1
         n_batches += 1
         n_images += int(batch["image"].shape[0])
@@ -242,10 +302,13 @@ def validation_metrics(pred: dict[str, np.ndarray], num_classes: int) -> dict[st
         out["val_adaptive_ece"] = M.adaptive_ece(p, y)
         out["val_brier"] = M.brier_score(p, y)
         out["val_nll"] = M.nll(p, y)
-    has_mask = (pred["mask"] != IGNORE).reshape(len(pred["mask"]), -1).any(1) if len(pred["mask"]) else has_cls
-    if has_mask.any():
-        out["val_dice"] = M.dice(pred["pred_mask"][has_mask], pred["mask"][has_mask], IGNORE)
-        out["val_iou"] = M.iou(pred["pred_mask"][has_mask], pred["mask"][has_mask], IGNORE)
+    if len(pred["mask"]):
+        # one definition everywhere: mean per-case Dice over the cases with a lesion (lesion_dice)
+        if M.lesion_cases(pred["mask"], IGNORE).any():
+            out["val_dice"] = M.lesion_dice(pred["pred_mask"], pred["mask"], IGNORE)
+            out["val_iou"] = M.lesion_iou(pred["pred_mask"], pred["mask"], IGNORE)
+        if M.no_lesion_cases(pred["mask"], IGNORE).any():
+            out["val_empty_rate"] = M.empty_mask_rate(pred["pred_mask"], pred["mask"], IGNORE)
     out = {k: float(v) for k, v in out.items()}
     terms = [out[k] for k in ("val_dice", "val_accuracy") if k in out and math.isfinite(out[k])]
     out[SCORE_METRIC] = float(np.mean(terms)) if terms else 0.0
@@ -304,6 +367,7 @@ def train_plain(
     init_state: dict[str, torch.Tensor] | None = None,
     global_step: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    unlabeled: SampleArrays | None = None,
 ) -> PlainResult:
     """Single-process training with validation and early stopping; keeps the best weights in memory."""
     if len(train) == 0:
@@ -320,6 +384,7 @@ def train_plain(
     pin = device.type == "cuda"
     train_loader = make_loader(train, settings, train=True, pin_memory=pin)
     val_loader = make_loader(val, settings, train=False, pin_memory=pin) if len(val) else None
+    semi = make_semi(settings, unlabeled, model, pin_memory=pin)
     stopper = EarlyStop(settings.patience)
     history: list[dict[str, float]] = []
     best_state, best_metrics = None, {}
@@ -327,7 +392,7 @@ def train_plain(
         train_loader.dataset.set_epoch(epoch)
         global_step, stats = train_epoch(
             run_model, train_loader, loss_fn, optimizer, device=device, global_step=global_step,
-            amp=settings.amp, channels_last=settings.channels_last,
+            amp=settings.amp, channels_last=settings.channels_last, semi=semi, epoch=epoch,
         )
         metrics: dict[str, float] = {}
         if val_loader is not None:

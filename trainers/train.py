@@ -37,6 +37,7 @@ from .plain import (
     make_loader,
     make_loss,
     make_optimizer,
+    make_semi,
     maybe_compile,
     predict,
     prepare_for_device,
@@ -146,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     settings: LoopSettings = config["settings"]
-    train_arrays, val_arrays = ray.get(config["data"])
+    train_arrays, val_arrays, unlabeled_arrays = ray.get(config["data"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -187,6 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_loader = ray.train.torch.prepare_data_loader(make_loader(train_arrays, settings, train=True, pin_memory=pin))
     val_shard = val_arrays.subset(np.arange(rank, len(val_arrays), world))
     val_loader = make_loader(val_shard, settings, train=False, pin_memory=pin)
+    semi = make_semi(settings, unlabeled_arrays, model, rank=rank, pin_memory=pin, teacher_state=ts.get("teacher"))
 
     for epoch in range(epoch0, settings.epochs):
         if stopped:
@@ -196,7 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train_loader.sampler.set_epoch(epoch)
         global_step, stats = train_epoch(
             run_model, train_loader, loss_fn, optimizer, device=device, global_step=global_step,
-            amp=settings.amp, channels_last=settings.channels_last,
+            amp=settings.amp, channels_last=settings.channels_last, semi=semi, epoch=epoch,
         )
         metrics: dict[str, float] = {}
         if len(val_arrays):
@@ -217,6 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                             "bad_epochs": stopper.bad_epochs},
             "stopped": stopped, "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
             "init_fingerprint": init_fp, "init_source": ts.get("init_source", start["source"]),
+            "teacher": semi.teacher_state() if semi is not None else None,
         }
         report = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         report["stopped"] = int(stopped)
@@ -237,11 +240,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # ---- the driver ------------------------------------------------------------------------------------------
 
 
-def load_training_data(campaign: Campaign, ledger: Ledger) -> tuple[SampleArrays, SampleArrays]:
+def load_training_data(campaign: Campaign, ledger: Ledger) -> tuple[SampleArrays, SampleArrays, SampleArrays | None]:
+    """Training and validation sets, and the unlabeled pool when semi-supervised training is on."""
     train, val = load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "val")
     if len(train) == 0:
         raise TrainError("no training samples: the ledger has no active human or pseudo labels outside val/test")
-    return train, val
+    unlabeled = load_arrays(campaign, ledger, "unlabeled") if campaign.training.semi != "none" else None
+    return train, val, unlabeled
 
 
 def train_round(
@@ -265,13 +270,13 @@ def train_round(
     settings = LoopSettings.from_campaign(campaign, **settings_override)
     workers = campaign.compute.num_workers if num_workers is None else num_workers
     model_version = f"round-{round_id}"
-    train, val = load_training_data(campaign, ledger)
+    train, val, unlabeled = load_training_data(campaign, ledger)
     storage = storage_root(campaign, storage_path)
     name = model_version
     if not resume:
         _delete_run(storage, name)
     if workers == 0:
-        return _train_round_plain(campaign, settings, train, val, storage, name, round_id, warm_start)
+        return _train_round_plain(campaign, settings, train, val, storage, name, round_id, warm_start, unlabeled)
 
     import ray
     import ray.train
@@ -281,7 +286,7 @@ def train_round(
     ensure_ray(campaign)
     use_gpu = campaign.compute.use_gpu
     cpus = cpus_per_worker(campaign.compute.cpus_per_worker, ray.cluster_resources().get("CPU", 1), workers)
-    data_ref = ray.put((train, val))
+    data_ref = ray.put((train, val, unlabeled))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -336,7 +341,7 @@ def _finite(x: float) -> float:
 
 def _train_round_plain(
     campaign: Campaign, settings: LoopSettings, train: SampleArrays, val: SampleArrays,
-    storage: str, name: str, round_id: int, warm_start: str | None,
+    storage: str, name: str, round_id: int, warm_start: str | None, unlabeled: SampleArrays | None = None,
 ) -> TrainResult:
     """num_workers = 0: the plain loop in this process; the best epoch is saved as ``<run>/best``."""
     if "://" in storage and not storage.startswith("file://"):
@@ -345,7 +350,7 @@ def _train_round_plain(
     start = initial_state({"warm_start": warm_start}, None)
     device = "cuda" if campaign.compute.use_gpu and torch.cuda.is_available() else "cpu"
     res = train_plain(settings, train, val, device=device, init_state=start["weights"],
-                      global_step=start.get("global_step", 0))
+                      global_step=start.get("global_step", 0), unlabeled=unlabeled)
     model = build_model(settings.model)
     model.load_state_dict(res.best_state if res.best_state is not None else res.model.state_dict())
     meta = {**settings.meta(), "global_step": res.global_step, "epoch": len(res.history),

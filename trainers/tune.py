@@ -27,9 +27,9 @@ LOSS_WEIGHTS = {"mtunet": ("seg_weight", "cls_weight"), "tim_upa": ("seg_weight"
 
 
 def loss_name(campaign: Campaign) -> str:
-    from medloop.trainers.models import MODELS
+    from medloop.trainers.models import model_class
 
-    return campaign.model.options.get("loss") or getattr(MODELS.get(campaign.model.name), "default_loss", "mtunet")
+    return campaign.model.options.get("loss") or model_class(campaign.model.name).default_loss
 
 
 def default_space(campaign: Campaign) -> dict[str, Any]:
@@ -99,7 +99,8 @@ def tune_campaign(
 
     max_epochs = max_epochs or campaign.compute.epochs
     settings = LoopSettings.from_campaign(campaign, epochs=max_epochs, patience=max_epochs)
-    data = load_training_data(campaign, ledger)
+    train, val, _unlabeled = load_training_data(campaign, ledger)  # trials tune the supervised part
+    data = (train, val)
     if len(data[1]) == 0:
         raise ValueError("tune: the campaign has no validation samples (split val with human labels)")
     ensure_ray(campaign)

@@ -37,6 +37,13 @@ class DataConfig(_Section):
         0.8, ge=0.0, lt=1.0, description="fraction of the train split moved to the unlabeled pool (labels kept hidden)"
     )
     seed: int = Field(0, description="seed for generation and splits")
+    duplicate_threshold: float = Field(
+        0.99,
+        ge=0.0,
+        le=1.0,
+        description="near-duplicate images (correlation of 32x32 thumbnails >= this) stay in one split; "
+        "1.0 = only exact copies",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -54,13 +61,20 @@ class ModelConfig(_Section):
 
     name: str = Field("mtunet", description="mtunet | jrl | mttu | tim_upa | uml")
     width: int = Field(16, ge=4, description="channels of the first encoder level")
-    depth: int = Field(4, ge=2, le=6, description="number of down-sampling levels")
+    depth: int | None = Field(
+        None, ge=2, le=6,
+        description="number of down-sampling levels (unset: the model's own, mtunet/tim_upa 4, jrl 5, mttu/uml 3)",
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="MC-dropout rate")
     dropout_placement: list[str] = Field(
         default_factory=lambda: ["decoder", "classifier"], description="where dropout sits: bottleneck, decoder, classifier"
     )
-    cls_head: Literal["softmax", "evidential"] = Field("softmax", description="classification head")
-    seg_head: Literal["softmax", "evidential"] = Field("softmax", description="segmentation head")
+    cls_head: Literal["softmax", "evidential"] | None = Field(
+        None, description="classification head: softmax | evidential (unset: the model's own, evidential for uml)"
+    )
+    seg_head: Literal["softmax", "evidential"] | None = Field(
+        None, description="segmentation head: softmax | evidential (unset: the model's own, evidential for uml)"
+    )
     weights: str | None = Field(None, description="optional local weights file (.pt) to start from")
     options: dict[str, Any] = Field(default_factory=dict, description="extra model options passed to the builder")
 
@@ -84,7 +98,8 @@ class SelectionConfig(_Section):
     pixel_tau_u: float = Field(0.1, ge=0.0, description="pixels with uncertainty above this become 'ignore' in pseudo-masks")
     mask_gate: float = Field(0.05, ge=0.0, description="a pseudo-mask is used only if its mean pixel uncertainty is below this")
     acquisition: str = Field(
-        "entropy", description="entropy | bald | margin | vacuity | seg_uncertainty | hybrid | random"
+        "hybrid",
+        description="entropy | bald | margin | vacuity | seg_uncertainty | hybrid (class and segmentation) | random",
     )
     hybrid_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: weight of the class term (1 - w on segmentation)")
     budget: int = Field(16, ge=0, description="cases sent to annotators per round")
@@ -159,6 +174,40 @@ class ComputeConfig(_Section):
     seed: int = Field(0, description="training seed")
 
 
+SEMI_METHODS = ("none", "fixmatch", "mean_teacher")
+STRONG_AUGMENTATIONS = ("intensity", "gamma", "speckle", "blur", "cutout")
+
+
+class TrainingConfig(_Section):
+    """Semi-supervised training inside each round: the unlabeled pool gives a signal where the
+    teacher is confident AND certain (the UPS rule of selection.tau_c / tau_u / pixel_tau_u)."""
+
+    semi: Literal["none", "fixmatch", "mean_teacher"] = Field(
+        "none", description="none | fixmatch (weak -> strong view consistency) | mean_teacher (EMA teacher)"
+    )
+    semi_weight: float = Field(1.0, ge=0.0, description="weight of the unlabeled loss after ramp-up")
+    ramp_up: float = Field(
+        0.3, ge=0.0, le=1.0, description="fraction of a round's epochs over which the unlabeled weight ramps up"
+    )
+    unlabeled_ratio: int = Field(1, ge=1, le=8, description="unlabeled images per labeled image in a step")
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0, description="mean_teacher: EMA decay of the teacher weights")
+    teacher_passes: int = Field(
+        4, ge=1, le=20, description="MC-dropout passes of the teacher for its certainty (1 = confidence only)"
+    )
+    strong_augment: list[str] = Field(
+        default_factory=lambda: list(STRONG_AUGMENTATIONS),
+        description="strong view: intensity, gamma, speckle, blur, cutout",
+    )
+
+    @field_validator("strong_augment")
+    @classmethod
+    def _known_strong(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(STRONG_AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown strong augmentation(s) {unknown}; known: {list(STRONG_AUGMENTATIONS)}")
+        return names
+
+
 class Campaign(_Section):
     """A campaign: one TOML file, every section optional."""
 
@@ -172,6 +221,17 @@ class Campaign(_Section):
     labeling: LabelingConfig = Field(default_factory=LabelingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    # ---- cross-checks --------------------------------------------------------------
+    @model_validator(mode="after")
+    def _measures_exist(self) -> "Campaign":
+        """The selection measure and acquisition must exist for the uncertainty method and heads
+        (caught at load, not as an all-NaN column mid-round)."""
+        problems = check_measures(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
 
     # ---- derived locations -------------------------------------------------------
     @property
@@ -208,6 +268,61 @@ class Campaign(_Section):
         return self.folder / "round.lock"
 
 
+#: selection measures / acquisitions computed from the MC-dropout passes (none with method "evidential")
+MC_MEASURES = ("std", "mutual_info")
+MC_ACQUISITIONS = ("bald",)
+
+
+def model_heads(model: ModelConfig) -> tuple[str, str]:
+    """(cls_head, seg_head) the campaign trains and scores with: the ones it sets, else the model's
+    own (``medloop.trainers.models.resolve_heads``; evidential for ``uml``, softmax otherwise).
+    An unknown model name resolves unset heads to softmax (the name is refused when the model is built)."""
+    if model.cls_head is not None and model.seg_head is not None:
+        return model.cls_head, model.seg_head
+    from medloop.registry import UnknownNameError
+    from medloop.trainers.models import resolve_heads
+
+    try:
+        return resolve_heads(model.name, model.cls_head, model.seg_head)
+    except UnknownNameError:
+        return model.cls_head or "softmax", model.seg_head or "softmax"
+
+
+def check_measures(campaign: "Campaign") -> list[str]:
+    """Messages for each selection measure / acquisition that does not exist for the campaign's
+    uncertainty method and classification head (empty: all fine)."""
+    sel, method = campaign.selection, campaign.uncertainty.method
+    uses_vacuity = sel.measure == "vacuity" or sel.acquisition == "vacuity"
+    if method != "evidential" and not uses_vacuity:
+        return []  # the common case: no model import needed
+    cls_head, _ = model_heads(campaign.model)
+    evidential, mc = cls_head == "evidential", method != "evidential"
+    problems: list[str] = []
+    if not mc:
+        gives_none = 'but uncertainty.method = "evidential" gives none'
+        back = 'or uncertainty.method = "mc_dropout" | "both"'
+        if sel.measure in MC_MEASURES:
+            use = "entropy or vacuity" if evidential else "entropy"
+            problems.append(f'selection.measure = "{sel.measure}" needs MC-dropout passes, {gives_none}; use {use}, {back}')
+        if sel.acquisition in MC_ACQUISITIONS:
+            use = "hybrid, entropy, margin, seg_uncertainty" + (" or vacuity" if evidential else " or random")
+            problems.append(f'selection.acquisition = "{sel.acquisition}" needs MC-dropout passes, {gives_none}; '
+                            f"use {use}, {back}")
+    if not evidential:
+        has = (f'model.cls_head = "{cls_head}"' if campaign.model.cls_head is not None
+               else f'model "{campaign.model.name}" has a {cls_head} classification head (model.cls_head unset)')
+        fix = 'set model.cls_head = "evidential" (or use model.name = "uml")'
+        if sel.measure == "vacuity":
+            use = "std, entropy or mutual_info" if mc else "entropy"
+            problems.append(f'selection.measure = "vacuity" needs an evidential classification head, but {has}; '
+                            f"{fix}, or use {use}")
+        if sel.acquisition == "vacuity":
+            use = "hybrid, entropy, margin" + (" or bald" if mc else " or seg_uncertainty")
+            problems.append(f'selection.acquisition = "vacuity" needs an evidential classification head, but {has}; '
+                            f"{fix}, or use {use}")
+    return problems
+
+
 class ConfigError(ValueError):
     """A campaign file is invalid; the message names the key and what was expected."""
 
@@ -216,7 +331,9 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid campaign configuration"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if not e["loc"] and e["type"] == "value_error":  # a cross-check: its message names the keys
+            lines.append("  " + str(e["msg"]).removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
             expected = e["msg"]

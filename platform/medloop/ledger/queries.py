@@ -39,6 +39,21 @@ def pool_sizes(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
+def training_composition(session: Session, *, semi: bool) -> dict[str, int]:
+    """What a round trains on, counted from the ledger: ``human`` (samples with an active human label
+    outside val/test), ``pseudo`` (active pseudo-labels, never on a sample with a human label), ``val``
+    (human labels on the validation split), ``human_labels`` (every human label the campaign used:
+    ``human + val``; the test split is never counted) and ``unlabeled`` (pool samples with neither,
+    used by semi-supervised training; 0 when ``semi`` is False)."""
+    sizes = pool_sizes(session)
+    train_splits = [s for s in sizes if s not in ("val", "test")]
+    human = sum(sizes[s]["human"] for s in train_splits)
+    pseudo = sum(sizes[s]["pseudo"] for s in train_splits)
+    val = sizes.get("val", {}).get("human", 0)
+    unlabeled = sizes.get("pool", {}).get("unlabeled", 0) if semi else 0
+    return {"human": human, "pseudo": pseudo, "unlabeled": unlabeled, "val": val, "human_labels": human + val}
+
+
 def class_counts(session: Session, kind: str = "truth") -> dict[str, int]:
     """Active labels of ``kind`` per class name (None -> "(none)")."""
     rows = session.execute(

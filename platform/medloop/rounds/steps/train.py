@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medloop.ledger.queries import training_composition
+
 from .. import state
 from ._util import collaborator, jsonable
 
@@ -19,6 +21,7 @@ def train_step(ctx: Any) -> dict[str, Any]:
     with ctx.ledger.reading() as s:
         prev = state.previous_done_round(s, ctx.round_id)
         warm = prev.checkpoint_path if prev is not None else None
+        trained_on = training_composition(s, semi=ctx.campaign.training.semi != "none")
     result = train_round(ctx.campaign, ctx.ledger, round_id=ctx.round_id, warm_start=warm)
     detail = {
         "checkpoint_path": str(result.checkpoint_path),
@@ -27,6 +30,7 @@ def train_step(ctx: Any) -> dict[str, Any]:
         "history": jsonable(result.history),
         "global_step": int(getattr(result, "global_step", 0) or 0),
         "warm_start": warm,
+        "trained_on": trained_on,
     }
     with ctx.ledger.transaction() as s:
         rnd = ctx.round(s)

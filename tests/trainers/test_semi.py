@@ -1,0 +1,190 @@
+"""Semi-supervised training: ramp-up, UPS targets, output split, strong view, EMA teacher, and
+the plain loop / Ray Train DDP learning from the unlabeled pool."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from medloop.ledger.store import Ledger
+from medloop.trainers.checkpoints import load_state
+from medloop.trainers.dataset import IGNORE, load_arrays
+from medloop.trainers.models import build
+from medloop.trainers.models.base import JointOutput
+from medloop.trainers.plain import LoopSettings, make_semi, train_plain
+from medloop.trainers.semi import SemiOptions, StrongAugment, ramp_weight, split_output, ups_targets
+from medloop.trainers.toydata import populate, toy_campaign
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---- ramp-up (Laine & Aila 2017) -------------------------------------------------------------------------
+
+
+def test_ramp_weight_closed_form():
+    assert ramp_weight(0.0, 0.3, 2.0) == pytest.approx(2.0 * math.exp(-5.0))
+    assert ramp_weight(0.15, 0.3, 2.0) == pytest.approx(2.0 * math.exp(-5.0 * 0.25))
+    assert ramp_weight(0.3, 0.3, 2.0) == pytest.approx(2.0)
+    assert ramp_weight(0.9, 0.3, 2.0) == pytest.approx(2.0)
+    assert ramp_weight(0.0, 0.0, 2.0) == 2.0  # no ramp
+
+
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0.01, 1))
+def test_ramp_weight_monotone_and_bounded(a, b, ramp):
+    lo, hi = sorted((a, b))
+    assert 0.0 <= ramp_weight(lo, ramp, 1.0) <= ramp_weight(hi, ramp, 1.0) <= 1.0
+
+
+# ---- UPS targets per case and per pixel ------------------------------------------------------------------
+
+
+def test_ups_targets_keep_only_confident_and_certain():
+    # 3 passes, 3 cases, 2 classes
+    cls = torch.tensor([
+        [[0.95, 0.05], [0.99, 0.01], [0.6, 0.4]],
+        [[0.95, 0.05], [0.85, 0.15], [0.6, 0.4]],
+        [[0.95, 0.05], [0.97, 0.03], [0.6, 0.4]],
+    ])
+    # case 0: confident (0.95) and certain (std 0) -> kept; case 1: mean 0.937 but std 0.061 > 0.05
+    # -> not kept; case 2: confidence 0.6 < 0.9 -> not kept
+    seg = torch.zeros(3, 3, 2, 1, 3)
+    fg = torch.tensor([[0.99, 0.5, 0.02], [0.99, 0.5, 0.02], [0.99, 0.5, 0.2]])  # per pass, pixel
+    seg[:, :, 1, 0, :] = fg[:, None, :]
+    seg[:, :, 0, 0, :] = 1 - fg[:, None, :]
+    t = ups_targets(cls, seg, tau_c=0.9, tau_u=0.05, pixel_tau_u=0.05)
+    assert t.label.tolist() == [0, -1, -1]
+    # pixel 0: fg 0.99 certain -> 1; pixel 1: 0.5 -> ignored; pixel 2: mean bg 0.92 but std 0.0849 -> ignored
+    assert t.mask[0, 0].tolist() == [1, IGNORE, IGNORE]
+    assert t.kept_cases == pytest.approx(1 / 3)
+    assert t.kept_pixels == pytest.approx(1 / 3)
+
+
+def test_ups_targets_one_pass_uses_confidence_only():
+    cls = torch.tensor([[[0.91, 0.09], [0.89, 0.11]]])
+    seg = torch.tensor([[[[[0.05, 0.5]], [[0.95, 0.5]]]]]).expand(1, 2, 2, 1, 2)
+    t = ups_targets(cls, seg, tau_c=0.9, tau_u=0.0, pixel_tau_u=0.0)
+    assert t.label.tolist() == [0, -1]
+    assert t.mask[0, 0].tolist() == [1, IGNORE]
+
+
+def test_split_output_splits_every_tensor():
+    out = JointOutput(torch.arange(5.0)[:, None], torch.zeros(5, 2, 4, 4),
+                      aux={"deep_supervision": [torch.ones(5, 2, 2, 2)], "scalar": torch.tensor(1.0)},
+                      embedding=torch.zeros(5, 3))
+    a, b = split_output(out, 2)
+    assert a.cls_logits.flatten().tolist() == [0, 1] and b.cls_logits.flatten().tolist() == [2, 3, 4]
+    assert a.aux["deep_supervision"][0].shape[0] == 2 and b.aux["deep_supervision"][0].shape[0] == 3
+    assert a.embedding.shape == (2, 3) and b.seg_logits.shape == (3, 2, 4, 4)
+    assert a.aux["scalar"] == 1.0  # 0-d tensors are shared
+
+
+# ---- strong view ------------------------------------------------------------------------------------------
+
+
+def test_strong_augment_is_seeded_bounded_and_changes_the_image():
+    x = torch.rand(6, 1, 16, 16)
+    aug = StrongAugment(p=1.0)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert not torch.allclose(a, x)
+
+
+def test_cutout_fills_a_rectangle_with_the_image_mean():
+    x = torch.rand(1, 1, 20, 20)
+    out = StrongAugment(ops=("cutout",), p=1.0)(x, torch.Generator().manual_seed(0))
+    changed = (out != x)[0, 0]
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    assert changed.sum() > 0
+    box = out[0, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert torch.allclose(box, x.mean().expand_as(box))
+
+
+# ---- EMA teacher --------------------------------------------------------------------------------------------
+
+
+def test_mean_teacher_ema_update_closed_form():
+    student = build("mtunet", width=4, depth=2)
+    loader = torch.utils.data.DataLoader([{"image": torch.zeros(1, 32, 32)}], batch_size=1)
+    options = SemiOptions(method="mean_teacher", ema_decay=0.9)
+    semi_settings = LoopSettings(model={"name": "mtunet", "options": {}}, classes=["a", "b", "c"], semi=options)
+    from medloop.trainers.semi import SemiTrainer
+
+    semi = SemiTrainer(semi_settings.semi, loader, student, cls_head="softmax", seg_head="softmax", epochs=1)
+    name, param = next(iter(student.named_parameters()))
+    before = semi.teacher.state_dict()[name].clone()
+    with torch.no_grad():
+        param.add_(1.0)
+    semi.after_step()
+    assert torch.allclose(semi.teacher.state_dict()[name], 0.9 * before + 0.1 * (before + 1.0), atol=1e-6)
+    assert not any(p.requires_grad for p in semi.teacher.parameters())
+
+
+# ---- the loops ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_pool(tmp_path_factory):
+    campaign = toy_campaign(tmp_path_factory.mktemp("semi"), training={"semi": "fixmatch", "teacher_passes": 2,
+                                                                        "ramp_up": 0.0})
+    ledger = Ledger.open(campaign.ledger)
+    populate(campaign, ledger, n_train=12, n_val=12, n_pool=24)
+    return campaign, ledger
+
+
+def test_unlabeled_part_is_the_pool_without_labels(toy_pool):
+    campaign, ledger = toy_pool
+    unlabeled = load_arrays(campaign, ledger, "unlabeled")
+    assert len(unlabeled) == 24
+    assert (unlabeled.labels == -1).all() and (unlabeled.masks == IGNORE).all()
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "mean_teacher"])
+def test_plain_loop_trains_on_the_pool(toy_pool, method):
+    campaign, ledger = toy_pool
+    settings = LoopSettings.from_campaign(campaign, epochs=2)
+    settings.semi.method = method
+    train, val = load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "val")
+    unlabeled = load_arrays(campaign, ledger, "unlabeled")
+    res = train_plain(settings, train, val, unlabeled=unlabeled)
+    for row in res.history:
+        assert np.isfinite(row["loss"]) and np.isfinite(row["loss_unlabeled"])
+        assert row["loss_unlabeled_weight"] == pytest.approx(1.0)
+        assert 0.0 <= row["loss_kept_pixels"] <= 1.0
+    # the unlabeled batches change training: same seed without them gives other weights
+    settings_none = LoopSettings.from_campaign(campaign, epochs=2)
+    settings_none.semi.method = "none"
+    plain = train_plain(settings_none, train, val)
+    assert "loss_unlabeled" not in plain.history[0]
+    a, b = res.model.state_dict(), plain.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_no_semi_without_pool(toy_pool):
+    campaign, _ = toy_pool
+    settings = LoopSettings.from_campaign(campaign)
+    assert make_semi(settings, None, build("mtunet", width=4, depth=2)) is None
+
+
+@pytest.mark.slow
+def test_ray_train_ddp_mean_teacher_checkpoints_the_teacher(toy_pool):
+    import ray
+
+    from medloop.trainers.train import train_round
+
+    campaign, ledger = toy_pool
+    campaign = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi": "mean_teacher"})})
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        res = train_round(campaign, ledger, round_id=7, epochs=2, resume=False)
+    finally:
+        ray.shutdown()
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all(np.isfinite(h["loss_unlabeled"]) for h in res.history)
+    _, _, train_state = load_state(res.latest_checkpoint_path, with_train_state=True)
+    assert train_state["teacher"] is not None and len(train_state["teacher"]) > 0
