@@ -187,3 +187,53 @@ def test_pixel_predictions_flatten_and_drop_ignored_pixels():
     assert len(sub_y) == 2 and set(sub_p[:, 1].tolist()) <= {0.9, 0.2, 0.1}
     with pytest.raises(ValueError, match="N, Q, H, W"):
         pixel_predictions(probs[0], masks)
+
+
+# ---- validation / test Dice: mean per case over the cases with a lesion -----------------------------------
+
+
+def _lesion_batch():
+    from medloop.trainers.metrics.segmentation import IGNORE
+
+    t = np.zeros((4, 8, 8), np.uint8)
+    p = np.zeros((4, 8, 8), np.uint8)
+    t[0, :4, :4] = 1  # big lesion (16 px), predicted exactly
+    p[0, :4, :4] = 1
+    t[1, 0, 0:2] = 1  # small lesion (2 px), half found: Dice 2*1/(1+2) = 2/3
+    p[1, 0, 0] = 1
+    p[2, 5, 5] = 1  # normal case with a false lesion
+    t[3, 0, :] = IGNORE  # partly ignored normal case: not a no-lesion case
+    return p, t
+
+
+def test_lesion_dice_is_the_mean_per_lesion_case_not_pooled():
+    from medloop.trainers.metrics import dice, lesion_dice, lesion_iou
+
+    p, t = _lesion_batch()
+    assert lesion_dice(p, t) == pytest.approx((1.0 + 2 / 3) / 2)
+    assert lesion_iou(p, t) == pytest.approx((1.0 + 1 / 2) / 2)
+    pooled = dice(p[:2], t[:2])  # 2 * 17 / (17 + 18): large lesions outweigh small ones
+    assert pooled == pytest.approx(34 / 35) and pooled != pytest.approx(lesion_dice(p, t))
+    assert np.isnan(lesion_dice(p[2:], t[2:]))
+
+
+def test_empty_mask_rate_counts_fully_annotated_no_lesion_cases():
+    from medloop.trainers.metrics import empty_mask_rate, no_lesion_cases
+
+    p, t = _lesion_batch()
+    assert no_lesion_cases(t).tolist() == [False, False, True, False]
+    assert empty_mask_rate(p, t) == 0.0
+    p[2] = 0
+    assert empty_mask_rate(p, t) == 1.0
+
+
+def test_validation_metrics_use_lesion_dice():
+    from medloop.trainers.plain import validation_metrics
+
+    p, t = _lesion_batch()
+    pred = {"label": np.array([1, 1, 0, 0]), "probs": np.tile([0.2, 0.7, 0.1], (4, 1)), "mask": t, "pred_mask": p}
+    m = validation_metrics(pred, 3)
+    assert m["val_dice"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert m["val_empty_rate"] == 0.0
+    assert m["val_accuracy"] == 0.5
+    assert m["val_score"] == pytest.approx((m["val_dice"] + 0.5) / 2)

@@ -103,3 +103,51 @@ def segmentation_metrics(pred: np.ndarray, target: np.ndarray, **kwargs) -> dict
         out["assd"].append(assd(p, t, **kwargs))
         out["hd95"].append(hd95(p, t, **kwargs))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def lesion_cases(target: np.ndarray, ignore_index: int | None = IGNORE) -> np.ndarray:
+    """bool (B,): the cases whose target mask has at least one (non-ignored) lesion pixel."""
+    t = np.asarray(target)
+    fg = t > 0
+    if ignore_index is not None:
+        fg &= t != ignore_index
+    return fg.reshape(len(t), -1).any(1) if len(t) else np.zeros(0, bool)
+
+
+def no_lesion_cases(target: np.ndarray, ignore_index: int | None = IGNORE) -> np.ndarray:
+    """bool (B,): fully annotated cases (no ignored pixel) without any lesion pixel."""
+    t = np.asarray(target)
+    if not len(t):
+        return np.zeros(0, bool)
+    flat = t.reshape(len(t), -1)
+    annotated = np.ones(len(t), bool) if ignore_index is None else ~(flat == ignore_index).any(1)
+    return annotated & ~lesion_cases(t, ignore_index)
+
+
+def lesion_dice(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
+    """Mean per-case Dice over the cases that have a lesion (as the papers report it: TIM/UPA, UML,
+    MT-U-Net), the one definition of validation and test Dice in medloop; NaN when no case has one.
+    Pixels are never pooled across images, so large lesions do not outweigh small ones."""
+    p, t = np.asarray(pred), np.asarray(target)
+    cases = np.flatnonzero(lesion_cases(t, ignore_index))
+    if not cases.size:
+        return float("nan")
+    return float(np.mean([dice(p[i], t[i], ignore_index) for i in cases]))
+
+
+def lesion_iou(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
+    """Mean per-case IoU over the cases that have a lesion (see :func:`lesion_dice`)."""
+    p, t = np.asarray(pred), np.asarray(target)
+    cases = np.flatnonzero(lesion_cases(t, ignore_index))
+    if not cases.size:
+        return float("nan")
+    return float(np.mean([iou(p[i], t[i], ignore_index) for i in cases]))
+
+
+def empty_mask_rate(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
+    """Fraction of the no-lesion cases (e.g. BUSI 'normal') whose predicted mask is empty; NaN if none."""
+    p, t = np.asarray(pred), np.asarray(target)
+    cases = np.flatnonzero(no_lesion_cases(t, ignore_index))
+    if not cases.size:
+        return float("nan")
+    return float(np.mean([not (p[i] > 0).any() for i in cases]))

@@ -61,18 +61,31 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
 
 
 def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
-    """Mean Dice / IoU of the predicted validation masks against the human masks."""
-    from medloop.trainers.metrics import dice, iou
+    """Validation Dice / IoU as training defines them (``lesion_dice``: mean per case over the cases
+    with a lesion) and the share of no-lesion cases predicted empty, from the scored masks."""
+    from medloop.trainers.metrics import empty_mask_rate, lesion_cases, lesion_dice, lesion_iou
 
     store = store_of(ctx)
-    d, j = [], []
+    preds, truths = [], []
     for pred_rel, true_rel in zip(val.mask_paths, val.human_mask):
         if pred_rel and true_rel:
             p, t = store.load_mask(pred_rel), store.load_mask(true_rel)
             if p.shape == t.shape:
-                d.append(dice(p, t))
-                j.append(iou(p, t))
-    return {"dice": float(np.nanmean(d)), "iou": float(np.nanmean(j))} if d else {}
+                preds.append(p)
+                truths.append(t)
+    out: dict[str, float] = {}
+    if not preds:
+        return out
+    # masks differ in size between cases: evaluate case by case, then combine
+    has_lesion = np.array([bool(lesion_cases(t[None])[0]) for t in truths])
+    if has_lesion.any():
+        out["dice"] = float(np.mean([lesion_dice(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if h]))
+        out["iou"] = float(np.mean([lesion_iou(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if h]))
+    empty = [empty_mask_rate(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if not h]
+    empty = [e for e in empty if e == e]
+    if empty:
+        out["empty_rate"] = float(np.mean(empty))
+    return out
 
 
 def seg_calibration(ctx: Any, checkpoint_path: str | None, batch_size: int = 16) -> dict[str, Any]:
