@@ -6,7 +6,8 @@
 (``concurrency = compute.score_actors``, one GPU each when ``compute.use_gpu``), and writes:
 
 * per image into the image store: the predicted mask ``masks/pred/<model_version>/<uid>.png`` and the
-  pixel-uncertainty map ``arrays/umap/<model_version>/<uid>.npy``;
+  pixel-uncertainty map ``arrays/umap/<model_version>/<uid>.npy`` and the lesion-probability map
+  ``arrays/prob/<model_version>/<uid>.npy`` (float16; :func:`prob_map_path` derives it from the umap path);
 * ``Prediction`` rows into the ledger, one bulk insert and one transaction per batch.
 """
 
@@ -22,7 +23,7 @@ import torch
 from sqlalchemy import insert, select
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore
+from medloop.data.imagestore import ImageStore, prob_map_path
 from medloop.ledger.schema import Prediction, Sample
 from medloop.ledger.store import Ledger
 
@@ -104,6 +105,7 @@ def score_arrays(
     for i, uid in enumerate(batch["uid"]):
         mask_paths.append(store.put_mask(f"pred/{model_version}/{uid}", s.pred_mask[i]))
         umap_paths.append(store.put_array(f"umap/{model_version}/{uid}", s.pixel_uncertainty[i].astype(np.float32)))
+        store.put_array(prob_map_path(f"umap/{model_version}/{uid}"), s.fg_prob[i].astype(np.float16))
     out: dict[str, np.ndarray] = {
         "sample_id": np.asarray(batch["sample_id"], np.int64),
         "probs": s.probs.astype(np.float32),

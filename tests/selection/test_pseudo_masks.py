@@ -50,3 +50,16 @@ def test_mean_pixel_uncertainty_feeds_the_gate():
     np.testing.assert_allclose(m, [0.02, 0.2])
     assert mean_pixel_uncertainty(batch[0]) == pytest.approx(0.02)
     np.testing.assert_array_equal(mask_gate(m, 0.05), [True, False])
+
+
+def test_pixel_ups_needs_confidence_and_certainty():
+    pred = np.array([[1, 1, 0, 0]], np.uint8)
+    unc = np.array([[0.01, 0.01, 0.01, 0.5]])
+    prob = np.array([[0.97, 0.6, 0.03, 0.01]])  # pixel 1: certain but not confident
+    mask, ignore = pseudo_mask(pred, unc, 0.05, fg_prob=prob, tau_c=0.9)
+    assert ignore.tolist() == [[False, True, False, True]]
+    assert mask.tolist() == pred.tolist()
+    _, ignore_certainty_only = pseudo_mask(pred, unc, 0.05)
+    assert ignore_certainty_only.tolist() == [[False, False, False, True]]
+    with pytest.raises(ValueError, match="fg_prob"):
+        pseudo_mask(pred, unc, 0.05, fg_prob=np.zeros((2, 2)), tau_c=0.9)

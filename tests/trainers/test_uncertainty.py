@@ -177,3 +177,25 @@ def test_score_batch_evidential():
     assert np.all(np.isfinite(both.vacuity)) and np.all(np.isfinite(both.std))
     with pytest.raises(ValueError):
         score_batch(m, x, method="ensemble")
+
+
+def test_lesion_uncertainty_not_diluted_and_ranks_a_possibly_missed_lesion_high():
+    size = 64
+    pixel = torch.zeros(3, size, size)
+    fg = torch.zeros(3, size, size)
+    pred = torch.zeros(3, size, size, dtype=torch.long)
+    # 0: a predicted lesion (4x4) with uncertainty 0.2 inside, the rest of the large image certain
+    pred[0, 10:14, 10:14] = 1
+    fg[0, 10:14, 10:14] = 0.9
+    pixel[0, 10:14, 10:14] = 0.2
+    # 1: empty prediction, but a 3x3 patch at lesion probability 0.4 with uncertainty 0.3 (a missed lesion?)
+    fg[1, 30:33, 30:33] = 0.4
+    pixel[1, 30:33, 30:33] = 0.3
+    # 2: empty prediction, every pixel sure there is no lesion
+    u = M.lesion_uncertainty(pixel, pred, 0, fg_prob=fg)
+    assert u[0].item() == pytest.approx(0.2)  # not diluted by the 4080 background pixels
+    assert u[1].item() == pytest.approx(0.3)  # measured on the possible lesion
+    assert u[2].item() == 0.0
+    assert u[1] > u[0] > u[2]
+    with_band = M.lesion_uncertainty(pixel, pred, 1, fg_prob=fg)
+    assert with_band[0].item() == pytest.approx(16 * 0.2 / 36)  # 6x6 region with the band

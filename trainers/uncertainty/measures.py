@@ -92,14 +92,34 @@ def image_mean(pixel_map: torch.Tensor) -> torch.Tensor:
     return pixel_map.flatten(1).mean(1)
 
 
-def lesion_uncertainty(pixel_map: torch.Tensor, pred_mask: torch.Tensor, boundary_band: int) -> torch.Tensor:
-    """Mean pixel uncertainty over the predicted lesion + boundary band.
+def possible_lesion(pred_mask: torch.Tensor, fg_prob: torch.Tensor | None, possible: float) -> torch.Tensor:
+    """Pixels that are, or may be, lesion: the predicted lesion plus every pixel whose mean foreground
+    probability reaches ``possible`` (a lesion the model may have missed)."""
+    region = pred_mask > 0
+    if fg_prob is not None:
+        region = region | (fg_prob >= possible)
+    return region
 
-    When no lesion is predicted the region is empty; the whole-image mean is returned
-    instead (so a diffusely uncertain "normal" image still ranks as uncertain).
+
+def lesion_uncertainty(
+    pixel_map: torch.Tensor,
+    pred_mask: torch.Tensor,
+    boundary_band: int,
+    fg_prob: torch.Tensor | None = None,
+    possible: float = 0.1,
+) -> torch.Tensor:
+    """Mean pixel uncertainty over the possible lesion (:func:`possible_lesion`) + its boundary band.
+
+    Not diluted by image size: background the model is sure of does not count. A case whose
+    prediction is empty but where some pixels may be lesion (foreground probability >= ``possible``)
+    is measured on those pixels, so a possibly missed lesion ranks high. When no pixel may be lesion
+    the model is certain there is none: 0. Without ``fg_prob`` (older callers) an empty prediction
+    falls back to the whole-image mean.
     """
-    inside = region_mean(pixel_map, lesion_region(pred_mask, boundary_band))
-    return torch.where(torch.isnan(inside), image_mean(pixel_map), inside)
+    region = dilate(possible_lesion(pred_mask, fg_prob, possible), boundary_band)
+    inside = region_mean(pixel_map, region)
+    fallback = torch.zeros_like(inside) if fg_prob is not None else image_mean(pixel_map)
+    return torch.where(torch.isnan(inside), fallback, inside)
 
 
 def lesion_fraction(pred_mask: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ class BatchScores:
     embedding: np.ndarray | None  # (B, D) float32
     pred_mask: np.ndarray  # (B, H, W) uint8
     pixel_uncertainty: np.ndarray  # (B, H, W) float32
+    fg_prob: np.ndarray  # (B, H, W) float32: mean probability of lesion (any foreground class)
 
     def __len__(self) -> int:
         return int(self.probs.shape[0])
@@ -90,6 +91,7 @@ def score_batch(
     seg_mean = M.mean_probs(s.seg_probs)
     pred_mask = M.predicted_class(seg_mean, dim=1)
     q = seg_mean.shape[1]
+    fg_prob = 1.0 - seg_mean[:, 0]
 
     if s.seg_alpha is not None and method != "mc_dropout":
         pixel = M.vacuity(s.seg_alpha, dim=2).mean(0)
@@ -108,10 +110,11 @@ def score_batch(
         mutual_info=_np(M.mutual_information(s.cls_probs) if mc else nan),
         vacuity=_np(vac),
         margin=_np(M.margin(probs)),
-        seg_uncertainty=_np(M.lesion_uncertainty(pixel, pred_mask, boundary_band)),
+        seg_uncertainty=_np(M.lesion_uncertainty(pixel, pred_mask, boundary_band, fg_prob=fg_prob)),
         seg_uncertainty_image=_np(M.image_mean(pixel)),
         lesion_fraction=_np(M.lesion_fraction(pred_mask)),
         embedding=None if s.embedding is None else _np(s.embedding),
         pred_mask=_np(pred_mask, np.uint8),
         pixel_uncertainty=_np(pixel),
+        fg_prob=_np(fg_prob),
     )

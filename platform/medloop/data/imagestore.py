@@ -29,6 +29,14 @@ def content_hash(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def prob_map_path(umap_path: str) -> str:
+    """Where the lesion-probability map of a scored image lives, derived from its pixel-uncertainty
+    map (``umap/<version>/<uid>`` -> ``prob/<version>/<uid>``, with or without the ``arrays/`` prefix)."""
+    if umap_path.startswith("arrays/"):
+        return "arrays/" + prob_map_path(umap_path[len("arrays/"):])
+    return umap_path.replace("umap/", "prob/", 1)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -57,7 +57,8 @@ class PseudoLabelParams:
 
     ``measure`` names the uncertainty array in ``scores`` used by UPS and to rank within a class when
     balancing; ``tau_u`` is in its units (per measure and head, see ``policies.py``).
-    ``mask_measure`` names the per-image mean pixel uncertainty compared with ``mask_gate``.
+    ``mask_measure`` names the per-image pixel uncertainty compared with ``mask_gate``: by default the
+    mean over the possible lesion and its boundary band (``seg_uncertainty``), not the whole image.
     ``no_lesion_class`` (e.g. the index of "normal"): when set and ``scores`` has ``lesion_fraction``,
     a pseudo-mask is accepted only if it is empty exactly when the predicted class is the no-lesion
     class. A model that confidently predicts an empty mask on a lesion image has low pixel
@@ -70,7 +71,7 @@ class PseudoLabelParams:
     tau_u: float = 0.05
     class_balance: bool = True
     mask_gate: float = 0.05
-    mask_measure: str = "seg_uncertainty_image"
+    mask_measure: str = "seg_uncertainty"
     no_lesion_class: int | None = None
 
     @classmethod

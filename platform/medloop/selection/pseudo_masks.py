@@ -1,10 +1,11 @@
 """Segmentation pseudo-labels: pixel-wise UPS for masks plus an image-level quality gate.
 
-* :func:`pseudo_mask` -- keep the predicted mask, mark pixels whose uncertainty is above
-  ``pixel_tau_u`` (or not finite) as *ignore* (no loss there): Eq. 19's uncertainty factor applied
-  per pixel.
-* :func:`mask_gate` -- image-level decision: the pseudo-mask is used at all only when the image's
-  mean pixel uncertainty is strictly below ``gate``.
+* :func:`pseudo_mask` -- keep the predicted mask, mark pixels that are not both certain
+  (uncertainty <= ``pixel_tau_u``) and confident (``max(p, 1 - p) >= tau_c``) as *ignore* (no loss
+  there): Eq. 19 applied per pixel.
+* :func:`mask_gate` -- image-level decision: the pseudo-mask is used at all only when the mean pixel
+  uncertainty over its possible lesion and boundary band (``seg_uncertainty``) is strictly below
+  ``gate``.
 * :func:`training_target` -- ``(mask, ignore)`` -> the training target of the batch contract
   (``docs/contracts.md``): values {0, 1}, **255 at ignored pixels**.
 
@@ -19,19 +20,31 @@ IGNORE_INDEX = 255
 
 
 def pseudo_mask(
-    pred_mask: np.ndarray, pixel_uncertainty: np.ndarray, pixel_tau_u: float
+    pred_mask: np.ndarray,
+    pixel_uncertainty: np.ndarray,
+    pixel_tau_u: float,
+    fg_prob: np.ndarray | None = None,
+    tau_c: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(mask uint8, ignore bool)``: ``ignore = not (pixel_uncertainty <= pixel_tau_u)``.
+    """``(mask uint8, ignore bool)``: a pixel is kept only when it is certain AND confident.
 
-    Works on one image ``(H, W)`` or a batch ``(B, H, W)``; the mask keeps the predicted values
-    everywhere (ignored pixels included) -- use :func:`training_target` to write 255 there.
+    The UPS rule (Rizve et al., ICLR 2021; Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19) per pixel:
+    kept iff ``pixel_uncertainty <= pixel_tau_u`` and, when ``fg_prob`` (mean lesion probability)
+    and ``tau_c`` are given, ``max(fg_prob, 1 - fg_prob) >= tau_c``. Every other pixel (NaN
+    included) is ignored. Works on one image ``(H, W)`` or a batch ``(B, H, W)``; the mask keeps the
+    predicted values everywhere -- use :func:`training_target` to write 255 at ignored pixels.
     """
     mask = np.asarray(pred_mask)
     unc = np.asarray(pixel_uncertainty)
     if mask.shape != unc.shape:
         raise ValueError(f"pred_mask shape {mask.shape} != pixel_uncertainty shape {unc.shape}")
-    ignore = ~(unc <= pixel_tau_u)  # NaN -> ignore
-    return mask.astype(np.uint8, copy=True), ignore
+    keep = unc <= pixel_tau_u  # NaN -> not kept
+    if fg_prob is not None and tau_c is not None:
+        prob = np.asarray(fg_prob, dtype=np.float32)
+        if prob.shape != mask.shape:
+            raise ValueError(f"pred_mask shape {mask.shape} != fg_prob shape {prob.shape}")
+        keep &= np.maximum(prob, 1.0 - prob) >= tau_c
+    return mask.astype(np.uint8, copy=True), ~keep
 
 
 def mean_pixel_uncertainty(pixel_uncertainty: np.ndarray) -> np.ndarray | float:

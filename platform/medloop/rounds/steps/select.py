@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from medloop.data.imagestore import prob_map_path
 from medloop.ledger.schema import AnnotationTask, Selection
 from medloop.ledger.store import HumanLabelExists, add_pseudo_label, retire_pseudo_labels
 from medloop.selection import (
@@ -37,12 +38,15 @@ def _pseudo_mask_files(ctx: Any, table: ScoreTable, idx: np.ndarray) -> dict[int
     """Write pseudo-mask + ignore map for rows ``idx``; row -> (mask rel, ignore rel)."""
     store = store_of(ctx)
     out: dict[int, tuple[str, str]] = {}
-    tau = ctx.campaign.selection.pixel_tau_u
+    sel = ctx.campaign.selection
     for i in idx.tolist():
         mpath, upath = table.mask_paths[i], table.umap_paths[i]
         if not mpath or not upath:
             continue
-        mask, ignore = pseudo_mask(store.load_mask(mpath), store.load_array(upath), tau)
+        ppath = prob_map_path(upath)
+        prob = store.load_array(ppath).astype(np.float32) if store.path(ppath).exists() else None
+        mask, ignore = pseudo_mask(store.load_mask(mpath), store.load_array(upath), sel.pixel_tau_u,
+                                   fg_prob=prob, tau_c=sel.tau_c)
         uid = table.uids[i]
         out[i] = (store.put_mask(f"pseudo/round-{ctx.round_id}/{uid}", mask),
                   store.put_array(f"ignore/round-{ctx.round_id}/{uid}", ignore))
