@@ -42,7 +42,9 @@ class LoopSettings:
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 4
+    patience: int = 10
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 1
     augment: list[str] = field(default_factory=list)
     amp: bool = True
     channels_last: bool = True
@@ -64,7 +66,8 @@ class LoopSettings:
         base = cls(
             model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
             loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-            weight_decay=c.weight_decay, patience=c.patience, augment=list(c.augment), amp=c.amp,
+            weight_decay=c.weight_decay, patience=c.patience,
+            lr_schedule=c.lr_schedule, warmup_epochs=c.warmup_epochs, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size, channels=campaign.data.channels,
             semi=SemiOptions(
@@ -120,6 +123,27 @@ def _loss_head_options(name: str, settings: LoopSettings, options: dict[str, Any
 def make_optimizer(model: nn.Module, loss_fn: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
     params = list(model.parameters()) + [p for p in loss_fn.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def epoch_lr(settings: LoopSettings, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (0-based) of a round: linear warm-up over ``warmup_epochs``,
+    then cosine decay to 2 % of ``lr`` at the last epoch (Loshchilov & Hutter, SGDR, ICLR 2017);
+    ``constant``: ``lr``. A function of the epoch alone, so a resumed run needs no scheduler state."""
+    lr = settings.lr
+    if settings.lr_schedule == "constant":
+        return lr
+    warm = settings.warmup_epochs
+    if epoch < warm:
+        return lr * (epoch + 1) / (warm + 1)
+    span = max(1, settings.epochs - warm - 1)
+    t = min(1.0, (epoch - warm) / span)
+    floor = 0.02 * lr
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def make_loader(
@@ -390,6 +414,7 @@ def train_plain(
     best_state, best_metrics = None, {}
     for epoch in range(settings.epochs):
         train_loader.dataset.set_epoch(epoch)
+        set_lr(optimizer, epoch_lr(settings, epoch))
         global_step, stats = train_epoch(
             run_model, train_loader, loss_fn, optimizer, device=device, global_step=global_step,
             amp=settings.amp, channels_last=settings.channels_last, semi=semi, epoch=epoch,
@@ -399,7 +424,7 @@ def train_plain(
             pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
                            channels_last=settings.channels_last)
             metrics = validation_metrics(pred, len(settings.classes))
-        row = {"epoch": epoch + 1, "global_step": global_step, **stats, **metrics}
+        row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)
         if stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1):
             best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}

@@ -38,6 +38,8 @@ from .plain import (
     make_loss,
     make_optimizer,
     make_semi,
+    epoch_lr,
+    set_lr,
     maybe_compile,
     predict,
     prepare_for_device,
@@ -194,6 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if stopped:
             break
         train_loader.dataset.set_epoch(epoch) if hasattr(train_loader, "dataset") else None
+        set_lr(optimizer, epoch_lr(settings, epoch))
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         global_step, stats = train_epoch(
@@ -206,7 +209,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            channels_last=settings.channels_last)
             metrics = validation_metrics(_gather(pred), len(settings.classes))
         images = float(stats.pop("images")) * world
-        row = {"epoch": epoch + 1, "global_step": global_step, "images": images, **stats, **metrics}
+        row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), "images": images,
+               **stats, **metrics}
         if SCORE_METRIC not in row:
             row[SCORE_METRIC] = -row.get("loss", 0.0)
         row = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in row.items()}

@@ -164,7 +164,11 @@ class ComputeConfig(_Section):
     batch_size: int = Field(16, ge=1, description="per-worker batch size")
     lr: float = Field(2e-3, gt=0.0, description="learning rate (AdamW)")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-    patience: int = Field(4, ge=1, description="early stopping patience (epochs)")
+    patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="learning rate over a round's epochs: cosine decay after warm-up, or constant"
+    )
+    warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warm-up at the start of a round")
     augment: list[str] = Field(default_factory=lambda: ["flip", "rotate", "intensity"], description="augmentations")
     amp: bool = Field(True, description="bf16 autocast on GPU")
     channels_last: bool = Field(True, description="channels_last memory format on GPU")
