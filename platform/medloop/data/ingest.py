@@ -53,6 +53,8 @@ class IngestReport:
     splits: dict[str, int] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    duplicate_groups: int = 0  # near-duplicate groups (>= 2 images) among the added cases and their matches
+    duplicate_images: int = 0  # images in those groups
 
     def summary(self) -> str:
         lines = [
@@ -63,6 +65,11 @@ class IngestReport:
             lines.append("  splits: " + ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items())))
         if self.classes:
             lines.append("  classes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.classes.items())))
+        if self.duplicate_groups:
+            lines.append(
+                f"  near-duplicates: {self.duplicate_groups} groups, {self.duplicate_images} images, "
+                "each kept inside one split"
+            )
         lines += [f"  skipped {b}" for b in self.bad]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -189,8 +196,6 @@ def ingest(
 
 
 def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report: IngestReport, bar) -> None:
-    from .splits import assign_splits
-
     with ledger.reading() as s:
         known = set(s.scalars(select(Sample.content_hash)))
     new: dict[str, Prepared] = {}
@@ -205,9 +210,8 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
         by_image[p.image_hash] = p
         new[p.case_hash] = p
     cases = sorted(new.values(), key=lambda p: p.case_hash)  # file order never changes the split
-    d = campaign.data
-    splits = assign_splits([_stratum(p) for p in cases], d.split, d.unlabeled_fraction, d.seed)
     store = ImageStore(campaign.store)
+    splits = _split_cases(campaign, ledger, store, cases, report)
     paths: list[tuple[str, str | None]] = []
     for p in _track(bar, cases, len(cases), "storing images"):
         img_rel = store.put_image(p.uid, p.image)
@@ -238,6 +242,50 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
+
+
+def _split_cases(
+    campaign: Campaign, ledger: Ledger, store: ImageStore, cases: list[Prepared], report: IngestReport
+) -> list[str]:
+    """Splits of the new cases, near-duplicates kept together (``data.duplicate_threshold``).
+
+    A new case that is a near-duplicate of a case already in the ledger takes that case's split
+    (when an older ingest left a group across splits: its most common split, ties by name; an
+    unlabeled case joining "train" goes to "pool", the same side); the other new cases are split
+    group-wise by ``assign_splits``. Existing images are read from the store only when there is
+    something new.
+    """
+    from .duplicates import group_stats, near_duplicate_groups
+    from .splits import assign_splits
+
+    d = campaign.data
+    if not cases:
+        return []
+    with ledger.reading() as s:
+        existing = s.execute(select(Sample.image_path, Sample.split).order_by(Sample.id)).all()
+    images = [p.image for p in cases] + [store.load_image(path) for path, _ in existing]
+    groups = near_duplicate_groups(images, d.duplicate_threshold)
+    n = len(cases)
+    known: dict[int, Counter] = {}
+    for g, (_, split) in zip(groups[n:], existing):
+        known.setdefault(int(g), Counter())[split] += 1
+    new_groups = groups[:n]
+    joined = {i: int(g) for i, g in enumerate(new_groups) if int(g) in known}
+    free = [i for i in range(n) if i not in joined]
+    free_splits = assign_splits(
+        [_stratum(cases[i]) for i in free], d.split, d.unlabeled_fraction, d.seed, [int(new_groups[i]) for i in free]
+    )
+    out = [""] * n
+    for i, split in zip(free, free_splits):
+        out[i] = split
+    for i, g in joined.items():
+        split = min(known[g].items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        out[i] = "pool" if split == "train" and _stratum(cases[i]) is None else split  # train side either way
+    # count the groups that hold a new case (with their existing members)
+    touched = set(int(g) for g in new_groups)
+    in_touched = [int(g) for g in groups if int(g) in touched]
+    report.duplicate_groups, report.duplicate_images = group_stats(np.unique(in_touched, return_inverse=True)[1])
+    return out
 
 
 def _stratum(p: Prepared) -> str | None:
