@@ -233,10 +233,13 @@ def concat(a: Any, b: Any) -> Any:
 
 
 def heads_for(model: str, head: str | None = None) -> tuple[str, str]:
-    """(cls_head, seg_head): uml is evidential by design (seed 000); others softmax unless ``head`` says."""
+    """(cls_head, seg_head): the model's own heads, as in the product (``default_heads`` of the model
+    class: uml evidential, the others softmax); ``head`` sets the classification head (softmax masks)."""
+    from medloop.trainers.models import default_heads
+
     if head:
         return head, "softmax"
-    return ("evidential", "evidential") if model == "uml" else ("softmax", "softmax")
+    return default_heads(model)
 
 
 def loop_settings(model: str, *, size: int, width: int, epochs: int, batch_size: int = 16, lr: float = 2e-3,

@@ -31,13 +31,15 @@ class CheckpointError(RuntimeError):
 
 
 def model_spec(campaign: Campaign, **override: Any) -> dict[str, Any]:
-    """The registry name and builder options of the campaign's model (``override`` wins)."""
+    """The registry name and builder options of the campaign's model (``override`` wins).
+
+    ``model.depth`` unset (None) is left out, so the builder uses the model's own depth."""
     m = campaign.model
     options: dict[str, Any] = {
         "in_channels": campaign.data.channels,
         "num_classes": len(campaign.data.classes),
         "width": m.width,
-        "depth": m.depth,
+        **({"depth": m.depth} if m.depth is not None else {}),
         "dropout": m.dropout,
         "dropout_placement": tuple(m.dropout_placement),
         **m.options,

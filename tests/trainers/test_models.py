@@ -266,3 +266,64 @@ def test_uml_loss_trains_the_uml_model() -> None:
     assert torch.isfinite(total) and total.requires_grad
     total.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# --- per-model defaults: heads and depth (unset in the campaign = the model's own) ----------------
+
+DEFAULTS = {  # name -> ((cls_head, seg_head), depth of the paper-sized model)
+    "jrl": (("softmax", "softmax"), 5),
+    "mttu": (("softmax", "softmax"), 3),
+    "mtunet": (("softmax", "softmax"), 4),
+    "tim_upa": (("softmax", "softmax"), 4),
+    "uml": (("evidential", "evidential"), 3),  # Ren, Zou et al., UML, MICCAI 2023: evidential by design
+}
+
+
+def test_default_heads_and_depth_live_on_the_model_classes() -> None:
+    import inspect
+
+    from medloop.trainers.models import default_heads, model_class, resolve_heads
+
+    assert sorted(DEFAULTS) == MODELS.names()
+    for name, (heads, depth) in DEFAULTS.items():
+        cls = model_class(name)
+        assert issubclass(cls, JointModel)
+        assert default_heads(name) == heads == tuple(cls.default_heads)
+        assert inspect.signature(cls).parameters["depth"].default == depth
+    assert resolve_heads("uml", "softmax", None) == ("softmax", "evidential")  # what the campaign sets wins
+    assert resolve_heads("mtunet", None, "evidential") == ("softmax", "evidential")
+    with pytest.raises(UnknownNameError):
+        default_heads("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_campaign_defaults_train_and_score_with_the_models_own_heads_and_depth(name: str) -> None:
+    from medloop.config import Campaign
+    from medloop.trainers.checkpoints import build_model, model_spec
+    from medloop.trainers.plain import LoopSettings, make_loss
+
+    heads, depth = DEFAULTS[name]
+    c = Campaign.model_validate({"model": {"name": name, "width": 4, "options": {"image_size": HW}
+                                           if name == "mttu" else {}}})
+    assert (c.model.cls_head, c.model.seg_head, c.model.depth) == (None, None, None)
+    assert "depth" not in model_spec(c)["options"]  # the builder's own depth
+    s = LoopSettings.from_campaign(c)
+    assert (s.cls_head, s.seg_head) == heads
+    assert (s.meta()["cls_head"], s.meta()["seg_head"]) == heads  # the checkpoint meta that scoring reads
+    model = build_model(s.model)
+    assert model.depth == depth
+    loss = make_loss(model, s)
+    assert (loss.cls_head, loss.seg_head) == heads  # uml: evidential loss with its KL term
+
+
+def test_campaign_heads_and_depth_override_the_model() -> None:
+    from medloop.config import Campaign
+    from medloop.trainers.checkpoints import model_spec
+    from medloop.trainers.plain import LoopSettings
+
+    c = Campaign.model_validate({"model": {"name": "uml", "cls_head": "softmax", "depth": 2}})
+    assert model_spec(c)["options"]["depth"] == 2
+    s = LoopSettings.from_campaign(c)
+    assert (s.cls_head, s.seg_head) == ("softmax", "evidential")
+    s = LoopSettings.from_campaign(Campaign.model_validate({"model": {"cls_head": "evidential"}}))
+    assert (s.cls_head, s.seg_head) == ("evidential", "softmax")

@@ -37,7 +37,39 @@ def build(
     )
 
 
+def model_class(name: str) -> type[JointModel]:
+    """The :class:`JointModel` subclass that model ``name`` builds (registered factories are
+    annotated with it; a registered class is returned as is)."""
+    import typing
+
+    factory = MODELS.get(name)
+    if isinstance(factory, type):
+        return factory
+    cls = typing.get_type_hints(factory).get("return")
+    if not (isinstance(cls, type) and issubclass(cls, JointModel)):
+        raise TypeError(f"model {name!r}: its factory must be annotated '-> <JointModel subclass>'")
+    return cls
+
+
+def default_heads(name: str) -> tuple[str, str]:
+    """(cls_head, seg_head) of model ``name`` when the campaign leaves them unset (class attribute
+    ``default_heads``: evidential for ``uml``, softmax for the others)."""
+    cls_head, seg_head = model_class(name).default_heads
+    return str(cls_head), str(seg_head)
+
+
+def resolve_heads(name: str, cls_head: str | None = None, seg_head: str | None = None) -> tuple[str, str]:
+    """The heads a campaign trains and scores with: the ones it sets, else the model's defaults.
+
+    The one place where ``model.cls_head`` / ``model.seg_head`` = None is resolved (training
+    settings, checkpoint meta -> scoring, and the campaign's load-time cross-checks)."""
+    if cls_head is not None and seg_head is not None:
+        return cls_head, seg_head
+    d_cls, d_seg = default_heads(name)
+    return cls_head or d_cls, seg_head or d_seg
+
+
 # register the model families (import order = registration order)
 from . import jrl, mttu, mtunet, tim_upa, uml  # noqa: E402,F401
 
-__all__ = ["MODELS", "build", "JointModel", "JointOutput", "count_parameters"]
+__all__ = ["MODELS", "build", "model_class", "default_heads", "resolve_heads", "JointModel", "JointOutput", "count_parameters"]

@@ -43,6 +43,9 @@ class JointModel(nn.Module):
 
     #: name of the composite loss in ``medloop.trainers.losses.LOSSES`` used by default
     default_loss: str = "mtunet"
+    #: (classification head, segmentation head) the model trains and scores with when the campaign
+    #: leaves ``model.cls_head`` / ``model.seg_head`` unset: "softmax" | "evidential"
+    default_heads: tuple[str, str] = ("softmax", "softmax")
 
     def encode(self, x: torch.Tensor) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -52,6 +52,9 @@ class UMLNet(JointModel):
     """Dual backbone + mutual feature decoder + Uncertainty Navigator + Instructor (seed 000)."""
 
     default_loss = "uml"
+    #: UML is evidential by design: subjective-logic opinions for the class and every pixel
+    #: (Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2), trained with its evidential loss (Eq. 6-9)
+    default_heads = ("evidential", "evidential")
 
     def __init__(
         self, *, in_channels: int = 1, num_classes: int = 3, width: int = 16, depth: int = 3,
