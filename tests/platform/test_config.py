@@ -79,3 +79,79 @@ def test_unknown_policy_or_acquisition_is_named(tmp_path: Path) -> None:
     msg = str(exc.value)
     assert "selection.policy" in msg and "'upss'" in msg and "cpl, none, pl, ups" in msg
     assert "selection.acquisition" in msg and "'coreset'" in msg and "bald" in msg
+
+
+def test_model_heads_and_depth_default_to_the_models_own() -> None:
+    from medloop.config import model_heads
+
+    m = Campaign().model
+    assert (m.cls_head, m.seg_head, m.depth) == (None, None, None)
+    assert model_heads(m) == ("softmax", "softmax")
+    assert model_heads(Campaign.model_validate({"model": {"name": "uml"}}).model) == ("evidential", "evidential")
+    assert model_heads(Campaign.model_validate({"model": {"name": "uml", "seg_head": "softmax"}}).model) == (
+        "evidential", "softmax")
+    with pytest.raises(ConfigError, match="model.depth"):
+        load_campaign(None, model={"depth": 9})
+
+
+def test_default_acquisition_uses_both_tasks() -> None:
+    c = Campaign()
+    assert c.selection.acquisition == "hybrid"
+    assert (c.selection.measure, c.uncertainty.method) == ("std", "mc_dropout")  # the default pair stays valid
+
+
+def _load(tmp_path: Path, text: str) -> Campaign:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    return load_campaign(f)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[uncertainty]\nmethod = "evidential"\n',  # default measure std
+         'selection.measure = "std" needs MC-dropout passes, but uncertainty.method = "evidential" gives none; '
+         'use entropy, or uncertainty.method = "mc_dropout" | "both"'),
+        ('[uncertainty]\nmethod = "evidential"\n[selection]\nmeasure = "mutual_info"\n',
+         'selection.measure = "mutual_info" needs MC-dropout passes'),
+        ('[uncertainty]\nmethod = "evidential"\n[selection]\nmeasure = "entropy"\nacquisition = "bald"\n',
+         'selection.acquisition = "bald" needs MC-dropout passes, but uncertainty.method = "evidential" gives none'),
+        ('[model]\nname = "uml"\n[uncertainty]\nmethod = "evidential"\n',  # uml: vacuity is suggested
+         'selection.measure = "std" needs MC-dropout passes, but uncertainty.method = "evidential" gives none; '
+         'use entropy or vacuity, or uncertainty.method = "mc_dropout" | "both"'),
+        ('[selection]\nmeasure = "vacuity"\n',
+         'selection.measure = "vacuity" needs an evidential classification head, but model "mtunet" has a '
+         'softmax classification head (model.cls_head unset)'),
+        ('[selection]\nacquisition = "vacuity"\n',
+         'selection.acquisition = "vacuity" needs an evidential classification head'),
+        ('[model]\nname = "uml"\ncls_head = "softmax"\n[selection]\nmeasure = "vacuity"\n',
+         'selection.measure = "vacuity" needs an evidential classification head, but model.cls_head = "softmax"'),
+    ],
+)
+def test_measures_that_the_method_or_head_cannot_give_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    msg = str(exc.value)
+    assert str(tmp_path / "c.toml") in msg and expected in msg
+    assert "(got" not in msg  # the cross-check names the keys, not the whole campaign
+
+
+def test_both_problems_are_named_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, '[uncertainty]\nmethod = "evidential"\n[selection]\nmeasure = "std"\nacquisition = "bald"\n')
+    assert 'selection.measure = "std"' in str(exc.value) and 'selection.acquisition = "bald"' in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[model]\nname = "uml"\n[selection]\nmeasure = "vacuity"\nacquisition = "vacuity"\n',  # uml is evidential
+        '[model]\nname = "uml"\n[uncertainty]\nmethod = "evidential"\n[selection]\nmeasure = "vacuity"\n',
+        '[model]\ncls_head = "evidential"\n[uncertainty]\nmethod = "both"\n'
+        '[selection]\nmeasure = "mutual_info"\nacquisition = "vacuity"\n',
+        '[uncertainty]\nmethod = "evidential"\n[selection]\nmeasure = "entropy"\nacquisition = "hybrid"\n',
+        '[selection]\nmeasure = "mutual_info"\nacquisition = "bald"\n',
+    ],
+)
+def test_measures_that_exist_are_accepted(tmp_path: Path, text: str) -> None:
+    _load(tmp_path, text)
