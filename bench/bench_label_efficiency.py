@@ -1,212 +1,310 @@
-"""Label efficiency: active learning with each acquisition function vs random, with and without UPS.
+"""Label efficiency of medloop itself: real campaigns, one per arm and seed, run round by round.
 
-Per seed: stratified 70/15/15 split; ``--init-fraction`` of the training split starts labeled, the rest
-is the pool. Round 0 trains on the initial labels (shared by every arm of that seed). Each round then
-scores the pool (``score_batch``, MC-dropout T passes), queues ``--budget`` cases with
-``medloop.selection.acquisition_scores`` + ``build_queue``, the oracle answers them from the hidden truth
-(class + mask), optionally adds UPS pseudo-labels (``decide_pseudo_labels``, decided again every
-round) and trains again (plain loop, warm start). Every arm gets the same annotation budget per round.
-Test Dice and accuracy are recorded against the number of human labels; mean and std over seeds.
+Every arm is a small set of campaign overrides (``ARMS``) on shared settings; the product runs the
+rounds (``bench/campaign_runner.py``: ``medloop.data.ingest.ingest`` once, then
+``medloop.rounds.orchestrator.run_round`` with the oracle answering the queue from the hidden truth),
+and after every round the round's checkpoint is evaluated on the test split. Result files:
+``bench/results/label_efficiency/<arm>-s<seed>.json`` (one row per round, rewritten after each round;
+a rerun continues where it stopped). ``--summarise`` reads them all and writes
+``bench/results/label_efficiency_busi.json`` + ``.png`` and prints a markdown table.
 
-Full-label reference per seed: the same model trained from scratch on every training label for
-``epochs * (rounds + 1)`` epochs (the total the active-learning runs get). Headline: the fewest human
-labels at which an arm's mean test Dice and accuracy both reach 95 % of the full-label mean.
+Arms (``--arms``, comma list):
 
-    .venv/bin/python bench/bench_label_efficiency.py [--dataset synthetic|busi] [--seeds 0,1,2] \
-        [--acquisitions random,entropy,bald,margin,seg_uncertainty,hybrid] [--pseudo none,ups] \
-        [--rounds 4] [--budget 16] [--init-fraction 0.1] [--size 32] [--width 4] [--epochs 2]
+* ``full``: the reference, every training and validation label (``data.unlabeled_fraction = 0``), one
+  round of ``--full-epochs`` epochs;
+* ``random``: random acquisition, no pseudo-label;
+* ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
+* ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
+* ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``;
+* ``entropy``, ``seg_uncertainty``: other acquisitions, no pseudo-label;
+* ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
+  (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
+
+"No pseudo-label" is ``selection.policy = "none"`` with ``selection.mask_gate = 0`` (pseudo-masks are
+decided by the mask gate, separately from the class policy). Shared settings: ``--size 128``, mtunet
+width 16, ``--epochs 30`` per round, ``--rounds 5``, ``--budget 18`` cases queued per round,
+``data.split = 0.80,0.05,0.15`` (validation labels count as human labels, so validation is small),
+``--init-labels 22`` labelled training cases at the start; ``data.seed = compute.seed = selection.seed``
+= the seed, so every arm of a seed has the same split and test set. Everything else is the product
+default (Ray Train workers, MC passes, thresholds, gates, MLflow).
+
+    .venv/bin/python bench/bench_label_efficiency.py --arms full,hybrid --seeds 0,1,2
+    .venv/bin/python bench/bench_label_efficiency.py --summarise
+    .venv/bin/python bench/bench_label_efficiency.py --dataset synthetic --size 32 --width 4 --epochs 1 \\
+        --rounds 2 --budget 8 --init-labels 12 --seeds 0 --set compute.num_workers=0   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+import campaign_runner as R  # noqa: E402
+
+BENCH = "label_efficiency"
+FULL = "full"
+NO_PSEUDO = {"policy": "none", "mask_gate": 0.0}
+
+#: arm -> campaign overrides on the shared settings (FULL also gets one round of --full-epochs epochs)
+ARMS: dict[str, dict[str, Any]] = {
+    FULL: {"data": {"unlabeled_fraction": 0.0}, "selection": dict(NO_PSEUDO)},
+    "random": {"selection": {"acquisition": "random", **NO_PSEUDO}},
+    "hybrid": {"selection": {"acquisition": "hybrid", **NO_PSEUDO}},
+    "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
+    "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
+    "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},
+    "seg_uncertainty": {"selection": {"acquisition": "seg_uncertainty", **NO_PSEUDO}},
+    "pl": {"selection": {"policy": "pl", "budget": 0, "audit_fraction": 0.0}},
+    "cpl": {"selection": {"policy": "cpl", "budget": 0, "audit_fraction": 0.0}},
+    "ups": {"selection": {"policy": "ups", "budget": 0, "audit_fraction": 0.0}},
+}
+DEFAULT_ARMS = "full,random,hybrid,hybrid_ups,hybrid_ups_semi"
+#: per-round summary keys: (name in the summary, where in a row)
+SUMMARY_KEYS = {
+    "human_labels": ("human_labels",), "dice": ("test", "dice"), "accuracy": ("test", "accuracy"),
+    "iou": ("test", "iou"), "hd95": ("test", "hd95"), "f1": ("test", "f1"), "ece": ("test", "ece"),
+    "empty_rate": ("test", "empty_rate"), "pseudo_labels": ("pseudo_labels",), "pseudo_masks": ("pseudo_masks",),
+    "pseudo_precision": ("pseudo_precision",), "pseudo_mask_dice": ("pseudo_mask_dice",),
+}
 
 
-def plot(summary: list[dict], full: dict, path: Path) -> None:
+def arm_plan(arm: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """(campaign overrides, rounds) of an arm."""
+    if arm not in ARMS:
+        raise SystemExit(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
+    over = json.loads(json.dumps(ARMS[arm]))
+    if arm == FULL:
+        return R.deep_merge(over, {"compute": {"epochs": args.full_epochs}}), 1
+    return over, args.rounds
+
+
+def plan_runs(args: argparse.Namespace, arms: list[str], seeds: list[int]) -> list[R.ArmRun]:
+    out_dir, res_dir = R.folders(args, BENCH)
+    n_cases = R.count_cases(args.dataset, args.busi, args.n_synthetic)
+    train_count = R.expected_train_count(n_cases, args.split)
+    runs = []
+    for seed in seeds:
+        for arm in arms:
+            over, rounds = arm_plan(arm, args)
+            runs.append(R.make_run(args, arm, seed, over, rounds, out_dir=out_dir, results_dir=res_dir,
+                                   prefix="le", train_count=train_count, init_labels=args.init_labels))
+    return runs
+
+
+def run(args: argparse.Namespace, extras: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    meta = {"bench": BENCH, "command": R.command_line(), "machine": R.machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results = []
+    for r in plan_runs(args, arms, R.seeds_of(args)):
+        print(f"== {r.arm} seed {r.seed}: {r.rounds} round(s) in {r.folder} -> {r.result_file}", file=sys.stderr)
+        results.append(R.run_arm(r, extras=extras, meta=meta, echo=lambda s: print(s, file=sys.stderr)))
+    return results
+
+
+# ---- summary ------------------------------------------------------------------------------------------
+
+
+def _get(row: dict[str, Any], path: tuple[str, ...]) -> Any:
+    v: Any = row
+    for p in path:
+        v = v.get(p) if isinstance(v, dict) else None
+    return v
+
+
+def arm_rounds(files: list[dict[str, Any]], arm: str) -> list[dict[str, Any]]:
+    """Per round of ``arm``: mean and std over seeds of every SUMMARY_KEYS value, and the seeds."""
+    by_round: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for f in files:
+        if f["arm"] == arm:
+            for row in f["rows"]:
+                by_round.setdefault(int(row["round"]), []).append((int(f["seed"]), row))
+    out = []
+    for rnd in sorted(by_round):
+        rows = by_round[rnd]
+        entry: dict[str, Any] = {"round": rnd, "seeds": sorted(s for s, _ in rows)}
+        for key, path in SUMMARY_KEYS.items():
+            m, s = R.mean_std(_get(r, path) for _, r in rows)
+            entry[key], entry[f"{key}_std"] = m, s
+        entry["per_seed"] = {str(s): {"human_labels": r.get("human_labels"), "dice": _get(r, ("test", "dice")),
+                                      "accuracy": _get(r, ("test", "accuracy"))} for s, r in rows}
+        out.append(entry)
+    return out
+
+
+def labels_to_95(rounds: list[dict[str, Any]], full: dict[str, Any]) -> dict[str, Any] | None:
+    """The fewest mean human labels at which the mean test Dice AND accuracy reach 95 % of the full-label means."""
+    if full.get("dice") is None or full.get("accuracy") is None or not full.get("human_labels"):
+        return None
+    hits = [r for r in rounds if r["dice"] is not None and r["accuracy"] is not None and r["human_labels"]
+            and r["dice"] >= 0.95 * full["dice"] and r["accuracy"] >= 0.95 * full["accuracy"]]
+    if not hits:
+        return None
+    best = min(hits, key=lambda r: r["human_labels"])
+    return {"round": best["round"], "human_labels": best["human_labels"],
+            "fraction": best["human_labels"] / full["human_labels"]}
+
+
+def gain_at(summary: dict[str, list[dict[str, Any]]], full: dict[str, Any], a: str = "hybrid_ups_semi",
+            b: str = "hybrid", fractions: tuple[float, ...] = (0.10, 0.20)) -> dict[str, Any]:
+    """Test Dice of ``a`` minus ``b`` at the rounds whose mean human labels are nearest to each fraction of
+    the reference's labels; mean and std over the seeds both arms have at those rounds."""
+    out: dict[str, Any] = {}
+    if a not in summary or b not in summary or not full.get("human_labels"):
+        return out
+    for f in fractions:
+        target = f * full["human_labels"]
+        pick = {}
+        for arm in (a, b):
+            rs = [r for r in summary[arm] if r["human_labels"] is not None]
+            pick[arm] = min(rs, key=lambda r: (abs(r["human_labels"] - target), r["round"])) if rs else None
+        if pick[a] is None or pick[b] is None:
+            out[f"{round(f * 100)}%"] = None
+            continue
+        common = sorted(set(pick[a]["per_seed"]) & set(pick[b]["per_seed"]), key=int)
+        diffs = {s: pick[a]["per_seed"][s]["dice"] - pick[b]["per_seed"][s]["dice"] for s in common
+                 if pick[a]["per_seed"][s]["dice"] is not None and pick[b]["per_seed"][s]["dice"] is not None}
+        m, sd = R.mean_std(diffs.values())
+        out[f"{round(f * 100)}%"] = {
+            "target_human_labels": target,
+            a: {"round": pick[a]["round"], "human_labels": pick[a]["human_labels"], "dice": pick[a]["dice"]},
+            b: {"round": pick[b]["round"], "human_labels": pick[b]["human_labels"], "dice": pick[b]["dice"]},
+            "dice_gain": m, "dice_gain_std": sd, "per_seed": diffs,
+        }
+    return out
+
+
+def plot(summary: dict[str, list[dict[str, Any]]], full: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    arms = list(dict.fromkeys((r["acquisition"], r["pseudo"]) for r in summary))
-    for (acq, ps) in arms:
-        rs = sorted([r for r in summary if r["acquisition"] == acq and r["pseudo"] == ps], key=lambda r: r["n_human"])
-        x = [r["n_human"] for r in rs]
+    for arm, rounds in summary.items():
+        rs = [r for r in rounds if r["human_labels"] is not None]
+        if not rs:
+            continue
+        x = np.array([r["human_labels"] for r in rs])
         for ax, key in zip(axes, ("dice", "accuracy")):
-            m = np.array([r[f"{key}_mean"] for r in rs])
-            s = np.array([r[f"{key}_std"] for r in rs])
-            ls = "-" if ps == "none" else "--"
-            line, = ax.plot(x, m, ls, marker="o", ms=3, label=f"{acq}{' + UPS' if ps == 'ups' else ''}")
+            m = np.array([np.nan if r[key] is None else r[key] for r in rs], float)
+            s = np.array([0.0 if r[f"{key}_std"] is None else r[f"{key}_std"] for r in rs], float)
+            line, = ax.plot(x, m, marker="o", ms=3, label=arm)
             ax.fill_between(x, m - s, m + s, alpha=0.12, color=line.get_color())
-    for ax, key, title in zip(axes, ("dice", "accuracy"), ("test Dice", "test accuracy")):
-        ax.axhline(full[f"{key}_mean"], color="k", lw=1, label="all labels")
-        ax.axhline(0.95 * full[f"{key}_mean"], color="k", lw=1, ls=":", label="95 % of all labels")
-        ax.set_xlabel("human labels")
-        ax.set_title(title)
+    for ax, key, name in zip(axes, ("dice", "accuracy"), ("test Dice", "test accuracy")):
+        if full.get(key) is not None:
+            ax.axhline(full[key], color="k", lw=1, label=f"all labels ({R.fmt(full.get('human_labels'), 0)})")
+            ax.axhline(0.95 * full[key], color="k", lw=1, ls=":", label="95 % of all labels")
+        ax.set_xlabel("human labels (training + validation)")
+        ax.set_title(name)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_data_args(ap, default="synthetic")
-    ap.add_argument("--model", default="mtunet")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--acquisitions", default="random,entropy,bald,margin,seg_uncertainty,hybrid",
-                    help="vacuity needs an evidential head (--head evidential)")
-    ap.add_argument("--pseudo", default="none,ups")
-    ap.add_argument("--head", default="softmax", help="classification head: softmax or evidential")
-    ap.add_argument("--min-val-dice", type=float, default=0.5,
-                    help="segmentation gate: no UPS pseudo-masks while the model's validation Dice is below (0 = off)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--budget", type=int, default=16, help="human labels added per round")
-    ap.add_argument("--init-fraction", type=float, default=0.1)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of round 0 and of every round")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--passes", type=int, default=10)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    C.set_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    acqs = [a.strip() for a in args.acquisitions.split(",") if a.strip()]
-    pseudos = [p.strip() for p in args.pseudo.split(",") if p.strip()]
+def markdown(summary: dict[str, list[dict[str, Any]]], full: dict[str, Any]) -> str:
+    def pm(r: dict[str, Any], k: str) -> str:
+        m, s = r.get(k), r.get(f"{k}_std")
+        return "-" if m is None else (R.fmt(m) if not s else f"{R.fmt(m)} ± {R.fmt(s)}")
 
-    data = C.load_data(args, args.size)
-    out_dir = Path(args.out) if args.out else C.RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["| arm | round | human labels | Dice | accuracy | ECE | pseudo precision | pseudo-mask Dice | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if full:
+        lines.append(f"| {FULL} | 1 | {R.fmt(full.get('human_labels'), 1)} | {pm(full, 'dice')} | "
+                     f"{pm(full, 'accuracy')} | {pm(full, 'ece')} | - | - | {len(full.get('seeds', []))} |")
+    for arm, rounds in summary.items():
+        for r in rounds:
+            lines.append(f"| {arm} | {r['round']} | {R.fmt(r['human_labels'], 1)} | {pm(r, 'dice')} | "
+                         f"{pm(r, 'accuracy')} | {pm(r, 'ece')} | {pm(r, 'pseudo_precision')} | "
+                         f"{pm(r, 'pseudo_mask_dice')} | {len(r['seeds'])} |")
+    return "\n".join(lines)
 
-    def settings(seed: int, epochs: int):
-        return C.loop_settings(args.model, size=args.size, width=args.width, epochs=epochs, batch_size=args.batch_size,
-                               lr=args.lr, seed=seed, cls_head=args.head)
 
-    from medloop.selection import acquisition_scores, build_queue, segmentation_gate
-
-    runs, fulls = [], []
-    for seed in seeds:
-        sp = C.split(data.labels, seed)
-        val = C.arrays(data, sp["val"])
-        s = settings(seed, args.epochs * (args.rounds + 1))
-        m_full, info = C.train(s, C.arrays(data, sp["train"]), val, args.device)
-        fulls.append({"seed": seed, "n_human": len(sp["train"]), **C.evaluate(m_full, data, sp["test"], device=args.device,
-                                                                              cls_head=s.cls_head, with_hd95=False)})
-        print("full", fulls[-1], file=sys.stderr)
-        init, _ = C.stratified_subset(data.labels, sp["train"], args.init_fraction, seed)
-        s = settings(seed, args.epochs)
-        model0, info0 = C.train(s, C.arrays(data, init), val, args.device)
-        state0 = C.state_of(model0)
-        test0 = C.evaluate(model0, data, sp["test"], device=args.device, cls_head=s.cls_head, with_hd95=False)
-        for acq in acqs:
-            for ps in pseudos:
-                labeled = set(init.tolist())
-                model, state, val_dice = model0, state0, info0.get("val_dice")
-                runs.append({"seed": seed, "acquisition": acq, "pseudo": ps, "round": 0, "n_human": len(labeled),
-                             "n_pseudo": 0, **test0})
-                for r in range(1, args.rounds + 1):
-                    pool = np.asarray(sorted(set(sp["train"].tolist()) - labeled), np.int64)
-                    if len(pool) == 0:
-                        break
-                    sc = C.score_pool(model, data.images[pool], device=args.device, passes=args.passes,
-                                      cls_head=args.head)
-                    a = acquisition_scores(acq, sc, **({"seed": seed * 1000 + r} if acq == "random" else {}))
-                    q = build_queue(a, np.ones(len(pool), bool), args.budget)
-                    labeled |= set(pool[q].tolist())  # the oracle answers from the hidden truth
-                    train_arr = C.arrays(data, sorted(labeled))
-                    n_pseudo = 0
-                    if ps == "ups":
-                        rest = np.setdiff1d(np.arange(len(pool)), q)
-                        if len(rest):
-                            sub = {k: v[rest] for k, v in sc.items()}
-                            counts = np.bincount(data.labels[sorted(labeled)], minlength=len(C.CLASSES))
-                            allow_masks, _ = segmentation_gate(val_dice, args.min_val_dice)
-                            pl = C.pseudo_labels(sub, counts, "ups", allow_masks=allow_masks)
-                            use = pl["accept_class"] | pl["accept_mask"]
-                            n_pseudo = int(use.sum())
-                            if n_pseudo:
-                                train_arr = C.concat(train_arr, C.arrays(
-                                    data, pool[rest][use], labels=np.where(pl["accept_class"], pl["pseudo_class"], -1)[use],
-                                    masks=pl["target_mask"][use], kind="pseudo"))
-                    model, info = C.train(s, train_arr, val, args.device, init_state=state)
-                    val_dice = info.get("val_dice")
-                    state = C.state_of(model)
-                    test = C.evaluate(model, data, sp["test"], device=args.device, cls_head=s.cls_head, with_hd95=False)
-                    runs.append({"seed": seed, "acquisition": acq, "pseudo": ps, "round": r, "n_human": len(labeled),
-                                 "n_pseudo": n_pseudo, **test})
-                    print({k: runs[-1][k] for k in ("seed", "acquisition", "pseudo", "round", "n_human", "n_pseudo",
-                                                   "dice", "accuracy")}, file=sys.stderr)
-
-    full = {"dice_mean": float(np.mean([f["dice"] for f in fulls])), "dice_std": float(np.std([f["dice"] for f in fulls])),
-            "accuracy_mean": float(np.mean([f["accuracy"] for f in fulls])),
-            "accuracy_std": float(np.std([f["accuracy"] for f in fulls])), "n_human": fulls[0]["n_human"]}
-    summary = []
-    for acq in acqs:
-        for ps in pseudos:
-            for rnd in sorted({r["round"] for r in runs}):
-                rs = [r for r in runs if r["acquisition"] == acq and r["pseudo"] == ps and r["round"] == rnd]
-                if not rs:
-                    continue
-                row = {"acquisition": acq, "pseudo": ps, "round": rnd, "n_human": int(np.mean([r["n_human"] for r in rs])),
-                       "n_pseudo": float(np.mean([r["n_pseudo"] for r in rs])), "seeds": len(rs)}
-                for key in ("dice", "accuracy"):
-                    v = np.array([r[key] for r in rs], float)
-                    row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(v)), float(np.std(v))
-                summary.append(row)
-    headline = []
-    for acq in acqs:
-        for ps in pseudos:
-            rs = sorted([r for r in summary if r["acquisition"] == acq and r["pseudo"] == ps], key=lambda r: r["n_human"])
-            hit = next((r for r in rs if r["dice_mean"] >= 0.95 * full["dice_mean"]
-                        and r["accuracy_mean"] >= 0.95 * full["accuracy_mean"]), None)
-            headline.append({"acquisition": acq, "pseudo": ps,
-                             "labels_to_95": hit["n_human"] if hit else f"not within {rs[-1]['n_human'] if rs else 0}",
-                             "fraction_of_full": round(hit["n_human"] / full["n_human"], 3) if hit else None})
-    png = out_dir / "bench_label_efficiency.png"
+def summarise(args: argparse.Namespace) -> dict[str, Any]:
+    _, res_dir = R.folders(args, BENCH)
+    files = R.load_results(res_dir)
+    if not files:
+        raise SystemExit(f"no result file in {res_dir}; run some arms first")
+    arms = list(dict.fromkeys(f["arm"] for f in sorted(files, key=lambda f: list(ARMS).index(f["arm"])
+                                                      if f["arm"] in ARMS else len(ARMS))))
+    full_rounds = arm_rounds(files, FULL) if FULL in arms else []
+    full: dict[str, Any] = {}
+    if full_rounds:
+        last = full_rounds[-1]
+        full = {k: last[k] for k in ("human_labels", "human_labels_std", "dice", "dice_std", "accuracy",
+                                     "accuracy_std", "iou", "iou_std", "hd95", "hd95_std", "f1", "f1_std",
+                                     "ece", "ece_std", "empty_rate", "empty_rate_std")}
+        full["seeds"] = last["seeds"]
+    summary = {arm: arm_rounds(files, arm) for arm in arms if arm != FULL}
+    campaigns = [f["campaign"] for f in files]
+    sizes = sorted({c["data"]["image_size"] for c in campaigns})
+    dataset = files[0].get("dataset", args.dataset)
+    payload = {
+        "name": f"label_efficiency_{dataset}",
+        "command": R.command_line(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": R.machine(),
+        "dataset": dataset,
+        "image_size": sizes[0] if len(sizes) == 1 else sizes,
+        "seeds": sorted({int(f["seed"]) for f in files}),
+        "settings": {k: files[0].get(k) for k in ("init_labels", "expected_train_count")}
+        | {"campaign_example": next((f["campaign"] for f in files if f["arm"] != FULL), campaigns[0])},
+        "full_label": full,
+        "arms": [{"name": arm, "rounds": rounds,
+                  **{k: [r[k] for r in rounds] for k in SUMMARY_KEYS},
+                  **{f"{k}_std": [r[f"{k}_std"] for r in rounds] for k in SUMMARY_KEYS}}
+                 for arm, rounds in summary.items()],
+        "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
+        "gain_at": gain_at(summary, full),
+        "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
+                               for p in Path(res_dir).glob("*-s*.json")),
+    }
+    out_json = Path(res_dir).parent / f"label_efficiency_{dataset}.json"  # bench/results/label_efficiency_busi.json
+    R.write_json_atomic(out_json, payload)
+    png = out_json.with_suffix(".png")
     try:
-        plot(summary, full, png)
-        plot_note = f"![label efficiency]({png.name})"
-    except Exception as err:
-        plot_note = f"plot failed: {type(err).__name__}: {err}"
+        plot(summary, full, png, f"medloop label efficiency, {dataset} {payload['image_size']} px, "
+                                 f"seeds {payload['seeds']}")
+    except Exception as err:  # noqa: BLE001 - the numbers matter more than the picture
+        print(f"plot failed: {type(err).__name__}: {err}", file=sys.stderr)
+    md = markdown(summary, full)
+    print(md)
+    for arm, hit in payload["labels_to_95"].items():
+        print(f"{arm}: 95 % of the full-label Dice and accuracy "
+              + (f"at {hit['human_labels']:.0f} human labels ({hit['fraction']:.0%} of the reference, round "
+                 f"{hit['round']})" if hit else "not reached"))
+    print(f"\nwrote {out_json} and {png}", file=sys.stderr)
+    return payload
 
-    cfg = {"dataset": data.name, "n": len(data), "model": args.model, "head": args.head, "seeds": seeds,
-           "acquisitions": acqs, "pseudo": pseudos, "rounds": args.rounds, "budget": args.budget,
-           "init_fraction": args.init_fraction, "size": args.size, "width": args.width, "epochs": args.epochs,
-           "full_epochs": args.epochs * (args.rounds + 1), "passes": args.passes, "device": args.device,
-           "min_val_dice": args.min_val_dice,
-           "driver": "direct (train_plain + score_batch + medloop.selection, oracle from truth)"}
-    md = [f"## Label efficiency ({data.name}, {args.model}, {len(seeds)} seeds)\n",
-          f"{len(data)} cases, split 70/15/15 per seed; start with {args.init_fraction:.0%} of train labeled, "
-          f"+{args.budget} human labels per round (oracle) for {args.rounds} rounds; {args.epochs} epochs per round "
-          f"(warm start), {args.size}x{args.size}, width {args.width}, MC T = {args.passes}, device {args.device}; "
-          f"UPS pseudo-masks only while the validation Dice >= {args.min_val_dice} (segmentation gate). "
-          f"Full-label reference: all {full['n_human']} training labels, {cfg['full_epochs']} epochs from scratch: "
-          f"Dice {full['dice_mean']:.3f} +- {full['dice_std']:.3f}, accuracy {full['accuracy_mean']:.3f} +- "
-          f"{full['accuracy_std']:.3f}. **Small CPU settings.**\n",
-          "### Headline: human labels to reach 95 % of the full-label Dice and accuracy (means over seeds)\n",
-          C.md_table(headline, ["acquisition", "pseudo", "labels_to_95", "fraction_of_full"],
-                     ["acquisition", "pseudo-labels", "human labels", "fraction of all"]),
-          "\n### Test Dice and accuracy vs human labels (mean +- std over seeds)\n",
-          C.md_table(summary, ["acquisition", "pseudo", "round", "n_human", "n_pseudo", "dice_mean", "dice_std",
-                               "accuracy_mean", "accuracy_std"],
-                     ["acquisition", "pseudo", "round", "human labels", "pseudo-labels", "Dice", "+-", "acc", "+-"]),
-          "\n" + plot_note]
-    C.write_results("bench_label_efficiency", {"config": cfg, "full": full, "full_runs": fulls, "headline": headline,
-                                               "summary": summary, "runs": runs}, "\n".join(md), out_dir)
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    R.add_common_args(ap, size=128, epochs=30, rounds=5, budget=18, init_labels=22, split="0.80,0.05,0.15",
+                      seeds="0,1,2", n_synthetic=480)
+    ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma list of {', '.join(ARMS)}")
+    ap.add_argument("--full-epochs", type=int, default=60, help="epochs of the full-label reference's one round")
+    ap.add_argument("--summarise", "--summarize", action="store_true", help="summarise the result files, run nothing")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.summarise:
+        summarise(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
