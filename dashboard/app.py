@@ -23,6 +23,10 @@ from medloop.data.imagestore import ImageStore
 PAGES = ["Overview", "Calibration", "Selection", "Annotation", "Sample explorer"]
 PAGE_SIZE = 12
 CACHE_TTL = 30  # seconds: a running campaign shows new rounds after at most this long
+LABEL_CURVE_CAPTION = (
+    "Label efficiency: each point is a round's model, its validation Dice and accuracy against the human "
+    "labels it used (train + validation, test never counted); the bars show what each round trained on."
+)
 
 
 def config_path() -> str | None:
@@ -86,6 +90,30 @@ def fmt(x: Any, spec: str = ".3f") -> str:
 
 def page_overview(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     st.header("Overview")
+    curve = q(url, "label_curve")
+    if len(curve):
+        st.caption(LABEL_CURVE_CAPTION)
+        left, right = st.columns([3, 2])
+        placed = curve.dropna(subset=["human_labels"])
+        with left:
+            if placed[["val_dice", "val_accuracy"]].notna().any().any():
+                chart(charts.label_efficiency(curve))
+            else:
+                st.info("No round recorded validation Dice or accuracy in its train step yet.")
+        with right:
+            if (curve[["human", "pseudo", "unlabeled"]].fillna(0) > 0).any().any():
+                chart(charts.trained_on_stack(curve))
+            else:
+                st.info("What the rounds trained on is not recorded.")
+        notes = {"reconstructed": "no `trained_on` recorded (older ledger): counts rebuilt from label timestamps, "
+                                  "unlabeled unknown",
+                 "missing": "what the model trained on is not known (not shown on the curve)"}
+        for how, note in notes.items():
+            ids = curve.loc[curve["composition"] == how, "round"].astype(int).tolist()
+            if ids:
+                st.caption(f"Round{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}: {note}.")
+        with st.expander("Label-efficiency numbers"):
+            st.dataframe(curve, hide_index=True, width="stretch")
     splits = q(url, "split_counts")
     total = int(splits["samples"].sum()) if len(splits) else 0
     cols = st.columns(4)

@@ -32,6 +32,80 @@ def class_scale(classes: list[str]) -> alt.Scale:
 # ---- overview ------------------------------------------------------------------------------------------
 
 
+CURVE_COLOURS = {"val Dice": "#1F77B4", "val accuracy": "#D62728"}
+_CURVE_TOOLTIP = [
+    alt.Tooltip("round:O", title="round"),
+    alt.Tooltip("labels_txt:N", title="human labels (train + val)"),
+    alt.Tooltip("dice_txt:N", title="val Dice"),
+    alt.Tooltip("accuracy_txt:N", title="val accuracy"),
+    alt.Tooltip("empty_txt:N", title="val empty rate"),
+    alt.Tooltip("trained_txt:N", title="trained on"),
+    alt.Tooltip("composition:N", title="counts"),
+]
+
+
+def _curve_values(curve: pd.DataFrame) -> pd.DataFrame:
+    """Counts as plain floats (NaN where unknown) and the tooltip texts ("—" where unknown)."""
+    df = curve.copy()
+    for col in ("human_labels", "human", "pseudo", "unlabeled", "val"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+
+    def num(x: float, spec: str = ".0f") -> str:
+        return "—" if x is None or pd.isna(x) else format(x, spec)
+
+    df["labels_txt"] = [num(x) for x in df["human_labels"]]
+    df["dice_txt"] = [num(x, ".4f") for x in df["val_dice"]]
+    df["accuracy_txt"] = [num(x, ".4f") for x in df["val_accuracy"]]
+    df["empty_txt"] = [num(x, ".4f") for x in df["val_empty_rate"]]
+    df["trained_txt"] = [f"human {num(h)} · pseudo {num(p)} · unlabeled {num(u)} (validation {num(v)})"
+                         for h, p, u, v in zip(df["human"], df["pseudo"], df["unlabeled"], df["val"])]
+    return df
+
+
+def label_efficiency(curve: pd.DataFrame) -> alt.Chart:
+    """Validation Dice and accuracy (lines with points) against the human labels each round used."""
+    df = _curve_values(curve).dropna(subset=["human_labels"])
+    return (
+        alt.Chart(df)
+        .transform_fold(["val_dice", "val_accuracy"], as_=["key", "value"])
+        .transform_filter("isValid(datum.value)")
+        .transform_calculate(metric="datum.key === 'val_dice' ? 'val Dice' : 'val accuracy'")
+        .mark_line(point=alt.OverlayMarkDef(filled=True, size=70), strokeWidth=2.5)
+        .encode(
+            x=alt.X("human_labels:Q", title="human labels used (train + validation)",
+                    scale=alt.Scale(zero=False, nice=True), axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("value:Q", title="validation metric", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("metric:N", scale=_scale(CURVE_COLOURS), title="metric",
+                            legend=alt.Legend(orient="bottom", direction="horizontal")),
+            order=alt.Order("round:Q"),
+            tooltip=[alt.Tooltip("metric:N", title="metric"), *_CURVE_TOOLTIP],
+        )
+        .properties(title="Label efficiency: validation metrics vs human labels", height=300)
+    )
+
+
+def trained_on_stack(curve: pd.DataFrame) -> alt.Chart:
+    """Stacked bars per round: what the round's model trained on (human / pseudo / unlabeled)."""
+    order = ["human", "pseudo", "unlabeled"]
+    df = _curve_values(curve)
+    return (
+        alt.Chart(df)
+        .transform_fold(order, as_=["kind", "samples"])
+        .transform_filter("isValid(datum.samples) && datum.samples > 0")
+        .transform_calculate(kind_order=f"indexof({order!r}, datum.kind)")
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", title="round", axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("samples:Q", title="training samples", stack="zero"),
+            color=alt.Color("kind:N", scale=_scale({k: KIND_COLOURS[k] for k in order}), sort=order,
+                            title="trained on", legend=alt.Legend(orient="bottom", direction="horizontal")),
+            order=alt.Order("kind_order:Q"),
+            tooltip=[alt.Tooltip("kind:N", title="kind"), alt.Tooltip("samples:Q", title="samples"), *_CURVE_TOOLTIP],
+        )
+        .properties(title="What each round trained on", height=300)
+    )
+
+
 def step_timeline(steps: pd.DataFrame) -> alt.Chart:
     """Grid: one row per round, one cell per step, coloured by state."""
     return (

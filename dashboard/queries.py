@@ -154,6 +154,101 @@ def pool_composition(engine: Engine) -> pd.DataFrame:
     return out.melt(id_vars="round", var_name="kind", value_name="samples")
 
 
+COMPOSITION_KEYS = ("human", "pseudo", "unlabeled", "val", "human_labels")
+CURVE_METRICS = ("val_dice", "val_accuracy", "val_empty_rate")
+LABEL_CURVE_COLUMNS = ["round", "human_labels", *CURVE_METRICS, "human", "pseudo", "unlabeled", "val", "composition"]
+
+
+def _count(value: Any) -> float:
+    """A count from JSON: a non-negative whole number, else NaN (missing, text, bool, negative, 2.5)."""
+    number = _metric(value)
+    return number if number >= 0 and number == int(number) else np.nan
+
+
+def _metric(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return np.nan
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return np.nan
+    return number if np.isfinite(number) else np.nan
+
+
+def _composition_at_train(engine: Engine, round_ids: list[int]) -> dict[int, dict[str, float]]:
+    """What the rounds' models could have trained on, rebuilt from label timestamps (older ledgers).
+
+    At the start of each round's train step: ``human`` = samples outside val/test with a human label
+    active then, ``pseudo`` = samples outside val/test with a pseudo-label active then, ``val`` =
+    validation samples with a human label active then, ``human_labels`` = human + val. ``unlabeled``
+    is unknown (whether semi-supervised training was on is not recorded) and left NaN.
+    """
+    ids = sorted({int(r) for r in round_ids})
+    if not ids:
+        return {}
+    at = "COALESCE(rs.started_at, rs.finished_at)"
+    df = _df(
+        engine,
+        f"SELECT rs.round_id AS round, CASE WHEN s.split = 'val' THEN 'val_' || l.kind ELSE l.kind END AS part, "
+        f"COUNT(DISTINCT l.sample_id) AS n FROM round_steps rs "
+        f"JOIN labels l ON l.kind IN ('human', 'pseudo') AND l.created_at <= {at} "
+        f"AND (l.superseded_at IS NULL OR l.superseded_at > {at}) "
+        f"JOIN samples s ON s.id = l.sample_id AND s.split <> 'test' "
+        f"WHERE rs.step = 'train' AND {at} IS NOT NULL AND rs.round_id IN ({', '.join(str(i) for i in ids)}) "
+        f"GROUP BY rs.round_id, part",
+    )
+    timed = _df(
+        engine,
+        f"SELECT rs.round_id AS round FROM round_steps rs WHERE rs.step = 'train' AND {at} IS NOT NULL "
+        f"AND rs.round_id IN ({', '.join(str(i) for i in ids)})",
+    )
+    out = {}
+    for rnd in timed["round"].astype(int):
+        parts = df.loc[df["round"] == rnd].set_index("part")["n"]
+        human, pseudo, val = (float(parts.get(k, 0)) for k in ("human", "pseudo", "val_human"))
+        out[rnd] = {"human": human, "pseudo": pseudo, "unlabeled": np.nan, "val": val, "human_labels": human + val}
+    return out
+
+
+def label_curve(engine: Engine) -> pd.DataFrame:
+    """The campaign's label-efficiency curve: one row per round whose train step is done.
+
+    From the train step's detail: ``best_metrics`` (val_dice, val_accuracy, val_empty_rate; NaN when
+    absent) and ``trained_on`` (human, pseudo, unlabeled, val, human_labels = human + val; the test
+    split never counts). ``composition`` says where the counts come from: ``recorded`` (the train
+    step's ``trained_on``), ``reconstructed`` (older rounds without it: rebuilt from the label
+    timestamps at the start of the train step, unlabeled unknown) or ``missing`` (neither possible).
+    """
+    steps = _df(
+        engine,
+        "SELECT round_id AS round, detail FROM round_steps WHERE step = 'train' AND state = 'done' ORDER BY round_id",
+    )
+    rows, missing = [], []
+    for rnd, detail in zip(steps["round"].astype(int), steps["detail"]):
+        detail = _json(detail)
+        detail = detail if isinstance(detail, dict) else {}
+        best = detail.get("best_metrics") if isinstance(detail.get("best_metrics"), dict) else {}
+        row: dict[str, Any] = {"round": rnd, **{k: _metric(best.get(k)) for k in CURVE_METRICS}}
+        trained = detail.get("trained_on") if isinstance(detail.get("trained_on"), dict) else {}
+        counts = {k: _count(trained.get(k)) for k in COMPOSITION_KEYS}
+        if np.isnan(counts["human_labels"]) and not np.isnan(counts["human"]) and not np.isnan(counts["val"]):
+            counts["human_labels"] = counts["human"] + counts["val"]
+        if np.isnan(counts["human_labels"]):
+            missing.append(rnd)
+            row["composition"] = "missing"
+        else:
+            row["composition"] = "recorded"
+        rows.append({**row, **counts})
+    rebuilt = _composition_at_train(engine, missing)
+    for row in rows:
+        if row["round"] in rebuilt:
+            row.update(rebuilt[row["round"]], composition="reconstructed")
+    df = pd.DataFrame(rows, columns=LABEL_CURVE_COLUMNS)
+    for key in COMPOSITION_KEYS:
+        df[key] = df[key].astype("Int64")  # counts; <NA> where unknown
+    return df
+
+
 # ---- calibration ------------------------------------------------------------------------------------
 
 

@@ -55,8 +55,15 @@ def _calibration(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> tup
     return {"bins": bins}, float(ece)
 
 
-def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, with_mlflow: bool = True) -> Path:
-    """Create the campaign under ``folder``; returns its campaign.toml."""
+def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, with_mlflow: bool = True,
+                   legacy_rounds: tuple[int, ...] = (1,)) -> Path:
+    """Create the campaign under ``folder``; returns its campaign.toml.
+
+    The train step of a round in ``legacy_rounds`` is written as older ledgers have it: without
+    ``trained_on`` and without ``val_empty_rate`` in ``best_metrics``. The other rounds record what
+    they trained on (``trained_on``), counted by hand here: human = train split + answered pool
+    samples, pseudo = the previous round's pseudo-labels still standing, val = 12, unlabeled = 0
+    (no semi-supervised training)."""
     cfg_path = write_config(folder, name)
     campaign = load_campaign(cfg_path)
     rng = np.random.default_rng(7)
@@ -83,6 +90,7 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
     run_ids: dict[int, str] = {}
     histories: dict[int, list[dict]] = {}
     queued_prev: list[int] = []
+    human_pool, pseudo_standing = 0, 0  # pool samples answered by a human; pseudo-labels of the last round left
     for rnd in (1, 2):
         version = f"round-{rnd}"
         with ledger.transaction() as s:
@@ -103,8 +111,17 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
                                 author="annotator-1", ls_task_id=1000 + sid, ls_annotation_id=5000 + sid)
                 task.state, task.completed_at, task.kept_prediction = "completed", utcnow(), pred.pred_class == k
                 answered += 1
+            human_pool += answered
             _step(s, rnd, "sync", "done", {"new_human_labels": answered})
-            _step(s, rnd, "train", "done", {"epochs": 3, "train_samples": 10 + answered})
+            best = {"val_dice": 0.5 + 0.1 * rnd, "val_accuracy": 0.55 + 0.1 * rnd, "val_empty_rate": 0.7 + 0.1 * rnd}
+            train = {"epochs": 3, "train_samples": 10 + human_pool + pseudo_standing, "best_metrics": best}
+            if rnd in legacy_rounds:
+                best.pop("val_empty_rate")
+            else:
+                human = len(ids["train"]) + human_pool
+                train["trained_on"] = {"human": human, "pseudo": pseudo_standing, "unlabeled": 0,
+                                       "val": len(ids["val"]), "human_labels": human + len(ids["val"])}
+            _step(s, rnd, "train", "done", train)
         # score: val + pool predictions (the model gets better in round 2)
         skill = 0.55 + 0.2 * rnd
         conf_val, correct_val = [], []
@@ -170,6 +187,8 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
                 k, mask = truth[p.sample_id]
                 add_human_label(s, p.sample_id, class_name=CLASSES[k], mask_path=p.mask_path, author="auditor")
         queued_prev = [p.sample_id for p in queue]
+        human_pool += len(audits)  # the audited pseudo-labels became human labels
+        pseudo_standing = len(accepted) - len(audits)
         conf, correct = np.array(conf_val), np.array(correct_val, dtype=float)
         calib, ece = _calibration(conf, correct)
         seg_calib, seg_ece = _calibration(np.clip(conf + 0.05, 0, 1), correct)

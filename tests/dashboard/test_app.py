@@ -17,6 +17,11 @@ from medloop.ledger.schema import AnnotationTask, Label, Round, Sample
 from medloop.ledger.store import Ledger
 
 PAGES = ["Overview", "Calibration", "Selection", "Annotation", "Sample explorer"]
+CURVE_TITLE = "Label efficiency: validation metrics vs human labels"
+LABEL_CURVE_CAPTION = (
+    "Label efficiency: each point is a round's model, its validation Dice and accuracy against the human "
+    "labels it used (train + validation, test never counted); the bars show what each round trained on."
+)
 
 
 def run_app(config: Path, monkeypatch: pytest.MonkeyPatch, page: str = "Overview") -> AppTest:
@@ -35,6 +40,13 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+
+
+def chart_rows(at: AppTest, title: str):  # noqa: ANN201 - the data a chart was given, as a DataFrame
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    element = next(e for e in at.get("vega_lite_chart") if json.loads(e.proto.spec).get("title") == title)
+    return convert_arrow_bytes_to_pandas_df(element.proto.datasets[0].data.data)
 
 
 def texts(at: AppTest) -> str:
@@ -81,6 +93,15 @@ def test_overview(campaign_config: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "Round steps" in titles and "Pool size per round by label kind" in titles
     steps = next(c for c in charts(at) if c.get("title") == "Round steps")
     assert steps["encoding"]["x"]["title"] == "step"
+    # the label-efficiency curve and what each round trained on open the page, with their caption
+    assert titles[:2] == [CURVE_TITLE, "What each round trained on"]
+    curve = charts(at)[0]
+    assert curve["encoding"]["x"]["field"] == "human_labels"
+    assert curve["encoding"]["color"]["scale"]["domain"] == ["val Dice", "val accuracy"]
+    assert LABEL_CURVE_CAPTION in [c.value for c in at.caption]
+    rows = chart_rows(at, CURVE_TITLE)
+    assert rows["round"].tolist() == list(range(1, facts["rounds"] + 1))
+    assert rows["human_labels"].notna().all() and rows["val_dice"].notna().any()
 
 
 def test_calibration(campaign_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +165,23 @@ def test_hand_campaign_numbers(hand_campaign: Path, monkeypatch: pytest.MonkeyPa
     assert "PL / CPL / UPS comparison" in [h.value for h in at.subheader]  # ups and cpl were both run
     comparison = next(c for c in charts(at) if c.get("title") == "Pseudo-labels by policy")
     assert comparison["encoding"]["y"]["title"] == "pseudo-labels (samples)"
+
+
+def test_hand_campaign_label_curve(hand_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Overview's curve carries the exact numbers of the hand-filled campaign (round 1 old-style)."""
+    at = run_app(hand_campaign, monkeypatch)
+    rows = chart_rows(at, CURVE_TITLE).set_index("round")
+    assert rows["human_labels"].tolist() == [22, 26]
+    assert rows["val_dice"].tolist() == pytest.approx([0.6, 0.7])
+    assert rows["val_accuracy"].tolist() == pytest.approx([0.65, 0.75])
+    assert rows.loc[2, "trained_txt"] == "human 14 · pseudo 19 · unlabeled 0 (validation 12)"
+    assert rows.loc[1, "trained_txt"] == "human 10 · pseudo 0 · unlabeled — (validation 12)"
+    assert rows["composition"].tolist() == ["reconstructed", "recorded"]
+    bars = next(c for c in charts(at) if c.get("title") == "What each round trained on")
+    assert bars["encoding"]["x"]["field"] == "round"
+    assert "Round 1: no `trained_on` recorded (older ledger)" in texts(at)
+    table = next(d.value for d in at.dataframe if "human_labels" in d.value.columns)
+    assert table["pseudo"].tolist() == [0, 19]
 
 
 def test_explorer_filters_and_pages(hand_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -187,7 +187,8 @@ def browser(tmp_path: Path):  # noqa: ANN201
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-PAGES = [("Overview", 2), ("Calibration", 3), ("Selection", 3), ("Annotation", 1)]
+# Overview: label-efficiency curve, trained-on bars, round steps, pool composition (+ MLflow epochs)
+PAGES = [("Overview", 4), ("Calibration", 3), ("Selection", 3), ("Annotation", 1)]
 
 
 def test_dashboard_in_chromium(served: str, browser: Tab) -> None:
@@ -200,6 +201,8 @@ def test_dashboard_in_chromium(served: str, browser: Tab) -> None:
         assert page in state.get("headers", []), state
         assert state.get("drawn", 0) >= min_charts, state
         assert painted_charts(shot, rects) >= min_charts, f"{page}: chart areas are blank in the screenshot"
+        if page == "Overview":  # the label-efficiency curve and the trained-on bars open the page, both drawn
+            assert painted_charts(shot, rects[:2]) == 2, "Overview: the label-efficiency charts are blank"
         assert "Traceback" not in state.get("text", "")
     assert "medloop" in state["text"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
@@ -155,3 +156,116 @@ def test_dashboard_command_missing_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["dashboard", "--config", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2
     assert "campaign file not found" in result.output
+
+
+# ---- label-efficiency curve --------------------------------------------------------------------------------
+
+
+def test_label_curve_hand_campaign(engine, orm) -> None:  # noqa: ANN001
+    """Round 1 is written old-style (no ``trained_on``): rebuilt from label timestamps; round 2 is recorded."""
+    curve = queries.label_curve(engine)
+    assert list(curve.columns[:9]) == ["round", "human_labels", "val_dice", "val_accuracy", "val_empty_rate",
+                                       "human", "pseudo", "unlabeled", "val"]
+    assert curve["round"].tolist() == [1, 2]
+    r1, r2 = (curve.iloc[i].to_dict() for i in range(2))
+    # round 1: 10 train + 12 val human labels (6 test never counted), no pseudo-labels yet
+    assert (r1["human_labels"], r1["human"], r1["pseudo"], r1["val"]) == (22, 10, 0, 12)
+    assert pd.isna(r1["unlabeled"]) and r1["composition"] == "reconstructed"
+    assert r1["val_dice"] == pytest.approx(0.6) and r1["val_accuracy"] == pytest.approx(0.65)
+    assert np.isnan(r1["val_empty_rate"])  # older best_metrics have no empty rate
+    # round 2: + 3 answered queue tasks + 1 answered audit; round 1's pseudo-labels less the audited one
+    with orm.reading() as s:
+        audited = set(s.scalars(select(Selection.sample_id).where(Selection.round_id == 1,
+                                                                     Selection.decision == "audit")))
+        pseudo_r1 = set(s.scalars(select(Label.sample_id).where(Label.kind == "pseudo", Label.round_id == 1)))
+    assert (r2["human_labels"], r2["human"], r2["val"], r2["unlabeled"]) == (26, 14, 12, 0)
+    assert r2["pseudo"] == len(pseudo_r1 - audited) == 19
+    assert r2["composition"] == "recorded"
+    assert (r2["val_dice"], r2["val_accuracy"], r2["val_empty_rate"]) == pytest.approx((0.7, 0.75, 0.9))
+
+
+def test_label_curve_rebuild_matches_recorded(engine) -> None:  # noqa: ANN001
+    """The timestamp fallback, applied to the round that recorded ``trained_on``, gives the same counts."""
+    rebuilt = queries._composition_at_train(engine, [1, 2])
+    recorded = queries.label_curve(engine).set_index("round").loc[2]
+    for key in ("human", "pseudo", "val", "human_labels"):
+        assert rebuilt[2][key] == recorded[key], key
+    assert rebuilt[1]["human_labels"] == 22 and np.isnan(rebuilt[2]["unlabeled"])
+
+
+def test_label_curve_odd_and_unfinished_rounds(tmp_path: Path) -> None:
+    """Unfinished train steps are left out; malformed details never crash the query."""
+    from datetime import timedelta
+
+    from medloop.ledger.schema import Round, RoundStep, utcnow
+    from medloop.ledger.store import add_human_label
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger.open(url)
+    t0 = utcnow()
+    details = {
+        1: ("done", {"trained_on": {"human": "many", "val": True}, "best_metrics": "oops"}),
+        2: ("running", {"trained_on": {"human": 1, "pseudo": 0, "unlabeled": 0, "val": 1, "human_labels": 2}}),
+        3: ("done", None),  # no detail and no timestamps
+        4: ("done", {"trained_on": {"human": 5, "val": 3, "pseudo": 2.5}, "best_metrics": {"val_dice": 0.4}}),
+    }
+    with ledger.transaction() as s:
+        for i, split in enumerate(["train", "val", "test", "pool"]):
+            s.add(Sample(uid=f"s{i}", content_hash=f"h{i}", image_path=f"i{i}.png", source="t", split=split,
+                         height=8, width=8, channels=1))
+        s.flush()
+        for sid in s.scalars(select(Sample.id)):
+            add_human_label(s, sid, class_name="a", mask_path=None, author="seed")
+        for rnd, (state, detail) in details.items():
+            s.add(Round(id=rnd, status="done", started_at=t0))
+            timed = rnd != 3
+            s.add(RoundStep(round_id=rnd, step="train", state=state, detail=detail,
+                            started_at=t0 + timedelta(seconds=rnd) if timed else None,
+                            finished_at=t0 + timedelta(seconds=rnd + 1) if timed else None))
+    ledger.close()
+    engine = queries.open_readonly(url)
+    try:
+        curve = queries.label_curve(engine).set_index("round")
+    finally:
+        engine.dispose()
+    assert curve.index.tolist() == [1, 3, 4]
+    assert curve.loc[1, "composition"] == "reconstructed"  # text counts: rebuilt (train + pool + val; test not)
+    assert (curve.loc[1, "human"], curve.loc[1, "val"], curve.loc[1, "human_labels"]) == (2, 1, 3)
+    assert np.isnan(curve.loc[1, "val_dice"])
+    assert curve.loc[3, "composition"] == "missing" and pd.isna(curve.loc[3, "human_labels"])
+    assert curve.loc[4, "composition"] == "recorded"  # human_labels = human + val when not written
+    assert curve.loc[4, "human_labels"] == 8 and pd.isna(curve.loc[4, "pseudo"])  # 2.5 is not a count
+    assert curve.loc[4, "val_dice"] == pytest.approx(0.4)
+    # the charts take the same frame (unknown counts and metrics included) without failing
+    charts.label_efficiency(curve.reset_index()).to_dict()
+    charts.trained_on_stack(curve.reset_index()).to_dict()
+
+
+def test_label_curve_charts() -> None:
+    curve = pd.DataFrame({
+        "round": [1, 2, 3], "human_labels": pd.array([22, 26, 26], dtype="Int64"),
+        "val_dice": [0.5, 0.6, np.nan], "val_accuracy": [0.7, 0.8, 0.85], "val_empty_rate": [np.nan, 0.9, 0.95],
+        "human": pd.array([10, 14, 14], dtype="Int64"), "pseudo": pd.array([0, 19, 20], dtype="Int64"),
+        "unlabeled": pd.array([pd.NA, 0, 30], dtype="Int64"), "val": pd.array([12, 12, 12], dtype="Int64"),
+        "composition": ["reconstructed", "recorded", "recorded"],
+    })
+    lines = charts.label_efficiency(curve).to_dict()
+    assert lines["encoding"]["x"]["field"] == "human_labels"
+    assert lines["encoding"]["order"]["field"] == "round"
+    assert lines["mark"]["type"] == "line" and lines["mark"]["point"]
+    scale = lines["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["val Dice", "val accuracy"]
+    rows = next(iter(lines["datasets"].values()))
+    assert rows[0]["trained_txt"] == "human 10 · pseudo 0 · unlabeled — (validation 12)"
+    assert rows[2]["dice_txt"] == "—" and rows[1]["empty_txt"] == "0.9000"
+    tips = {t["title"] for t in lines["encoding"]["tooltip"]}
+    assert {"round", "trained on", "human labels (train + val)"} <= tips
+    bars = charts.trained_on_stack(curve).to_dict()
+    assert bars["mark"]["type"] == "bar" and bars["encoding"]["x"]["field"] == "round"
+    kinds = bars["encoding"]["color"]["scale"]
+    assert kinds["domain"] == ["human", "pseudo", "unlabeled"]
+    assert kinds["range"] == [charts.KIND_COLOURS[k] for k in kinds["domain"]]  # same colours as the pool chart
+    # the browser test wants coloured (saturated) marks in every chart: lines and the human/pseudo bars
+    for colour in [*scale["range"], *kinds["range"][:2]]:
+        rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+        assert max(rgb) - min(rgb) > 60, colour
