@@ -1,5 +1,7 @@
 """Shared helpers of the benchmark scripts: the machine, JSON + markdown output, datasets and splits,
-training with the plain loop, and test-set evaluation.
+supervised training with the plain loop (bench_supervised, bench_calibration, bench_baal) and test-set
+evaluation (``medloop.trainers.evaluate``'s definitions). Self-training rounds are never re-implemented
+here: the label-efficiency and pseudo-label benchmarks run real campaigns (``campaign_runner.py``).
 
 Datasets are decoded into memory (uint8), never copied into the repository. BUSI is read from the
 path given on the command line (``--busi``; default ``../shared/data/busi`` next to the repository)
@@ -198,17 +200,6 @@ def split(labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, floa
     return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
 
 
-def stratified_subset(labels: np.ndarray, index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(taken, rest) of ``index`` with ``taken`` about ``fraction`` of it, stratified by class."""
-    from sklearn.model_selection import train_test_split
-
-    n_take = max(len(CLASSES), int(round(fraction * len(index))))
-    if n_take >= len(index):
-        return np.sort(index), np.zeros(0, np.int64)
-    rest, taken = train_test_split(index, test_size=n_take, random_state=seed, stratify=labels[index])
-    return np.sort(taken), np.sort(rest)
-
-
 def arrays(data: Data, index: Iterable[int], *, labels: np.ndarray | None = None, masks: np.ndarray | None = None,
            kind: str = "human") -> Any:
     """A ``SampleArrays`` for the plain loop; ``labels`` / ``masks`` replace the true ones (pseudo-labels)."""
@@ -219,14 +210,6 @@ def arrays(data: Data, index: Iterable[int], *, labels: np.ndarray | None = None
     msk = data.masks[idx] if masks is None else np.asarray(masks, np.uint8)
     return SampleArrays(idx.copy(), [f"{data.name}-{i}" for i in idx], data.images[idx], msk, lab,
                         [kind] * len(idx))
-
-
-def concat(a: Any, b: Any) -> Any:
-    from medloop.trainers.dataset import SampleArrays
-
-    return SampleArrays(np.concatenate([a.sample_ids, b.sample_ids]), a.uids + b.uids,
-                        np.concatenate([a.images, b.images]), np.concatenate([a.masks, b.masks]),
-                        np.concatenate([a.labels, b.labels]), a.kinds + b.kinds)
 
 
 # ---- training and evaluation -----------------------------------------------------------------------
@@ -281,10 +264,6 @@ def train(settings: Any, train_arrays: Any, val_arrays: Any, device: str = "cpu"
                    "images_per_s": round(sum(h.get("images", 0) for h in res.history) / max(seconds, 1e-9), 1)}
 
 
-def state_of(model: Any) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 def to_tensor(images: np.ndarray, device: str = "cpu") -> Any:
     import torch
 
@@ -292,20 +271,17 @@ def to_tensor(images: np.ndarray, device: str = "cpu") -> Any:
 
 
 def seg_scores(pred_mask: np.ndarray, true_mask: np.ndarray, labels: np.ndarray, with_hd95: bool = True) -> dict[str, float]:
-    """Mean per-image Dice / IoU / HD95 over the test images that have a lesion (benign + malignant)."""
+    """Dice / IoU (``lesion_dice`` / ``lesion_iou``: mean per case over the cases with a lesion), HD95 over
+    the same cases, and ``empty_rate`` (no-lesion cases predicted empty), as ``medloop.trainers.evaluate``."""
     from medloop.trainers import metrics as M
 
-    lesion = true_mask.reshape(len(true_mask), -1).any(1)
-    d = [M.dice(p, t) for p, t in zip(pred_mask[lesion], true_mask[lesion])]
-    i = [M.iou(p, t) for p, t in zip(pred_mask[lesion], true_mask[lesion])]
-    out = {"dice": float(np.mean(d)) if d else float("nan"), "iou": float(np.mean(i)) if i else float("nan")}
+    lesion = M.lesion_cases(true_mask, IGNORE)
+    nan = float("nan")
+    out = {"dice": M.lesion_dice(pred_mask, true_mask, IGNORE), "iou": M.lesion_iou(pred_mask, true_mask, IGNORE)}
     if with_hd95:
-        h = [M.hd95(p, t) for p, t in zip(pred_mask[lesion], true_mask[lesion])]
-        out["hd95"] = float(np.mean(h)) if h else float("nan")
-    # normal images: fraction predicted empty (a mask on a normal image is a false positive)
-    normal = ~lesion
-    if normal.any():
-        out["normal_empty"] = float(np.mean(~pred_mask[normal].reshape(int(normal.sum()), -1).any(1)))
+        h = [M.hd95(pred_mask[i], true_mask[i], ignore_index=IGNORE) for i in np.flatnonzero(lesion)]
+        out["hd95"] = float(np.mean(h)) if h else nan
+    out["empty_rate"] = M.empty_mask_rate(pred_mask, true_mask, IGNORE)
     return out
 
 
@@ -343,87 +319,8 @@ def evaluate(model: Any, data: Data, index: np.ndarray, *, device: str = "cpu", 
     return {k: float(v) for k, v in out.items()}
 
 
-def score_pool(model: Any, images: np.ndarray, *, device: str = "cpu", passes: int = 10, method: str = "mc_dropout",
-               cls_head: str = "softmax", seg_head: str = "softmax", batch: int = 32) -> dict[str, np.ndarray]:
-    """medloop.trainers.uncertainty.score_batch over ``images`` in batches; arrays concatenated."""
-    from dataclasses import fields
-
-    from medloop.trainers.uncertainty import score_batch
-
-    parts: list[Any] = []
-    for s in range(0, len(images), batch):
-        parts.append(score_batch(model, to_tensor(images[s:s + batch], device), method=method, passes=passes,
-                                 cls_head=cls_head, seg_head=seg_head))
-    out: dict[str, np.ndarray] = {}
-    for f in fields(parts[0]):
-        vals = [getattr(p, f.name) for p in parts]
-        if vals[0] is not None:
-            out[f.name] = np.concatenate(vals)
-    return out
-
-
 def set_threads(n: int | None) -> None:
     import torch
 
     if n:
         torch.set_num_threads(n)
-
-
-# ---- pseudo-labels ---------------------------------------------------------------------------------
-
-
-def pseudo_labels(scores: dict[str, np.ndarray], human_counts: np.ndarray, policy: str, *, tau_c: float = 0.9,
-                  tau_u: float = 0.05, mask_gate: float = 0.05, pixel_tau_u: float = 0.1,
-                  class_balance: bool = True, allow_masks: bool = True) -> dict[str, np.ndarray]:
-    """medloop.selection.decide_pseudo_labels on scored pool samples (none has a human label).
-
-    UPS: class by Eq. 19 (confidence >= tau_c and MC std <= tau_u); mask only when the mean pixel
-    uncertainty is below ``mask_gate``, with pixels above ``pixel_tau_u`` set to ignore (255).
-    PL / CPL (the baselines use no uncertainty): every predicted mask of a sample whose class is
-    accepted, no ignore pixels. ``allow_masks``: the segmentation gate's answer (UPS masks only). Class balancing
-    is medloop's (a class with no candidate leaves the ratio). Returns accept_class, pseudo_class, accept_mask,
-    target_mask (N, S, S).
-    """
-    from medloop.selection import PseudoLabelParams, decide_pseudo_labels, pseudo_mask, training_target
-
-    n = len(scores["pred_class"])
-    ups = policy == "ups"
-    params = PseudoLabelParams(policy=policy, measure="std", tau_c=tau_c, tau_u=tau_u, class_balance=class_balance,
-                               mask_gate=mask_gate if ups else float("inf"))
-    d = decide_pseudo_labels(scores, np.zeros(n, bool), human_counts if class_balance else None, params,
-                             allow_masks=allow_masks)
-    if ups:
-        m, ignore = pseudo_mask(scores["pred_mask"], scores["pixel_uncertainty"], pixel_tau_u)
-        target = training_target(m, ignore)
-        accept_mask = d["accept_mask"]
-    else:
-        target = scores["pred_mask"].astype(np.uint8)
-        accept_mask = d["accept_class"].copy()
-    target = np.where(accept_mask[:, None, None], target, IGNORE).astype(np.uint8)
-    return {"accept_class": d["accept_class"], "pseudo_class": d["pseudo_class"], "accept_mask": accept_mask,
-            "target_mask": target}
-
-
-def pseudo_quality(pl: dict[str, np.ndarray], truth_labels: np.ndarray, truth_masks: np.ndarray) -> dict[str, Any]:
-    """Precision / recall per class of the class pseudo-labels against hidden truth; pixel Dice of accepted masks."""
-    out: dict[str, Any] = {"n_class": int(pl["accept_class"].sum()), "n_mask": int(pl["accept_mask"].sum())}
-    acc, pc = pl["accept_class"], pl["pseudo_class"]
-    correct = acc & (pc == truth_labels)
-    out["precision"] = float(correct.sum() / acc.sum()) if acc.any() else float("nan")
-    for k, name in enumerate(CLASSES):
-        sel = acc & (pc == k)
-        out[f"n_{name}"] = int(sel.sum())
-        out[f"precision_{name}"] = float((sel & (truth_labels == k)).sum() / sel.sum()) if sel.any() else float("nan")
-        pos = truth_labels == k
-        out[f"recall_{name}"] = float((sel & pos).sum() / pos.sum()) if pos.any() else float("nan")
-    am = pl["accept_mask"]
-    if am.any():
-        t, g = pl["target_mask"][am], truth_masks[am]
-        valid = t != IGNORE
-        p, q = (t == 1) & valid, (g > 0) & valid
-        den = p.sum() + q.sum()
-        out["mask_dice"] = float(2 * (p & q).sum() / den) if den else 1.0
-        out["mask_ignored"] = float(1 - valid.mean())
-    else:
-        out["mask_dice"], out["mask_ignored"] = float("nan"), float("nan")
-    return out
