@@ -200,16 +200,13 @@ def split(labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, floa
     return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
 
 
-def arrays(data: Data, index: Iterable[int], *, labels: np.ndarray | None = None, masks: np.ndarray | None = None,
-           kind: str = "human") -> Any:
-    """A ``SampleArrays`` for the plain loop; ``labels`` / ``masks`` replace the true ones (pseudo-labels)."""
+def arrays(data: Data, index: Iterable[int]) -> Any:
+    """A ``SampleArrays`` of the cases ``index`` with their true labels and masks, for the plain loop."""
     from medloop.trainers.dataset import SampleArrays
 
     idx = np.asarray(list(index), np.int64)
-    lab = data.labels[idx] if labels is None else np.asarray(labels, np.int64)
-    msk = data.masks[idx] if masks is None else np.asarray(masks, np.uint8)
-    return SampleArrays(idx.copy(), [f"{data.name}-{i}" for i in idx], data.images[idx], msk, lab,
-                        [kind] * len(idx))
+    return SampleArrays(idx.copy(), [f"{data.name}-{i}" for i in idx], data.images[idx], data.masks[idx],
+                        data.labels[idx], ["human"] * len(idx))
 
 
 # ---- training and evaluation -----------------------------------------------------------------------
