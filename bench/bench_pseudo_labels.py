@@ -95,7 +95,8 @@ def summarise(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[s
     payload = {"config": cfg, "rows": rows, "mean_precision": mean_prec, "order": order,
                "matches_expected": expected}
     _, res_dir = R.folders(args, BENCH)
-    C.write_results("bench_pseudo_labels", payload, "\n".join(md), res_dir.parent if args.dataset == "busi" else res_dir)
+    out = res_dir.parent if args.dataset == "busi" else res_dir  # bench/results/bench_pseudo_labels.* for BUSI
+    C.write_results("bench_pseudo_labels", payload, "\n".join(md), out)
     return payload
 
 

@@ -130,7 +130,8 @@ def test_evaluate_checkpoint_uses_the_test_split_human_labels(ingested) -> None:
     assert m["split"] == "test" and m["device"] == "cpu" and m["n"] == len(rows) > 0
     # an independent forward pass over the same cases
     store = ImageStore(campaign.store)
-    x = torch.from_numpy(np.stack([fit_image(store.load_image(smp.image_path), 32, 1) for smp, _ in rows])).float() / 255
+    x = np.stack([fit_image(store.load_image(smp.image_path), 32, 1) for smp, _ in rows])
+    x = torch.from_numpy(x).float() / 255
     labels = np.array([CLASSES.index(lab.class_name) for _, lab in rows])
     with torch.no_grad():
         out = model(x)
