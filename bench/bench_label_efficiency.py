@@ -20,8 +20,7 @@ Arms (``--arms``, comma list):
 * ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
   (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
 
-"No pseudo-label" is ``selection.policy = "none"`` with ``selection.mask_gate = 0`` (pseudo-masks are
-decided by the mask gate, separately from the class policy). Shared settings: ``--size 128``, mtunet
+"No pseudo-label" is ``selection.policy = "none"`` (no class and no mask pseudo-label). Shared settings: ``--size 128``, mtunet
 width 16, ``--epochs 30`` per round, ``--rounds 5``, ``--budget 18`` cases queued per round,
 ``data.split = 0.80,0.05,0.15`` (validation labels count as human labels, so validation is small),
 ``--init-labels 22`` labelled training cases at the start; ``data.seed = compute.seed = selection.seed``
@@ -51,7 +50,7 @@ import campaign_runner as R  # noqa: E402
 
 BENCH = "label_efficiency"
 FULL = "full"
-NO_PSEUDO = {"policy": "none", "mask_gate": 0.0}
+NO_PSEUDO = {"policy": "none"}
 
 #: arm -> campaign overrides on the shared settings (FULL also gets one round of --full-epochs epochs)
 ARMS: dict[str, dict[str, Any]] = {

@@ -90,7 +90,7 @@ class UncertaintyConfig(_Section):
 class SelectionConfig(_Section):
     """Pseudo-label policy and the annotation queue."""
 
-    policy: str = Field("ups", description="pseudo-label policy: pl | cpl | ups")
+    policy: str = Field("ups", description="pseudo-label policy: pl | cpl | ups | none (no class or mask pseudo-label)")
     tau_c: float = Field(0.9, ge=0.0, le=1.0, description="confidence threshold (seed 002 Eq. 19)")
     tau_u: float = Field(0.05, ge=0.0, description="uncertainty threshold on the chosen measure (seed 002 Eq. 19)")
     measure: Literal["std", "entropy", "mutual_info", "vacuity"] = Field("std", description="uncertainty measure for UPS")

@@ -187,3 +187,13 @@ def test_mask_must_agree_with_the_predicted_class():
     # without a no-lesion class the rule is off
     out = decide_pseudo_labels(sc, np.zeros(4, bool), None, PseudoLabelParams())
     assert out["accept_mask"].all()
+
+
+def test_policy_none_accepts_no_class_and_no_mask():
+    sc = hand_scores()
+    human = np.array([0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    out = decide_pseudo_labels(sc, human, np.array([10, 10]), PseudoLabelParams(policy="none"))
+    assert not out["accept_class"].any() and not out["accept_mask"].any()
+    names = reason_names(out["reason_mask"]).tolist()
+    assert names == ["no_pseudo_labels"] * 7 + ["human_label"]
+    assert reason_names(out["reason_class"]).tolist() == ["no_pseudo_labels"] * 7 + ["human_label"]

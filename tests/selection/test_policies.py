@@ -43,7 +43,7 @@ def test_none_accepts_nothing():
 
 
 def test_none_policy_in_a_round_decision():
-    """decide_pseudo_labels with policy none: no class pseudo-label; mask_gate 0 closes masks too."""
+    """decide_pseudo_labels with policy none: no class pseudo-label and no pseudo-mask, whatever the gate."""
     from medloop.selection import PseudoLabelParams, decide_pseudo_labels
 
     n = 4
@@ -51,10 +51,7 @@ def test_none_policy_in_a_round_decision():
               "seg_uncertainty": np.full(n, 0.01)}
     d = decide_pseudo_labels(scores, np.zeros(n, bool), np.array([1, 1, 1]), PseudoLabelParams(policy="none"))
     assert not d["accept_class"].any() and (d["pseudo_class"] == -1).all()
-    assert d["accept_mask"].all()  # masks are decided separately, by the mask gate
-    d0 = decide_pseudo_labels(scores, np.zeros(n, bool), np.array([1, 1, 1]),
-                              PseudoLabelParams(policy="none", mask_gate=0.0))
-    assert not d0["accept_class"].any() and not d0["accept_mask"].any()
+    assert not d["accept_mask"].any()  # every mask would pass the gate: the policy closes them
 
 
 def test_ups_needs_uncertainty():

@@ -19,6 +19,7 @@ code  name                meaning
 7     mask_uncertain      mean pixel uncertainty >= mask_gate (mask only)
 8     mask_inconsistent   the mask's emptiness contradicts the predicted class (mask only)
 9     segmentation_gate   the segmentation gate closed pseudo-masks this round (mask only)
+10    no_pseudo_labels    the campaign's policy is ``none``: no class or mask pseudo-label
 ====  ==================  ==========================================================
 """
 
@@ -44,10 +45,11 @@ REASONS: tuple[str, ...] = (
     "mask_uncertain",
     "mask_inconsistent",
     "segmentation_gate",
+    "no_pseudo_labels",
 )
 (
     ACCEPTED, HUMAN_LABEL, CALIBRATION_GATE, MISSING_SCORE, LOW_CONFIDENCE, HIGH_UNCERTAINTY, CLASS_BALANCE,
-    MASK_UNCERTAIN, MASK_INCONSISTENT, SEGMENTATION_GATE,
+    MASK_UNCERTAIN, MASK_INCONSISTENT, SEGMENTATION_GATE, NO_PSEUDO_LABELS,
 ) = range(len(REASONS))
 
 
@@ -176,6 +178,11 @@ def decide_pseudo_labels(
         reason_mask[:] = SEGMENTATION_GATE
     if not allow_pseudo:
         reason_mask[:] = CALIBRATION_GATE
+    if p.policy == "none":  # active learning without pseudo-labels: masks closed too
+        accept_mask = np.zeros(n, dtype=bool)
+        reason_mask[:] = NO_PSEUDO_LABELS
+        reason_class[:] = NO_PSEUDO_LABELS
+        reason_class[human] = HUMAN_LABEL
     reason_mask[human_m] = HUMAN_LABEL
 
     return {
