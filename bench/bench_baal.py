@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
 
-
 def _timed_round_robin(fns: list, repeats: int, sync) -> list[list[float]]:
     """Warm each up, then time them in turn ``repeats`` times (shared-machine noise hits all alike)."""
     for fn in fns:

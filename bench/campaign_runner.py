@@ -36,9 +36,10 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_ROOT = ROOT / "bench" / "out"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,7 +13,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (de
 VenvOption = typer.Option(None, "--venv", help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV or .medloop/labelstudio-venv)")
 
 
-def _campaign(config: Optional[Path]):
+def _campaign(config: Path | None):
     from medloop.config import ConfigError, load_campaign
 
     try:
@@ -30,7 +29,7 @@ def _fail(err: Exception) -> None:
 
 
 @app.command()
-def install(venv: Optional[Path] = VenvOption, quiet: bool = typer.Option(True, "--quiet/--verbose")) -> None:
+def install(venv: Path | None = VenvOption, quiet: bool = typer.Option(True, "--quiet/--verbose")) -> None:
     """Install Label Studio's server into its own virtual environment (nothing to do when present)."""
     from . import server
     from .errors import LabelStudioInstallError
@@ -48,9 +47,9 @@ def install(venv: Optional[Path] = VenvOption, quiet: bool = typer.Option(True, 
 
 @app.command()
 def start(
-    config: Optional[Path] = ConfigOption,
-    port: Optional[int] = typer.Option(None, "--port", "-p", help="port on 127.0.0.1 (default: labeling.port)"),
-    venv: Optional[Path] = VenvOption,
+    config: Path | None = ConfigOption,
+    port: int | None = typer.Option(None, "--port", "-p", help="port on 127.0.0.1 (default: labeling.port)"),
+    venv: Path | None = VenvOption,
     timeout: float = typer.Option(240.0, help="seconds to wait for /health"),
 ) -> None:
     """Start the campaign's Label Studio on 127.0.0.1 and wait until it answers."""
@@ -67,7 +66,7 @@ def start(
 
 
 @app.command()
-def stop(config: Optional[Path] = ConfigOption) -> None:
+def stop(config: Path | None = ConfigOption) -> None:
     """Stop the campaign's Label Studio."""
     from . import server
 
@@ -76,7 +75,7 @@ def stop(config: Optional[Path] = ConfigOption) -> None:
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
+def status(config: Path | None = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Is the campaign's Label Studio running and healthy? (exit 1 when not)"""
     from . import server
 
@@ -93,7 +92,7 @@ def status(config: Optional[Path] = ConfigOption, as_json: bool = typer.Option(F
 
 
 @app.command()
-def push(config: Optional[Path] = ConfigOption) -> None:
+def push(config: Path | None = ConfigOption) -> None:
     """Push the queued cases (AnnotationTask rows in state 'intent') to Label Studio."""
     from medloop.data.imagestore import ImageStore
     from medloop.ledger import Ledger
@@ -111,7 +110,7 @@ def push(config: Optional[Path] = ConfigOption) -> None:
 
 
 @app.command()
-def sync(config: Optional[Path] = ConfigOption) -> None:
+def sync(config: Path | None = ConfigOption) -> None:
     """Pull finished annotations from Label Studio into the ledger."""
     from medloop.data.imagestore import ImageStore
     from medloop.ledger import Ledger
@@ -130,7 +129,7 @@ def sync(config: Optional[Path] = ConfigOption) -> None:
 
 @app.command()
 def webhook(
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
     port: int = typer.Option(8765, help="port on 127.0.0.1"),
     register: bool = typer.Option(True, help="register the webhook in the project"),
 ) -> None:

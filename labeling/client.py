@@ -10,8 +10,9 @@ token; the official SDK client is available through :meth:`LSClient.sdk`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 

@@ -14,8 +14,8 @@ stays committed and the next call pushes exactly what is left.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

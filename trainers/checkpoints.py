@@ -64,7 +64,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod  # torch.compile
         elif isinstance(model, nn.parallel.DistributedDataParallel) or (
-            hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module)
+            hasattr(model, "module") and isinstance(model.module, nn.Module)
         ):
             model = model.module
         else:

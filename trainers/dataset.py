@@ -13,8 +13,8 @@ ignore map turns its pixels to 255. Validation: split ``val`` with active human 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class SampleArrays:
     def __len__(self) -> int:
         return int(self.sample_ids.shape[0])
 
-    def subset(self, index: np.ndarray | Sequence[int]) -> "SampleArrays":
+    def subset(self, index: np.ndarray | Sequence[int]) -> SampleArrays:
         idx = np.asarray(index, dtype=np.int64)
         return SampleArrays(
             self.sample_ids[idx],
@@ -199,7 +199,7 @@ class Augment:
     intensity_strength: float = 0.2
 
     @classmethod
-    def from_names(cls, names: Iterable[str]) -> "Augment | None":
+    def from_names(cls, names: Iterable[str]) -> Augment | None:
         names = list(names)
         unknown = sorted(set(names) - set(AUGMENTATIONS))
         if unknown:

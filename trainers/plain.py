@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from torch.utils.data import DataLoader
 from medloop.config import Campaign
 
 from .checkpoints import build_model, model_spec, unwrap
-from .models import resolve_heads
 from .dataset import IGNORE, Augment, JointDataset, SampleArrays
+from .models import resolve_heads
 from .semi import SemiOptions, SemiTrainer, split_output, unlabeled_batch_size
 
 #: the validation metric that picks the best epoch and drives early stopping / ASHA
@@ -55,7 +56,7 @@ class LoopSettings:
     semi: SemiOptions = field(default_factory=SemiOptions)
 
     @classmethod
-    def from_campaign(cls, campaign: Campaign, **override: Any) -> "LoopSettings":
+    def from_campaign(cls, campaign: Campaign, **override: Any) -> LoopSettings:
         c, m, t, sel = campaign.compute, campaign.model, campaign.training, campaign.selection
         opts = dict(m.options)
         loss = opts.pop("loss", None)

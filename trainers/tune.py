@@ -69,9 +69,8 @@ def apply_config(settings: LoopSettings, config: dict[str, Any]) -> LoopSettings
 
 
 def _trial(config: dict[str, Any], *, settings: LoopSettings, data: tuple[SampleArrays, SampleArrays]) -> None:
-    from ray import tune
-
     import torch
+    from ray import tune
 
     torch.set_num_threads(1)
     train, val = data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True, help="medloop: self-training rounds for 
 ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
 
 
-def load_or_exit(config: Optional[Path], **overrides: object) -> "Campaign":
+def load_or_exit(config: Path | None, **overrides: object) -> Campaign:
     """Load the campaign; a bad file prints the message (key + expected type) and exits 2."""
     from medloop.config import ConfigError, load_campaign
 
@@ -35,7 +35,7 @@ def _data_error(err: Exception) -> typer.Exit:
 def init(
     path: Path = typer.Argument(Path("campaign.toml"), help="where to write the campaign file"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Write a commented campaign file with every key at its default (or the values of --config)."""
     from medloop.config import commented_toml
@@ -52,8 +52,8 @@ def init(
 @app.command()
 def ingest(
     fmt: str = typer.Argument(..., metavar="FORMAT", help="synthetic | busi | generic"),
-    path: Optional[Path] = typer.Argument(None, help="dataset folder (default: data.path of the campaign)"),
-    config: Optional[Path] = ConfigOption,
+    path: Path | None = typer.Argument(None, help="dataset folder (default: data.path of the campaign)"),
+    config: Path | None = ConfigOption,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="ingest the good files and list the bad ones"),
 ) -> None:
     """Register a dataset in the ledger and image store (stratified splits, unlabeled pool)."""
@@ -68,7 +68,7 @@ def ingest(
     typer.echo(report.summary())
 
 
-def print_status(campaign: "Campaign") -> None:
+def print_status(campaign: Campaign) -> None:
     """Pool sizes by split and label kind, the rounds, and quarantined annotations."""
     from rich.console import Console
     from rich.table import Table
@@ -109,16 +109,16 @@ def print_status(campaign: "Campaign") -> None:
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOption) -> None:
+def status(config: Path | None = ConfigOption) -> None:
     """Show pool sizes by split and label kind, rounds, and quarantined annotations."""
     print_status(load_or_exit(config))
 
 
 @app.command()
 def demo(
-    path: Optional[Path] = typer.Argument(None, help="dataset folder for --dataset busi"),
-    config: Optional[Path] = ConfigOption,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
+    path: Path | None = typer.Argument(None, help="dataset folder for --dataset busi"),
+    config: Path | None = ConfigOption,
+    dataset: str | None = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
     rounds: int = typer.Option(3, "--rounds", min=0, help="self-training rounds to run after ingesting"),
 ) -> None:
     """Run the demo campaign on the embedded defaults (no file needed)."""
@@ -138,8 +138,8 @@ def demo(
 
 
 # ---- sub-commands that live next to the code they drive --------------------------------
-from medloop.labeling.cli import app as _labelstudio_app  # noqa: E402
 from medloop.dashboard.cli import register as _register_dashboard_command  # noqa: E402
+from medloop.labeling.cli import app as _labelstudio_app  # noqa: E402
 from medloop.rounds.cli import register as _register_round_commands  # noqa: E402
 from medloop.tune_cli import register as _register_tune_command  # noqa: E402
 

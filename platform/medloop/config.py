@@ -46,7 +46,7 @@ class DataConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "DataConfig":
+    def _check(self) -> DataConfig:
         if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6:
             raise ValueError("data.split: expected three fractions (train, val, test) that sum to 1")
         if len(self.class_mix) != len(self.classes):
@@ -229,7 +229,7 @@ class Campaign(_Section):
 
     # ---- cross-checks --------------------------------------------------------------
     @model_validator(mode="after")
-    def _measures_exist(self) -> "Campaign":
+    def _measures_exist(self) -> Campaign:
         """The selection measure and acquisition must exist for the uncertainty method and heads
         (caught at load, not as an all-NaN column mid-round)."""
         problems = check_measures(self)
@@ -292,7 +292,7 @@ def model_heads(model: ModelConfig) -> tuple[str, str]:
         return model.cls_head or "softmax", model.seg_head or "softmax"
 
 
-def check_measures(campaign: "Campaign") -> list[str]:
+def check_measures(campaign: Campaign) -> list[str]:
     """Messages for each selection measure / acquisition that does not exist for the campaign's
     uncertainty method and classification head (empty: all fine)."""
     sel, method = campaign.selection, campaign.uncertainty.method

@@ -7,9 +7,10 @@ round's queue from the hidden ground truth, and reports what changed round by ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import Campaign, ComputeConfig, ModelConfig, UncertaintyConfig
 from .data.ingest import IngestReport, ingest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,9 +13,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("tune")
     def tune(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
         samples: int = typer.Option(8, "--samples", "-n", min=1, help="number of trials"),
-        epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"),
+        epochs: int | None = typer.Option(None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"),
         write_back_: bool = typer.Option(False, "--write-back", help="write the best values into the campaign file"),
     ) -> None:
         """Search lr, dropout, width and loss weights with ASHA on the labeled data."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from medloop.config import load_campaign
 from medloop.data.imagestore import ImageStore, content_hash
-from medloop.ledger.schema import Base, AnnotationTask, Prediction, Round, RoundStep, Sample, Selection, STEPS, utcnow
+from medloop.ledger.schema import STEPS, AnnotationTask, Base, Prediction, Round, RoundStep, Sample, Selection, utcnow
 from medloop.ledger.store import Ledger, add_human_label, add_pseudo_label, add_truth_label, retire_pseudo_labels
 
 CLASSES = ["normal", "benign", "malignant"]

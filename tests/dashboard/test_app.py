@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from campaign_fixture import build_campaign
+from conftest import APP, file_fingerprint
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from campaign_fixture import build_campaign
-from conftest import APP, file_fingerprint
 from medloop.config import load_campaign
 from medloop.ledger.schema import AnnotationTask, Label, Round, Sample
 from medloop.ledger.store import Ledger

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import insert
 
 from medloop.dashboard import queries
-from medloop.ledger.schema import AnnotationTask, Label, Prediction, Round, RoundStep, Sample, Selection, STEPS, utcnow
+from medloop.ledger.schema import STEPS, AnnotationTask, Label, Prediction, Round, RoundStep, Sample, Selection, utcnow
 from medloop.ledger.store import Ledger
 
 N = 100_000

@@ -9,8 +9,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from medloop.labeling.push import push_queue
 from medloop.labeling.pull import sync
+from medloop.labeling.push import push_queue
 from medloop.labeling.webhook import SyncTrigger, make_server, register_webhook
 
 pytestmark = pytest.mark.labelstudio

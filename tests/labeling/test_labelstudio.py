@@ -7,14 +7,14 @@ import itertools
 import numpy as np
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from medloop.labeling import server as ls_server
 from medloop.labeling.client import LSClient, connect
 from medloop.labeling.errors import LabelStudioUnavailable
 from medloop.labeling.project import META_KEY, ensure_project, label_config, project_title
 from medloop.labeling.pull import sync
 from medloop.labeling.push import build_task, existing_tasks, import_tasks, push_queue
-from medloop.labeling import server as ls_server
 from medloop.labeling.rle import mask_to_rle, rle_to_mask
 from medloop.ledger import AnnotationTask, Label, Ledger, Quarantine, Sample
 

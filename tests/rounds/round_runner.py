@@ -17,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from support import TINY  # noqa: E402
+
 from medloop.config import load_campaign  # noqa: E402
 from medloop.rounds.lock import RoundLocked  # noqa: E402
 from medloop.rounds.orchestrator import run_round  # noqa: E402
 from medloop.rounds.steps import sync_step  # noqa: E402
-from support import TINY  # noqa: E402
 
 
 def main() -> int:

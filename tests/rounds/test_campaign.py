@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import ingest_synthetic, tiny_campaign
 
 from medloop.ledger import AnnotationTask, Label, Ledger, Round, RoundStep
 from medloop.rounds.orchestrator import run_round
-from support import ingest_synthetic, tiny_campaign
 
 pytest.importorskip("medloop.trainers.score", reason="trainers.score not available yet")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medloop.demo import demo_campaign, run_demo
-from medloop.config import Campaign
 from support import TINY, tiny_campaign
+
+from medloop.config import Campaign
+from medloop.demo import demo_campaign, run_demo
 
 
 def test_demo_runs_rounds_and_reports_changes(tmp_path: Path) -> None:

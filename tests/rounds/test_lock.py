@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support import write_config
 
 from medloop.rounds.lock import RoundLocked, round_lock
-from support import write_config
 
 HERE = Path(__file__).parent
 PY = sys.executable

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import TINY, ingest_synthetic, ledger_snapshot, tiny_campaign, write_config
 
 from medloop.ledger.schema import STEPS
 from medloop.rounds.orchestrator import run_round
-from support import TINY, ingest_synthetic, ledger_snapshot, tiny_campaign, write_config
 
 HERE = Path(__file__).parent
 CASES = [(step, when) for step in STEPS for when in ("before", "after-commit")]

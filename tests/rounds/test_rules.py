@@ -6,12 +6,12 @@ import math
 
 import pytest
 from sqlalchemy import func, select
+from support import TINY
 
 from medloop.ledger import AnnotationTask, Label, Ledger, Round, Selection
 from medloop.rounds.orchestrator import run_round
 from medloop.rounds.scheduler import parse_every, watch
 from medloop.rounds.stopping import no_gain
-from support import TINY
 
 
 def _run(campaign, **kw):

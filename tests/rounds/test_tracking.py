@@ -9,10 +9,10 @@ identically, so round 2 does not improve validation and the champion alias must 
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
+from support import checkpoint_train_round, tiny_campaign, tiny_score_samples
 
 from medloop.rounds.orchestrator import run_round
 from medloop.tracking import safe_params
-from support import checkpoint_train_round, tiny_campaign, tiny_score_samples
 
 
 def test_rounds_in_mlflow_and_champion_alias(campaign, monkeypatch) -> None:

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from medloop.selection import ACQUISITIONS, acquisition_scores, build_queue, k_center_greedy
-
 
 
 def order(name, scores, **options):

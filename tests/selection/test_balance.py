@@ -3,7 +3,8 @@ Sec. IV-G: 1 : 1.6), among the classes that have candidates."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from medloop.selection import balance_to_ratio, balanced_counts

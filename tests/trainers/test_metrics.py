@@ -8,9 +8,26 @@ from scipy.spatial.distance import cdist
 from sklearn import metrics as skm
 
 from medloop.trainers.metrics import (
-    accuracy, adaptive_ece, assd, aurc, auc_ovr, brier_score, calibration_metrics, classification_metrics,
-    confusion_matrix, dice, ece, f1_score, hd95, iou, nll, reliability_bins, risk_coverage, segmentation_metrics,
-    sensitivity, specificity,
+    accuracy,
+    adaptive_ece,
+    assd,
+    auc_ovr,
+    aurc,
+    brier_score,
+    calibration_metrics,
+    classification_metrics,
+    confusion_matrix,
+    dice,
+    ece,
+    f1_score,
+    hd95,
+    iou,
+    nll,
+    reliability_bins,
+    risk_coverage,
+    segmentation_metrics,
+    sensitivity,
+    specificity,
 )
 from medloop.trainers.metrics.segmentation import surface
 

@@ -9,9 +9,8 @@ import torch
 ray = pytest.importorskip("ray")
 
 from medloop.data.imagestore import ImageStore  # noqa: E402
-from medloop.ledger.schema import Sample  # noqa: E402
 from medloop.ledger.store import Ledger, add_pseudo_label  # noqa: E402
-from medloop.trainers.checkpoints import load_model, load_state, read_meta  # noqa: E402
+from medloop.trainers.checkpoints import load_model, load_state  # noqa: E402
 from medloop.trainers.dataset import IGNORE, load_arrays  # noqa: E402
 from medloop.trainers.toydata import populate, toy_campaign, toy_sample  # noqa: E402
 from medloop.trainers.train import initial_state, train_round  # noqa: E402

@@ -11,7 +11,6 @@ from medloop.trainers.models.base import JointModel, JointOutput
 from medloop.trainers.uncertainty import enable_mc_dropout, mc_sample, score_batch
 from medloop.trainers.uncertainty import measures as M
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

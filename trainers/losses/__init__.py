@@ -19,7 +19,7 @@ def build_loss(name: str, **options: Any) -> nn.Module:
     return LOSSES.build(name, **options)
 
 
-from medloop.trainers.losses.composite import JRLLoss, JointLoss, MTTULoss, MTUNetLoss, TIMUPALoss  # noqa: E402
+from medloop.trainers.losses.composite import JointLoss, JRLLoss, MTTULoss, MTUNetLoss, TIMUPALoss  # noqa: E402
 
 LOSSES.register("mtunet")(MTUNetLoss)
 LOSSES.register("jrl")(JRLLoss)

@@ -9,7 +9,8 @@ swaps the CE-type terms for the evidential losses and computes region terms on a
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medloop.trainers.losses._common import IGNORE, foreground_prob, masked_sample_mean, one_hot_mask, valid_pixels, zero_like
+from medloop.trainers.losses._common import (
+    IGNORE,
+    foreground_prob,
+    masked_sample_mean,
+    one_hot_mask,
+    valid_pixels,
+    zero_like,
+)
 
 
 def _region_stats(probs: torch.Tensor, mask: torch.Tensor, include_background: bool, ignore_index: int):

@@ -8,7 +8,7 @@ nothing -- not even its ``log sigma`` term, which would otherwise drive sigma to
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

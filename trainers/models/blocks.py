@@ -8,7 +8,7 @@ placement helper that decides where MC-dropout layers sit.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,9 @@ Default loss weights seg : cls = 5 : 1 (the "mtunet" loss).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -15,7 +15,8 @@ batch mean in training, running mean in eval, so a sample's output never depends
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

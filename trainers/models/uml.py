@@ -18,15 +18,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import dirichlet_alpha, vacuity
 from . import MODELS
 from .base import JointModel, JointOutput
-from ..heads import dirichlet_alpha, vacuity
 from .blocks import BasicBlock, DoubleConv, DropoutPlan, UpBlock, VGGBlock, check_input, conv_bn_act, gap
 
 

@@ -8,7 +8,7 @@ Two images are near-duplicates when the Pearson correlation of their grey thumbn
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

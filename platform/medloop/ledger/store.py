@@ -10,10 +10,11 @@ Rules enforced here and nowhere else:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,7 +58,7 @@ class Ledger:
 
     # ---- opening --------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str, *, create: bool = True) -> "Ledger":
+    def open(cls, url: str, *, create: bool = True) -> Ledger:
         engine = make_engine(url)
         ledger = cls(engine)
         if create:

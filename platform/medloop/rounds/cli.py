@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ EXIT_LOCKED = 3
 EXIT_FAILED = 1
 
 
-def _campaign(config: Optional[Path]):
+def _campaign(config: Path | None):
     from medloop.config import ConfigError, load_campaign
 
     try:
@@ -36,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("round")
     def round_cmd(
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
         force: bool = typer.Option(False, "--force", help="run even if the trigger or a stopping rule says no"),
     ) -> None:
         """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
@@ -57,8 +56,8 @@ def register(app: typer.Typer) -> None:
     @app.command("watch")
     def watch_cmd(
         every: str = typer.Option("6h", "--every", help="interval between attempts: 6h, 30m, 90s, 1d"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="campaign TOML file"),
-        max_rounds: Optional[int] = typer.Option(None, "--max-rounds", help="exit after this many finished rounds"),
+        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        max_rounds: int | None = typer.Option(None, "--max-rounds", help="exit after this many finished rounds"),
     ) -> None:
         """Try a round every --every; the trigger and stopping rules decide whether it runs."""
         from medloop.rounds.scheduler import parse_every, watch

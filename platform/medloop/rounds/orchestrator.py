@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from medloop.config import Campaign
 from medloop.ledger.schema import STEPS, Round, utcnow

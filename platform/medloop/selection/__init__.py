@@ -22,24 +22,24 @@ POLICIES: Registry = Registry("pseudo-label policy")
 ACQUISITIONS: Registry = Registry("acquisition function")
 
 # Importing the modules fills the registries.
-from medloop.selection.policies import cpl, pl, ups, vacuity_tau_from_evidence  # noqa: E402
+from medloop.selection.acquisition import acquisition_scores, build_queue  # noqa: E402
+from medloop.selection.audit import audit_precision, audit_sample  # noqa: E402
 from medloop.selection.balance import balance_to_ratio, balanced_counts  # noqa: E402
+from medloop.selection.decide import (  # noqa: E402
+    REASONS,
+    PseudoLabelParams,
+    decide_pseudo_labels,
+    reason_names,
+)
+from medloop.selection.diversity import k_center_greedy  # noqa: E402
+from medloop.selection.gate import calibration_gate, segmentation_gate  # noqa: E402
+from medloop.selection.policies import cpl, pl, ups, vacuity_tau_from_evidence  # noqa: E402
 from medloop.selection.pseudo_masks import (  # noqa: E402
     IGNORE_INDEX,
     mask_gate,
     mean_pixel_uncertainty,
     pseudo_mask,
     training_target,
-)
-from medloop.selection.diversity import k_center_greedy  # noqa: E402
-from medloop.selection.acquisition import build_queue, acquisition_scores  # noqa: E402
-from medloop.selection.audit import audit_precision, audit_sample  # noqa: E402
-from medloop.selection.gate import calibration_gate, segmentation_gate  # noqa: E402
-from medloop.selection.decide import (  # noqa: E402
-    REASONS,
-    PseudoLabelParams,
-    decide_pseudo_labels,
-    reason_names,
 )
 
 __all__ = [

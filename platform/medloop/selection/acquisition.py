@@ -28,7 +28,8 @@ Non-finite scores (e.g. a missing measure stored as NaN) are never queued by :fu
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

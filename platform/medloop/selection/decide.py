@@ -25,8 +25,9 @@ code  name                meaning
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class PseudoLabelParams:
     no_lesion_class: int | None = None
 
     @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> "PseudoLabelParams":
+    def from_config(cls, config: Any, **overrides: Any) -> PseudoLabelParams:
         """From a ``SelectionConfig``-like object (attributes read when present) plus overrides."""
         values = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
         values.update(overrides)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from medloop.config import Campaign, flatten
 
@@ -139,6 +140,7 @@ class Tracker:
     def _log_model(self, run_id: str, rec: RoundRecord) -> str:
         """Log + register the round's model (reusing a version already registered for it)."""
         import mlflow
+
         from medloop.trainers.checkpoints import load_model
 
         name = model_name(self.campaign)

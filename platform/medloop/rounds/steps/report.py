@@ -251,8 +251,7 @@ def _selection_table(ctx: Any, path: Path) -> Path:
 def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: ScoreTable,
            train_d: dict[str, Any], select_d: dict[str, Any], score_d: dict[str, Any],
            sizes: dict[str, int]) -> str:
-    from medloop.tracking import RoundRecord, Tracker, manifest_hash, safe_params
-    from medloop.tracking import plots
+    from medloop.tracking import RoundRecord, Tracker, manifest_hash, plots, safe_params
 
     campaign = ctx.campaign
     out = campaign.folder / "reports" / f"round-{ctx.round_id}"
