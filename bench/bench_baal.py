@@ -127,7 +127,8 @@ def main() -> None:
            "torch_threads": torch.get_num_threads()}
     md = [f"## MC-dropout sampling: medloop vs baal ({args.model}, {args.device})\n",
           f"Batch {n} of {args.size}x{args.size}, width {args.width}, T = {T}, fp32 eager, median of {args.repeats} "
-          f"(methods timed in turn, after two warm-up calls each); random weights. images/s = images fully sampled (T passes) per second. "
+          f"(methods timed in turn, after two warm-up calls each); random weights. "
+          f"images/s = images fully sampled (T passes) per second. "
           f"baal: {baal_info.get('version', 'not available: ' + baal_info.get('error', 'not installed'))}.\n",
           C.md_table(rows, ["method", "median_s", "images_per_s", "cached_speedup", "note"],
                      ["method", "median s", "images/s", "medloop cached is x faster", "note"], digits=3)]

@@ -31,7 +31,9 @@ import common as C  # noqa: E402
 METHODS = ("softmax", "mc_dropout", "evidential")
 
 
-def run_method(method: str, models: dict, images: np.ndarray, passes: int, device: str, batch: int = 32) -> dict[str, np.ndarray]:
+def run_method(
+    method: str, models: dict, images: np.ndarray, passes: int, device: str, batch: int = 32
+) -> dict[str, np.ndarray]:
     """probs (N, K), pred_mask (N, S, S), entropy (N,), uncertainty (N,) on float images in [0, 1]."""
     import torch
 
@@ -95,7 +97,8 @@ def main() -> None:
     rows = []
     for sigma in sigmas:
         rng = np.random.default_rng(1000 + int(round(sigma * 1e4)))
-        noisy = np.clip(clean + rng.normal(0.0, sigma, clean.shape).astype(np.float32), 0.0, 1.0) if sigma > 0 else clean
+        noisy = (np.clip(clean + rng.normal(0.0, sigma, clean.shape).astype(np.float32), 0.0, 1.0)
+                 if sigma > 0 else clean)
         for method in METHODS:
             r = run_method(method, models, noisy, args.passes, args.device)
             row = {"sigma": sigma, "method": method}
@@ -112,14 +115,16 @@ def main() -> None:
     small = args.size < 256 or args.epochs < 50
     md = [f"## Calibration and noise robustness ({data.name}, {args.model})\n",
           f"Trained from scratch with the plain loop on {len(train_idx)} images ({args.size}x{args.size}, width "
-          f"{args.width}, {args.epochs} epochs, device {args.device}); test {len(test)} images. MC-dropout T = {args.passes}."
+          f"{args.width}, {args.epochs} epochs, device {args.device}); test {len(test)} images. "
+          f"MC-dropout T = {args.passes}."
           + (" **Small CPU settings.**" if small else ""),
           "uncertainty: softmax = predictive entropy; mc_dropout = std of the predicted class's probability; "
           "evidential = vacuity K/S. Dice/IoU: mean over lesion images. Noise: N(0, sigma^2) on [0, 1] images.\n",
           C.md_table(rows, ["sigma", "method", "dice", "iou", "accuracy", "f1", "auc", "ece", "mean_entropy",
                             "mean_uncertainty"],
                      ["sigma", "head", "Dice", "IoU", "acc", "F1", "AUC", "ECE", "mean entropy", "mean uncertainty"])]
-    C.write_results("bench_calibration", {"config": cfg, "rows": rows}, "\n".join(md), Path(args.out) if args.out else None)
+    C.write_results("bench_calibration", {"config": cfg, "rows": rows}, "\n".join(md),
+                    Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

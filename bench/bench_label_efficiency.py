@@ -20,8 +20,8 @@ Arms (``--arms``, comma list):
 * ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
   (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
 
-"No pseudo-label" is ``selection.policy = "none"`` (no class and no mask pseudo-label). Shared settings: ``--size 128``, mtunet
-width 16, ``--epochs 30`` per round, ``--rounds 5``, ``--budget 18`` cases queued per round,
+"No pseudo-label" is ``selection.policy = "none"`` (no class and no mask pseudo-label). Shared settings:
+``--size 128``, mtunet width 16, ``--epochs 30`` per round, ``--rounds 5``, ``--budget 18`` cases queued per round,
 ``data.split = 0.80,0.05,0.15`` (validation labels count as human labels, so validation is small),
 ``--init-labels 22`` labelled training cases at the start; ``data.seed = compute.seed = selection.seed``
 = the seed, so every arm of a seed has the same split and test set. Everything else is the product

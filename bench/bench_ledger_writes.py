@@ -73,7 +73,8 @@ def main() -> None:
         write_s = time.perf_counter() - t1
         size_mb = Path(f"{tmp}/ledger.db").stat().st_size / 2**20
         ledger.close()
-    result = {"bench": "ledger_writes", "mode": args.mode, "rows": args.rows, "batch": args.batch, "seconds": round(write_s, 2),
+    result = {"bench": "ledger_writes", "mode": args.mode, "rows": args.rows, "batch": args.batch,
+              "seconds": round(write_s, 2),
               "rows_per_s": round(args.rows / write_s), "target_s": 60.0 * args.rows / 1_000_000,
               "meets_target": write_s <= 60.0 * args.rows / 1_000_000, "sample_rows_s": round(samples_s, 2),
               "db_mb": round(size_mb, 1)}

@@ -89,7 +89,8 @@ def main() -> None:
     x = torch.rand(args.batch, 1, args.size, args.size, device=args.device)
     results = {}
     for mode, cached in (("full_passes", False), ("cached_batched", True)):
-        sec = timed(lambda: score_batch(model, x, passes=args.passes, cached=cached), args.device, args.repeats)
+        sec = timed(lambda cached=cached: score_batch(model, x, passes=args.passes, cached=cached), args.device,
+                    args.repeats)
         results[mode] = {"seconds": sec, "img_per_s": args.batch / sec}
     ratio = results["cached_batched"]["img_per_s"] / results["full_passes"]["img_per_s"]
     report = {

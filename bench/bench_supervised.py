@@ -76,12 +76,14 @@ def main() -> None:
           f"Split 70/15/15 stratified, seed {args.split_seed}: train {len(train_idx)} / val {len(sp['val'])} / "
           f"test {len(sp['test'])}. Plain single-process loop, {args.size}x{args.size} grey, width {args.width}, "
           f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, device {args.device}, from scratch."
-          + (" **Small CPU settings: far below the papers' settings; not comparable with the anchors.**" if small else ""),
+          + (" **Small CPU settings: far below the papers' settings; not comparable with the anchors.**"
+             if small else ""),
           "Dice / IoU / HD95 (pixels at this size): mean over test images with a lesion. F1 macro, AUC macro OvR, "
           "ECE 15 bins. uml uses its evidential heads, the others softmax.\n",
           C.md_table(rows, ["model", "params", "dice", "iou", "hd95", "accuracy", "f1", "auc", "ece", "epochs_run",
                             "train_seconds", "error"],
-                     ["model", "params", "Dice", "IoU", "HD95", "acc", "F1", "AUC", "ECE", "epochs", "train s", "error"]),
+                     ["model", "params", "Dice", "IoU", "HD95", "acc", "F1", "AUC", "ECE", "epochs", "train s",
+                      "error"]),
           "\nAnchors (seed 001 Table 1; ImageNet-pretrained encoders, all 780 BUSI images, 256x256 — not directly "
           "comparable):\n",
           C.md_table(ANCHORS, ["model", "dice", "iou", "accuracy"], ["model", "Dice", "IoU", "acc"])]

@@ -155,7 +155,8 @@ def load_busi(path: str | Path, size: int, cache: bool = True) -> Data:
     from medloop.data.ingest import _resize
 
     path = Path(path)
-    if not (path.is_dir() and (path / "Dataset_BUSI_with_GT").is_dir() or (path.is_dir() and (path / "benign").is_dir())):
+    if not (path.is_dir() and (path / "Dataset_BUSI_with_GT").is_dir()
+            or (path.is_dir() and (path / "benign").is_dir())):
         raise SystemExit(f"BUSI not found at {path} (expected {path}/Dataset_BUSI_with_GT/<class>/); "
                          f"pass --busi PATH or --dataset synthetic")
     root = busi_root(path)
@@ -193,7 +194,9 @@ def load_synthetic(n: int, size: int, seed: int = 0, difficulty: float = 0.3,
     return Data("synthetic", ph.images[:, None].copy(), ph.masks.copy(), labels, list(CLASSES))
 
 
-def split(labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, np.ndarray]:
+def split(
+    labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> dict[str, np.ndarray]:
     """Stratified train / val / test index arrays (medloop.data.splits.assign_splits, seeded)."""
     from medloop.data.splits import assign_splits
 
@@ -268,7 +271,9 @@ def to_tensor(images: np.ndarray, device: str = "cpu") -> Any:
     return torch.from_numpy(images.astype(np.float32) / 255.0).to(device)
 
 
-def seg_scores(pred_mask: np.ndarray, true_mask: np.ndarray, labels: np.ndarray, with_hd95: bool = True) -> dict[str, float]:
+def seg_scores(
+    pred_mask: np.ndarray, true_mask: np.ndarray, labels: np.ndarray, with_hd95: bool = True
+) -> dict[str, float]:
     """Dice / IoU (``lesion_dice`` / ``lesion_iou``: mean per case over the cases with a lesion), HD95 over
     the same cases, and ``empty_rate`` (no-lesion cases predicted empty), as ``medloop.trainers.evaluate``."""
     from medloop.trainers import metrics as M

@@ -119,7 +119,8 @@ def page_overview(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     cols = st.columns(4)
     cols[0].metric("Samples", f"{total:,}")
     cols[1].metric("Rounds", len(rounds))
-    cols[2].metric("Last round", "—" if rounds.empty else f"{int(rounds['round'].iloc[-1])}: {rounds['status'].iloc[-1]}")
+    last = "—" if rounds.empty else f"{int(rounds['round'].iloc[-1])}: {rounds['status'].iloc[-1]}"
+    cols[2].metric("Last round", last)
     cols[3].metric("Open annotation queue", q(url, "open_queue_size"))
     if total:
         st.dataframe(splits.set_index("split").T, width="content")
@@ -140,7 +141,8 @@ def page_overview(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
             f"round {champ.get('round') or '?'}, run `{champ['run_id']}`)"
         )
         m = champ["metrics"]
-        keys = [k for k in ("val_dice", "val_iou", "val_accuracy", "val_f1", "val_auc", "val_ece", "val_brier", "val_nll") if k in m]
+        keys = [k for k in ("val_dice", "val_iou", "val_accuracy", "val_f1", "val_auc", "val_ece", "val_brier",
+                            "val_nll") if k in m]
         for col, key in zip(st.columns(max(len(keys), 1)), keys):
             col.metric(key, fmt(m[key]))
     else:
@@ -244,7 +246,8 @@ def page_selection(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     st.subheader("Thresholds in force")
     s = c.selection
     st.markdown(f"Campaign file: policy **{s.policy}**, tau_c = **{s.tau_c:g}**, tau_u = **{s.tau_u:g}** on "
-                f"**{s.measure}**, pixel tau_u = {s.pixel_tau_u:g}, mask gate = {s.mask_gate:g}, max ECE = {s.max_ece:g}.")
+                f"**{s.measure}**, pixel tau_u = {s.pixel_tau_u:g}, mask gate = {s.mask_gate:g}, "
+                f"max ECE = {s.max_ece:g}.")
     th = q(url, "thresholds")
     gates = rounds[["round", "gate", "stop"]]
     table = gates.merge(th, on="round", how="left") if len(th) else gates
@@ -279,10 +282,11 @@ def page_selection(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     st.subheader("Pseudo-label precision")
     audit, truth = q(url, "audit_precision"), q(url, "truth_precision")
     parts = []
+    shown = ["round", "source", "policy", "precision", "n"]
     if len(audit):
-        parts.append(audit.assign(source="human audit", policy="audited", n=audit["answered"])[["round", "source", "policy", "precision", "n"]])
+        parts.append(audit.assign(source="human audit", policy="audited", n=audit["answered"])[shown])
     if len(truth):
-        parts.append(truth.assign(source="hidden truth", n=truth["checked"])[["round", "source", "policy", "precision", "n"]])
+        parts.append(truth.assign(source="hidden truth", n=truth["checked"])[shown])
     if parts:
         prec = pd.concat(parts, ignore_index=True)
         cols = st.columns(2)

@@ -12,8 +12,10 @@ import pandas as pd
 
 CLASS_PALETTE = ["#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6"]
 KIND_COLOURS = {"human": "#2CA02C", "pseudo": "#FF7F0E", "queued": "#9467BD", "unlabeled": "#C7C7C7"}
-DECISION_COLOURS = {"pseudo": "#FF7F0E", "queue": "#9467BD", "audit": "#17BECF", "rejected": "#D62728", "none": "#BBBBBB"}
-STATE_COLOURS = {"done": "#2CA02C", "running": "#1F77B4", "pending": "#C7C7C7", "failed": "#D62728", "skipped": "#BCBD22"}
+DECISION_COLOURS = {"pseudo": "#FF7F0E", "queue": "#9467BD", "audit": "#17BECF", "rejected": "#D62728",
+                    "none": "#BBBBBB"}
+STATE_COLOURS = {"done": "#2CA02C", "running": "#1F77B4", "pending": "#C7C7C7", "failed": "#D62728",
+                 "skipped": "#BCBD22"}
 TASK_COLOURS = {"done": "#2CA02C", "pending": "#9467BD", "skipped": "#BCBD22"}
 OVERLAY_RGB = {"human": (44, 160, 44), "pseudo": (255, 127, 14), "predicted": (31, 119, 180)}
 STEP_ORDER = ["sync", "train", "score", "select", "push", "report"]
@@ -26,7 +28,8 @@ def _scale(mapping: dict[str, str], present: list[str] | None = None) -> alt.Sca
 
 def class_scale(classes: list[str]) -> alt.Scale:
     names = list(classes) + ["(mask only)"]
-    return alt.Scale(domain=names, range=[CLASS_PALETTE[i % len(CLASS_PALETTE)] for i in range(len(classes))] + ["#999999"])
+    colours = [CLASS_PALETTE[i % len(CLASS_PALETTE)] for i in range(len(classes))] + ["#999999"]
+    return alt.Scale(domain=names, range=colours)
 
 
 # ---- overview ------------------------------------------------------------------------------------------
@@ -174,9 +177,8 @@ def epoch_lines(hist: pd.DataFrame, metric: str) -> alt.Chart:
 
 
 def _diagonal() -> alt.Chart:
-    return alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(strokeDash=[4, 4], color="grey").encode(
-        x="x:Q", y="y:Q"
-    )
+    line = pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})
+    return alt.Chart(line).mark_line(strokeDash=[4, 4], color="grey").encode(x="x:Q", y="y:Q")
 
 
 def reliability(bins: pd.DataFrame, title: str) -> alt.LayerChart:
@@ -187,7 +189,8 @@ def reliability(bins: pd.DataFrame, title: str) -> alt.LayerChart:
         .encode(
             x=alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("accuracy:Q", title="observed accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1])),
-            tooltip=["lo", "hi", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f"), "count"],
+            tooltip=["lo", "hi", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f"),
+                     "count"],
         )
     )
     size = alt.Chart(bins).mark_circle(color="#4C78A8", opacity=0.35).encode(
@@ -204,7 +207,8 @@ def per_class_reliability(binned: pd.DataFrame, classes: list[str]) -> alt.Layer
             x=alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("accuracy:Q", title="accuracy vs human label", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("pred_class:N", scale=class_scale(classes), title="predicted class"),
-            tooltip=["pred_class", "n", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f")],
+            tooltip=["pred_class", "n", alt.Tooltip("confidence:Q", format=".3f"),
+                     alt.Tooltip("accuracy:Q", format=".3f")],
         )
     )
     return alt.layer(_diagonal(), lines).properties(title="Per-class reliability (validation)", width=380, height=320)
@@ -234,7 +238,8 @@ def uncertainty_scatter(pairs: pd.DataFrame, classes: list[str]) -> alt.Chart:
             x=alt.X("std:Q", title="MC-dropout std of the predicted class probability"),
             y=alt.Y("vacuity:Q", title="evidential vacuity (K / S)"),
             color=alt.Color("pred:N", scale=class_scale(classes), title="predicted class"),
-            tooltip=["sample_id", "pred", "split", alt.Tooltip("std:Q", format=".4f"), alt.Tooltip("vacuity:Q", format=".4f")],
+            tooltip=["sample_id", "pred", "split", alt.Tooltip("std:Q", format=".4f"),
+                     alt.Tooltip("vacuity:Q", format=".4f")],
         )
         .properties(title="MC-dropout vs evidential uncertainty", width=380, height=320)
     )

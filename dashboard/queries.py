@@ -105,7 +105,8 @@ def rounds(engine: Engine) -> pd.DataFrame:
 
 def round_steps(engine: Engine) -> pd.DataFrame:
     """The state machine of every round: round, step, state, started_at, finished_at, seconds, detail."""
-    df = _df(engine, "SELECT round_id AS round, step, state, started_at, finished_at, detail FROM round_steps ORDER BY round_id")
+    df = _df(engine, "SELECT round_id AS round, step, state, started_at, finished_at, detail FROM round_steps "
+                     "ORDER BY round_id")
     for col in ("started_at", "finished_at"):
         df[col] = pd.to_datetime(df[col])
     df["seconds"] = (df["finished_at"] - df["started_at"]).dt.total_seconds()
@@ -387,7 +388,8 @@ def selection_scatter(engine: Engine, round_id: int, measure: str, limit: int = 
     return _df(
         engine,
         f"SELECT p.sample_id, p.pred_class, p.confidence, p.{measure} AS uncertainty, "
-        "COALESCE((SELECT CASE WHEN SUM(CASE WHEN x.decision = 'audit' THEN 1 ELSE 0 END) > 0 THEN 'audit' ELSE MIN(x.decision) END "
+        "COALESCE((SELECT CASE WHEN SUM(CASE WHEN x.decision = 'audit' THEN 1 ELSE 0 END) > 0 THEN 'audit' "
+        "ELSE MIN(x.decision) END "
         "FROM selections x WHERE x.round_id = p.round_id AND x.sample_id = p.sample_id), 'none') AS decision "
         "FROM predictions p JOIN samples s ON s.id = p.sample_id AND s.split = 'pool' "
         f"WHERE p.round_id = :r AND p.{measure} IS NOT NULL "
@@ -401,7 +403,8 @@ def audit_precision(engine: Engine) -> pd.DataFrame:
     """Per round: audited pseudo-labels answered by a human, and how many kept the pseudo class."""
     return _df(
         engine,
-        "SELECT a.round_id AS round, COUNT(*) AS answered, SUM(CASE WHEN h.class_name = p.class_name THEN 1 ELSE 0 END) AS agreed, "
+        "SELECT a.round_id AS round, COUNT(*) AS answered, "
+        "SUM(CASE WHEN h.class_name = p.class_name THEN 1 ELSE 0 END) AS agreed, "
         "AVG(CASE WHEN h.class_name = p.class_name THEN 1.0 ELSE 0.0 END) AS precision "
         "FROM annotation_tasks a "
         "JOIN labels p ON p.sample_id = a.sample_id AND p.kind = 'pseudo' AND p.round_id = a.round_id "
@@ -431,7 +434,8 @@ def task_states(engine: Engine) -> pd.DataFrame:
         engine,
         "SELECT round_id AS round, CASE WHEN state = 'completed' THEN 'done' "
         "WHEN state IN ('intent', 'pushed') THEN 'pending' ELSE 'skipped' END AS status, "
-        "COUNT(*) AS tasks, SUM(CASE WHEN is_audit THEN 1 ELSE 0 END) AS audit FROM annotation_tasks GROUP BY round_id, status ORDER BY round_id",
+        "COUNT(*) AS tasks, SUM(CASE WHEN is_audit THEN 1 ELSE 0 END) AS audit FROM annotation_tasks "
+        "GROUP BY round_id, status ORDER BY round_id",
     )
 
 
@@ -440,14 +444,16 @@ def kept_prediction(engine: Engine) -> pd.DataFrame:
     return _df(
         engine,
         "SELECT round_id AS round, COUNT(kept_prediction) AS answered, "
-        "SUM(CASE WHEN kept_prediction THEN 1 ELSE 0 END) AS kept, AVG(CASE WHEN kept_prediction THEN 1.0 WHEN NOT kept_prediction THEN 0.0 END) AS rate "
+        "SUM(CASE WHEN kept_prediction THEN 1 ELSE 0 END) AS kept, "
+        "AVG(CASE WHEN kept_prediction THEN 1.0 WHEN NOT kept_prediction THEN 0.0 END) AS rate "
         "FROM annotation_tasks WHERE state = 'completed' GROUP BY round_id ORDER BY round_id",
     )
 
 
 def open_queue_size(engine: Engine) -> int:
     """Tasks waiting for annotators now (intent or pushed)."""
-    return int(_df(engine, "SELECT COUNT(*) AS n FROM annotation_tasks WHERE state IN ('intent', 'pushed')")["n"].iloc[0])
+    df = _df(engine, "SELECT COUNT(*) AS n FROM annotation_tasks WHERE state IN ('intent', 'pushed')")
+    return int(df["n"].iloc[0])
 
 
 def quarantined(engine: Engine) -> int:
@@ -507,7 +513,8 @@ def explorer_page(
         "SELECT s.id AS sample_id, s.uid, s.split, s.image_path, x.decision, x.policy, x.score, "
         "p.pred_class, p.confidence, p.std, p.vacuity, p.entropy, p.seg_uncertainty, "
         "p.mask_path AS pred_mask, p.umap_path, "
-        "(SELECT h.class_name FROM labels h WHERE h.sample_id = s.id AND h.kind = 'human' AND h.active) AS human_class, "
+        "(SELECT h.class_name FROM labels h WHERE h.sample_id = s.id AND h.kind = 'human' AND h.active) "
+        "AS human_class, "
         "(SELECT h.mask_path FROM labels h WHERE h.sample_id = s.id AND h.kind = 'human' AND h.active) AS human_mask, "
         "(SELECT q.class_name FROM labels q WHERE q.sample_id = s.id AND q.kind = 'pseudo' AND q.round_id = :r "
         " ORDER BY q.id DESC LIMIT 1) AS pseudo_class, "
@@ -579,7 +586,8 @@ def train_history(client: Any, parent_run_ids: dict[int, str], metric: str) -> p
             if child.info.run_name != "train":
                 continue
             hist = client.get_metric_history(child.info.run_id, metric)
-            parts.append(pd.DataFrame({"round": rnd, "epoch": [m.step for m in hist], "value": [m.value for m in hist]}))
+            parts.append(pd.DataFrame({"round": rnd, "epoch": [m.step for m in hist],
+                                       "value": [m.value for m in hist]}))
     if not parts:
         return pd.DataFrame(columns=["round", "epoch", "value"])
     return pd.concat(parts, ignore_index=True)

@@ -10,7 +10,9 @@ import typer
 app = typer.Typer(no_args_is_help=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
-VenvOption = typer.Option(None, "--venv", help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV or .medloop/labelstudio-venv)")
+VenvOption = typer.Option(
+    None, "--venv", help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV or .medloop/labelstudio-venv)"
+)
 
 
 def _campaign(config: Path | None):
@@ -62,7 +64,8 @@ def start(
     except LabelStudioInstallError as err:
         _fail(err)
     typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}); log: {info.log}")
-    typer.echo(f"API token in {info.token_file} (admin user {server.ADMIN_USER}, password in {server.files(campaign).password})")
+    typer.echo(f"API token in {info.token_file} "
+               f"(admin user {server.ADMIN_USER}, password in {server.files(campaign).password})")
 
 
 @app.command()
@@ -84,7 +87,8 @@ def status(config: Path | None = ConfigOption, as_json: bool = typer.Option(Fals
     if as_json:
         typer.echo(json.dumps(info.as_dict()))
     elif info.running:
-        typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}), {'healthy' if info.healthy else 'NOT answering /health'}")
+        health = "healthy" if info.healthy else "NOT answering /health"
+        typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}), {health}")
     else:
         typer.echo(f"Label Studio is not running (data in {info.data_dir})")
     if not (info.running and info.healthy):

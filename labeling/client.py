@@ -76,7 +76,9 @@ class LSClient:
         except requests.ConnectionError as err:
             raise LabelStudioUnavailable(f"Label Studio at {self.url} is unreachable ({type(err).__name__})") from None
         except requests.Timeout:
-            raise LabelStudioUnavailable(f"Label Studio at {self.url} did not answer in {kwargs['timeout']} s") from None
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.url} did not answer in {kwargs['timeout']} s"
+            ) from None
         if r.status_code in (502, 503, 504):
             raise LabelStudioUnavailable(f"Label Studio at {self.url} is unavailable (HTTP {r.status_code})")
         if r.status_code not in ok:

@@ -41,10 +41,11 @@ def label_config(campaign: Campaign) -> str:
     """The labeling interface: image with zoom, one required class, lesion brush, uncertainty text."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in campaign.data.classes)
     lesion = quoteattr(campaign.labeling.lesion_label)
+    image_controls = 'zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"'
     return f"""<View>
   <Header value="Choose one class and correct the lesion mask (see the instructions)"/>
   <Text name="info" value="$info"/>
-  <Image name="{IMAGE_TO}" value="$image" zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"/>
+  <Image name="{IMAGE_TO}" value="$image" {image_controls}/>
   <Choices name="{CLASS_FROM}" toName="{IMAGE_TO}" choice="single" required="true" showInline="true">
 {choices}
   </Choices>

@@ -260,7 +260,8 @@ def sync(
             names = {g[1] for g in good}
             if len(names) > 1:
                 votes = ", ".join(f"{who(g[0])}: {g[1]}" for g in good)
-                reason = f"task {tid} (sample {smp.uid}): annotators disagree on the class ({votes}); policy 'agreement'"
+                reason = (f"task {tid} (sample {smp.uid}): annotators disagree on the class ({votes}); "
+                          "policy 'agreement'")
                 if _upsert_quarantine(ledger, sample_id=smp.id, task_id=tid, annotation_id=None,
                                       reason=reason, mark_task=row.id):
                     report.quarantined += 1

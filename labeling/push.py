@@ -228,7 +228,7 @@ def push_queue(
     if done:
         _mark_pushed(ledger, done)
         report.reconciled = len(done)
-        for t, smp, _ in intents:
+        for _, smp, _ in intents:
             if smp.uid in present:
                 report.task_ids[smp.uid] = present[smp.uid]
     todo = [row for row in intents if row[1].uid not in present]

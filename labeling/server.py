@@ -246,7 +246,9 @@ def start(
         )
     exe = install(venv) if install_missing else executable(venv)
     if not exe.exists():
-        raise LabelStudioInstallError(f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`")
+        raise LabelStudioInstallError(
+            f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`"
+        )
     port = port or campaign.labeling.port
     if not port_free(port):
         raise LabelStudioInstallError(f"port {port} on 127.0.0.1 is taken; choose another with --port")

@@ -120,8 +120,10 @@ def serve_forever(campaign: Campaign, *, port: int = 8765, register: bool = True
     store = ImageStore(campaign.store)
     client = connect(campaign)
     pid = ensure_project(campaign, ledger, client, store_root=store.root)
-    trigger = SyncTrigger(lambda: print(json.dumps(sync(campaign, ledger, store, client=client, project_id=pid).as_dict()),
-                                        flush=True))
+    def run_sync() -> None:
+        print(json.dumps(sync(campaign, ledger, store, client=client, project_id=pid).as_dict()), flush=True)
+
+    trigger = SyncTrigger(run_sync)
     httpd = make_server(trigger, port)
     url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     if register:

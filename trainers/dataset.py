@@ -166,7 +166,8 @@ def unlabeled_rows(ledger: Ledger) -> list[tuple[Sample, None]]:
         labeled = (
             select(Label.sample_id).where(Label.active.is_(True), Label.kind.in_(("human", "pseudo"))).scalar_subquery()
         )
-        rows = s.scalars(select(Sample).where(Sample.split == "pool", Sample.id.not_in(labeled)).order_by(Sample.id)).all()
+        query = select(Sample).where(Sample.split == "pool", Sample.id.not_in(labeled)).order_by(Sample.id)
+        rows = s.scalars(query).all()
     return [(r, None) for r in rows]
 
 

@@ -124,7 +124,9 @@ def score_arrays(
 # ---- the ledger side ----------------------------------------------------------------------------------
 
 
-def pending_samples(ledger: Ledger, splits: Sequence[str], model_version: str) -> tuple[list[tuple[int, str, str]], int]:
+def pending_samples(
+    ledger: Ledger, splits: Sequence[str], model_version: str
+) -> tuple[list[tuple[int, str, str]], int]:
     """(samples of ``splits`` not yet scored by ``model_version`` as (id, uid, image_path), number skipped)."""
     with ledger.reading() as s:
         rows = s.execute(

@@ -108,7 +108,8 @@ def _delete_run(storage: str, name: str) -> None:
 
 def _fingerprint(model: torch.nn.Module) -> float:
     """A number that changes with the weights (sum of |w| over all tensors), for warm-start checks."""
-    return float(sum(v.detach().double().abs().sum() for v in unwrap(model).state_dict().values() if v.is_floating_point()))
+    state = unwrap(model).state_dict().values()
+    return float(sum(v.detach().double().abs().sum() for v in state if v.is_floating_point()))
 
 
 def initial_state(config: dict[str, Any], checkpoint_dir: str | None) -> dict[str, Any]:
@@ -179,7 +180,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if "loss" in ts:
         loss_fn.load_state_dict(ts["loss"])
     model = ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": settings.model.get("find_unused", False)}
+        model,
+        move_to_device=False,
+        parallel_strategy_kwargs={"find_unused_parameters": settings.model.get("find_unused", False)},
     )
     optimizer = make_optimizer(model, loss_fn, settings)
     if "optimizer" in ts:

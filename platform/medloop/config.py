@@ -10,13 +10,32 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 CLASSES_DEFAULT = ["normal", "benign", "malignant"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        """A boolean key takes only true or false: pydantic's lax mode would read "yes", "off", 1 or
+        "0" as booleans, so a quoted or misspelt value would switch a feature silently."""
+        name = info.field_name
+        if name is not None and cls.model_fields[name].annotation is bool and not isinstance(value, bool):
+            raise PydanticCustomError("bool_type", "Input should be true or false (a TOML boolean, unquoted)")
+        return value
 
 
 class DataConfig(_Section):
@@ -44,13 +63,24 @@ class DataConfig(_Section):
         description="near-duplicate images (correlation of 32x32 thumbnails >= this) stay in one split; "
         "1.0 = only exact copies",
     )
+    intensity_window: list[float] | None = Field(
+        None,
+        description="[lo, hi]: images deeper than 8 bits (16-bit, signed, float) map lo..hi to 0..255, "
+        "pixels outside counted in a warning (unset: min-max per image)",
+    )
+    min_image_size: int = Field(
+        32, ge=1, description="ingest warns about an image whose short side is below this (pixels), naming the file"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6:
             raise ValueError("data.split: expected three fractions (train, val, test) that sum to 1")
-        if len(self.class_mix) != len(self.classes):
+        if self.source == "synthetic" and len(self.class_mix) != len(self.classes):
             raise ValueError("data.class_mix: expected one proportion per class in data.classes")
+        window = self.intensity_window
+        if window is not None and (len(window) != 2 or not window[0] < window[1]):
+            raise ValueError(f"data.intensity_window: expected [lo, hi] with lo < hi (got {window})")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError("data.classes: expected at least two distinct class names")
         return self
@@ -67,7 +97,8 @@ class ModelConfig(_Section):
     )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="MC-dropout rate")
     dropout_placement: list[str] = Field(
-        default_factory=lambda: ["decoder", "classifier"], description="where dropout sits: bottleneck, decoder, classifier"
+        default_factory=lambda: ["decoder", "classifier"],
+        description="where dropout sits: bottleneck, decoder, classifier",
     )
     cls_head: Literal["softmax", "evidential"] | None = Field(
         None, description="classification head: softmax | evidential (unset: the model's own, evidential for uml)"
@@ -84,7 +115,9 @@ class UncertaintyConfig(_Section):
 
     method: Literal["mc_dropout", "evidential", "both"] = Field("mc_dropout", description="estimator")
     mc_passes: int = Field(10, ge=2, le=100, description="T, MC-dropout passes (seed 002: T = 10)")
-    boundary_band: int = Field(3, ge=0, description="pixels around the predicted lesion counted in the lesion uncertainty")
+    boundary_band: int = Field(
+        3, ge=0, description="pixels around the predicted lesion counted in the lesion uncertainty"
+    )
 
 
 class SelectionConfig(_Section):
@@ -93,20 +126,32 @@ class SelectionConfig(_Section):
     policy: str = Field("ups", description="pseudo-label policy: pl | cpl | ups | none (no class or mask pseudo-label)")
     tau_c: float = Field(0.9, ge=0.0, le=1.0, description="confidence threshold (seed 002 Eq. 19)")
     tau_u: float = Field(0.05, ge=0.0, description="uncertainty threshold on the chosen measure (seed 002 Eq. 19)")
-    measure: Literal["std", "entropy", "mutual_info", "vacuity"] = Field("std", description="uncertainty measure for UPS")
+    measure: Literal["std", "entropy", "mutual_info", "vacuity"] = Field(
+        "std", description="uncertainty measure for UPS"
+    )
     class_balance: bool = Field(True, description="selected pseudo-labels follow the human class ratio")
-    pixel_tau_u: float = Field(0.1, ge=0.0, description="pixels with uncertainty above this become 'ignore' in pseudo-masks")
-    mask_gate: float = Field(0.05, ge=0.0, description="a pseudo-mask is used only if its mean pixel uncertainty is below this")
+    pixel_tau_u: float = Field(
+        0.1, ge=0.0, description="pixels with uncertainty above this become 'ignore' in pseudo-masks"
+    )
+    mask_gate: float = Field(
+        0.05, ge=0.0, description="a pseudo-mask is used only if its mean pixel uncertainty is below this"
+    )
     acquisition: str = Field(
         "hybrid",
         description="entropy | bald | margin | vacuity | seg_uncertainty | hybrid (class and segmentation) | random",
     )
-    hybrid_weight: float = Field(0.5, ge=0.0, le=1.0, description="hybrid: weight of the class term (1 - w on segmentation)")
+    hybrid_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="hybrid: weight of the class term (1 - w on segmentation)"
+    )
     budget: int = Field(16, ge=0, description="cases sent to annotators per round")
     total_budget: int = Field(0, ge=0, description="stop when this many cases were queued in all (0 = no limit)")
     diversity: bool = Field(False, description="k-center greedy on embeddings among the top candidates")
-    audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fraction of accepted pseudo-labels also queued, flagged")
-    max_ece: float = Field(0.25, ge=0.0, le=1.0, description="calibration gate: above this validation ECE, no pseudo-labels")
+    audit_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="fraction of accepted pseudo-labels also queued, flagged"
+    )
+    max_ece: float = Field(
+        0.25, ge=0.0, le=1.0, description="calibration gate: above this validation ECE, no pseudo-labels"
+    )
     min_val_dice: float = Field(
         0.5, ge=0.0, le=1.0, description="segmentation gate: below this validation Dice, no pseudo-masks (0 = off)"
     )
@@ -136,10 +181,13 @@ class LabelingConfig(_Section):
     project_title: str | None = Field(None, description="project title (default: medloop-<campaign>)")
     lesion_label: str = Field("Lesion", description="BrushLabels label name for the lesion")
     oracle: bool = Field(True, description="answer queued cases from hidden ground truth (demo / benchmarks)")
-    multi_annotation_policy: Literal["latest", "agreement"] = Field("latest", description="several annotations on a task")
+    multi_annotation_policy: Literal["latest", "agreement"] = Field(
+        "latest", description="several annotations on a task"
+    )
     port: int = Field(8080, ge=1, le=65535, description="port for `medloop labelstudio start`")
     document_root: str | None = Field(
-        None, description="the server's LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it (default: campaign folder)"
+        None,
+        description="the server's LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it (default: campaign folder)",
     )
 
 
@@ -217,7 +265,9 @@ class Campaign(_Section):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="campaign name (folder and experiment name)")
     root: str | None = Field(None, description="campaign folder (default: .medloop/<name>)")
-    ledger_url: str | None = Field(None, description="SQLAlchemy URL of the ledger (default: SQLite in the campaign folder)")
+    ledger_url: str | None = Field(
+        None, description="SQLAlchemy URL of the ledger (default: SQLite in the campaign folder)"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)
@@ -231,8 +281,9 @@ class Campaign(_Section):
     @model_validator(mode="after")
     def _measures_exist(self) -> Campaign:
         """The selection measure and acquisition must exist for the uncertainty method and heads
-        (caught at load, not as an all-NaN column mid-round)."""
-        problems = check_measures(self)
+        (caught at load, not as an all-NaN column mid-round); the model must exist and fit
+        ``data.image_size`` (caught at load, not when training starts)."""
+        problems = check_model(self) + check_measures(self)
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -292,6 +343,39 @@ def model_heads(model: ModelConfig) -> tuple[str, str]:
         return model.cls_head or "softmax", model.seg_head or "softmax"
 
 
+def model_depth(model: ModelConfig) -> tuple[int, str]:
+    """(depth, where it comes from) of the campaign's model: ``model.options.depth`` (passed to the
+    builder last), else ``model.depth``, else the model class's own default. Needs a known name."""
+    import inspect
+
+    from medloop.trainers.models import model_class
+
+    if "depth" in model.options:
+        return int(model.options["depth"]), f"model.options.depth = {model.options['depth']}"
+    if model.depth is not None:
+        return model.depth, f"model.depth = {model.depth}"
+    depth = inspect.signature(model_class(model.name)).parameters["depth"].default
+    return int(depth), f"its own depth {depth}, model.depth unset"
+
+
+def check_model(campaign: Campaign) -> list[str]:
+    """Messages for a model name that is not registered, or a ``data.image_size`` the model's
+    down-sampling (2**depth) does not divide (empty: all fine). Imports the models (torch) lazily."""
+    from medloop.trainers.models import MODELS
+
+    m, size = campaign.model, campaign.data.image_size
+    if m.name not in MODELS:
+        return [f'model.name = "{m.name}": unknown model; known: {", ".join(MODELS.names())}']
+    depth, where = model_depth(m)
+    step = 2**depth
+    if size % step == 0:
+        return []
+    near = [s for s in (size // step * step, size // step * step + step) if 16 <= s <= 1024]
+    use = " or ".join(str(s) for s in near) or f"a multiple of {step}"
+    return [f'data.image_size = {size} cannot be divided by 2**{depth} = {step}, the down-sampling of model '
+            f'"{m.name}" ({where}); use data.image_size = {use}, or a smaller model.depth']
+
+
 def check_measures(campaign: Campaign) -> list[str]:
     """Messages for each selection measure / acquisition that does not exist for the campaign's
     uncertainty method and classification head (empty: all fine)."""
@@ -307,7 +391,9 @@ def check_measures(campaign: Campaign) -> list[str]:
         back = 'or uncertainty.method = "mc_dropout" | "both"'
         if sel.measure in MC_MEASURES:
             use = "entropy or vacuity" if evidential else "entropy"
-            problems.append(f'selection.measure = "{sel.measure}" needs MC-dropout passes, {gives_none}; use {use}, {back}')
+            problems.append(
+                f'selection.measure = "{sel.measure}" needs MC-dropout passes, {gives_none}; use {use}, {back}'
+            )
         if sel.acquisition in MC_ACQUISITIONS:
             use = "hybrid, entropy, margin, seg_uncertainty" + (" or vacuity" if evidential else " or random")
             problems.append(f'selection.acquisition = "{sel.acquisition}" needs MC-dropout passes, {gives_none}; '

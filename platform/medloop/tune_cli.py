@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
     def tune(
         config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
         samples: int = typer.Option(8, "--samples", "-n", min=1, help="number of trials"),
-        epochs: int | None = typer.Option(None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"),
+        epochs: int | None = typer.Option(
+            None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"
+        ),
         write_back_: bool = typer.Option(False, "--write-back", help="write the best values into the campaign file"),
     ) -> None:
         """Search lr, dropout, width and loss weights with ASHA on the labeled data."""

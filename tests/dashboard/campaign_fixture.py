@@ -87,7 +87,6 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
             truth[sample.id] = (k, mask)
     ids = {sp: [sid for sid, sp2 in zip(truth, splits) if sp2 == sp] for sp in set(splits)}
     sel_cfg = campaign.selection
-    run_ids: dict[int, str] = {}
     histories: dict[int, list[dict]] = {}
     queued_prev: list[int] = []
     human_pool, pseudo_standing = 0, 0  # pool samples answered by a human; pseudo-labels of the last round left
@@ -171,7 +170,8 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
                 s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="rejected", policy="ups", score=p.std,
                                 reason="std above tau_u"))
             for p in queue:
-                s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="queue", policy="entropy", score=p.entropy))
+                s.add(Selection(round_id=rnd, sample_id=p.sample_id, decision="queue", policy="entropy",
+                                score=p.entropy))
                 s.add(AnnotationTask(sample_id=p.sample_id, round_id=rnd, state="pushed", score=p.entropy,
                                      ls_task_id=1000 + p.sample_id, pushed_at=utcnow()))
             audits = accepted[:1]
@@ -197,7 +197,8 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
         risk = (np.cumsum(1 - correct[order]) / np.arange(1, len(conf) + 1)).tolist()
         metrics = {"dice": 0.6 + 0.1 * rnd, "iou": 0.45 + 0.1 * rnd, "accuracy": float(correct.mean()),
                    "f1": float(correct.mean()) - 0.02, "auc": 0.8 + 0.05 * rnd, "ece": ece, "adaptive_ece": ece * 1.1,
-                   "brier": 0.4 - 0.08 * rnd, "nll": 0.9 - 0.15 * rnd, "seg_ece": seg_ece, "pseudo_precision_truth": 0.8 + 0.05 * rnd,
+                   "brier": 0.4 - 0.08 * rnd, "nll": 0.9 - 0.15 * rnd, "seg_ece": seg_ece,
+                   "pseudo_precision_truth": 0.8 + 0.05 * rnd,
                    "calibration": {"class": calib, "seg": seg_calib},
                    "risk_coverage": {"coverage": cov, "risk": risk, "aurc": float(np.mean(risk))}}
         histories[rnd] = [{"epoch": e, "val_dice": 0.5 + 0.05 * e + 0.1 * rnd, "val_ece": 0.2 - 0.03 * e}
@@ -207,7 +208,9 @@ def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, wi
             r = s.get(Round, rnd)
             r.status, r.finished_at, r.metrics = "done", utcnow(), metrics
             ok = ece <= sel_cfg.max_ece
-            r.notes = {"gate": f"ece {ece:.3f} {'<=' if ok else '>'} max_ece {sel_cfg.max_ece}: pseudo-labels {'allowed' if ok else 'held back'}", "trigger": "manual"}
+            gate = (f"ece {ece:.3f} {'<=' if ok else '>'} max_ece {sel_cfg.max_ece}: "
+                    f"pseudo-labels {'allowed' if ok else 'held back'}")
+            r.notes = {"gate": gate, "trigger": "manual"}
             r.checkpoint_path = str(campaign.checkpoints / f"round-{rnd}.pt")
     ledger.close()
     if with_mlflow:

@@ -67,7 +67,9 @@ def ledger_facts(config: Path) -> dict:
                 "last_seg_ece": (rounds[-1].metrics or {}).get("seg_ece") if rounds else None,
                 "pseudo": s.scalar(select(func.count()).select_from(Label).where(Label.kind == "pseudo")),
                 "open_tasks": s.scalar(
-                    select(func.count()).select_from(AnnotationTask).where(AnnotationTask.state.in_(("intent", "pushed")))
+                    select(func.count())
+                    .select_from(AnnotationTask)
+                    .where(AnnotationTask.state.in_(("intent", "pushed")))
                 ),
                 "done_tasks": s.scalar(
                     select(func.count()).select_from(AnnotationTask).where(AnnotationTask.state == "completed")

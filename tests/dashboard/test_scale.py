@@ -28,8 +28,9 @@ def _fill(url: str) -> dict:
     classes = ["normal", "benign", "malignant"]
     with ledger.transaction() as s:
         s.execute(insert(Sample), [
-            {"id": i + 1, "uid": f"u{i}", "content_hash": f"h{i}", "image_path": f"images/u{i}.png", "source": "synthetic",
-             "split": str(splits[i]), "height": 64, "width": 64, "channels": 1} for i in range(N)])
+            {"id": i + 1, "uid": f"u{i}", "content_hash": f"h{i}", "image_path": f"images/u{i}.png",
+             "source": "synthetic", "split": str(splits[i]), "height": 64, "width": 64, "channels": 1}
+            for i in range(N)])
         truth = rng.integers(0, 3, N)
         s.execute(insert(Label), [{"sample_id": i + 1, "kind": "truth", "class_name": classes[truth[i]], "active": True}
                                   for i in range(N)])

@@ -153,8 +153,9 @@ def test_push_never_duplicates_after_crash(make_queue):
     # "crash": the first 3 are imported, but the ledger update never commits
     with pytest.raises(RuntimeError):
         with q.ledger.transaction() as s:
-            ids = import_tasks(client, pid, [build_task(q.campaign, q.store, root, t, smp, None) for t, smp in rows[:3]])
-            for (t, _), ls_id in zip(rows[:3], ids):
+            ids = import_tasks(client, pid,
+                               [build_task(q.campaign, q.store, root, t, smp, None) for t, smp in rows[:3]])
+            for (t, _), _ls_id in zip(rows[:3], ids):
                 s.get(AnnotationTask, t.id).state = "pushed"
             raise RuntimeError("killed before commit")
     assert {t.state for t in tasks_of(q.ledger).values()} == {"intent"}
@@ -232,6 +233,8 @@ def test_sync_round_trip_validation_and_idempotence(make_queue):
     lab = labels[q.sample_ids[u[0]]]
     assert lab.class_name == other and lab.ls_task_id == tid[u[0]] and lab.ls_annotation_id == good["id"]
     assert lab.author == email
+    assert labels[q.sample_ids[u[1]]].ls_annotation_id == kept["id"]
+    assert labels[q.sample_ids[u[2]]].ls_annotation_id == no_mask["id"]
     assert np.array_equal(q.store.load_mask(lab.mask_path), drawn)  # mask equal after the round trip
     assert np.array_equal(q.store.load_mask(labels[q.sample_ids[u[1]]].mask_path), q.pred_masks[u[1]])
     assert not q.store.load_mask(labels[q.sample_ids[u[2]]].mask_path).any()

@@ -48,7 +48,8 @@ def test_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     f.write_text("[compute]\nepochs = 'x'\nbogus = 1\n")
     result = runner.invoke(app, ["status", "--config", str(f)])
     assert result.exit_code == 2
-    assert "compute.epochs" in result.output and "integer" in result.output and "compute.bogus: unknown key" in result.output
+    assert "compute.epochs" in result.output and "integer" in result.output
+    assert "compute.bogus: unknown key" in result.output
     assert "Traceback" not in result.output
 
 
@@ -59,7 +60,8 @@ def test_ingest_status_and_demo(tmp_path: Path) -> None:
     assert "18 case(s) found, 18 added" in result.output
     status = runner.invoke(app, ["status", "--config", str(cfg)])
     assert status.exit_code == 0
-    assert "pool" in status.output and "rounds: none yet" in status.output and "quarantined annotations: 0" in status.output
+    assert "pool" in status.output and "rounds: none yet" in status.output
+    assert "quarantined annotations: 0" in status.output
     # --rounds 0: the demo's ingest + status path; its rounds are tested in tests/rounds/test_demo.py
     demo = runner.invoke(app, ["demo", "--config", str(cfg), "--rounds", "0"])
     assert demo.exit_code == 0 and "0 added, 18 already present" in demo.output
@@ -88,7 +90,8 @@ def test_status_shows_rounds_and_quarantine(tmp_path: Path) -> None:
     with ledger.transaction() as s:
         s.add(Round(id=1, status="done"))
         s.flush()
-        s.add_all([RoundStep(round_id=1, step="train", state="done"), RoundStep(round_id=1, step="score", state="failed")])
+        s.add_all([RoundStep(round_id=1, step="train", state="done"),
+                   RoundStep(round_id=1, step="score", state="failed")])
         s.add_all([Quarantine(ls_annotation_id=i, reason="empty brush mask") for i in range(2)])
         s.add(Quarantine(ls_annotation_id=9, reason="unknown class 'cyst'"))
     ledger.close()

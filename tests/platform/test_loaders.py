@@ -28,7 +28,8 @@ def test_busi_layout_and_mask_union(lay, tmp_path: Path) -> None:
     root = lay.write_busi(tmp_path / "busi", per_class=3)
     items, bad = scan_busi(root, CLASSES)
     assert bad == []
-    assert sorted((i.class_name, i.image.name) for i in items)[:2] == [("benign", "benign (1).png"), ("benign", "benign (2).png")]
+    assert sorted((i.class_name, i.image.name) for i in items)[:2] == [("benign", "benign (1).png"),
+                                                                       ("benign", "benign (2).png")]
     assert len(items) == 9
     first = next(i for i in items if i.image.name == "benign (1).png")
     assert [p.name for p in first.masks] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]

@@ -300,7 +300,7 @@ def test_reingest_new_copy_joins_the_existing_split(tmp_path: Path) -> None:
     # unlabeled copies: into the original's split, "pool" for a "train" original (same side)
     by_split = {split: name for name, split in sorted(splits.items()) if name.startswith("case")}
     with (tmp_path / "d" / "labels.csv").open("a") as fh:
-        for split, name in by_split.items():
+        for name in by_split.values():
             Image.fromarray(noisy(np.asarray(Image.open(tmp_path / "d" / "images" / name)), 9)).save(
                 tmp_path / "d" / "images" / f"u_{name}"
             )

@@ -45,7 +45,8 @@ def test_class_cues() -> None:
     for img, m in zip(p.images[labels == "malignant"], p.masks[labels == "malignant"]):
         ys, xs = np.nonzero(m)
         below = img[ys.max() + 2 :, xs.min() : xs.max() + 1]
-        beside = np.concatenate([img[ys.max() + 2 :, : max(xs.min() - 2, 1)], img[ys.max() + 2 :, xs.max() + 3 :]], axis=1)
+        beside = np.concatenate([img[ys.max() + 2 :, : max(xs.min() - 2, 1)], img[ys.max() + 2 :, xs.max() + 3 :]],
+                                axis=1)
         if below.size and beside.size:
             ratios.append(below.mean() / beside.mean())
     assert np.mean(ratios) < 0.9

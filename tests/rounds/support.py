@@ -25,8 +25,8 @@ def tiny_campaign(root: Path, **sections: Any) -> Campaign:
         "name": "tiny",
         "root": str(root),
         "data": {"n_samples": 48, "image_size": 32, "unlabeled_fraction": 0.7, "seed": 1},
-        "selection": {"budget": 4, "tau_c": 0.8, "tau_u": 0.2, "max_ece": 1.0, "min_val_dice": 0.0, "audit_fraction": 0.2,
-                      "mask_gate": 0.5, "pixel_tau_u": 0.3},
+        "selection": {"budget": 4, "tau_c": 0.8, "tau_u": 0.2, "max_ece": 1.0, "min_val_dice": 0.0,
+                      "audit_fraction": 0.2, "mask_gate": 0.5, "pixel_tau_u": 0.3},
         "labeling": {"enabled": False, "oracle": True},
     }
     for k, v in sections.items():
@@ -60,7 +60,9 @@ class TinyTrainResult:
     model_version: str = ""
 
 
-def tiny_train_round(campaign: Campaign, ledger: Ledger, *, round_id: int, warm_start: str | None = None) -> TinyTrainResult:
+def tiny_train_round(
+    campaign: Campaign, ledger: Ledger, *, round_id: int, warm_start: str | None = None
+) -> TinyTrainResult:
     """Counts the training labels and writes a JSON 'checkpoint' (deterministic)."""
     with ledger.reading() as s:
         n = len(s.scalars(select(Label.id).where(Label.kind.in_(("human", "pseudo")), Label.active.is_(True))).all())
@@ -94,7 +96,8 @@ def tiny_score_samples(campaign: Campaign, ledger: Ledger, *, round_id: int, che
             top = 0.95 if sure else 0.5
             probs = [(1 - top) / (len(classes) - 1)] * len(classes)
             probs[pred] = top
-            tmask = store.load_mask(truth.mask_path) if truth.mask_path else np.zeros((sample.height, sample.width), np.uint8)
+            tmask = (store.load_mask(truth.mask_path) if truth.mask_path
+                     else np.zeros((sample.height, sample.width), np.uint8))
             umap = np.full(tmask.shape, 0.05 if sure else 0.6, dtype=np.float32)
             s.add(Prediction(
                 round_id=round_id, sample_id=sample.id, model_version=model_version, probs=probs, pred_class=pred,
@@ -119,9 +122,11 @@ def ledger_snapshot(campaign: Campaign) -> dict[str, Any]:
     try:
         with led.reading() as s:
             uid = dict(s.execute(select(Sample.id, Sample.uid)).all())
-            labels = sorted(((uid[l.sample_id], l.kind, l.class_name, l.active, l.author, l.round_id, l.mask_path)
-                             for l in s.scalars(select(Label).where(Label.kind != "truth"))), key=repr)
-            tasks = sorted(((uid[t.sample_id], t.round_id, t.state, t.is_audit) for t in s.scalars(select(AnnotationTask))), key=repr)
+            labels = sorted(((uid[lab.sample_id], lab.kind, lab.class_name, lab.active, lab.author, lab.round_id,
+                              lab.mask_path) for lab in s.scalars(select(Label).where(Label.kind != "truth"))),
+                            key=repr)
+            tasks = sorted(((uid[t.sample_id], t.round_id, t.state, t.is_audit)
+                            for t in s.scalars(select(AnnotationTask))), key=repr)
             sels = sorted(((r.round_id, uid[r.sample_id], r.decision, r.target, r.policy, r.reason)
                            for r in s.scalars(select(Selection))), key=repr)
             preds = sorted(((uid[p.sample_id], p.model_version) for p in s.scalars(select(Prediction))), key=repr)

@@ -29,8 +29,10 @@ def test_lock_in_process_is_exclusive(campaign) -> None:
 def test_second_cli_invocation_exits_with_clear_message(campaign, tmp_path: Path) -> None:
     cfg = write_config(campaign, tmp_path / "campaign.toml")
     hold = tmp_path / "release"
-    first = subprocess.Popen([PY, str(HERE / "round_runner.py"), str(cfg), "--tiny", "--no-tracking", "--hold", str(hold)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [PY, str(HERE / "round_runner.py"), str(cfg), "--tiny", "--no-tracking", "--hold", str(hold)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "holding").exists():

@@ -42,8 +42,8 @@ def baseline(template: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = run_round(c, extras={**TINY, "tracking": False})
     assert out.status == "done"
     snap = ledger_snapshot(c)
-    assert snap["tasks"] and snap["selections"] and any(l[1] == "pseudo" for l in snap["labels"])
-    assert any(l[4] == "oracle" for l in snap["labels"])
+    assert snap["tasks"] and snap["selections"] and any(lab[1] == "pseudo" for lab in snap["labels"])
+    assert any(lab[4] == "oracle" for lab in snap["labels"])
     return snap
 
 

@@ -40,7 +40,8 @@ def test_rounds_in_mlflow_and_champion_alias(campaign, monkeypatch) -> None:
         assert set(by) == {"train", "score", "select"}
         hist = client.get_metric_history(by["train"].info.run_id, "val_accuracy")
         assert [m.step for m in hist] == [1, 2]
-        assert {"selection.csv", "uncertainty_hist.png"} <= {a.path for a in client.list_artifacts(by["select"].info.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(by["select"].info.run_id)}
+        assert {"selection.csv", "uncertainty_hist.png"} <= artifacts
     name = f"medloop-{campaign.name}"
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert len(versions) == 2

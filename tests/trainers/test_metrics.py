@@ -139,7 +139,8 @@ def test_classification_hand():
     assert np.array_equal(confusion_matrix(labels, preds), [[1, 1], [0, 2]])
     assert np.allclose(sensitivity(labels, preds), [0.5, 1.0])
     assert np.allclose(specificity(labels, preds), [1.0, 0.5])
-    assert auc_ovr(np.array([0, 1, 1]), np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])) == pytest.approx(0.5 * (0.75 + 0.75))
+    probs = np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])
+    assert auc_ovr(np.array([0, 1, 1]), probs) == pytest.approx(0.5 * (0.75 + 0.75))
 
 
 def test_ece_hand():

@@ -97,7 +97,10 @@ def test_encode_decode_equals_forward_and_encode_is_deterministic(name: str) -> 
         if isinstance(m, (nn.Dropout, nn.Dropout2d)):
             m.train()
     feats_a, feats_b = model.encode(x), model.encode(x)
-    flat = lambda f: [t for t in (f.values() if isinstance(f, dict) else f if isinstance(f, (list, tuple)) else [f])]
+
+    def flat(f):
+        return list(f.values() if isinstance(f, dict) else f if isinstance(f, (list, tuple)) else [f])
+
     for a, b in zip(flat(feats_a), flat(feats_b)):
         torch.testing.assert_close(a, b)
     torch.manual_seed(2)

@@ -22,7 +22,7 @@ class FixedWeighting(nn.Module):
         self.weights = tuple(float(w) for w in weights)
 
     def forward(self, losses: Sequence[torch.Tensor], present: Sequence[bool] | None = None) -> torch.Tensor:
-        return sum(w * l for w, l in zip(self.weights, losses))  # type: ignore[return-value]
+        return sum(w * loss for w, loss in zip(self.weights, losses))  # type: ignore[return-value]
 
 
 class KendallWeighting(nn.Module):

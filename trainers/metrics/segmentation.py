@@ -70,7 +70,8 @@ def _empty_case(p: np.ndarray, g: np.ndarray, spacing: Sequence[float], empty_di
     return float(math.hypot(p.shape[0] * spacing[0], p.shape[1] * spacing[1]))
 
 
-def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE, empty_distance: str = "diagonal") -> float:
+def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE,
+         empty_distance: str = "diagonal") -> float:
     """Average symmetric surface distance (MedPy ``assd``)."""
     p, g = _binary(pred, target, ignore_index)
     special = _empty_case(p, g, spacing, empty_distance)
@@ -79,7 +80,8 @@ def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int 
     return float((directed_distances(p, g, spacing).mean() + directed_distances(g, p, spacing).mean()) / 2)
 
 
-def hd95(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE, empty_distance: str = "diagonal") -> float:
+def hd95(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE,
+         empty_distance: str = "diagonal") -> float:
     """95th-percentile Hausdorff distance (MedPy ``hd95``): percentile of both directed sets pooled."""
     p, g = _binary(pred, target, ignore_index)
     special = _empty_case(p, g, spacing, empty_distance)

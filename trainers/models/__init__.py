@@ -73,4 +73,5 @@ def resolve_heads(name: str, cls_head: str | None = None, seg_head: str | None =
 # register the model families (import order = registration order)
 from . import jrl, mttu, mtunet, tim_upa, uml  # noqa: E402,F401
 
-__all__ = ["MODELS", "build", "model_class", "default_heads", "resolve_heads", "JointModel", "JointOutput", "count_parameters"]
+__all__ = ["MODELS", "build", "model_class", "default_heads", "resolve_heads", "JointModel", "JointOutput",
+           "count_parameters"]

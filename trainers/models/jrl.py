@@ -46,11 +46,14 @@ class JRLUNet(JointModel):
         self.channels = chs
         plan = DropoutPlan(dropout, dropout_placement, dropout_levels)
         self.stages = nn.ModuleList(
-            DoubleConv(in_channels if i == 0 else chs[i - 1], chs[i], stride=1 if i == 0 else 2) for i in range(depth + 1)
+            DoubleConv(in_channels if i == 0 else chs[i - 1], chs[i], stride=1 if i == 0 else 2)
+            for i in range(depth + 1)
         )
         self.cbam = nn.ModuleList([CBAM(chs[-2]), CBAM(chs[-1])])
         self.bottleneck_drop = plan.bottleneck()
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(chs[depth - j], chs[depth - j - 1], 2, stride=2) for j in range(depth))
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(chs[depth - j], chs[depth - j - 1], 2, stride=2) for j in range(depth)
+        )
         self.blocks = nn.ModuleList(DoubleConv(2 * chs[depth - j - 1], chs[depth - j - 1]) for j in range(depth))
         self.dec_drops = plan.decoders(depth)
         self.seg_head = nn.Conv2d(chs[0], seg_classes, 1)

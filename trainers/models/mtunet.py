@@ -41,7 +41,9 @@ class Encoder(nn.Module):
             stages.append(nn.Sequential(conv_bn_act(in_channels, chs[0], act="relu6"),
                                         InvertedResidual(chs[0], chs[0], 1, expand=1)))
             for i in range(1, depth + 1):
-                stages.append(nn.Sequential(InvertedResidual(chs[i - 1], chs[i], 2), InvertedResidual(chs[i], chs[i], 1)))
+                stages.append(
+                    nn.Sequential(InvertedResidual(chs[i - 1], chs[i], 2), InvertedResidual(chs[i], chs[i], 1))
+                )
         elif kind == "resnet":
             chs = [width * 2**i for i in range(depth + 1)]
             stages.append(nn.Sequential(conv_bn_act(in_channels, chs[0]), BasicBlock(chs[0], chs[0])))

@@ -105,7 +105,9 @@ class TIMUPANet(JointModel):
         fdim = cls_dim or 16 * width
         plan = DropoutPlan(dropout, dropout_placement, dropout_levels)
         self.stages = nn.ModuleList(
-            DoubleConv(in_channels, chs[0]) if i == 0 else nn.Sequential(nn.MaxPool2d(2), DoubleConv(chs[i - 1], chs[i]))
+            DoubleConv(in_channels, chs[0])
+            if i == 0
+            else nn.Sequential(nn.MaxPool2d(2), DoubleConv(chs[i - 1], chs[i]))
             for i in range(depth + 1)
         )
         self.hmsf = nn.ModuleList(HMSF(c) for c in chs)

@@ -67,7 +67,9 @@ class UMLNet(JointModel):
         chs = [width * 2**i for i in range(depth + 1)]
         plan = DropoutPlan(dropout, dropout_placement, dropout_levels)
         self.cls_stages = nn.ModuleList(
-            VGGBlock(in_channels, chs[0], 2) if i == 0 else nn.Sequential(nn.MaxPool2d(2), VGGBlock(chs[i - 1], chs[i], 2 if i < 2 else 3))
+            VGGBlock(in_channels, chs[0], 2)
+            if i == 0
+            else nn.Sequential(nn.MaxPool2d(2), VGGBlock(chs[i - 1], chs[i], 2 if i < 2 else 3))
             for i in range(depth + 1)
         )
         self.seg_stages = nn.ModuleList(
@@ -78,11 +80,15 @@ class UMLNet(JointModel):
         self.mixers = nn.ModuleList(PCMI(c) for c in chs)
         self.bottleneck_drop = plan.bottleneck()
         # mutual feature decoder (deterministic apart from the bottleneck dropout)
-        self.mut_ups = nn.ModuleList(UpBlock(chs[depth - j], chs[depth - j - 1], chs[depth - j - 1]) for j in range(depth))
+        self.mut_ups = nn.ModuleList(
+            UpBlock(chs[depth - j], chs[depth - j - 1], chs[depth - j - 1]) for j in range(depth)
+        )
         self.mut_head = nn.Conv2d(chs[0], seg_classes, 1)
         # Uncertainty Navigator
         self.un_bottom = DoubleConv(chs[-1], chs[-1])
-        self.un_ups = nn.ModuleList(UpBlock(chs[depth - j], chs[depth - j - 1], chs[depth - j - 1]) for j in range(depth))
+        self.un_ups = nn.ModuleList(
+            UpBlock(chs[depth - j], chs[depth - j - 1], chs[depth - j - 1]) for j in range(depth)
+        )
         self.dec_drops = plan.decoders(depth)
         self.s_heads = nn.ModuleList(nn.Conv2d(c, seg_classes, 1) for c in chs)  # s_i at level i
         self.mr_conv = conv_bn_act(seg_classes, chs[0])

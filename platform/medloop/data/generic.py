@@ -15,12 +15,38 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]) -> dict[str, str | None]:
-    """labels.csv -> {image stem: class or None}; bad rows go to ``bad``."""
+    """labels.csv -> {image stem: class or None}; bad rows go to ``bad``.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one). Rows that give one
+    image different labels are one bad entry naming every row; that image is left out."""
     csv_path = root / "labels.csv"
     out: dict[str, str | None] = {}
     if not csv_path.exists():
         return out
-    with csv_path.open(newline="") as fh:
+    try:
+        rows_of = _label_rows(root, csv_path, classes, images, bad)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{csv_path}: not UTF-8 text ({err}); save it as UTF-8 CSV") from None
+    for stem, rows in rows_of.items():
+        if len({label for _, _, label in rows}) == 1:
+            out[stem] = rows[0][2] or None
+            continue
+        lines = ",".join(str(line) for line, _, _ in rows)
+        names = ", ".join(sorted({name for _, name, _ in rows}))
+        said = ", ".join(f"line {line} {label!r}" if label else f"line {line} blank (unlabeled)"
+                         for line, _, label in rows)
+        bad.append(BadFile(f"{csv_path}:{lines} ({names})",
+                           f"conflicting labels for the same image ({said}); the image is left out"))
+        images.pop(stem, None)
+    return out
+
+
+def _label_rows(
+    root: Path, csv_path: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]
+) -> dict[str, list[tuple[int, str, str]]]:
+    """The valid rows of labels.csv by image stem: [(line, name as written, label or "")]."""
+    rows_of: dict[str, list[tuple[int, str, str]]] = {}
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"image", "label"} <= {f.strip() for f in reader.fieldnames}:
             raise DataError(f"{csv_path}: expected a header with columns image,label (got {reader.fieldnames})")
@@ -37,11 +63,12 @@ def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: l
                 bad.append(BadFile(f"{where} ({name})", "listed in labels.csv but no such file in images/"))
                 continue
             if label and label not in classes:
-                bad.append(BadFile(f"{where} ({name})", f"unknown class {label!r} (expected one of {', '.join(classes)})"))
+                bad.append(BadFile(f"{where} ({name})",
+                                   f"unknown class {label!r} (expected one of {', '.join(classes)})"))
                 images.pop(stem)
                 continue
-            out[stem] = label or None
-    return out
+            rows_of.setdefault(stem, []).append((line, name, label))
+    return rows_of
 
 
 def scan_generic(path: str | Path, classes: list[str]) -> tuple[list[Item], list[BadFile]]:

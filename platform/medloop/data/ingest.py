@@ -22,7 +22,7 @@ from ..config import Campaign
 from ..ledger import Label, Ledger, Sample
 from .errors import BadFile, DataError, FileError, IngestError
 from .imagestore import ImageStore, content_hash
-from .records import Item, Record
+from .records import Item, Record, is_deep
 
 FORMATS = ("synthetic", "busi", "generic")
 
@@ -38,6 +38,8 @@ class Prepared:
     mask: np.ndarray | None
     class_name: str | None
     original_path: str | None
+    mode: str = "L"  # the file's PIL mode (deeper than 8 bits: rescaled, see records.decode_image)
+    notes: list[str] = field(default_factory=list)  # warnings about this case, each naming the file
 
 
 @dataclass
@@ -101,6 +103,8 @@ def prepare(record: Record, source: str, size: int, channels: int) -> Prepared:
         mask=mask,
         class_name=record.class_name,
         original_path=record.original_path,
+        mode=record.mode,
+        notes=list(record.notes),
     )
 
 
@@ -135,7 +139,8 @@ def _progress(enabled: bool):
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
 
 
 def _track(progress, items: Iterable, total: int, description: str) -> Iterator:
@@ -161,14 +166,33 @@ def read_dataset(
             prepared.append(prepare(rec, fmt, d.image_size, d.channels))
         return prepared, []
     items, bad = _scan(campaign, fmt, path)
+    window = None if d.intensity_window is None else (d.intensity_window[0], d.intensity_window[1])
     for item in _track(progress, items, len(items), f"reading {fmt}"):
         try:
-            rec = item.load(d.channels)
+            rec = item.load(d.channels, window)
         except FileError as err:
             bad.append(err.as_bad())
             continue
+        h, w = rec.image.shape[:2]
+        if min(h, w) < d.min_image_size:
+            rec.notes.append(
+                f"{item.image}: image {w}x{h} is smaller than data.min_image_size = {d.min_image_size} px on its "
+                f"short side; upscaled to {d.image_size}x{d.image_size}"
+            )
         prepared.append(prepare(rec, fmt, d.image_size, d.channels))
     return prepared, bad
+
+
+def _depth_warning(campaign: Campaign, prepared: list[Prepared]) -> list[str]:
+    """One line for the images deeper than 8 bits that were rescaled, and the rule used."""
+    deep = Counter(p.mode for p in prepared if is_deep(p.mode))
+    if not deep:
+        return []
+    window = campaign.data.intensity_window
+    rule = (f"data.intensity_window [{window[0]:g}, {window[1]:g}] -> 0..255" if window is not None
+            else "min-max per image -> 0..255 (set data.intensity_window for a fixed window)")
+    modes = ", ".join(f"{m} x{n}" for m, n in sorted(deep.items()))
+    return [f"{sum(deep.values())} image(s) deeper than 8 bits ({modes}) rescaled to 8 bits: {rule}"]
 
 
 def ingest(
@@ -185,6 +209,7 @@ def ingest(
         prepared, bad = read_dataset(campaign, fmt, path, bar)
         report.found = len(prepared) + len(bad)
         report.bad = bad
+        report.warnings += _depth_warning(campaign, prepared) + [n for p in prepared for n in p.notes]
         if bad and not skip_bad:
             raise IngestError(bad, f"{fmt} {path}")
         ledger = Ledger.open(campaign.ledger)
@@ -196,6 +221,8 @@ def ingest(
 
 
 def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report: IngestReport, bar) -> None:
+    if report.source == "synthetic":
+        _check_synthetic(campaign, ledger, prepared)
     with ledger.reading() as s:
         known = set(s.scalars(select(Sample.content_hash)))
     new: dict[str, Prepared] = {}
@@ -235,13 +262,43 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
         for p, split, sample, (_, mask_rel) in zip(cases, splits, samples, paths):
             if p.class_name is None and mask_rel is None:
                 continue  # unlabeled in the dataset itself
-            labels.append(Label(sample_id=sample.id, kind="truth", class_name=p.class_name, mask_path=mask_rel, author=author))
+            labels.append(Label(sample_id=sample.id, kind="truth", class_name=p.class_name, mask_path=mask_rel,
+                                author=author))
             if split != "pool":
-                labels.append(Label(sample_id=sample.id, kind="human", class_name=p.class_name, mask_path=mask_rel, author=author))
+                labels.append(Label(sample_id=sample.id, kind="human", class_name=p.class_name, mask_path=mask_rel,
+                                    author=author))
         s.add_all(labels)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
+
+
+def _check_synthetic(campaign: Campaign, ledger: Ledger, prepared: list[Prepared]) -> None:
+    """Refuse phantoms whose ids (``synthetic:seed=S/i``) the ledger already holds with other pixels:
+    the same phantoms made with other ``[data]`` settings (image_size, channels, n_samples, class_mix,
+    difficulty, classes) would be added again as new cases, near-copies across the splits."""
+    by_id = {p.original_path: p for p in prepared}
+    with ledger.reading() as s:
+        rows = s.execute(select(Sample.original_path, Sample.content_hash, Sample.height, Sample.width,
+                                Sample.channels).where(Sample.source == "synthetic").order_by(Sample.id)).all()
+    clash = [r for r in rows if r.original_path in by_id and by_id[r.original_path].case_hash != r.content_hash]
+    if not clash:
+        return
+    d = campaign.data
+    (h, w, c), _ = Counter((r.height, r.width, r.channels) for r in clash).most_common(1)[0]
+    differs = []
+    if (h, w) != (d.image_size, d.image_size):
+        differs.append(f"stored at {w}x{h} px, data.image_size is now {d.image_size}")
+    if c != d.channels:
+        differs.append(f"stored with {c} channel(s), data.channels is now {d.channels}")
+    what = "; ".join(differs) or (
+        f"same size and channels ({w}x{h} px, {c}): data.n_samples, class_mix, difficulty or classes differ")
+    names = ", ".join(r.original_path for r in clash[:3]) + (", ..." if len(clash) > 3 else "")
+    raise DataError(
+        f"synthetic: the campaign already holds {len(clash)} synthetic phantom(s) with these ids made with other "
+        f"settings ({names}: {what}); ingesting would add them again as new cases. Keep the [data] settings "
+        "they were made with, set another data.seed to add new phantoms, or use a new campaign (name or root)"
+    )
 
 
 def _split_cases(

@@ -57,7 +57,9 @@ def training_composition(session: Session, *, semi: bool) -> dict[str, int]:
 def class_counts(session: Session, kind: str = "truth") -> dict[str, int]:
     """Active labels of ``kind`` per class name (None -> "(none)")."""
     rows = session.execute(
-        select(Label.class_name, func.count()).where(Label.kind == kind, Label.active.is_(True)).group_by(Label.class_name)
+        select(Label.class_name, func.count())
+        .where(Label.kind == kind, Label.active.is_(True))
+        .group_by(Label.class_name)
     )
     return {name or "(none)": n for name, n in rows}
 

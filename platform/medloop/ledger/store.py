@@ -192,7 +192,9 @@ def retire_pseudo_labels(session: Session, round_id: int) -> int:
     return int(result.rowcount or 0)
 
 
-def add_truth_label(session: Session, sample_id: int, *, class_name: str | None, mask_path: str | None, source: str) -> Label:
+def add_truth_label(
+    session: Session, sample_id: int, *, class_name: str | None, mask_path: str | None, source: str
+) -> Label:
     """Hidden ground truth kept for benchmark oracles (never used for training directly)."""
     existing = active_label(session, sample_id, "truth")
     if existing is not None:

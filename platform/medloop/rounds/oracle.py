@@ -27,7 +27,8 @@ def _latest_prediction(session: Session, sample_id: int) -> Prediction | None:
 
 
 def open_tasks(session: Session, states: tuple[str, ...] = ("intent", "pushed")) -> list[AnnotationTask]:
-    return list(session.scalars(select(AnnotationTask).where(AnnotationTask.state.in_(states)).order_by(AnnotationTask.id)))
+    query = select(AnnotationTask).where(AnnotationTask.state.in_(states)).order_by(AnnotationTask.id)
+    return list(session.scalars(query))
 
 
 def answer_directly(session: Session, campaign: Campaign) -> dict[str, Any]:

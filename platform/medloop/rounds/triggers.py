@@ -65,5 +65,8 @@ def check_trigger(campaign: Campaign, session: Session, *, force: bool = False) 
     if n >= need:
         return TriggerDecision(True, f"{n} new human labels since the last round (need {need})", n, mark)
     return TriggerDecision(
-        False, f"only {n} new human labels since the last round; need {need} (selection.min_new_labels) or --force", n, mark
+        False,
+        f"only {n} new human labels since the last round; need {need} (selection.min_new_labels) or --force",
+        n,
+        mark,
     )

@@ -280,7 +280,8 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
     scalar = {f"val_{k}": v for k, v in metrics.items()
               if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece")}
     select_metrics = {"queue_size": select_d.get("queue_size", 0), "audit_size": select_d.get("audit_size", 0),
-                      "pseudo_labels": select_d.get("pseudo_labels", 0), "pseudo_masks": select_d.get("pseudo_masks", 0),
+                      "pseudo_labels": select_d.get("pseudo_labels", 0),
+                      "pseudo_masks": select_d.get("pseudo_masks", 0),
                       **{f"pseudo_{c}": n for c, n in (select_d.get("pseudo_per_class") or {}).items()}}
     for k in ("audit_precision", "pseudo_precision_truth", "pseudo_mask_dice_truth"):
         if metrics.get(k) is not None:

@@ -61,8 +61,60 @@ def _acquisition(ctx: Any, table: ScoreTable) -> np.ndarray:
     return acquisition_scores(sel.acquisition, table.arrays, **options)
 
 
+def _tally(names: np.ndarray, phrase: dict[str, str], what: str) -> str:
+    """'all N <what> <phrase>' when one reason covers every case, else 'n1 <phrase1>, n2 <phrase2>'."""
+    counts = sorted(((int((names == r).sum()), r) for r in set(names.tolist())), key=lambda kv: (-kv[0], kv[1]))
+    if len(counts) == 1:
+        n, r = counts[0]
+        return phrase[r] if r in ("calibration_gate", "segmentation_gate", "no_pseudo_labels") else (
+            f"all {n} {what} {phrase.get(r, r)}")
+    return ", ".join(f"{n} {phrase.get(r, r)}" for n, r in counts)
+
+
+def nothing_selected_reason(
+    sel: Any, dec: dict[str, np.ndarray], has_human: np.ndarray, eligible: np.ndarray, acq: np.ndarray,
+    gate: str, seg_gate: str, skipped_human: int = 0,
+) -> str:
+    """Why a round selected nothing (no pseudo-label, nothing queued), in one line: the class and mask
+    reasons of the unlabeled pool cases (``dec`` from ``decide_pseudo_labels``) and why the queue
+    stayed empty (budget, no eligible case, no finite acquisition score)."""
+    unlabeled = ~np.asarray(has_human, dtype=bool)
+    n = int(unlabeled.sum())
+    if n == 0:
+        return f"no unlabeled case in the scored pool ({len(has_human)} scored, all with a human label)"
+    phrase = {
+        "low_confidence": f"below tau_c {sel.tau_c:g}",
+        "high_uncertainty": f"above tau_u {sel.tau_u:g} ({sel.measure})",
+        "class_balance": "dropped by class balancing",
+        "missing_score": "without a finite score",
+        "calibration_gate": f"calibration gate ({gate})",
+        "segmentation_gate": f"segmentation gate ({seg_gate})",
+        "no_pseudo_labels": 'policy none (selection.policy = "none")',
+        "mask_uncertain": f"mean pixel uncertainty >= mask_gate {sel.mask_gate:g}",
+        "mask_inconsistent": "mask contradicts the predicted class",
+        "accepted": "accepted, but a human label arrived since scoring",
+    }
+    classes = reason_names(dec["reason_class"])[unlabeled]
+    masks = reason_names(dec["reason_mask"])[unlabeled]
+    what = "unlabeled pool cases"
+    parts = [f"no pseudo-label: {_tally(classes, phrase, what)}"]
+    if not (set(masks.tolist()) <= {"calibration_gate", "no_pseudo_labels"}):
+        parts.append(f"no pseudo-mask: {_tally(masks, phrase, what)}")
+    if skipped_human:
+        parts.append(f"{skipped_human} accepted but a human label arrived since scoring")
+    elig = np.asarray(eligible, dtype=bool)
+    if sel.budget <= 0:
+        parts.append("nothing queued: selection.budget = 0")
+    elif not elig.any():
+        parts.append(f"nothing queued: none of the {n} {what} is eligible (already queued or pseudo-labelled)")
+    else:
+        parts.append(f'nothing queued: selection.acquisition = "{sel.acquisition}" gave no finite score for the '
+                     f"{int(elig.sum())} eligible cases")
+    return "; ".join(parts)
+
+
 def select_step(ctx: Any) -> dict[str, Any]:
-    campaign, sel, classes = ctx.campaign, ctx.campaign.selection, ctx.campaign.data.classes
+    sel, classes = ctx.campaign.selection, ctx.campaign.data.classes
     with ctx.ledger.reading() as s:
         version = ctx.round(s).model_version
         pool = load_scores(s, version, "pool", len(classes))
@@ -135,7 +187,11 @@ def select_step(ctx: Any) -> dict[str, Any]:
             rejected += 1
             s.add(Selection(round_id=ctx.round_id, sample_id=int(pool.sample_ids[i]), decision="rejected",
                             target="class", policy=params.policy, score=_f(acq[i]), reason=f"class:{rc[i]}"))
-        state.update_notes(ctx.round(s), gate=gate_reason, seg_gate=seg_gate_reason)
+        nothing = None
+        if len(accepted) == skipped_human and queue.shape[0] == 0:  # says why, in the detail and Round.notes
+            nothing = nothing_selected_reason(sel, dec, pool.has_human, eligible, acq, gate_reason,
+                                              seg_gate_reason, skipped_human)
+        state.update_notes(ctx.round(s), gate=gate_reason, seg_gate=seg_gate_reason, nothing_selected=nothing)
         detail = {
             "val_ece": ece, "gate_open": allow, "gate": gate_reason, "val_dice": val_dice,
             "seg_gate_open": allow_masks, "seg_gate": seg_gate_reason, "pool_scored": len(pool),
@@ -144,6 +200,7 @@ def select_step(ctx: Any) -> dict[str, Any]:
             "queue_size": int(queue.shape[0]), "audit_size": int(audit.shape[0]), "rejected": rejected,
             "skipped_human": skipped_human, "thresholds": thresholds, "policy": params.policy,
             "acquisition": sel.acquisition, "human_class_counts": counts.tolist(),
+            "nothing_selected_reason": nothing,
         }
         ctx.complete(s, detail)
     return detail
