@@ -122,7 +122,7 @@ def evaluate_checkpoint(
     from medloop.ledger.store import Ledger
     from medloop.trainers.checkpoints import load_model
     from medloop.trainers.dataset import JointDataset, load_arrays
-    from medloop.trainers.plain import predict
+    from medloop.trainers.plain import no_lesion_index, predict
 
     own = isinstance(ledger, str)
     led = Ledger.open(ledger) if own else ledger
@@ -144,7 +144,8 @@ def evaluate_checkpoint(
         raise ValueError(f"checkpoint {checkpoint_path} classes {classes} differ from the campaign's {list(d.classes)}")
     loader = DataLoader(JointDataset(arrays), batch_size=batch_size, shuffle=False)
     pred = predict(model, loader, device=device, cls_head=meta.get("cls_head") or "softmax",
-                   amp=campaign.compute.amp, channels_last=campaign.compute.channels_last)
+                   amp=campaign.compute.amp, channels_last=campaign.compute.channels_last,
+                   no_lesion=no_lesion_index(classes, meta.get("no_lesion_class")))
     out = evaluation_metrics(pred, len(classes), classes)
     out["split"] = split
     out["device"] = device.type

@@ -54,6 +54,7 @@ class LoopSettings:
     image_size: int = 64
     channels: int = 1
     semi: SemiOptions = field(default_factory=SemiOptions)
+    no_lesion_class: str | None = None
 
     @classmethod
     def from_campaign(cls, campaign: Campaign, **override: Any) -> LoopSettings:
@@ -71,6 +72,7 @@ class LoopSettings:
             lr_schedule=c.lr_schedule, warmup_epochs=c.warmup_epochs, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size, channels=campaign.data.channels,
+            no_lesion_class=campaign.data.no_lesion_class,
             semi=SemiOptions(
                 method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
                 ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),
@@ -83,8 +85,17 @@ class LoopSettings:
         """The checkpoint meta fields that describe the model."""
         return {
             "model": self.model, "classes": self.classes, "cls_head": self.cls_head, "seg_head": self.seg_head,
-            "image_size": self.image_size, "channels": self.channels,
+            "image_size": self.image_size, "channels": self.channels, "no_lesion_class": self.no_lesion_class,
         }
+
+    @property
+    def no_lesion_index(self) -> int | None:
+        return no_lesion_index(self.classes, self.no_lesion_class)
+
+
+def no_lesion_index(classes: list[str], no_lesion_class: str | None) -> int | None:
+    """Index of the no-lesion class in ``classes`` (None when there is none)."""
+    return classes.index(no_lesion_class) if no_lesion_class in classes else None
 
 
 def make_loss(model: nn.Module, settings: LoopSettings, train_labels: np.ndarray | None = None) -> nn.Module:
@@ -292,9 +303,14 @@ def predict(
     cls_head: str = "softmax",
     amp: bool = True,
     channels_last: bool = True,
+    no_lesion: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic predictions on ``loader``: class probs, predicted masks, and the targets."""
+    """Deterministic predictions on ``loader``: class probs, predicted masks, and the targets.
+
+    ``no_lesion``: index of the no-lesion class; a case predicted as that class gets an empty mask
+    (:func:`medloop.trainers.uncertainty.measures.class_consistent_mask`)."""
     from medloop.trainers.heads import probs_from_logits
+    from medloop.trainers.uncertainty.measures import class_consistent_mask
 
     model.eval()
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "probs", "label", "pred_mask", "mask")}
@@ -302,8 +318,10 @@ def predict(
         batch = _to(batch, device, channels_last)
         with _autocast(device, amp):
             o = model(batch["image"])
-        out["probs"].append(probs_from_logits(o.cls_logits.float(), cls_head).cpu().numpy())
-        out["pred_mask"].append(o.seg_logits.float().argmax(1).to(torch.uint8).cpu().numpy())
+        probs = probs_from_logits(o.cls_logits.float(), cls_head)
+        masks = class_consistent_mask(o.seg_logits.float().argmax(1), probs.argmax(1), no_lesion)
+        out["probs"].append(probs.cpu().numpy())
+        out["pred_mask"].append(masks.to(torch.uint8).cpu().numpy())
         out["label"].append(batch["label"].cpu().numpy())
         out["mask"].append(batch["mask"].to(torch.uint8).cpu().numpy())
         out["index"].append(batch["index"].cpu().numpy())
@@ -423,7 +441,7 @@ def train_plain(
         metrics: dict[str, float] = {}
         if val_loader is not None:
             pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
-                           channels_last=settings.channels_last)
+                           channels_last=settings.channels_last, no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(pred, len(settings.classes))
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)

@@ -29,6 +29,7 @@ from medloop.ledger.schema import Prediction, Sample
 from medloop.ledger.store import Ledger
 
 from .dataset import fit_image
+from .plain import no_lesion_index
 
 SCORE_COLUMNS = (
     "confidence", "std", "entropy", "mutual_info", "vacuity", "margin",
@@ -101,7 +102,8 @@ def score_arrays(
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         s = score_batch(model, images, method=method, passes=passes, cls_head=meta.get("cls_head", "softmax"),
-                        seg_head=meta.get("seg_head", "softmax"), boundary_band=boundary_band, cached=True)
+                        seg_head=meta.get("seg_head", "softmax"), boundary_band=boundary_band, cached=True,
+                        no_lesion_class=no_lesion_index(list(meta.get("classes", [])), meta.get("no_lesion_class")))
     mask_paths, umap_paths = [], []
     for i, uid in enumerate(batch["uid"]):
         mask_paths.append(store.put_mask(f"pred/{model_version}/{uid}", s.pred_mask[i]))

@@ -56,6 +56,11 @@ class DataConfig(_Section):
         0.8, ge=0.0, lt=1.0, description="fraction of the train split moved to the unlabeled pool (labels kept hidden)"
     )
     seed: int = Field(0, description="seed for generation and splits")
+    no_lesion_class: str | None = Field(
+        "normal",
+        description="class whose cases have no lesion (BUSI 'normal'): predicted, it gives an empty mask, and "
+        "pseudo-masks must agree with it (unset or absent from classes: no such class)",
+    )
     duplicate_threshold: float = Field(
         0.99,
         ge=0.0,
@@ -83,6 +88,12 @@ class DataConfig(_Section):
             raise ValueError(f"data.intensity_window: expected [lo, hi] with lo < hi (got {window})")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError("data.classes: expected at least two distinct class names")
+        if self.no_lesion_class is not None and self.no_lesion_class not in self.classes:
+            if "no_lesion_class" in self.model_fields_set:
+                raise ValueError(
+                    f"data.no_lesion_class: {self.no_lesion_class!r} is not one of data.classes {self.classes}"
+                )
+            self.__dict__["no_lesion_class"] = None  # the default "normal" where there is no such class
         return self
 
 

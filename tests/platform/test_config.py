@@ -155,3 +155,13 @@ def test_both_problems_are_named_at_once(tmp_path: Path) -> None:
 )
 def test_measures_that_exist_are_accepted(tmp_path: Path, text: str) -> None:
     _load(tmp_path, text)
+
+
+def test_no_lesion_class_defaults_to_normal_only_where_it_exists():
+    from medloop.config import ConfigError, parse_campaign
+
+    assert parse_campaign({}).data.no_lesion_class == "normal"
+    two = parse_campaign({"data": {"source": "generic", "classes": ["benign", "malignant"], "class_mix": [0.5, 0.5]}})
+    assert two.data.no_lesion_class is None
+    with pytest.raises(ConfigError, match="no_lesion_class"):
+        parse_campaign({"data": {"no_lesion_class": "healthy"}})

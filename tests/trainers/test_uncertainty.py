@@ -198,3 +198,10 @@ def test_lesion_uncertainty_not_diluted_and_ranks_a_possibly_missed_lesion_high(
     assert u[1] > u[0] > u[2]
     with_band = M.lesion_uncertainty(pixel, pred, 1, fg_prob=fg)
     assert with_band[0].item() == pytest.approx(16 * 0.2 / 36)  # 6x6 region with the band
+
+
+def test_class_consistent_mask_empties_no_lesion_predictions():
+    masks = torch.ones(3, 2, 2, dtype=torch.long)
+    out = M.class_consistent_mask(masks, torch.tensor([0, 1, 2]), 0)
+    assert out.sum((1, 2)).tolist() == [0, 4, 4]
+    assert M.class_consistent_mask(masks, torch.tensor([0, 1, 2]), None) is masks

@@ -122,6 +122,15 @@ def lesion_uncertainty(
     return torch.where(torch.isnan(inside), fallback, inside)
 
 
+def class_consistent_mask(pred_mask: torch.Tensor, pred_class: torch.Tensor, no_lesion: int | None) -> torch.Tensor:
+    """The joint prediction made consistent: a case whose predicted class is the no-lesion class
+    (e.g. BUSI "normal") gets an empty mask. ``no_lesion`` None: masks unchanged."""
+    if no_lesion is None:
+        return pred_mask
+    keep = (pred_class != no_lesion).view(-1, *([1] * (pred_mask.dim() - 1)))
+    return pred_mask * keep.to(pred_mask.dtype)
+
+
 def lesion_fraction(pred_mask: torch.Tensor) -> torch.Tensor:
     """Fraction of pixels predicted as lesion (any foreground class)."""
     return (pred_mask > 0).flatten(1).float().mean(1)

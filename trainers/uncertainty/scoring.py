@@ -73,6 +73,7 @@ def score_batch(
     boundary_band: int = 3,
     cached: bool = True,
     max_batch: int | None = None,
+    no_lesion_class: int | None = None,
 ) -> BatchScores:
     """Score ``images`` (B, C, H, W); see the module docstring for what each method gives."""
     if method not in METHODS:
@@ -89,7 +90,7 @@ def score_batch(
 
     probs = M.mean_probs(s.cls_probs)
     seg_mean = M.mean_probs(s.seg_probs)
-    pred_mask = M.predicted_class(seg_mean, dim=1)
+    pred_mask = M.class_consistent_mask(M.predicted_class(seg_mean, dim=1), M.predicted_class(probs), no_lesion_class)
     q = seg_mean.shape[1]
     fg_prob = 1.0 - seg_mean[:, 0]
 

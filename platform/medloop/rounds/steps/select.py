@@ -126,7 +126,7 @@ def select_step(ctx: Any) -> dict[str, Any]:
     val_dice = _val_dice(ctx.detail("train"))
     allow_masks, seg_gate_reason = segmentation_gate(val_dice, sel.min_val_dice)
     params = PseudoLabelParams.from_config(
-        sel, no_lesion_class=classes.index("normal") if "normal" in classes else None
+        sel, no_lesion_class=classes.index(campaign.data.no_lesion_class) if campaign.data.no_lesion_class else None
     )
     dec = decide_pseudo_labels(pool.arrays, pool.has_human, counts, params, allow_pseudo=allow,
                                allow_masks=allow_masks)
