@@ -204,14 +204,14 @@ def test_generic_unlabeled_go_to_pool_without_truth(lay, tmp_path: Path, campaig
 
 
 def test_synthetic_ingest_rgb(campaign_factory) -> None:
-    campaign = campaign_factory(n_samples=12, channels=3, image_size=24)
+    campaign = campaign_factory(n_samples=12, channels=3, image_size=32)  # the model's 2**depth divides it
     report = ingest(campaign, "synthetic")
     assert report.added == 12 and report.bad == []
     ledger = Ledger.open(campaign.ledger)
     with ledger.reading() as s:
         sample = s.scalars(select(Sample)).first()
         assert sample.channels == 3
-        assert ImageStore(campaign.store).load_image(sample.image_path).shape == (24, 24, 3)
+        assert ImageStore(campaign.store).load_image(sample.image_path).shape == (32, 32, 3)
     ledger.close()
 
 

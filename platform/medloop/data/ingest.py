@@ -284,6 +284,7 @@ def _check_synthetic(campaign: Campaign, ledger: Ledger, prepared: list[Prepared
     clash = [r for r in rows if r.original_path in by_id and by_id[r.original_path].case_hash != r.content_hash]
     if not clash:
         return
+    clash.sort(key=lambda r: (len(r.original_path), r.original_path))  # synthetic:seed=S/0, /1, ... /10
     d = campaign.data
     (h, w, c), _ = Counter((r.height, r.width, r.channels) for r in clash).most_common(1)[0]
     differs = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ class Record:
     image: np.ndarray  # uint8, (H, W) or (H, W, 3), original size
     mask: np.ndarray | None  # uint8 {0, 1}, (H, W), same size as the image
     class_name: str | None
+    mode: str = "L"  # the file's PIL mode: "I;16", "I" or "F" were rescaled to 8 bits (see decode_image)
+    notes: list[str] = field(default_factory=list)  # warnings about this case, each naming the file
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -37,15 +39,76 @@ def check_inside(root: Path, path: Path) -> None:
         raise FileError(str(path), f"path escapes the dataset root {root} (symlink or '..')")
 
 
-def read_image(path: Path, channels: int = 1) -> np.ndarray:
-    """Decode an image fully (a truncated file fails here) as uint8 grey (channels=1) or RGB (3)."""
+def is_deep(mode: str) -> bool:
+    """True for PIL modes with more than 8 bits per pixel: 16-bit ("I;16*"), 32-bit int ("I"), float ("F")."""
+    return mode in ("I", "F") or mode.startswith("I;")
+
+
+def rescale_intensity(
+    values: np.ndarray, window: tuple[float, float] | None = None, name: str = "image"
+) -> tuple[np.ndarray, list[str]]:
+    """Deep pixel values (16-bit, 32-bit signed, float) -> uint8, and the warnings it needs.
+
+    ``window`` None: min-max per image, ``(v - min) / (max - min) * 255`` rounded (a constant image
+    becomes all 0, with a warning). ``window = (lo, hi)`` (``data.intensity_window``): the same map
+    with ``lo``/``hi`` fixed for every image; pixels outside are set to 0 / 255 and counted in a
+    warning. NaN or infinite pixels raise :class:`FileError` (there is no right value for them).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    notes: list[str] = []
+    finite = np.isfinite(v)
+    if not finite.all():
+        raise FileError(name, f"{int((~finite).sum())} pixel(s) are NaN or infinite")
+    if window is None:
+        lo, hi = float(v.min()), float(v.max())
+        if hi == lo:
+            notes.append(f"{name}: constant image (every pixel {lo:g}): stored as 0")
+            return np.zeros(v.shape, dtype=np.uint8), notes
+    else:
+        lo, hi = float(window[0]), float(window[1])
+        outside = int(((v < lo) | (v > hi)).sum())
+        if outside:
+            notes.append(
+                f"{name}: {outside} of {v.size} pixel(s) ({100.0 * outside / v.size:.1f} %) outside "
+                f"data.intensity_window [{lo:g}, {hi:g}] (image range {v.min():g}..{v.max():g}), set to 0 / 255"
+            )
+    out = np.clip(np.rint((v - lo) / (hi - lo) * 255.0), 0, 255)
+    return out.astype(np.uint8), notes
+
+
+def decode_image(
+    path: Path, channels: int = 1, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, str, list[str]]:
+    """Decode an image fully (a truncated file fails here): (uint8 grey (channels=1) or RGB (3),
+    the file's PIL mode, warnings naming the file).
+
+    8-bit images are kept as they are. Deeper ones (16-bit "I;16", 32-bit signed "I", float "F")
+    are rescaled to 0..255 by :func:`rescale_intensity` (min-max per image, or ``window``).
+    An image over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is a bad file.
+    """
+    notes: list[str] = []
     try:
         with Image.open(path) as im:
             im.load()
-            out = im.convert("L" if channels == 1 else "RGB")
+            mode = str(im.mode)
+            if is_deep(mode):
+                grey, notes = rescale_intensity(np.asarray(im), window, str(path))
+                out = Image.fromarray(grey, "L")
+                out = out if channels == 1 else out.convert("RGB")
+            else:
+                out = im.convert("L" if channels == 1 else "RGB")
+    except FileError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise FileError(str(path), f"image too large to decode safely (decompression-bomb limit: {err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise FileError(str(path), f"unreadable or truncated image ({err})") from None
-    return np.asarray(out, dtype=np.uint8)
+    return np.asarray(out, dtype=np.uint8), mode, notes
+
+
+def read_image(path: Path, channels: int = 1, window: tuple[float, float] | None = None) -> np.ndarray:
+    """The image of :func:`decode_image` alone (its warnings dropped)."""
+    return decode_image(path, channels, window)[0]
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -54,6 +117,8 @@ def read_mask(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             arr = np.asarray(im)
+    except Image.DecompressionBombError as err:
+        raise FileError(str(path), f"mask too large to decode safely (decompression-bomb limit: {err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise FileError(str(path), f"unreadable or truncated mask ({err})") from None
     if arr.ndim == 3:
@@ -81,12 +146,14 @@ class Item:
     masks: list[Path]
     class_name: str | None
 
-    def load(self, channels: int = 1) -> Record:
-        """Read the image and the union of its masks; raises :class:`FileError` naming the bad file."""
-        image = read_image(self.image, channels)
+    def load(self, channels: int = 1, window: tuple[float, float] | None = None) -> Record:
+        """Read the image and the union of its masks; raises :class:`FileError` naming the bad file.
+        ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`)."""
+        image, mode, notes = decode_image(self.image, channels, window)
         mask = None
         for mpath in self.masks:
             m = read_mask(mpath)
             check_mask_size(mpath, m, image)
             mask = m if mask is None else np.maximum(mask, m)
-        return Record(original_path=str(self.image.resolve()), image=image, mask=mask, class_name=self.class_name)
+        return Record(original_path=str(self.image.resolve()), image=image, mask=mask, class_name=self.class_name,
+                      mode=mode, notes=notes)
