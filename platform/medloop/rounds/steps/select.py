@@ -114,7 +114,7 @@ def nothing_selected_reason(
 
 
 def select_step(ctx: Any) -> dict[str, Any]:
-    sel, classes = ctx.campaign.selection, ctx.campaign.data.classes
+    campaign, sel, classes = ctx.campaign, ctx.campaign.selection, ctx.campaign.data.classes
     with ctx.ledger.reading() as s:
         version = ctx.round(s).model_version
         pool = load_scores(s, version, "pool", len(classes))
