@@ -16,6 +16,7 @@ Arms (``--arms``, comma list):
 * ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
 * ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``;
+* ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
 * ``entropy``, ``seg_uncertainty``: other acquisitions, no pseudo-label;
 * ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
   (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
@@ -59,6 +60,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid": {"selection": {"acquisition": "hybrid", **NO_PSEUDO}},
     "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
     "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
+    "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
     "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},
     "seg_uncertainty": {"selection": {"acquisition": "seg_uncertainty", **NO_PSEUDO}},
     "pl": {"selection": {"policy": "pl", "budget": 0, "audit_fraction": 0.0}},
