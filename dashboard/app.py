@@ -179,7 +179,8 @@ def page_calibration(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     task_names = {"class": "classification", "seg": "segmentation"}
     task = right.radio("Task", list(task_names), format_func=task_names.get, horizontal=True, key="cal_task")
     row = rounds.loc[rounds["round"] == rnd].iloc[0]
-    cards = (("ece", "adaptive_ece", "brier", "nll"), ("ECE", "Adaptive ECE", "Brier", "NLL"))
+    cards: tuple[tuple[str, ...], tuple[str, ...]] = (("ece", "adaptive_ece", "brier", "nll"),
+                                                      ("ECE", "Adaptive ECE", "Brier", "NLL"))
     if task == "seg":
         cards = (("seg_ece",), ("Pixel ECE",))
     cols = st.columns(4)
@@ -289,12 +290,12 @@ def page_selection(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
         parts.append(truth.assign(source="hidden truth", n=truth["checked"])[shown])
     if parts:
         prec = pd.concat(parts, ignore_index=True)
-        cols = st.columns(2)
+        pcols = st.columns(2)
         if len(audit):
-            cols[0].metric("Audit precision (latest)", f"{audit['precision'].iloc[-1]:.1%}",
+            pcols[0].metric("Audit precision (latest)", f"{audit['precision'].iloc[-1]:.1%}",
                            help=f"{int(audit['agreed'].iloc[-1])} of {int(audit['answered'].iloc[-1])} audited")
         if len(truth):
-            cols[1].metric("Hidden-truth precision (latest)", f"{truth['precision'].iloc[-1]:.1%}")
+            pcols[1].metric("Hidden-truth precision (latest)", f"{truth['precision'].iloc[-1]:.1%}")
         chart(charts.precision_lines(prec, "Precision of pseudo class labels"))
     elif len(pseudo) and (pseudo["class"] == "(mask only)").all():
         st.info("The pseudo-labels of this campaign are masks only, so class precision does not apply "

@@ -6,6 +6,8 @@ decision and per step state, so the same thing has the same colour on every page
 
 from __future__ import annotations
 
+from typing import cast
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -93,7 +95,7 @@ def trained_on_stack(curve: pd.DataFrame) -> alt.Chart:
     df = _curve_values(curve)
     return (
         alt.Chart(df)
-        .transform_fold(order, as_=["kind", "samples"])
+        .transform_fold(list(order), as_=["kind", "samples"])
         .transform_filter("isValid(datum.samples) && datum.samples > 0")
         .transform_calculate(kind_order=f"indexof({order!r}, datum.kind)")
         .mark_bar()
@@ -176,6 +178,11 @@ def epoch_lines(hist: pd.DataFrame, metric: str) -> alt.Chart:
 # ---- calibration ----------------------------------------------------------------------------------------
 
 
+def _layer(*charts: alt.Chart) -> alt.LayerChart:
+    # alt.layer is typed LayerChart | FacetChart: a FacetChart only when given facet arguments (never here)
+    return cast(alt.LayerChart, alt.layer(*charts))
+
+
 def _diagonal() -> alt.Chart:
     line = pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})
     return alt.Chart(line).mark_line(strokeDash=[4, 4], color="grey").encode(x="x:Q", y="y:Q")
@@ -196,7 +203,7 @@ def reliability(bins: pd.DataFrame, title: str) -> alt.LayerChart:
     size = alt.Chart(bins).mark_circle(color="#4C78A8", opacity=0.35).encode(
         x="confidence:Q", y="accuracy:Q", size=alt.Size("count:Q", title="samples in bin")
     )
-    return alt.layer(_diagonal(), pts, size).properties(title=title, width=380, height=320)
+    return _layer(_diagonal(), pts, size).properties(title=title, width=380, height=320)
 
 
 def per_class_reliability(binned: pd.DataFrame, classes: list[str]) -> alt.LayerChart:
@@ -211,7 +218,7 @@ def per_class_reliability(binned: pd.DataFrame, classes: list[str]) -> alt.Layer
                      alt.Tooltip("accuracy:Q", format=".3f")],
         )
     )
-    return alt.layer(_diagonal(), lines).properties(title="Per-class reliability (validation)", width=380, height=320)
+    return _layer(_diagonal(), lines).properties(title="Per-class reliability (validation)", width=380, height=320)
 
 
 def risk_coverage(rc: pd.DataFrame) -> alt.Chart:
@@ -285,7 +292,7 @@ def selection_scatter(df: pd.DataFrame, tau_c: float, tau_u: float, measure: str
                      alt.Tooltip("uncertainty:Q", format=".4f")],
         )
     )
-    return alt.layer(region, pts, vline, hline).properties(
+    return _layer(region, pts, vline, hline).properties(
         title="Confidence vs uncertainty (shaded: accepted region)", width=520, height=360
     )
 

@@ -228,9 +228,11 @@ def label_curve(engine: Engine) -> pd.DataFrame:
     for rnd, detail in zip(steps["round"].astype(int), steps["detail"]):
         detail = _json(detail)
         detail = detail if isinstance(detail, dict) else {}
-        best = detail.get("best_metrics") if isinstance(detail.get("best_metrics"), dict) else {}
+        best = detail.get("best_metrics")
+        best = best if isinstance(best, dict) else {}
         row: dict[str, Any] = {"round": rnd, **{k: _metric(best.get(k)) for k in CURVE_METRICS}}
-        trained = detail.get("trained_on") if isinstance(detail.get("trained_on"), dict) else {}
+        trained = detail.get("trained_on")
+        trained = trained if isinstance(trained, dict) else {}
         counts = {k: _count(trained.get(k)) for k in COMPOSITION_KEYS}
         if np.isnan(counts["human_labels"]) and not np.isnan(counts["human"]) and not np.isnan(counts["val"]):
             counts["human_labels"] = counts["human"] + counts["val"]

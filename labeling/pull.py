@@ -222,7 +222,7 @@ def sync(
                 report.unchanged += 1
                 continue
             with ledger.transaction() as s:
-                t = s.get(AnnotationTask, row.id)
+                t = s.get_one(AnnotationTask, row.id)
                 t.state, t.ls_annotation_id, t.completed_at = "skipped", int(last["id"]), when
             report.skipped += 1
             continue
@@ -243,7 +243,7 @@ def sync(
         if not good:
             changed = False
             with ledger.transaction() as s:
-                t = s.get(AnnotationTask, row.id)
+                t = s.get_one(AnnotationTask, row.id)
                 if t.state != "quarantined":
                     t.state, changed = "quarantined", True
             if not changed:
@@ -284,7 +284,7 @@ def sync(
         with ledger.transaction() as s:
             add_human_label(s, smp.id, class_name=name, mask_path=mask_rel, author=author[:128],
                             ls_task_id=tid, ls_annotation_id=int(latest["id"]))
-            t = s.get(AnnotationTask, row.id)
+            t = s.get_one(AnnotationTask, row.id)
             first = t.state != "completed"
             t.state = "completed"
             t.ls_annotation_id = int(latest["id"])

@@ -18,10 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
 from medloop.data.imagestore import ImageStore
@@ -168,9 +168,10 @@ def _mark_pushed(ledger: Ledger, pairs: list[tuple[int, int]]) -> None:
     if not pairs:
         return
     now = utcnow()
+    table = cast(Table, AnnotationTask.__table__)
     stmt = (
-        update(AnnotationTask.__table__)
-        .where(AnnotationTask.__table__.c.id == bindparam("row_id"), AnnotationTask.__table__.c.state == "intent")
+        update(table)
+        .where(table.c.id == bindparam("row_id"), table.c.state == "intent")
         .values(state="pushed", ls_task_id=bindparam("ls_id"), pushed_at=now)
     )
     with ledger.transaction() as s:

@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -62,11 +62,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP and/or torch.compile wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile
+            model = cast(nn.Module, model._orig_mod)  # torch.compile
         elif isinstance(model, nn.parallel.DistributedDataParallel) or (
             hasattr(model, "module") and isinstance(model.module, nn.Module)
         ):
-            model = model.module
+            model = cast(nn.Module, model.module)
         else:
             return model
 

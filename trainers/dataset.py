@@ -22,7 +22,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore
+from medloop.data.imagestore import ImageStore, mask_at
 from medloop.ledger.schema import Label, Sample
 from medloop.ledger.store import Ledger
 
@@ -75,7 +75,7 @@ def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     img = Image.fromarray(np.ascontiguousarray(image))
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -84,7 +84,7 @@ def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """uint8 mask (values kept, e.g. 0/1/255) -> (size, size) with nearest-neighbour resize."""
     mask = np.asarray(mask, dtype=np.uint8)
     if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8)
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
     return mask
 
 
@@ -96,10 +96,14 @@ def decode_sample(
     size: int,
     channels: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """One sample -> (image (C,S,S) uint8, mask (S,S) uint8 with 255 = ignore, class index or -1)."""
+    """One sample -> (image (C,S,S) uint8, mask (S,S) uint8 with 255 = ignore, class index or -1).
+
+    The store keeps images and human / truth masks at the image's native size and pseudo-masks at
+    the model size of the round that made them: every one is read at the requested size ``S``
+    (image bilinear, masks and ignore maps nearest), so ``data.image_size`` can change without a
+    new ingest or re-annotation."""
     image = store.load_image(image_path)
-    h, w = image.shape[:2]
-    mask = np.full((h, w), IGNORE, np.uint8)
+    mask = np.full((size, size), IGNORE, np.uint8)
     cls = -1
     if label is not None:
         if label.class_name is not None:
@@ -109,13 +113,10 @@ def decode_sample(
                 )
             cls = list(classes).index(label.class_name)
         if label.mask_path:
-            m = store.load_mask(label.mask_path)
-            if m.shape != (h, w):
-                raise ValueError(f"label {label.id}: mask {m.shape} differs from its image {(h, w)}")
-            mask = m.copy()
+            mask = store.load_mask_at(label.mask_path, (size, size)).copy()
             if label.ignore_path:
-                mask[store.load_ignore(label.ignore_path) > 0] = IGNORE
-    return fit_image(image, size, channels), fit_mask(mask, size), cls
+                mask[mask_at(store.load_ignore(label.ignore_path), (size, size)) > 0] = IGNORE
+    return fit_image(image, size, channels), mask, cls
 
 
 def _stack(

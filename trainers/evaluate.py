@@ -91,9 +91,9 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
                                     for i in np.flatnonzero(lesion)]))
     if no_lesion.any():
         out["empty_rate"] = _num(M.empty_mask_rate(pred_masks, masks, IGNORE))
-    for k in CLS_KEYS:
-        if out[k] is not None:
-            out[k] = _num(out[k])
+    for key in CLS_KEYS:
+        if out[key] is not None:
+            out[key] = _num(out[key])
     return out
 
 

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -104,13 +104,13 @@ def make_loss(model: nn.Module, settings: LoopSettings, train_labels: np.ndarray
     from medloop.trainers.losses import LOSSES, build_loss
     from medloop.trainers.losses.classification import frequency_class_weights
 
-    name = settings.loss or getattr(unwrap(model), "default_loss", "mtunet")
+    name = settings.loss or str(getattr(unwrap(model), "default_loss", "mtunet"))
     options = dict(settings.loss_options)
     default = "auto" if getattr(LOSSES.get(name), "frequency_weighted_ce", False) else None
     choice = options.get("class_weights", default)
     if choice == "none" or (choice == "auto" and train_labels is None):
         options.pop("class_weights", None)
-    elif choice == "auto":
+    elif choice == "auto" and train_labels is not None:  # (None was handled above)
         options["class_weights"] = frequency_class_weights(train_labels, len(settings.classes)).tolist()
     return build_loss(name, **_loss_head_options(name, settings, options))
 
@@ -384,12 +384,13 @@ def prepare_for_device(model: nn.Module, settings: LoopSettings, device: torch.d
     """Move to ``device``; on GPU channels_last; optional torch.compile."""
     model = model.to(device)
     if device.type == "cuda" and settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at runtime; torch's overloads do not list it
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 
 def maybe_compile(model: nn.Module, settings: LoopSettings) -> nn.Module:
-    return torch.compile(model) if settings.compile else model
+    return cast(nn.Module, torch.compile(model)) if settings.compile else model  # the compiled module wraps it
 
 
 @dataclass
@@ -432,7 +433,7 @@ def train_plain(
     history: list[dict[str, float]] = []
     best_state, best_metrics = None, {}
     for epoch in range(settings.epochs):
-        train_loader.dataset.set_epoch(epoch)
+        cast(JointDataset, train_loader.dataset).set_epoch(epoch)
         set_lr(optimizer, epoch_lr(settings, epoch))
         global_step, stats = train_epoch(
             run_model, train_loader, loss_fn, optimizer, device=device, global_step=global_step,

@@ -17,11 +17,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 
 from medloop.config import Campaign
 from medloop.data.imagestore import ImageStore, prob_map_path
@@ -70,7 +70,8 @@ class Scorer:
         self.device = torch.device("cuda" if options.get("use_gpu") and torch.cuda.is_available() else "cpu")
         self.model, self.meta = load_model(checkpoint_path, device=self.device)
         if self.device.type == "cuda" and options.get("channels_last", True):
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at runtime; torch's overloads do not list it
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.store = ImageStore(store_root)
         self.version = model_version
         self.options = options
@@ -170,7 +171,7 @@ def write_predictions(ledger: Ledger, rows: list[dict[str, Any]], model_version:
             Prediction.model_version == model_version, Prediction.sample_id.in_(ids))).all())
         new = [r for r in rows if r["sample_id"] not in present]
         if new:  # a table-level Core executemany: ~1.8x faster than the ORM bulk path (bench_ledger_writes)
-            s.connection().execute(insert(Prediction.__table__), new)
+            s.connection().execute(insert(cast(Table, Prediction.__table__)), new)
     return len(new)
 
 
@@ -209,8 +210,10 @@ def score_samples(
     ensure_ray(campaign)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ds = ray.data.from_items(items)
-    ds = ds.map_batches(decode_batch, fn_kwargs=decode_kw, batch_size=c.score_batch_size, batch_format="numpy")
+    ds: ray.data.Dataset = ray.data.from_items(items)
+    # ray types the batch function as a union of all batch formats; decode_batch takes the "numpy" one
+    ds = ds.map_batches(decode_batch, fn_kwargs=decode_kw,  # type: ignore[arg-type]
+                        batch_size=c.score_batch_size, batch_format="numpy")
     ds = ds.map_batches(
         Scorer,
         fn_constructor_kwargs={"checkpoint_path": str(checkpoint_path), "store_root": store_root,

@@ -28,6 +28,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ def ups_targets(
 def split_output(output: JointOutput, n: int) -> tuple[JointOutput, JointOutput]:
     """Split a joint output of a concatenated batch into its first ``n`` rows and the rest."""
 
-    def cut(value: object, part: slice) -> object:
+    def cut(value: Any, part: slice) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value[part]
         if isinstance(value, dict):
@@ -105,10 +106,10 @@ def split_output(output: JointOutput, n: int) -> tuple[JointOutput, JointOutput]
             return type(value)(cut(v, part) for v in value)
         return value
 
-    first, rest = slice(0, n), slice(n, None)
-    return tuple(  # type: ignore[return-value]
-        JointOutput(**{f.name: cut(getattr(output, f.name), part) for f in fields(output)}) for part in (first, rest)
-    )
+    def part_of(part: slice) -> JointOutput:
+        return JointOutput(**{f.name: cut(getattr(output, f.name), part) for f in fields(output)})
+
+    return part_of(slice(0, n)), part_of(slice(n, None))
 
 
 # ---- strong view ---------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def toy_sample(rng: np.random.Generator, cls: int, size: int) -> tuple[np.ndarra
 
 def toy_campaign(folder: str | Path, **overrides: Any) -> Campaign:
     """A campaign for tiny CPU runs: 32x32 grey images, width-4 mtunet, 2 workers, few epochs."""
-    data = {
+    data: dict[str, Any] = {
         "name": "toy",
         "root": str(folder),
         "data": {"image_size": 32, "channels": 1},

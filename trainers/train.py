@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from medloop.config import Campaign
 from medloop.ledger.store import Ledger
 
 from .checkpoints import build_model, load_state, read_meta, save_checkpoint, unwrap
-from .dataset import SampleArrays, load_arrays
+from .dataset import JointDataset, SampleArrays, load_arrays
 from .plain import (
     SCORE_METRIC,
     EarlyStop,
@@ -198,7 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(epoch0, settings.epochs):
         if stopped:
             break
-        train_loader.dataset.set_epoch(epoch) if hasattr(train_loader, "dataset") else None
+        if hasattr(train_loader, "dataset"):
+            cast(JointDataset, train_loader.dataset).set_epoch(epoch)
         set_lr(optimizer, epoch_lr(settings, epoch))
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)

@@ -119,8 +119,9 @@ def tune_campaign(
     best = results.get_best_result(metric=SCORE_METRIC, mode="max", scope="all")
     if best is None or best.metrics is None:
         raise RuntimeError("tune: no trial reported a result")
-    errors = [r.error for r in results if r.error is not None]
-    return {"config": dict(best.config), "metrics": dict(best.metrics), "trials": len(results), "errors": len(errors)}
+    errors = [results[i].error for i in range(len(results)) if results[i].error is not None]
+    return {"config": dict(best.config or {}), "metrics": dict(best.metrics), "trials": len(results),
+            "errors": len(errors)}
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -58,7 +58,7 @@ def round_row(campaign: Campaign, outcome: Any) -> dict[str, Any]:
     led = Ledger.open(campaign.ledger)
     try:
         with led.reading() as s:
-            rnd = s.get(Round, outcome.round_id)
+            rnd = s.get_one(Round, outcome.round_id)
             m, notes = dict(rnd.metrics or {}), dict(rnd.notes or {})
     finally:
         led.close()

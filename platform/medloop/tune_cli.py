@@ -42,6 +42,6 @@ def register(app: typer.Typer) -> None:
         finally:
             ledger.close()
         typer.echo(json.dumps(best, indent=1, default=str))
-        if write_back_:
+        if write_back_ and config is not None:  # (--write-back without --config exited above)
             write_back(config, best)
             typer.echo(f"wrote the best configuration into {config}")

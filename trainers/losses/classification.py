@@ -24,7 +24,7 @@ def frequency_class_weights(labels: np.ndarray | Sequence[int], num_classes: int
     (the rarer class weighs more); for K > 2 the weights still sum to 1. Labels < 0 (no class)
     are ignored; with no labelled sample every class gets ``1 / K``.
     """
-    y = np.asarray(labels, dtype=np.int64).ravel()
+    y: np.ndarray = np.asarray(labels, dtype=np.int64).ravel()
     y = y[(y >= 0) & (y < num_classes)]
     if num_classes < 2 or y.size == 0:
         return np.full(max(num_classes, 1), 1.0 / max(num_classes, 1))

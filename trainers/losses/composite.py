@@ -33,6 +33,8 @@ from medloop.trainers.losses.weighting import FixedWeighting, KendallWeighting
 class JointLoss(nn.Module):
     """Shared machinery: heads, class weights, presence of each task in a batch."""
 
+    class_weights: torch.Tensor | None  # buffer (not saved with the state dict)
+
     def __init__(
         self,
         cls_head: str = "softmax",

@@ -113,7 +113,7 @@ def lesion_cases(target: np.ndarray, ignore_index: int | None = IGNORE) -> np.nd
     fg = t > 0
     if ignore_index is not None:
         fg &= t != ignore_index
-    return fg.reshape(len(t), -1).any(1) if len(t) else np.zeros(0, bool)
+    return np.asarray(fg.reshape(len(t), -1).any(1)) if len(t) else np.zeros(0, bool)
 
 
 def no_lesion_cases(target: np.ndarray, ignore_index: int | None = IGNORE) -> np.ndarray:

@@ -66,6 +66,8 @@ class TIM(nn.Module):
 class UPA(nn.Module):
     """Uncertainty-Proxy Attention (Eq. 6-8)."""
 
+    u_mean: torch.Tensor  # buffer: running mean of the proxies
+
     def __init__(self, hidden: int = 32, momentum: float = 0.1, eps: float = 1e-6) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))

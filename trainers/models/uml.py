@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +117,8 @@ class UMLNet(JointModel):
         fc[-1], fs[-1], fm[-1] = (self.bottleneck_drop(t) for t in (fc[-1], fs[-1], fm[-1]))
         # step 1: mutual feature decoder -> M (alpha) and U^s (Eq. 2)
         m = fm[-1]
-        for j, up in enumerate(self.mut_ups):
-            m = up(m, fm[d - j - 1])
+        for j, mut_up in enumerate(self.mut_ups):
+            m = mut_up(m, fm[d - j - 1])
         prelim = self.mut_head(m)
         alpha = dirichlet_alpha(prelim)
         u = vacuity(alpha).unsqueeze(1)
@@ -128,7 +128,7 @@ class UMLNet(JointModel):
         maps = {d: self.s_heads[d](x)}
         for j in range(d):
             level = d - j - 1
-            up_block = self.un_ups[j]
+            up_block = cast(UpBlock, self.un_ups[j])
             up = up_block.up(x)
             x = self.dec_drops[j](up_block.conv(torch.cat([up, fs[level]], 1)))
             maps[level] = self.s_heads[level](x)

@@ -19,7 +19,7 @@ def _state_dict_of(obj: object) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsMismatchError("weights file holds no state dict (name -> tensor)")
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 def load_weights(model: nn.Module, path: str | Path, *, prefix: str = "", strict: bool = True) -> list[str]:

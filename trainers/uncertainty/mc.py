@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from medloop.trainers.heads import check_head, dirichlet_alpha, probs_from_logits
+
+if TYPE_CHECKING:
+    from medloop.trainers.models.base import JointModel
 
 
 def is_dropout(module: nn.Module) -> bool:
@@ -129,12 +132,13 @@ def mc_sample(
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
     with eval_mode(model, dropout_on=stochastic):
         if cached:
-            features = model.encode(x)
+            joint = cast("JointModel", model)  # encode / decode: a JointModel (unwrapped)
+            features = joint.encode(x)
             per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))
             done = 0
             while done < passes:
                 t = min(per_chunk, passes - done)
-                out = model.decode(repeat_batch(features, t))
+                out = joint.decode(repeat_batch(features, t))
                 cp, sp, ca, sa = _heads(out.cls_logits, out.seg_logits, cls_head, seg_head)
                 cls_p.append(cp.reshape(t, b, *cp.shape[1:]))
                 seg_p.append(sp.reshape(t, b, *sp.shape[1:]))

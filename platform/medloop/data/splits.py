@@ -98,7 +98,7 @@ def _take_groups(
     if n_take >= total:
         return [], list(units)
     order = [units[i] for i in np.random.default_rng(seed).permutation(len(units))]
-    per_stratum = Counter()
+    per_stratum: Counter[str] = Counter()
     for u in units:
         per_stratum[stratum[u]] += size[u]
     quota = _quotas(dict(per_stratum), n_take)

@@ -98,7 +98,7 @@ def phantom(seed: int, index: int, kind: str, size: int = 64, difficulty: float 
         soft = gaussian_filter(mask.astype(float), sigma=size / 64 * (1.2 if kind == "benign" else 0.5))
         echo *= 1.0 - contrast * soft
         if shadow > 0:
-            cols = mask.any(axis=0)
+            cols = np.asarray(mask.any(axis=0))
             bottom = np.where(cols, size - 1 - np.argmax(mask[::-1], axis=0), size)
             below = np.arange(size)[:, None] > bottom[None, :]
             shade = gaussian_filter((below & cols[None, :]).astype(float), sigma=size / 64 * 1.5)

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import CursorResult, Engine, create_engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
@@ -189,7 +189,7 @@ def retire_pseudo_labels(session: Session, round_id: int) -> int:
         .where(Label.kind == "pseudo", Label.active.is_(True), Label.round_id < round_id)
         .values(active=False, superseded_at=utcnow())
     )
-    return int(result.rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)  # an UPDATE's result is a CursorResult
 
 
 def add_truth_label(

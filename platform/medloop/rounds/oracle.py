@@ -63,13 +63,15 @@ def truth_answers(session: Session, tasks: list[AnnotationTask]) -> list[tuple[A
     return out
 
 
-def annotation_result(campaign: Campaign, class_name: str, mask: Any | None) -> list[dict[str, Any]]:
+def annotation_result(campaign: Campaign, class_name: str | None, mask: Any | None) -> list[dict[str, Any]]:
     """A Label Studio annotation result (class choice + brush mask), as the labeling UI would send."""
     from medloop.labeling.project import CLASS_FROM, IMAGE_TO, LESION_FROM
     from medloop.labeling.rle import mask_to_rle
 
-    result: list[dict[str, Any]] = [{"from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
-                                     "value": {"choices": [class_name]}}]
+    result: list[dict[str, Any]] = []
+    if class_name is not None:  # a mask-only truth: no choice (sync then quarantines it: no class)
+        result.append({"from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
+                       "value": {"choices": [class_name]}})
     if mask is not None and mask.any():
         result.append({"from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
                        "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]),

@@ -62,7 +62,8 @@ def load_scores(session: Session, model_version: str, split: str, num_classes: i
             )
         ).all()
     }
-    embeddings = np.stack(emb) if n and all(e is not None for e in emb) else None
+    present = [e for e in emb if e is not None]
+    embeddings = np.stack(present) if n and len(present) == len(emb) else None
     return ScoreTable(
         sample_ids=ids,
         uids=[u for _, u in rows],
@@ -94,8 +95,9 @@ def val_ece(table: ScoreTable, classes: list[str]) -> float | None:
     """ECE of the validation predictions against the human labels (None when none are labeled)."""
     from medloop.trainers.metrics import ece
 
-    idx = [i for i, c in enumerate(table.human_class) if c in classes]
-    if not idx:
+    known = [(i, c) for i, c in enumerate(table.human_class) if c is not None and c in classes]
+    if not known:
         return None
-    labels = np.array([classes.index(table.human_class[i]) for i in idx])
+    idx = [i for i, _ in known]
+    labels = np.array([classes.index(c) for _, c in known])
     return ece(table.arrays["probs"][idx], labels)

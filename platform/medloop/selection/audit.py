@@ -37,8 +37,8 @@ def audit_precision(
     "n": n_answered}`` where ``per_class[c]`` = fraction of answered audits pseudo-labelled ``c`` that the
     human also labelled ``c``; NaN when there is no answered audit for it.
     """
-    pc = np.asarray(pseudo_class, dtype=np.int64).reshape(-1)
-    hc = np.asarray(human_class, dtype=np.int64).reshape(-1)
+    pc: np.ndarray = np.asarray(pseudo_class, dtype=np.int64).reshape(-1)
+    hc: np.ndarray = np.asarray(human_class, dtype=np.int64).reshape(-1)
     if pc.shape != hc.shape:
         raise ValueError("pseudo_class and human_class must have the same length")
     k = len(class_names)

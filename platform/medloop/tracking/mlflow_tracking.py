@@ -143,6 +143,8 @@ class Tracker:
 
         from medloop.trainers.checkpoints import load_model
 
+        if rec.checkpoint_path is None:
+            raise ValueError(f"round {rec.round_id}: no checkpoint to log")
         name = model_name(self.campaign)
         existing = self._version_for_round(name, rec.round_id)
         if existing is None:

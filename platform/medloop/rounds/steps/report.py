@@ -40,11 +40,12 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
     """Calibration + classification metrics on labeled validation predictions (and the confusion matrix)."""
     from medloop.trainers.metrics import calibration_metrics, classification_metrics, confusion_matrix, risk_coverage
 
-    idx = [i for i, c in enumerate(val.human_class) if c in classes]
-    if not idx:
+    known = [(i, c) for i, c in enumerate(val.human_class) if c is not None and c in classes]
+    if not known:
         return {}, None
+    idx = [i for i, _ in known]
     probs = val.arrays["probs"][idx]
-    labels = np.array([classes.index(val.human_class[i]) for i in idx])
+    labels = np.array([classes.index(c) for _, c in known])
     cal = calibration_metrics(probs, labels, n_bins=15)
     cls = classification_metrics(labels, probs)
     conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(float)
@@ -69,10 +70,9 @@ def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
     preds, truths = [], []
     for pred_rel, true_rel in zip(val.mask_paths, val.human_mask):
         if pred_rel and true_rel:
-            p, t = store.load_mask(pred_rel), store.load_mask(true_rel)
-            if p.shape == t.shape:
-                preds.append(p)
-                truths.append(t)
+            p = store.load_mask(pred_rel)  # model size; the human mask is native: read at the same size
+            preds.append(p)
+            truths.append(store.load_mask_at(true_rel, p.shape))
     out: dict[str, float] = {}
     if not preds:
         return out
@@ -143,9 +143,8 @@ def pseudo_mask_dice_truth(s: Any, ctx: Any) -> dict[str, Any]:
     for sid, mask_rel, ignore_rel in pseudo:
         if sid not in truth:
             continue
-        p, t = store.load_mask(mask_rel), store.load_mask(truth[sid])
-        if p.shape != t.shape:
-            continue
+        p = store.load_mask(mask_rel)
+        t = store.load_mask_at(truth[sid], p.shape)  # the truth mask is native, the pseudo-mask model size
         if ignore_rel:
             ignored = store.load_ignore(ignore_rel) > 0
             if ignored.shape != t.shape or ignored.all():
@@ -266,7 +265,9 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
                                                      f"round {ctx.round_id}, pixels"))
     if cm is not None:
         round_files.append(plots.confusion_matrix_png(cm, campaign.data.classes, out / "confusion_matrix.png"))
-    hist = {k: pool.arrays[k] for k in ("std", "entropy", "mutual_info", "seg_uncertainty") if k in pool.arrays}
+    hist: dict[str, np.ndarray] = {
+        k: pool.arrays[k] for k in ("std", "entropy", "mutual_info", "seg_uncertainty") if k in pool.arrays
+    }
     select_files = [_selection_table(ctx, out / "selection.csv"),
                     plots.uncertainty_histograms(hist, out / "uncertainty_hist.png")]
     with ctx.ledger.reading() as s:
