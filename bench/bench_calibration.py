@@ -1,4 +1,5 @@
-"""Calibration and noise robustness (seed 000 Table 2 style): softmax vs MC-dropout vs evidential heads.
+"""Calibration and noise robustness (Ren, Zou et al., UML, MICCAI 2023, Table 2 style): softmax vs MC-dropout vs
+evidential heads.
 
 Two models of the same family are trained with the plain loop on the same split: one with softmax
 heads, one with an evidential classification head (``cls_head="evidential"``; the loss adds the
@@ -6,7 +7,7 @@ evidential terms). Three predictors on the test split:
 
 * ``softmax``: one deterministic pass of the softmax model; uncertainty = predictive entropy.
 * ``mc_dropout``: ``score_batch(method="mc_dropout", passes=T)`` on the softmax model; uncertainty =
-  std of the predicted class's probability over the T passes (seed 002 Eq. 19).
+  std of the predicted class's probability over the T passes (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19).
 * ``evidential``: ``score_batch(method="evidential")`` on the evidential model; uncertainty = vacuity K/S.
 
 Gaussian noise N(0, sigma^2) is added to the test images in [0, 1] (clipped) for each sigma; per sigma:

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
 ANCHORS = [
-    {"model": "U-Net + cls head (seed 001 Table 1)", "iou": 0.668, "dice": 0.8005, "accuracy": 0.865},
-    {"model": "TIM+UPA+HMSF, proposed (seed 001 Table 1)", "iou": 0.745, "accuracy": 0.906},
+    {"model": "U-Net + cls head (Al Shafi, Zunayed et al., TIM/UPA, Table 1)", "iou": 0.668, "dice": 0.8005,
+     "accuracy": 0.865},
+    {"model": "TIM+UPA+HMSF, proposed (Al Shafi, Zunayed et al., TIM/UPA, Table 1)", "iou": 0.745, "accuracy": 0.906},
 ]
 
 
@@ -84,8 +85,8 @@ def main() -> None:
                             "train_seconds", "error"],
                      ["model", "params", "Dice", "IoU", "HD95", "acc", "F1", "AUC", "ECE", "epochs", "train s",
                       "error"]),
-          "\nAnchors (seed 001 Table 1; ImageNet-pretrained encoders, all 780 BUSI images, 256x256 — not directly "
-          "comparable):\n",
+          "\nAnchors (Al Shafi, Zunayed et al., TIM/UPA, Table 1; ImageNet-pretrained encoders, all 780 BUSI images, "
+          "256x256 — not directly comparable):\n",
           C.md_table(ANCHORS, ["model", "dice", "iou", "accuracy"], ["model", "Dice", "IoU", "acc"])]
     C.write_results("bench_supervised", {"config": cfg, "rows": rows, "anchors": ANCHORS}, "\n".join(md),
                     Path(args.out) if args.out else None)

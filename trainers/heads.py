@@ -1,6 +1,6 @@
 """Output heads: raw logits -> probabilities (softmax) or Dirichlet parameters (evidential).
 
-Evidential head (seed 000, subjective logic): evidence ``e = softplus(logits)``,
+Evidential head (subjective logic, as in Ren, Zou et al., UML, MICCAI 2023): evidence ``e = softplus(logits)``,
 ``alpha = e + 1``, ``S = sum_k alpha_k``, belief ``b_k = e_k / S`` and uncertainty mass
 (vacuity) ``u = K / S`` -- Eq. 1 per image (class dim of (B, K)) and Eq. 2 per pixel
 (class dim of (B, Q, H, W)). The expected probability is ``alpha / S``; note
@@ -25,7 +25,7 @@ def check_head(head: str) -> str:
 
 
 def dirichlet_alpha(logits: torch.Tensor) -> torch.Tensor:
-    """Dirichlet parameters ``alpha = softplus(logits) + 1`` (seed 000, Eq. 1-2)."""
+    """Dirichlet parameters ``alpha = softplus(logits) + 1`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2)."""
     return F.softplus(logits) + 1.0
 
 
@@ -35,7 +35,8 @@ def dirichlet_mean(alpha: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 def vacuity(alpha: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Uncertainty mass ``u = K / S`` (seed 000 Eq. 1 per image, Eq. 2 per pixel); ``dim`` removed."""
+    """Uncertainty mass ``u = K / S`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 1 per image, Eq. 2 per pixel);
+    ``dim`` removed."""
     return alpha.shape[dim] / alpha.sum(dim=dim)
 
 
@@ -53,7 +54,8 @@ class EvidentialQuantities:
 
 
 def evidential_quantities(alpha: torch.Tensor, dim: int = 1) -> EvidentialQuantities:
-    """Belief ``b = (alpha - 1) / S``, vacuity ``u = K / S``, probs ``alpha / S`` (seed 000 Eq. 1-2)."""
+    """Belief ``b = (alpha - 1) / S``, vacuity ``u = K / S``, probs ``alpha / S``
+    (Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2)."""
     strength = alpha.sum(dim=dim, keepdim=True)
     return EvidentialQuantities(
         belief=(alpha - 1.0) / strength,

@@ -100,7 +100,8 @@ def no_lesion_index(classes: list[str], no_lesion_class: str | None) -> int | No
 
 def make_loss(model: nn.Module, settings: LoopSettings, train_labels: np.ndarray | None = None) -> nn.Module:
     """The model's joint loss. ``loss_options.class_weights = "auto"`` (the default of losses with
-    ``frequency_weighted_ce``, i.e. ``mttu``) becomes seed 002 Eq. 14 weights of ``train_labels``."""
+    ``frequency_weighted_ce``, i.e. ``mttu``) becomes the class weights of
+    Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14, of ``train_labels``."""
     from medloop.trainers.losses import LOSSES, build_loss
     from medloop.trainers.losses.classification import frequency_class_weights
 

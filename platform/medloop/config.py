@@ -125,7 +125,9 @@ class UncertaintyConfig(_Section):
     """How uncertainty is estimated on the pool."""
 
     method: Literal["mc_dropout", "evidential", "both"] = Field("mc_dropout", description="estimator")
-    mc_passes: int = Field(10, ge=2, le=100, description="T, MC-dropout passes (seed 002: T = 10)")
+    mc_passes: int = Field(
+        10, ge=2, le=100, description="T, MC-dropout passes (Cheng et al., MTTU-Net, IEEE TMI 2022: T = 10)"
+    )
     boundary_band: int = Field(
         3, ge=0, description="pixels around the predicted lesion counted in the lesion uncertainty"
     )
@@ -135,8 +137,14 @@ class SelectionConfig(_Section):
     """Pseudo-label policy and the annotation queue."""
 
     policy: str = Field("ups", description="pseudo-label policy: pl | cpl | ups | none (no class or mask pseudo-label)")
-    tau_c: float = Field(0.9, ge=0.0, le=1.0, description="confidence threshold (seed 002 Eq. 19)")
-    tau_u: float = Field(0.05, ge=0.0, description="uncertainty threshold on the chosen measure (seed 002 Eq. 19)")
+    tau_c: float = Field(
+        0.9, ge=0.0, le=1.0, description="confidence threshold (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19)"
+    )
+    tau_u: float = Field(
+        0.05,
+        ge=0.0,
+        description="uncertainty threshold on the chosen measure (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19)",
+    )
     measure: Literal["std", "entropy", "mutual_info", "vacuity"] = Field(
         "std", description="uncertainty measure for UPS"
     )

@@ -1,4 +1,4 @@
-"""PL / CPL / UPS (seed 002 Eq. 19) on hand-made scores, and the subset property."""
+"""PL / CPL / UPS (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19) on hand-made scores, and the subset property."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Closed-form checks of the softmax / evidential heads (seed 000 Eq. 1-2)."""
+"""Closed-form checks of the softmax / evidential heads (Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2)."""
 
 import math
 

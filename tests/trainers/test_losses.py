@@ -52,7 +52,8 @@ def test_ce_skips_missing_labels_and_weights():
     expected = -(logp[0, 0] + logp[2, 1]) / 2
     assert cross_entropy(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
     w = torch.tensor([2.0, 0.5, 1.0])
-    expected_w = -(2.0 * logp[0, 0] + 0.5 * logp[2, 1]) / 2  # seed 002 Eq. 14: divide by m
+    # Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14: divide by m
+    expected_w = -(2.0 * logp[0, 0] + 0.5 * logp[2, 1]) / 2
     assert cross_entropy(logits, labels, w).item() == pytest.approx(expected_w.item(), rel=1e-6)
     none = cross_entropy(logits.requires_grad_(), torch.full((3,), -1))
     assert none.item() == 0.0
@@ -277,7 +278,7 @@ def test_unknown_loss_name():
         build_loss("nope")
 
 
-# ---- seed 002 Eq. 14 class weights --------------------------------------------------------------
+# ---- Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14 class weights ----------------------------------------------------
 
 
 def test_frequency_class_weights_two_classes_match_eq14():

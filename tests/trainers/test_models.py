@@ -198,7 +198,7 @@ def test_default_sizes_documented() -> None:
         assert f"{n:,}" in doc
 
 
-# --- UML loss (seed 000, Eq. 6-9) -------------------------------------------------------------
+# --- UML loss (Ren, Zou et al., UML, MICCAI 2023, Eq. 6-9) -----------------------------------------------------
 
 def uml_batch() -> dict:
     mask = torch.zeros(2, 16, 16, dtype=torch.long)

@@ -1,6 +1,6 @@
 """Image-level classification losses. Labels are (B,) long with -1 = no class label:
 such samples are skipped; the loss is the mean over the samples that have a label
-(seed 002 Eq. 14 divides the weighted sum by the sample count m), zero if none."""
+(as Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14: divided by the sample count m), zero if none."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _present(labels: torch.Tensor) -> torch.Tensor:
 
 
 def frequency_class_weights(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
-    """Class weights of seed 002 Eq. 14, ``w_c = (N - N_c) / ((K - 1) N)``.
+    """Class weights of Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14, ``w_c = (N - N_c) / ((K - 1) N)``.
 
     For K = 2 this is exactly the paper's ``w_1 = N_2 / (N_1 + N_2)``, ``w_2 = N_1 / (N_1 + N_2)``
     (the rarer class weighs more); for K > 2 the weights still sum to 1. Labels < 0 (no class)
@@ -34,7 +34,8 @@ def frequency_class_weights(labels: np.ndarray | Sequence[int], num_classes: int
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(Class-weighted) CE, ``-1/m sum_i w_{y_i} log p_{i, y_i}`` (seed 002 Eq. 14) over labelled samples."""
+    """(Class-weighted) CE, ``-1/m sum_i w_{y_i} log p_{i, y_i}`` (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 14) over
+    labelled samples."""
     present = _present(labels)
     if not bool(present.any()):
         return zero_like(logits)

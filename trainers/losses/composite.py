@@ -1,4 +1,4 @@
-"""Composite joint losses, one per seed model, registered in ``LOSSES`` by model name.
+"""Composite joint losses, one per paper's model, registered in ``LOSSES`` by model name.
 
 Each is an ``nn.Module`` with ``forward(output: JointOutput, batch, step=0) -> (total, parts)``.
 Options common to all: ``cls_head`` / ``seg_head`` ("softmax" | "evidential"; evidential
@@ -95,7 +95,8 @@ def _parts(**terms: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 class MTUNetLoss(JointLoss):
-    """Seed 004: ``seg_weight * (Dice + CE_pix) + cls_weight * CE`` with seg : cls = 5 : 1."""
+    """The multi-task U-Net with VGG16 / MobileNetV2 encoders (MT-U-Net):
+    ``seg_weight * (Dice + CE_pix) + cls_weight * CE`` with seg : cls = 5 : 1."""
 
     def __init__(self, seg_weight: float = 5.0, cls_weight: float = 1.0, **options: Any) -> None:
         super().__init__(**options)
@@ -112,7 +113,8 @@ class MTUNetLoss(JointLoss):
 
 
 class JRLLoss(JointLoss):
-    """Seed 003 Eq. 3: ``lambda1 * L_Dice (seg) + lambda2 * L_CE (cls)``, lambda = 0.5, 0.5.
+    """Al-masni, Al-Shamiri et al., JRL, Bioengineering 2024, Eq. 3:
+    ``lambda1 * L_Dice (seg) + lambda2 * L_CE (cls)``, lambda = 0.5, 0.5.
 
     With an evidential seg head the per-pixel evidential term is added to the Dice term.
     """
@@ -131,7 +133,7 @@ class JRLLoss(JointLoss):
 
 
 class MTTULoss(JointLoss):
-    """Seed 002: Dice (Eq. 13) and class-weighted CE (Eq. 14) combined by learnable
+    """Cheng et al., MTTU-Net, IEEE TMI 2022: Dice (Eq. 13) and class-weighted CE (Eq. 14) combined by learnable
     Kendall weights (Eq. 15). The module has parameters: give ``loss.parameters()`` to the
     optimiser too."""
 
@@ -154,7 +156,7 @@ class MTTULoss(JointLoss):
 
 
 class TIMUPALoss(JointLoss):
-    """Seed 001: ``0.8 L_seg + 0.2 L_cls``; ``L_seg = FT + 0.25 boundary + 0.15 texture``
+    """Al Shafi, Zunayed et al., TIM/UPA: ``0.8 L_seg + 0.2 L_cls``; ``L_seg = FT + 0.25 boundary + 0.15 texture``
     (Eq. 11-12), focal CE for the class. Deep supervision: when
     ``output.aux["deep_supervision"]`` holds (B, Q, h, w) logits, each is upsampled
     (bilinear) to the mask size and ``ds_weight * mean_i L_seg(aux_i)`` is added to L_seg.

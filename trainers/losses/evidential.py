@@ -1,4 +1,5 @@
-"""Evidential losses (Sensoy et al. 2018; TBraTS per pixel; seed 000 Eq. 6-9 use them).
+"""Evidential losses (Sensoy et al. 2018; TBraTS per pixel; used by
+Ren, Zou et al., UML, MICCAI 2023, Eq. 6-9).
 
 For Dirichlet ``alpha`` and one-hot ``y`` along the class dim (S = sum alpha, p = alpha / S):
 * ``digamma`` (Bayes risk of CE, Sensoy Eq. 4): ``sum_k y_k (psi(S) - psi(alpha_k))``

@@ -41,7 +41,7 @@ def soft_dice_loss(
     include_background: bool = False,
     ignore_index: int = IGNORE,
 ) -> torch.Tensor:
-    """``1 - mean_k (2 TP_k + s) / (2 TP_k + FP_k + FN_k + s)`` (seed 002 Eq. 13, soft).
+    """``1 - mean_k (2 TP_k + s) / (2 TP_k + FP_k + FN_k + s)`` (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 13, soft).
 
     For evidential outputs pass ``alpha / S`` as ``probs``.
     """
@@ -85,7 +85,8 @@ def pixel_cross_entropy(
 
 
 def curvature_kernel(sigma: float = 1.0, radius: int = 3) -> torch.Tensor:
-    """``K_curv(x, y) = (x^2 - y^2) exp(-r^2 / 2 sigma^2)`` on a (2 radius + 1)^2 grid (seed 001)."""
+    """``K_curv(x, y) = (x^2 - y^2) exp(-r^2 / 2 sigma^2)`` on a (2 radius + 1)^2 grid
+    (Al Shafi, Zunayed et al., TIM/UPA)."""
     r = torch.arange(-radius, radius + 1, dtype=torch.float32)
     y, x = torch.meshgrid(r, r, indexing="ij")
     return (x**2 - y**2) * torch.exp(-(x**2 + y**2) / (2 * sigma**2))
@@ -110,7 +111,7 @@ def _conv(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def boundary_loss(
     probs: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0, radius: int = 3, ignore_index: int = IGNORE
 ) -> torch.Tensor:
-    """Seed 001 Eq. 11: ``E |K_curv * M - K_curv * M_hat|`` over valid pixels.
+    """Al Shafi, Zunayed et al., TIM/UPA, Eq. 11: ``E |K_curv * M - K_curv * M_hat|`` over valid pixels.
 
     ``M_hat`` is the soft lesion probability (not binarised, so the term has a gradient);
     ignored pixels are set to 0 in both maps before filtering, so their predictions
@@ -133,7 +134,8 @@ def _masked_std(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def texture_loss(probs: torch.Tensor, mask: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
-    """Seed 001 Eq. 12: ``E |std(S_x * M) - std(S_x * M_hat)|`` (std over each image's valid pixels)."""
+    """Al Shafi, Zunayed et al., TIM/UPA, Eq. 12: ``E |std(S_x * M) - std(S_x * M_hat)|`` (std over each image's
+    valid pixels)."""
     pred, target, valid = _filled(probs, mask, ignore_index)
     per_sample = (_masked_std(_conv(target, SOBEL_X), valid) - _masked_std(_conv(pred, SOBEL_X), valid)).abs()
     return masked_sample_mean(per_sample, valid.flatten(1).any(1))

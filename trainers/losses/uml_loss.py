@@ -1,4 +1,4 @@
-"""UML composite loss (seed 000, Eq. 6-9), registered as "uml" in ``LOSSES``.
+"""UML composite loss (Ren, Zou et al., UML, MICCAI 2023, Eq. 6-9), registered as "uml" in ``LOSSES``.
 
 * L_mut = L_ice(M, GT) + lambda1 KL(M) + lambda2 Dice(M, GT) (Eq. 6): TBraTS per-pixel
   evidential loss on the preliminary mask M = alpha (``aux["prelim_seg_logits"]``), KL on the
@@ -28,7 +28,7 @@ from medloop.trainers.losses.segmentation import soft_dice_loss
 
 @LOSSES.register("uml")
 class UMLLoss(JointLoss):
-    """``w_mut * L_mut + w_cls * L_cls + w_seg * L_seg`` (seed 000, Eq. 9)."""
+    """``w_mut * L_mut + w_cls * L_cls + w_seg * L_seg`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 9)."""
 
     def __init__(
         self,

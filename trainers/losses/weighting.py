@@ -1,6 +1,6 @@
 """Combining task losses: fixed weights, or Kendall et al.'s learnable uncertainty weights.
 
-Seed 002 Eq. 15: ``L = sum_i 1 / (2 sigma_i^2) L_i + log sigma_i``. Parametrised by
+Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 15: ``L = sum_i 1 / (2 sigma_i^2) L_i + log sigma_i``. Parametrised by
 ``s_i = log sigma_i^2`` (initialised to 0, i.e. sigma = 1 as in the paper), the term is
 ``0.5 exp(-s_i) L_i + 0.5 s_i``. A task absent from the batch (no label at all) adds
 nothing -- not even its ``log sigma`` term, which would otherwise drive sigma to 0.
@@ -26,7 +26,8 @@ class FixedWeighting(nn.Module):
 
 
 class KendallWeighting(nn.Module):
-    """Learnable homoscedastic-uncertainty weights (seed 002 Eq. 15), one ``log sigma^2`` per task."""
+    """Learnable homoscedastic-uncertainty weights (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 15), one ``log sigma^2``
+    per task."""
 
     def __init__(self, n_tasks: int, init_log_var: float = 0.0) -> None:
         super().__init__()

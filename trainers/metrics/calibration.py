@@ -1,6 +1,6 @@
 """Calibration of class probabilities (N, K) against labels (N,).
 
-* ECE (Guo et al. 2017; seed 002 Eq. 16): ``sum_l |B_l|/N |acc(B_l) - conf(B_l)|`` with
+* ECE (Guo et al. 2017; Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 16): ``sum_l |B_l|/N |acc(B_l) - conf(B_l)|`` with
   ``n_bins`` equal-width bins of the confidence max_k p_k; bin l = (l/L, (l+1)/L], the
   first bin also holds confidence 0.
 * adaptive ECE: the same sum over ``n_bins`` equal-mass bins (sorted confidences split

@@ -1,8 +1,9 @@
-"""Shared building blocks of the seed architectures.
+"""Shared building blocks of the five papers' architectures.
 
-Convolution / residual / MobileNetV2 / VGG blocks, CBAM (Woo et al. 2018, used by seed 003),
-additive attention gates (Oktay et al. 2018, used by seed 001), a transposed-convolution
-U-Net up block, a small pre-norm transformer layer (seed 002 Eq. 5-8) and the dropout
+Convolution / residual / MobileNetV2 / VGG blocks, CBAM (Woo et al. 2018, used by
+Al-masni, Al-Shamiri et al., JRL, Bioengineering 2024), additive attention gates (Oktay et al.
+2018, used by Al Shafi, Zunayed et al., TIM/UPA), a transposed-convolution U-Net up block, a small
+pre-norm transformer layer (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 5-8) and the dropout
 placement helper that decides where MC-dropout layers sit.
 """
 
@@ -72,7 +73,7 @@ class BasicBlock(nn.Module):
 
 
 class PreActResBlock(nn.Module):
-    """Seed 002 residual block: two (BN, LeakyReLU, 3x3 conv) units plus a skip."""
+    """Residual block of Cheng et al., MTTU-Net, IEEE TMI 2022: two (BN, LeakyReLU, 3x3 conv) units plus a skip."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
@@ -106,7 +107,7 @@ class InvertedResidual(nn.Module):
 
 
 class SepConv(nn.Sequential):
-    """Dilated depthwise-separable 3x3 conv + BN + ReLU (seed 001 Eq. 9)."""
+    """Dilated depthwise-separable 3x3 conv + BN + ReLU (Al Shafi, Zunayed et al., TIM/UPA, Eq. 9)."""
 
     def __init__(self, c: int, dilation: int) -> None:
         super().__init__(
@@ -141,7 +142,8 @@ class SpatialAttention(nn.Module):
 
 
 class CBAM(nn.Module):
-    """Convolutional Block Attention Module: channel then spatial attention (seed 003, Fig. 4)."""
+    """Convolutional Block Attention Module: channel then spatial attention
+    (Al-masni, Al-Shamiri et al., JRL, Bioengineering 2024, Fig. 4)."""
 
     def __init__(self, c: int, reduction: int = 16) -> None:
         super().__init__()
@@ -183,7 +185,7 @@ class UpBlock(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm transformer layer: z + MSA(LN z), then z + MLP(LN z) (seed 002 Eq. 5-8).
+    """Pre-norm transformer layer: z + MSA(LN z), then z + MLP(LN z) (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 5-8).
 
     Written without dropout modules so the bottleneck transformer stays deterministic
     (it belongs to ``encode``).

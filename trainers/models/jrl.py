@@ -1,4 +1,4 @@
-"""Joint reverse learning U-Net (seed 003, Sec. 3.4).
+"""Joint reverse learning U-Net (Al-masni, Al-Shamiri et al., JRL, Bioengineering 2024, Sec. 3.4).
 
 nnU-Net-like U-Net: channels 32, 64, 128, 256, 320, 320 at the default size (2*width * 2**i,
 capped at 20*width), each encoder block = 3x3 conv stride 2 then 3x3 conv stride 1 (BN, ReLU),
@@ -29,7 +29,8 @@ from .blocks import CBAM, DoubleConv, DropoutPlan, check_input, gap
 
 
 class JRLUNet(JointModel):
-    """U-Net with seg->cls attention, cls->seg reverse connection and CBAM (seed 003)."""
+    """U-Net with seg->cls attention, cls->seg reverse connection and CBAM
+    (Al-masni, Al-Shamiri et al., JRL, Bioengineering 2024)."""
 
     default_loss = "jrl"
 

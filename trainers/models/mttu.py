@@ -1,4 +1,4 @@
-"""MTTU-Net in 2D (seed 002, Sec. III-A).
+"""MTTU-Net in 2D (Cheng et al., MTTU-Net, IEEE TMI 2022, Sec. III-A).
 
 * CNN encoder: 3x3 stem to ``width`` channels, then ``depth`` stride-2 3x3 convs doubling the
   channels, each level followed by pre-activation residual blocks (BN, LeakyReLU, conv) x 2
@@ -27,7 +27,7 @@ from .blocks import DropoutPlan, PreActResBlock, TransformerLayer, check_input, 
 
 
 class MTTUNet(JointModel):
-    """Hybrid CNN-Transformer multi-task U-Net (seed 002)."""
+    """Hybrid CNN-Transformer multi-task U-Net (Cheng et al., MTTU-Net, IEEE TMI 2022)."""
 
     default_loss = "mttu"
 

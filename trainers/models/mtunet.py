@@ -1,6 +1,6 @@
-"""Multi-task U-Net with pluggable encoders (seed 004).
+"""Multi-task U-Net with pluggable encoders, after the multi-task U-Net with VGG16 / MobileNetV2 encoders (MT-U-Net).
 
-A U-Net whose bottleneck (the "compressed representation", seed 004 Sec. 2.2) also feeds a
+A U-Net whose bottleneck (the "compressed representation" of MT-U-Net, Sec. 2.2) also feeds a
 classification head (GAP -> FC -> ReLU -> FC). Encoders: VGG16-style stages (2, 2, 3, 3, 3
 convs, max-pool between), MobileNetV2-style inverted residuals, or ResNet basic blocks.
 Default loss weights seg : cls = 5 : 1 (the "mtunet" loss).
@@ -63,7 +63,7 @@ class Encoder(nn.Module):
 
 
 class MTUNet(JointModel):
-    """U-Net + bottleneck classifier (seed 004, Fig. 1-2)."""
+    """U-Net + bottleneck classifier of the multi-task U-Net with VGG16 / MobileNetV2 encoders (MT-U-Net), Fig. 1-2."""
 
     default_loss = "mtunet"
 

@@ -1,4 +1,4 @@
-"""Multi-level bidirectional decoder interaction with Uncertainty-Proxy Attention (seed 001).
+"""Multi-level bidirectional decoder interaction with Uncertainty-Proxy Attention (Al Shafi, Zunayed et al., TIM/UPA).
 
 * Encoder: ``depth + 1`` conv stages (max-pool between), each augmented by HMSF (Eq. 9-10):
   dilated separable 3x3 convs r = 1, 2, 4, softmax scale attention from GAP, 1x1 fusion
@@ -91,7 +91,7 @@ class UPA(nn.Module):
 
 
 class TIMUPANet(JointModel):
-    """HMSF encoder + attention-gated decoder with TIM and UPA at every level (seed 001)."""
+    """HMSF encoder + attention-gated decoder with TIM and UPA at every level (Al Shafi, Zunayed et al., TIM/UPA)."""
 
     default_loss = "tim_upa"
 

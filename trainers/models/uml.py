@@ -1,4 +1,4 @@
-"""Uncertainty-informed Mutual Learning, UML (seed 000, Sec. 2).
+"""Uncertainty-informed Mutual Learning, UML (Ren, Zou et al., UML, MICCAI 2023, Sec. 2).
 
 * Dual backbone: a VGG-style classification backbone and a residual (Res2Net stand-in)
   segmentation backbone, ``depth + 1`` stages each (f_1..f_4 at H..H/8 by default).
@@ -50,7 +50,8 @@ class PCMI(nn.Module):
 
 
 class UMLNet(JointModel):
-    """Dual backbone + mutual feature decoder + Uncertainty Navigator + Instructor (seed 000)."""
+    """Dual backbone + mutual feature decoder + Uncertainty Navigator + Instructor
+    (Ren, Zou et al., UML, MICCAI 2023)."""
 
     default_loss = "uml"
     #: UML is evidential by design: subjective-logic opinions for the class and every pixel

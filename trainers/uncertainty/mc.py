@@ -1,4 +1,4 @@
-"""MC-dropout sampling (Gal & Ghahramani; seed 002 uses T = 10 passes).
+"""MC-dropout sampling (Gal & Ghahramani; Cheng et al., MTTU-Net, IEEE TMI 2022 uses T = 10 passes).
 
 Only dropout modules are stochastic while sampling; BatchNorm and every other module stay
 in eval mode. The cached sampler exploits the model contract ``forward(x) ==

@@ -3,7 +3,7 @@
 Conventions: MC samples have the passes on dim 0 and the classes on dim 1 of each sample,
 i.e. (T, B, K) per image or (T, B, Q, H, W) per pixel; means drop dim 0. Logarithms are
 natural. ``std`` is the population std over passes (ddof = 0) of the probability of the
-class predicted by the mean (seed 002's mu, Eq. 19). Mutual information is BALD:
+class predicted by the mean (the mu of Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19). Mutual information is BALD:
 ``H[mean_t p_t] - mean_t H[p_t]`` (clamped at 0 against round-off).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medloop.trainers.heads import vacuity  # noqa: F401  (evidential vacuity K / S, seed 000 Eq. 1-2)
+from medloop.trainers.heads import vacuity  # noqa: F401  (evidential vacuity K / S, Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2)
 
 _EPS = 1e-12
 
@@ -53,7 +53,8 @@ def mutual_information(samples: torch.Tensor) -> torch.Tensor:
 
 
 def predicted_class_std(samples: torch.Tensor) -> torch.Tensor:
-    """Std over passes (ddof 0) of the probability of the mean-predicted class (seed 002 mu)."""
+    """Std over passes (ddof 0) of the probability of the mean-predicted class
+    (the mu of Cheng et al., MTTU-Net, IEEE TMI 2022)."""
     pred = predicted_class(mean_probs(samples), dim=1)  # (B, ...)
     index = pred.unsqueeze(0).unsqueeze(2).expand(samples.shape[0], -1, 1, *pred.shape[1:])
     chosen = samples.gather(2, index).squeeze(2)  # (T, B, ...)

@@ -15,7 +15,7 @@ entropy            predictive entropy ``scores["entropy"]``, or ``-sum p log p``
 bald               mutual information (BALD) ``scores["mutual_info"]``
 margin             ``1 - (p_top1 - p_top2)``: smaller margin = more informative
                    (``scores["margin"]``, or computed from ``probs``)
-vacuity            evidential vacuity ``K / S`` ``scores["vacuity"]`` (seed 000 Eq. 1)
+vacuity            evidential vacuity ``K / S`` ``scores["vacuity"]`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 1)
 seg_uncertainty    lesion + boundary-band pixel uncertainty ``scores["seg_uncertainty"]``
 hybrid             ``w * minmax(class term) + (1 - w) * minmax(seg term)``; options ``weight``
                    (0.5), ``class_measure`` ("entropy"), ``seg_measure`` ("seg_uncertainty");

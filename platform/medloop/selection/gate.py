@@ -1,9 +1,9 @@
 """Round-level gates: no pseudo-labels from a poorly calibrated model (calibration gate), no
 pseudo-masks from a model that segments the validation images poorly (segmentation gate).
 
-Seed 002 (Sec. III-B, Fig. 3a) motivates UPS by calibration: confident predictions of a poorly
-calibrated network are often wrong. The gate checks the validation ECE (seed 002 Eq. 16-18) of the
-round's model against ``SelectionConfig.max_ece`` before any pseudo-label is accepted.
+Cheng et al., MTTU-Net, IEEE TMI 2022 (Sec. III-B, Fig. 3a) motivates UPS by calibration: confident predictions of
+a poorly calibrated network are often wrong. The gate checks the validation ECE (same paper, Eq. 16-18)
+of the round's model against ``SelectionConfig.max_ece`` before any pseudo-label is accepted.
 """
 
 from __future__ import annotations

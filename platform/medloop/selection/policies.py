@@ -1,4 +1,4 @@
-"""Pseudo-label policies PL, CPL and UPS (seed 002, Sec. III-B, Eq. 19).
+"""Pseudo-label policies PL, CPL and UPS (Cheng et al., MTTU-Net, IEEE TMI 2022, Sec. III-B, Eq. 19).
 
 Every policy has the same signature and is registered in ``POLICIES``::
 
@@ -12,11 +12,11 @@ Every policy has the same signature and is registered in ``POLICIES``::
   ``selection.mask_gate = 0`` as well for no pseudo-mask either.
 
 ``confidence`` is the probability of the predicted class. ``uncertainty`` is whichever measure the
-caller chose (``SelectionConfig.measure``): MC std of the predicted class's probability (the
-seed's choice; tau_u = 0.05 with T = 10 passes), predictive entropy (nats, at most log K),
-mutual information (BALD, nats) or evidential vacuity ``K / S`` (seed 000 Eq. 1). ``tau_u`` is in
-the units of that measure, so each measure needs its own threshold; for vacuity it also depends
-on the head's number of classes K (a 3-class head and a 2-class pixel head with the same total
+caller chose (``SelectionConfig.measure``): MC std of the predicted class's probability (the choice
+of Cheng et al., MTTU-Net, IEEE TMI 2022; tau_u = 0.05 with T = 10 passes), predictive entropy (nats, at most
+log K), mutual information (BALD, nats) or evidential vacuity ``K / S`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 1).
+``tau_u`` is in the units of that measure, so each measure needs its own threshold; for vacuity it
+also depends on the head's number of classes K (a 3-class head and a 2-class pixel head with the same total
 evidence have different vacuity): see :func:`vacuity_tau_from_evidence`.
 
 Non-finite confidence or uncertainty is never accepted by CPL / UPS. Guarantee:
@@ -61,7 +61,8 @@ def cpl(
 def ups(
     confidence: np.ndarray, uncertainty: np.ndarray | None = None, *, tau_c: float = 0.9, tau_u: float = 0.05
 ) -> np.ndarray:
-    """UPS, seed 002 Eq. 19: accept when ``uncertainty <= tau_u`` and ``confidence >= tau_c``."""
+    """UPS (Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19): accept when ``uncertainty <= tau_u`` and
+    ``confidence >= tau_c``."""
     conf = _as_1d(confidence, "confidence")
     unc = _as_1d(uncertainty, "uncertainty")
     if unc.shape != conf.shape:
@@ -81,8 +82,8 @@ def none(
 def vacuity_tau_from_evidence(min_evidence: float, num_classes: int) -> float:
     """Vacuity threshold for a K-class evidential head that asks for total evidence >= ``min_evidence``.
 
-    Vacuity is ``u = K / S`` with ``S = sum(alpha) = E + K`` (seed 000 Eq. 1), so ``E >= E_min``
-    is ``u <= K / (E_min + K)``. The same evidence requirement gives a different ``tau_u`` for the
+    Vacuity is ``u = K / S`` with ``S = sum(alpha) = E + K`` (Ren, Zou et al., UML, MICCAI 2023, Eq. 1), so
+    ``E >= E_min`` is ``u <= K / (E_min + K)``. The same evidence requirement gives a different ``tau_u`` for the
     class head (K classes) and the pixel head (K = 2), which is why vacuity thresholds are per head.
     """
     if num_classes < 1 or min_evidence < 0:
