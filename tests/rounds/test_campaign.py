@@ -12,8 +12,6 @@ from support import ingest_synthetic, tiny_campaign
 from medloop.ledger import AnnotationTask, Label, Ledger, Round, RoundStep
 from medloop.rounds.orchestrator import run_round
 
-pytest.importorskip("medloop.trainers.score", reason="trainers.score not available yet")
-
 
 def real_campaign(root: Path):
     return tiny_campaign(

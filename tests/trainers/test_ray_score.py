@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 from sqlalchemy import select
 
-ray = pytest.importorskip("ray")
-
-from medloop.data.imagestore import ImageStore  # noqa: E402
-from medloop.ledger.schema import Prediction  # noqa: E402
-from medloop.ledger.store import Ledger  # noqa: E402
-from medloop.trainers.checkpoints import build_model, save_checkpoint  # noqa: E402
-from medloop.trainers.plain import LoopSettings  # noqa: E402
-from medloop.trainers.score import score_samples  # noqa: E402
-from medloop.trainers.toydata import populate, toy_campaign  # noqa: E402
+from medloop.data.imagestore import ImageStore
+from medloop.ledger.schema import Prediction
+from medloop.ledger.store import Ledger
+from medloop.trainers.checkpoints import build_model, save_checkpoint
+from medloop.trainers.plain import LoopSettings
+from medloop.trainers.score import score_samples
+from medloop.trainers.toydata import populate, toy_campaign
 
 
 @pytest.fixture(scope="module", autouse=True)

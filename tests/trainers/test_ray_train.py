@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 import torch
 
-ray = pytest.importorskip("ray")
-
-from medloop.data.imagestore import ImageStore  # noqa: E402
-from medloop.ledger.store import Ledger, add_pseudo_label  # noqa: E402
-from medloop.trainers.checkpoints import load_model, load_state  # noqa: E402
-from medloop.trainers.dataset import IGNORE, load_arrays  # noqa: E402
-from medloop.trainers.toydata import populate, toy_campaign, toy_sample  # noqa: E402
-from medloop.trainers.train import initial_state, train_round  # noqa: E402
+from medloop.data.imagestore import ImageStore
+from medloop.ledger.store import Ledger, add_pseudo_label
+from medloop.trainers.checkpoints import load_model, load_state
+from medloop.trainers.dataset import IGNORE, load_arrays
+from medloop.trainers.toydata import populate, toy_campaign, toy_sample
+from medloop.trainers.train import initial_state, train_round
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+import ray
+from ray import tune
 
-ray = pytest.importorskip("ray")
-
-from ray import tune  # noqa: E402
-
-from medloop.config import load_campaign  # noqa: E402
-from medloop.ledger.store import Ledger  # noqa: E402
-from medloop.trainers.plain import LoopSettings  # noqa: E402
-from medloop.trainers.toydata import populate, toy_campaign  # noqa: E402
-from medloop.trainers.tune import apply_config, default_space, tune_campaign, write_back  # noqa: E402
+from medloop.config import load_campaign
+from medloop.ledger.store import Ledger
+from medloop.trainers.plain import LoopSettings
+from medloop.trainers.toydata import populate, toy_campaign
+from medloop.trainers.tune import apply_config, default_space, tune_campaign, write_back
 
 
 @pytest.fixture(scope="module", autouse=True)
