@@ -18,7 +18,7 @@ import streamlit as st
 
 from medloop.config import Campaign, ConfigError, load_campaign
 from medloop.dashboard import charts, queries
-from medloop.data.imagestore import ImageStore
+from medloop.data.imagestore import ImageStore, mask_at
 
 PAGES = ["Overview", "Calibration", "Selection", "Annotation", "Sample explorer"]
 PAGE_SIZE = 12
@@ -381,6 +381,8 @@ def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
         return
     masks = {"human": _load(store.load_mask, row.human_mask), "pseudo": _load(store.load_mask, row.pseudo_mask),
              "predicted": _load(store.load_mask, row.pred_mask)}
+    # the image and human masks are native, predicted and pseudo-masks at the model size: outline at the image's
+    masks = {k: None if m is None else mask_at(m, image.shape[:2]) for k, m in masks.items()}
     scale = max(1, 128 // max(image.shape[:2]))
     pics = [charts.overlay(image, masks, scale=scale)]
     caps = ["image + masks"]

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
+import numpy as np
 from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore
+from medloop.data.imagestore import ImageStore, prob_map_path, prob_mask
 from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 from medloop.ledger.schema import utcnow
 
@@ -65,6 +66,27 @@ def image_url(store: ImageStore, rel: str, document_root: Path) -> str:
             "serve the image store from a folder below the document root"
         ) from None
     return "/data/local-files/?d=" + quote(inside.as_posix(), safe="/")
+
+
+def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, width: int) -> np.ndarray | None:
+    """The brush pre-annotation at the image's native size (``height`` x ``width``), or None.
+
+    Scoring writes the model-size lesion probability (``arrays/prob/<version>/<uid>.npy``, beside the
+    pixel-uncertainty map): it is resized bilinearly to the native size, then thresholded at 0.5, so
+    the mask follows the lesion boundary instead of the blocks of an upscaled model-size mask. The
+    predicted mask decides whether there is a lesion at all (scoring empties it when the predicted
+    class has none): an empty predicted mask gives no brush region. A prediction without a
+    probability map (scored before the maps were written) falls back to its mask, nearest-resized."""
+    if pred is None or not pred.mask_path or not store.path(pred.mask_path).exists():
+        return None
+    mask = store.load_mask(pred.mask_path)
+    if not mask.any():
+        return None
+    if pred.umap_path:
+        ppath = prob_map_path(pred.umap_path)
+        if store.path(ppath).exists():
+            return prob_mask(store.load_array(ppath), (height, width))
+    return store.load_mask_at(pred.mask_path, (height, width))
 
 
 def _finite(v: Any) -> Any:
@@ -124,14 +146,13 @@ def build_task(
     if pred_class is not None:
         result.append({"id": f"c{sample.id}", "from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
                        "value": {"choices": [pred_class]}})
-    if pred is not None and pred.mask_path and store.path(pred.mask_path).exists():
-        mask = store.load_mask(pred.mask_path)
-        if mask.any():
-            result.append({
-                "id": f"m{sample.id}", "from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
-                "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
-                "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [campaign.labeling.lesion_label]},
-            })
+    mask = preannotation_mask(store, pred, sample.height, sample.width)
+    if mask is not None and mask.any():
+        result.append({
+            "id": f"m{sample.id}", "from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
+            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [campaign.labeling.lesion_label]},
+        })
     if result:
         score = task.score if task.score is not None else (pred.confidence if pred is not None else None)
         prediction: dict[str, Any] = {"model_version": f"round-{task.round_id}", "result": result}

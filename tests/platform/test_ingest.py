@@ -159,12 +159,13 @@ def test_splits_labels_and_store(lay, tmp_path: Path, campaign_factory) -> None:
         authors = set(s.scalars(select(Label.author)))
         assert authors == {"dataset:busi"}
         sample = s.scalars(select(Sample).where(Sample.original_path.like("%benign (1).png"))).one()
-        assert (sample.height, sample.width, sample.channels) == (16, 16, 1)
+        # native size (the files are 32 wide, 24 high), whatever data.image_size says
+        assert (sample.height, sample.width, sample.channels) == (24, 32, 1)
         img = store.load_image(sample.image_path)
-        assert img.shape == (16, 16) and img.dtype == np.uint8
+        assert img.shape == (24, 32) and img.dtype == np.uint8
         truth = s.scalars(select(Label).where(Label.sample_id == sample.id, Label.kind == "truth")).one()
         mask = store.load_mask(truth.mask_path)
-        assert set(np.unique(mask)) == {0, 1} and mask.shape == (16, 16)
+        assert set(np.unique(mask)) == {0, 1} and mask.shape == (24, 32)
     ledger.close()
 
 

@@ -3,6 +3,12 @@
 Paths handed out are relative to the store's folder (``<campaign>/store``), so a ledger
 stays valid when the campaign folder moves. Images are uint8, (H, W) for grey or
 (H, W, 3) for RGB; masks are uint8 {0, 1} (H, W); pseudo-mask ignore maps are bool.
+
+Sizes: images, dataset (truth) masks and human masks are kept at the image's native size
+(``Sample.height`` x ``Sample.width``) and never resized on storage; what scoring writes
+(predicted masks, pixel-uncertainty and lesion-probability maps) and pseudo-masks are at the
+model's input size (``data.image_size`` square). ``load_mask_at`` / ``mask_at`` read any mask at a
+requested size (nearest), ``prob_at`` / ``prob_mask`` resize a probability map (bilinear).
 """
 
 from __future__ import annotations
@@ -27,6 +33,35 @@ def content_hash(image: np.ndarray) -> str:
     h.update(str(image.shape).encode())
     h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
+
+
+def mask_at(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask (any integer values, e.g. {0, 1} or 255 = ignore) at ``shape`` = (height, width),
+    nearest-neighbour: the values are kept. Returned unchanged when the size already matches."""
+    m = np.asarray(mask)
+    h, w = int(shape[0]), int(shape[1])
+    if m.shape[:2] == (h, w):
+        return m
+    src = m.astype(np.uint8) if m.dtype == bool else m
+    return np.asarray(Image.fromarray(np.ascontiguousarray(src)).resize((w, h), Image.Resampling.NEAREST))
+
+
+def prob_at(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float map (a lesion probability, a pixel uncertainty) at ``shape`` = (height, width),
+    bilinear on float32 (PIL mode ``F``; pixel centres aligned, as ``mask_at``)."""
+    p = np.asarray(prob, dtype=np.float32)
+    h, w = int(shape[0]), int(shape[1])
+    if p.shape == (h, w):
+        return p
+    return np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize((w, h), Image.Resampling.BILINEAR),
+                      dtype=np.float32)
+
+
+def prob_mask(prob: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+    """The lesion mask at ``shape`` from a lesion-probability map of any size: the probabilities are
+    resized bilinearly first, then thresholded (``>= threshold``), so the mask follows the lesion
+    boundary at the target resolution instead of the blocks of an upscaled low-resolution mask."""
+    return (prob_at(prob, shape) >= threshold).astype(np.uint8)
 
 
 def prob_map_path(umap_path: str) -> str:
@@ -87,6 +122,11 @@ class ImageStore:
         """A stored mask as uint8 {0, 1}."""
         with Image.open(self.root / rel) as im:
             return binarise(np.asarray(im))
+
+    def load_mask_at(self, rel: str, shape: tuple[int, int]) -> np.ndarray:
+        """A stored mask of any size (a native human or truth mask, a model-size predicted or
+        pseudo-mask) as uint8 {0, 1} at ``shape`` = (height, width), nearest-neighbour."""
+        return mask_at(self.load_mask(rel), shape)
 
     def load_array(self, rel: str) -> np.ndarray:
         return np.load(self.root / rel, allow_pickle=False)

@@ -29,7 +29,8 @@ FORMATS = ("synthetic", "busi", "generic")
 
 @dataclass
 class Prepared:
-    """A record normalised for the store: resized image and mask, and its case hash."""
+    """A record normalised for the store: image (campaign channels) and mask at the image's native
+    size, and its case hash."""
 
     uid: str
     case_hash: str
@@ -78,14 +79,20 @@ class IngestReport:
 
 
 def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """A square ``size`` copy (bilinear; nearest for masks). Ingest no longer resizes (the store keeps
+    native sizes); benchmarks use this to build model-size arrays directly."""
     if array.shape[:2] == (size, size):
         return array
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
-def prepare(record: Record, source: str, size: int, channels: int) -> Prepared:
-    """Hash the original pixels (+ mask) and convert to the campaign's channels and size."""
+def prepare(record: Record, source: str, size: int | None, channels: int) -> Prepared:
+    """Hash the original pixels (+ mask) and convert to the campaign's channels.
+
+    The image and its mask keep the image's own size and aspect: the model's input size
+    (``data.image_size``) is derived when training and scoring decode a sample, so changing it
+    later needs no new ingest and no re-annotation. ``size`` is unused (kept for callers)."""
     image = record.image
     if channels == 3 and image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -94,12 +101,12 @@ def prepare(record: Record, source: str, size: int, channels: int) -> Prepared:
     image_hash = content_hash(image)
     mask_hash = "-" if record.mask is None else content_hash(record.mask)
     case_hash = hashlib.sha256(f"{image_hash}:{mask_hash}".encode()).hexdigest()
-    mask = None if record.mask is None else _resize(record.mask.astype(np.uint8), size, nearest=True)
+    mask = None if record.mask is None else record.mask.astype(np.uint8)
     return Prepared(
         uid=f"{source}-{case_hash[:16]}",
         case_hash=case_hash,
         image_hash=image_hash,
-        image=_resize(image, size, nearest=False),
+        image=np.ascontiguousarray(image),
         mask=mask,
         class_name=record.class_name,
         original_path=record.original_path,
@@ -177,7 +184,7 @@ def read_dataset(
         if min(h, w) < d.min_image_size:
             rec.notes.append(
                 f"{item.image}: image {w}x{h} is smaller than data.min_image_size = {d.min_image_size} px on its "
-                f"short side; upscaled to {d.image_size}x{d.image_size}"
+                f"short side; stored as it is, the model sees it upscaled to {d.image_size}x{d.image_size}"
             )
         prepared.append(prepare(rec, fmt, d.image_size, d.channels))
     return prepared, bad
