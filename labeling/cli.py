@@ -50,7 +50,9 @@ def install(venv: Path | None = VenvOption, quiet: bool = typer.Option(True, "--
 @app.command()
 def start(
     config: Path | None = ConfigOption,
-    port: int | None = typer.Option(None, "--port", "-p", help="port on 127.0.0.1 (default: labeling.port)"),
+    port: int | None = typer.Option(
+        None, "--port", "-p",
+        help="port on 127.0.0.1; must agree with labeling.url (the one address push and sync use)"),
     venv: Path | None = VenvOption,
     timeout: float = typer.Option(240.0, help="seconds to wait for /health"),
 ) -> None:
@@ -59,6 +61,10 @@ def start(
     from .errors import LabelStudioInstallError
 
     campaign = _campaign(config)
+    if port is not None and port != campaign.labeling.server_port:
+        _fail(ValueError(f"--port {port} contradicts labeling.url = {campaign.labeling.url} (port "
+                         f"{campaign.labeling.server_port}): rounds push to and sync from labeling.url; set "
+                         "labeling.url (or labeling.port) in the campaign file instead"))
     try:
         info = server.start(campaign, port=port, venv=venv, timeout=timeout)
     except LabelStudioInstallError as err:

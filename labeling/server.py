@@ -2,7 +2,8 @@
 
 * :func:`install` puts Label Studio's server (``label-studio==1.23.*``) in its own virtual
   environment (``MEDLOOP_LS_VENV`` or ``.medloop/labelstudio-venv``); quick when present.
-* :func:`start` runs it on ``127.0.0.1:<port>`` with its data folder in ``<campaign>/labelstudio``,
+* :func:`start` runs it on ``127.0.0.1:<port>`` (the port of ``labeling.url``: one address for
+  start, push and sync) with its data folder in ``<campaign>/labelstudio``,
   an admin user and a legacy API token created without a browser (a random token generated on
   first start and kept in ``<campaign>/labelstudio/api-token``, mode 0600; never printed), local
   file serving rooted at the campaign folder, and waits until ``/health`` answers.
@@ -213,7 +214,7 @@ def status(campaign: Campaign) -> ServerInfo:
     try:
         port = int(f.port.read_text().strip())
     except (OSError, ValueError):
-        port = campaign.labeling.port
+        port = campaign.labeling.server_port
     url = _url(port)
     return ServerInfo(
         url=url,
@@ -244,12 +245,17 @@ def start(
         raise LabelStudioInstallError(
             f"Label Studio (pid {current.pid}) runs but {current.url}/health does not answer; see {current.log}"
         )
+    if port is None and not campaign.labeling.is_local:
+        raise LabelStudioInstallError(
+            f"labeling.url = {campaign.labeling.url} is not on this machine: `medloop labelstudio start` runs a "
+            "server on 127.0.0.1 only (set labeling.url = \"http://127.0.0.1:<port>\" for a local one)"
+        )
     exe = install(venv) if install_missing else executable(venv)
     if not exe.exists():
         raise LabelStudioInstallError(
             f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`"
         )
-    port = port or campaign.labeling.port
+    port = port or campaign.labeling.server_port  # one address: the port of labeling.url
     if not port_free(port):
         raise LabelStudioInstallError(f"port {port} on 127.0.0.1 is taken; choose another with --port")
     f = files(campaign)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -203,11 +204,54 @@ class LabelingConfig(_Section):
     multi_annotation_policy: Literal["latest", "agreement"] = Field(
         "latest", description="several annotations on a task"
     )
-    port: int = Field(8080, ge=1, le=65535, description="port for `medloop labelstudio start`")
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="shorthand for url = http://127.0.0.1:<port>; with url set it must agree with url's port",
+    )
     document_root: str | None = Field(
         None,
         description="the server's LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it (default: campaign folder)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_port(cls, data: Any) -> Any:
+        """One address: ``port`` alone means a local server on that port (``url`` derived)."""
+        if isinstance(data, dict) and data.get("port") is not None and "url" not in data:
+            data = {**data, "url": f"http://127.0.0.1:{data['port']}"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_address(self) -> LabelingConfig:
+        """``labelstudio start``, push and sync use one address: a ``port`` that contradicts ``url``
+        is refused at load, naming both keys."""
+        parsed = urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"labeling.url: expected an http(s) URL such as http://127.0.0.1:8080, got {self.url!r}")
+        try:
+            url_port = parsed.port
+        except ValueError:
+            raise ValueError(f"labeling.url: invalid port in {self.url!r}") from None
+        if self.port is not None and self.port != (url_port or (443 if parsed.scheme == "https" else 80)):
+            raise ValueError(
+                f"labeling.port = {self.port} contradicts labeling.url = {self.url!r} (port "
+                f"{url_port or 'default'}): Label Studio has one address, used by `medloop labelstudio start`, "
+                "push and sync; set labeling.url alone (the port is taken from it), or labeling.port alone "
+                "(url = http://127.0.0.1:<port>)"
+            )
+        return self
+
+    @property
+    def server_port(self) -> int:
+        """The port of ``url`` (what ``medloop labelstudio start`` listens on, on 127.0.0.1)."""
+        parsed = urlsplit(self.url)
+        return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    @property
+    def is_local(self) -> bool:
+        """Whether ``url`` names this machine's loopback (a server ``labelstudio start`` can run)."""
+        host = (urlsplit(self.url).hostname or "").lower()
+        return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 class TrackingConfig(_Section):
@@ -440,7 +484,7 @@ def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid campaign configuration"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if not e["loc"] and e["type"] == "value_error":  # a cross-check: its message names the keys
+        if len(e["loc"]) <= 1 and e["type"] == "value_error":  # a cross-check: its message names the keys
             lines.append("  " + str(e["msg"]).removeprefix("Value error, "))
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
