@@ -6,7 +6,8 @@
   start, push and sync) with its data folder in ``<campaign>/labelstudio``,
   an admin user and a legacy API token created without a browser (a random token generated on
   first start and kept in ``<campaign>/labelstudio/api-token``, mode 0600; never printed), local
-  file serving rooted at the campaign folder, and waits until ``/health`` answers.
+  file serving rooted at the campaign folder, error reporting (Sentry), analytics and the version
+  check off (:data:`NO_OUTBOUND_ENV`: no outbound calls), and waits until ``/health`` answers.
 * :func:`stop` and :func:`status` use the pid file ``<campaign>/labelstudio/server.pid``;
   the server logs to ``<campaign>/labelstudio/server.log``.
 """
@@ -31,6 +32,28 @@ from .errors import LabelStudioInstallError
 
 LS_REQUIREMENT = "label-studio==1.23.*"
 ADMIN_USER = "admin@medloop.local"
+
+# No outbound calls: the switches of Label Studio 1.23's settings (core/settings/base.py and
+# label_studio.py read NAME, HEARTEX_NAME and LABEL_STUDIO_NAME, the last one first, so the prefixed
+# form is set and wins over anything inherited). The community build's defaults send server errors
+# and browser errors to Sentry (a DSN is built in), usage events to tele.labelstud.io and ask PyPI
+# for the latest version at start.
+NO_OUTBOUND_ENV = {
+    "LABEL_STUDIO_SENTRY_DSN": "",  # empty: sentry_sdk is never initialised (server error reports)
+    "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",  # empty: pages load no Sentry script (browser error reports)
+    "LABEL_STUDIO_COLLECT_ANALYTICS": "false",  # no usage events (server contextlog, browser)
+    "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no PyPI version check at start
+    "LABEL_STUDIO_FEATURE_FLAGS_OFFLINE": "true",  # feature flags from the built-in file, no LaunchDarkly
+    # Anything else that still reaches out (the projects page's "tips", fetched by the server from
+    # GitHub, has no switch) goes to a proxy on the discard port of loopback, where nothing listens:
+    # it fails at once without leaving the machine. Loopback itself (webhooks to 127.0.0.1) is direct.
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "no_proxy": "127.0.0.1,localhost,::1",
+}
 
 
 # ---- the server's virtual environment ---------------------------------------------------------
@@ -280,8 +303,9 @@ def start(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"):
+    for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL", "ALL_PROXY", "all_proxy"):
         env.pop(key, None)
+    env.update(NO_OUTBOUND_ENV)
     cmd = [
         str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(f.folder), "--enable-legacy-api-token", "--log-level", "WARNING",

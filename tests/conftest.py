@@ -20,6 +20,9 @@ class LabelStudioServer:
     token_file: _Path
     document_root: _Path
     server_campaign: object
+    # every name lookup and connection of the server's Python processes (JSON lines, written by an
+    # audit hook, see _NET_AUDIT); None for a reused server (MEDLOOP_TEST_LS_ROOT)
+    net_audit: _Path | None = None
 
     @property
     def token(self) -> str:
@@ -42,6 +45,36 @@ class LabelStudioServer:
             else:
                 data[key] = value
         return Campaign.model_validate(data)
+
+
+# sitecustomize.py for the server's Python processes (on PYTHONPATH): a sys.addaudithook that logs every
+# name lookup and socket connection (the interpreter raises these audit events for any library:
+# requests, urllib3, sentry_sdk, ldclient), so a test can check that nothing leaves 127.0.0.1.
+_NET_AUDIT = """
+import json, os, sys
+_path = os.environ.get("MEDLOOP_NET_AUDIT")
+def _audit(event, args):
+    if event not in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
+                     "socket.sendto"):
+        return
+    try:
+        if event in ("socket.connect", "socket.sendto"):
+            addr = args[1]
+            host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else (str(addr), None)
+        else:
+            host, port = args[0], (args[1] if len(args) > 1 else None)
+        if isinstance(host, bytes):
+            host = host.decode(errors="replace")
+        line = json.dumps({"pid": os.getpid(), "event": event, "host": host, "port": port}, default=str)
+        with open(_path, "a") as fh:
+            fh.write(line + "\\n")
+    except Exception:
+        pass
+if _path:
+    with open(_path, "a") as fh:
+        fh.write(json.dumps({"pid": os.getpid(), "event": "audit.start", "argv": sys.argv[:2]}) + "\\n")
+    sys.addaudithook(_audit)
+"""
 
 
 @_pytest.fixture(scope="session")
@@ -67,12 +100,24 @@ def labelstudio_server(tmp_path_factory):
             return
     root = tmp_path_factory.mktemp("labelstudio")
     campaign = Campaign(name="ls-tests", root=str(root))
-    try:
+    hook = tmp_path_factory.mktemp("ls-net-audit")
+    (hook / "sitecustomize.py").write_text(_NET_AUDIT)
+    audit = hook / "net-audit.jsonl"
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "MEDLOOP_NET_AUDIT")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(hook)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
+    os.environ["MEDLOOP_NET_AUDIT"] = str(audit)
+    try:  # the server inherits the environment of this moment; the tests' own processes keep theirs
         info = server.start(campaign, port=server.free_port(), venv=venv, install_missing=False)
     except LabelStudioInstallError as err:
         _pytest.skip(f"Label Studio server cannot be started: {err}")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         yield LabelStudioServer(url=info.url, token_file=info.token_file, document_root=root.resolve(),
-                                server_campaign=campaign)
+                                server_campaign=campaign, net_audit=audit)
     finally:
         server.stop(campaign)
