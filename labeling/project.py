@@ -9,6 +9,7 @@ tasks point at ``/data/local-files/?d=<path relative to the document root>``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -22,14 +23,33 @@ META_KEY = "ls_project_id"
 CLASS_FROM = "class"
 LESION_FROM = "lesion"
 IMAGE_TO = "image"
+UNCERTAINTY_TO = "uncertainty_map"  # the second, read-only image: the model's pixel uncertainty
+VIEW_TITLE = "medloop: most informative first"
+
+# the typed task fields (labeling.push.task_fields) and their Data Manager column types
+NUMBER_FIELDS = ("acquisition_score", "confidence", "entropy", "mutual_info", "lesion_uncertainty", "round")
+BOOLEAN_FIELDS = ("audit",)
 
 INSTRUCTIONS = (
     "<p><b>medloop annotation.</b> The model was uncertain about these images; they come pre-annotated "
-    "with its class and lesion mask.</p><ul>"
-    "<li>Choose exactly <b>one</b> class.</li>"
+    "with its class and lesion mask, drawn on the original image at its own size.</p><ul>"
+    "<li>Choose exactly <b>one</b> class (the buttons above the image; the model's class is pre-selected).</li>"
     "<li>Correct the lesion mask with the brush and the eraser; erase it completely when there is no lesion.</li>"
     "<li>Skip a task only when the image cannot be judged (it then never becomes a label).</li>"
     "<li>Tasks marked AUDIT check an automatic pseudo-label: annotate them like any other.</li></ul>"
+    "<p><b>What you see.</b> The sentence above the image says what the model predicts, how confident it is "
+    "and whether it is unsure where the lesion ends, e.g. <i>model: malignant, 62 % confident; lesion "
+    "boundary uncertain</i>. The image on the right is the model's pixel uncertainty (read-only): bright "
+    "where the model is unsure, often along the lesion boundary; look there first. \"Prediction score\" is "
+    "the model's confidence in its class.</p>"
+    "<p><b>Task list columns</b> (sortable and filterable in the Data Manager; the medloop tab is sorted by "
+    "acquisition score, most informative first): <b>acquisition_score</b> how much the model expects to learn "
+    "from your answer (higher first); <b>confidence</b> the probability of the predicted class (0-1); "
+    "<b>entropy</b> how spread the class probabilities are (0 = sure); <b>mutual_info</b> how much the "
+    "model's passes disagree about the class (0 = agree); <b>lesion_uncertainty</b> the model's mean "
+    "pixel uncertainty over the possible lesion (0 = sure); <b>round</b> the round that queued the task; "
+    "<b>audit</b> true for an audit of an automatic label; <b>predicted_class</b>, <b>summary</b>, "
+    "<b>sample_uid</b>.</p>"
 )
 
 
@@ -38,22 +58,57 @@ def project_title(campaign: Campaign) -> str:
 
 
 def label_config(campaign: Campaign) -> str:
-    """The labeling interface: image with zoom, one required class, lesion brush, uncertainty text."""
+    """The labeling interface: the model's sentence, the class choices, the lesion brush (above the
+    images, seen without scrolling), then the image (zoom) and the read-only uncertainty image beside it."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in campaign.data.classes)
     lesion = quoteattr(campaign.labeling.lesion_label)
     image_controls = 'zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"'
     return f"""<View>
-  <Header value="Choose one class and correct the lesion mask (see the instructions)"/>
-  <Text name="info" value="$info"/>
-  <Image name="{IMAGE_TO}" value="$image" {image_controls}/>
+  <Text name="summary" value="$summary"/>
   <Choices name="{CLASS_FROM}" toName="{IMAGE_TO}" choice="single" required="true" showInline="true">
 {choices}
   </Choices>
   <BrushLabels name="{LESION_FROM}" toName="{IMAGE_TO}">
     <Label value={lesion} background="#ff3b30"/>
   </BrushLabels>
+  <View style="display: flex; gap: 12px; align-items: flex-start">
+    <View style="flex: 3; min-width: 0">
+      <Image name="{IMAGE_TO}" value="$image" {image_controls}/>
+    </View>
+    <View style="flex: 2; min-width: 0">
+      <Header value="Model's pixel uncertainty (read-only): bright = unsure" size="6"/>
+      <Image name="{UNCERTAINTY_TO}" value="${UNCERTAINTY_TO}"/>
+    </View>
+  </View>
 </View>
 """
+
+
+def view_data() -> dict:
+    """The Data Manager tab medloop creates: numeric and boolean columns typed (so they sort as
+    numbers on every database), sorted by acquisition score, most informative first."""
+    display = {f"tasks:data.{k}": "Number" for k in NUMBER_FIELDS}
+    display.update({f"tasks:data.{k}": "Boolean" for k in BOOLEAN_FIELDS})
+    return {
+        "title": VIEW_TITLE,
+        "type": "list",
+        "target": "tasks",
+        "ordering": ["-tasks:data.acquisition_score"],
+        "columnsDisplayType": display,
+        "hiddenColumns": {"explore": [f"tasks:data.{UNCERTAINTY_TO}", "tasks:data.model_version"],
+                          "labeling": []},
+        "filters": {"conjunction": "and", "items": []},
+    }
+
+
+def ensure_view(client: LSClient, project_id: int) -> int:
+    """Create (once) the medloop tab of the project's Data Manager."""
+    rows = client.get("/api/dm/views/", params={"project": project_id}) or []
+    for row in rows if isinstance(rows, list) else rows.get("results", []):
+        if (row.get("data") or {}).get("title") == VIEW_TITLE:
+            return int(row["id"])
+    row = client.post("/api/dm/views/", json={"project": project_id, "data": view_data()})
+    return int(row["id"])
 
 
 def images_folder(campaign: Campaign, store_root: str | Path | None = None) -> Path:
@@ -99,6 +154,20 @@ def ensure_local_storage(client: LSClient, project_id: int, folder: Path) -> int
     return int(row["id"])
 
 
+def _refresh_interface(campaign: Campaign, client: LSClient, pid: int) -> None:
+    """A project made by an older medloop gets the current labeling interface and instructions (new
+    tasks carry the fields it shows). Label Studio refuses a config that existing annotations
+    contradict; the project then keeps its interface, with a warning."""
+    wanted = label_config(campaign)
+    row = client.get(f"/api/projects/{pid}") or {}
+    if (row.get("label_config") or "").strip() == wanted.strip() and row.get("expert_instruction") == INSTRUCTIONS:
+        return
+    try:
+        client.patch(f"/api/projects/{pid}", json={"label_config": wanted, "expert_instruction": INSTRUCTIONS})
+    except LabelStudioError as err:
+        warnings.warn(f"Label Studio project {pid} keeps its labeling interface: {err}", stacklevel=2)
+
+
 def ensure_project(
     campaign: Campaign,
     ledger: Ledger,
@@ -114,6 +183,8 @@ def ensure_project(
         pid = int(known)
     if pid is None:
         pid = find_project(client, title)
+    if pid is not None:
+        _refresh_interface(campaign, client, pid)
     if pid is None:
         row = client.post(
             "/api/projects",
@@ -131,6 +202,7 @@ def ensure_project(
         )
         pid = int(row["id"])
     ensure_local_storage(client, pid, images_folder(campaign, store_root))
+    ensure_view(client, pid)
     if known != str(pid):
         ledger.set_meta(META_KEY, str(pid))
     return pid

@@ -25,20 +25,15 @@ import numpy as np
 from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore, prob_map_path, prob_mask
+from medloop.data.imagestore import ImageStore, prob_at, prob_map_path, prob_mask
 from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 from medloop.ledger.schema import utcnow
 
 from . import server
 from .client import LSClient, connect
 from .errors import LabelStudioError
-from .project import CLASS_FROM, IMAGE_TO, LESION_FROM, ensure_project
+from .project import CLASS_FROM, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO, ensure_project
 from .rle import mask_to_rle
-
-UNCERTAINTY_FIELDS = (
-    "confidence", "std", "entropy", "mutual_info", "vacuity", "margin", "seg_uncertainty",
-    "seg_uncertainty_image", "lesion_fraction",
-)
 
 
 @dataclass
@@ -89,33 +84,85 @@ def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, 
     return store.load_mask_at(pred.mask_path, (height, width))
 
 
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
+def _num(v: Any, digits: int) -> float | None:
+    """A finite float rounded for the task data (a JSON number the Data Manager sorts), else None."""
+    if v is None:
         return None
-    return v
+    v = float(v)
+    return round(v, digits) if math.isfinite(v) else None
 
 
-def _uncertainty(pred: Prediction | None) -> dict[str, Any]:
-    if pred is None:
-        return {}
-    out = {k: _finite(getattr(pred, k)) for k in UNCERTAINTY_FIELDS if getattr(pred, k) is not None}
-    out["probs"] = [round(float(p), 4) for p in (pred.probs or [])]
-    out["model_version"] = pred.model_version
-    return out
+# the colour scale of the uncertainty image: 0 black -> purple -> red -> orange -> pale yellow (like magma)
+_CMAP = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], np.float32)
 
 
-def _info(round_id: int, is_audit: bool, score: float | None, unc: dict[str, Any], pred_class: str | None) -> str:
-    parts = [f"round {round_id}"]
+def uncertainty_png(umap: np.ndarray, height: int, width: int, vmax: float, max_side: int = 512) -> np.ndarray:
+    """The model's pixel-uncertainty map as an RGB image for annotators: resized bilinearly to the
+    image's aspect (its native size, the longer side at most ``max_side``), 0 dark, ``vmax`` bright."""
+    scale = min(1.0, max_side / max(height, width))
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    u = np.nan_to_num(prob_at(umap, (h, w)), nan=0.0)
+    t = np.clip(u / vmax if vmax > 0 else u, 0.0, 1.0) * (len(_CMAP) - 1)
+    i = np.minimum(t.astype(np.int32), len(_CMAP) - 2)
+    f = (t - i)[..., None]
+    return (_CMAP[i] * (1 - f) + _CMAP[i + 1] * f + 0.5).astype(np.uint8)
+
+
+def uncertainty_image(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> str:
+    """Store path of the PNG annotators see beside the image (written once per model version and
+    sample, below ``images/`` so the Local Storage serves it); a grey placeholder without a map."""
+    if pred is not None and pred.umap_path and store.path(pred.umap_path).exists():
+        rel = f"images/uncertainty/{pred.model_version}/{sample.uid}.png"
+        if not store.path(rel).exists():
+            umap = store.load_array(pred.umap_path)
+            vmax = max(float(np.nanmax(umap)) if umap.size else 0.0, 2 * campaign.selection.pixel_tau_u)
+            store.put_png(rel, uncertainty_png(umap, sample.height, sample.width, vmax))
+        return rel
+    rel = "images/uncertainty/none.png"
+    if not store.path(rel).exists():
+        store.put_png(rel, np.full((8, 8), 128, np.uint8))
+    return rel
+
+
+def summary(pred_class: str | None, confidence: float | None, lesion_uncertainty: float | None,
+            has_mask: bool, is_audit: bool, mask_gate: float) -> str:
+    """The plain sentence annotators read first, e.g. ``model: malignant, 62 % confident; lesion
+    boundary uncertain``. The lesion part uses the threshold of pseudo-masks (``selection.mask_gate``
+    on the lesion uncertainty): above it the boundary is "uncertain"."""
+    if pred_class is None:
+        text = "no model prediction for this image"
+    else:
+        text = f"model: {pred_class}"
+        if confidence is not None and math.isfinite(confidence):
+            text += f", {round(100 * confidence)} % confident"
+        if not has_mask:
+            text += "; no lesion drawn"
+        elif lesion_uncertainty is None or not math.isfinite(lesion_uncertainty):
+            text += "; lesion drawn"
+        elif lesion_uncertainty > mask_gate:
+            text += "; lesion boundary uncertain"
+        else:
+            text += "; lesion boundary fairly certain"
     if is_audit:
-        parts.insert(0, "AUDIT")
-    if pred_class is not None:
-        parts.append(f"model says {pred_class}")
-    if score is not None:
-        parts.append(f"acquisition score {score:.3f}")
-    for key in ("confidence", "entropy", "mutual_info", "std", "vacuity", "seg_uncertainty"):
-        if unc.get(key) is not None:
-            parts.append(f"{key} {unc[key]:.3f}")
-    return " | ".join(parts)
+        text = "AUDIT (checks an automatic label): " + text
+    return text
+
+
+def task_fields(task: AnnotationTask, pred: Prediction | None) -> dict[str, Any]:
+    """The typed, sortable task fields of the Data Manager (JSON numbers and booleans, not text)."""
+    def get(name: str) -> Any:
+        return getattr(pred, name) if pred is not None else None
+
+    return {
+        "round": int(task.round_id),
+        "audit": bool(task.is_audit),
+        "acquisition_score": _num(task.score, 3),
+        "confidence": _num(get("confidence"), 3),
+        "entropy": _num(get("entropy"), 3),
+        "mutual_info": _num(get("mutual_info"), 4),
+        "lesion_uncertainty": _num(get("seg_uncertainty"), 4),
+        "model_version": get("model_version"),
+    }
 
 
 def build_task(
@@ -126,38 +173,43 @@ def build_task(
     sample: Sample,
     pred: Prediction | None,
 ) -> dict[str, Any]:
-    """The Label Studio task (data + inline prediction) for one queued sample."""
+    """The Label Studio task (data + inline prediction) for one queued sample.
+
+    Data: the native image, the uncertainty image beside it, the sentence annotators read, and the
+    typed fields of :func:`task_fields`. Prediction: ``score`` = the model's confidence in [0, 1]
+    (Label Studio shows it as a percentage), the predicted class and the native-size brush mask."""
     classes = campaign.data.classes
-    unc = _uncertainty(pred)
     pred_class = None
     if pred is not None and 0 <= pred.pred_class < len(classes):
         pred_class = classes[pred.pred_class]
-    data = {
+    mask = preannotation_mask(store, pred, sample.height, sample.width)
+    has_mask = mask is not None and bool(mask.any())
+    data: dict[str, Any] = {
         IMAGE_TO: image_url(store, sample.image_path, document_root),
+        UNCERTAINTY_TO: image_url(store, uncertainty_image(campaign, store, pred, sample), document_root),
         "sample_uid": sample.uid,
-        "round": task.round_id,
-        "is_audit": bool(task.is_audit),
-        "acquisition_score": _finite(task.score),
-        "uncertainty": unc,
-        "info": _info(task.round_id, bool(task.is_audit), task.score, unc, pred_class),
+        "summary": summary(pred_class, None if pred is None else pred.confidence,
+                           None if pred is None else pred.seg_uncertainty, has_mask, bool(task.is_audit),
+                           campaign.selection.mask_gate),
+        "predicted_class": pred_class,
+        **task_fields(task, pred),
     }
     out: dict[str, Any] = {"data": data}
     result: list[dict[str, Any]] = []
     if pred_class is not None:
         result.append({"id": f"c{sample.id}", "from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
                        "value": {"choices": [pred_class]}})
-    mask = preannotation_mask(store, pred, sample.height, sample.width)
-    if mask is not None and mask.any():
+    if mask is not None and has_mask:
         result.append({
             "id": f"m{sample.id}", "from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
             "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
             "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [campaign.labeling.lesion_label]},
         })
     if result:
-        score = task.score if task.score is not None else (pred.confidence if pred is not None else None)
         prediction: dict[str, Any] = {"model_version": f"round-{task.round_id}", "result": result}
-        if score is not None and math.isfinite(score):
-            prediction["score"] = float(score)
+        confidence = None if pred is None else _num(pred.confidence, 4)
+        if confidence is not None:
+            prediction["score"] = min(1.0, max(0.0, confidence))
         out["predictions"] = [prediction]
     return out
 

@@ -38,8 +38,20 @@ def lesion(h: int, w: int, i: int) -> np.ndarray:
     return m
 
 
+def soft_lesion(size: int, i: int) -> np.ndarray:
+    """A smooth model-size lesion probability (float16, as scoring writes ``arrays/prob/...``)."""
+    yy, xx = np.mgrid[:size, :size]
+    cy = 0.45 + 0.01 * (i % 5)
+    d = np.sqrt(((yy + 0.5) / size - cy) ** 2 / 0.18 ** 2 + ((xx + 0.5) / size - 0.5) ** 2 / 0.25 ** 2)
+    return (1.0 / (1.0 + np.exp((d - 1.0) * 10.0))).astype(np.float16)
+
+
 def build_queue(campaign, n: int, *, size: int = 64, round_id: int = 1, audit_every: int = 3,
-                with_predictions: bool = True, seed: int = 0) -> Queue:
+                with_predictions: bool = True, seed: int = 0, native: tuple[int, int] | None = None,
+                model_size: int | None = None) -> Queue:
+    """``n`` pool samples with intents. ``native=(height, width)``: images of that size and, at
+    ``model_size``, what scoring writes (lesion probability, predicted mask = probability >= 0.5,
+    pixel-uncertainty map); otherwise ``size`` x ``size`` images with a block mask and no maps."""
     ledger = Ledger.open(campaign.ledger)
     store = ImageStore(campaign.store)
     rng = np.random.default_rng(seed)
@@ -48,21 +60,31 @@ def build_queue(campaign, n: int, *, size: int = 64, round_id: int = 1, audit_ev
     with ledger.transaction() as s:
         for i in range(n):
             uid = f"{campaign.name}-s{i:05d}"
-            img = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            h, w = native if native is not None else (size, size)
+            img = rng.integers(0, 256, (h, w), dtype=np.uint8)
             rel = store.put_image(uid, img)
             smp = Sample(uid=uid, content_hash=content_hash(img), image_path=rel, source="synthetic", split="pool",
-                         height=size, width=size, channels=1)
+                         height=h, width=w, channels=1)
             s.add(smp)
             s.flush()
             q.uids.append(uid)
             q.sample_ids[uid] = smp.id
             if with_predictions:
-                m = lesion(size, size, i)
+                umap_rel = None
+                if native is not None:
+                    ms = model_size or size
+                    prob = soft_lesion(ms, i)
+                    m = (prob.astype(np.float32) >= 0.5).astype(np.uint8)
+                    umap_rel = store.put_array(f"umap/round-{round_id}/{uid}",
+                                               (0.25 * (1 - np.abs(2 * prob.astype(np.float32) - 1))))
+                    store.put_array(f"prob/round-{round_id}/{uid}", prob)
+                else:
+                    m = lesion(size, size, i)
                 mp = store.put_mask(f"pred/round-{round_id}/{uid}", m)
                 pc = i % len(classes)
                 s.add(Prediction(round_id=round_id, sample_id=smp.id, model_version=f"round-{round_id}",
                                  probs=[0.2, 0.5, 0.3], pred_class=pc, confidence=0.5, std=0.1, entropy=1.0,
-                                 mutual_info=0.2, seg_uncertainty=0.3, mask_path=mp))
+                                 mutual_info=0.2, seg_uncertainty=0.3, mask_path=mp, umap_path=umap_rel))
                 q.pred_masks[uid] = m
                 q.pred_class[uid] = classes[pc]
             audit = audit_every > 0 and i % audit_every == 0

@@ -12,7 +12,14 @@ from sqlalchemy import select
 from medloop.labeling import server as ls_server
 from medloop.labeling.client import LSClient, connect
 from medloop.labeling.errors import LabelStudioUnavailable
-from medloop.labeling.project import META_KEY, ensure_project, label_config, project_title
+from medloop.labeling.project import (
+    INSTRUCTIONS,
+    META_KEY,
+    VIEW_TITLE,
+    ensure_project,
+    label_config,
+    project_title,
+)
 from medloop.labeling.pull import sync
 from medloop.labeling.push import build_task, existing_tasks, import_tasks, push_queue
 from medloop.labeling.rle import mask_to_rle, rle_to_mask
@@ -96,7 +103,16 @@ def test_project_created_then_found_again(make_queue):
     for c in q.campaign.data.classes:
         assert f'value="{c}"' in cfg
     assert 'choice="single"' in cfg and 'required="true"' in cfg and 'zoom="true"' in cfg
-    assert "BrushLabels" in cfg and q.campaign.labeling.lesion_label in cfg and "$info" in cfg
+    assert "BrushLabels" in cfg and q.campaign.labeling.lesion_label in cfg and "$summary" in cfg
+    assert '<Image name="uncertainty_map" value="$uncertainty_map"' in cfg
+    # the class choices come before the images: seen without scrolling
+    assert cfg.index('<Choices name="class"') < cfg.index('<Image name="image"')
+    views = client.get("/api/dm/views/", params={"project": pid})
+    mine = [v for v in views if v["data"].get("title") == VIEW_TITLE]
+    assert len(mine) == 1  # created once, found again
+    assert mine[0]["data"]["columnsDisplayType"]["tasks:data.acquisition_score"] == "Number"
+    assert mine[0]["data"]["columnsDisplayType"]["tasks:data.audit"] == "Boolean"
+    assert proj["expert_instruction"] == INSTRUCTIONS and "acquisition_score" in INSTRUCTIONS
     storages = client.get("/api/storages/localfiles", params={"project": pid})
     assert [s["path"] for s in storages] == [str((q.campaign.store / "images").resolve())]
     assert label_config(q.campaign).strip() == cfg.strip()
@@ -115,16 +131,22 @@ def test_push_with_preannotations_and_image_served(make_queue):
         t = rows[q.sample_ids[uid]]
         task = client.get(f"/api/tasks/{t.ls_task_id}")
         data = task["data"]
-        assert data["sample_uid"] == uid and data["round"] == 1
-        assert data["is_audit"] is (uid in q.audit)
-        assert data["acquisition_score"] == pytest.approx(t.score)
-        assert data["uncertainty"]["entropy"] == pytest.approx(1.0)
-        assert data["uncertainty"]["mutual_info"] == pytest.approx(0.2)
-        assert "round 1" in data["info"] and (("AUDIT" in data["info"]) == (uid in q.audit))
+        assert data["sample_uid"] == uid
+        # typed fields: JSON numbers and booleans, not text
+        assert data["round"] == 1 and type(data["round"]) is int
+        assert data["audit"] is (uid in q.audit)
+        assert data["acquisition_score"] == round(t.score, 3) and isinstance(data["acquisition_score"], float)
+        assert (data["confidence"], data["entropy"], data["mutual_info"], data["lesion_uncertainty"]) == (
+            0.5, 1.0, 0.2, 0.3)
+        assert data["predicted_class"] == q.pred_class[uid]
+        assert data["summary"].endswith(f"model: {q.pred_class[uid]}, 50 % confident; lesion boundary uncertain")
+        assert data["summary"].startswith("AUDIT") == (uid in q.audit)
+        assert "uncertainty" not in data and "info" not in data  # no raw-JSON or long text column
         preds = client.get("/api/predictions", params={"task": t.ls_task_id})
         assert len(preds) == 1
         p = preds[0]
-        assert p["model_version"] == "round-1" and p["score"] == pytest.approx(t.score)
+        # the score is the model's confidence in [0, 1], not the acquisition score
+        assert p["model_version"] == "round-1" and p["score"] == pytest.approx(0.5)
         by_type = {r["type"]: r for r in p["result"]}
         assert by_type["choices"]["value"]["choices"] == [q.pred_class[uid]]
         b = by_type["brushlabels"]
@@ -314,5 +336,5 @@ def test_audit_flags_in_task_data(make_queue):
     q = make_queue(6, audit_every=2)
     push = push_queue(q.campaign, q.ledger, q.store)
     client = q.client()
-    flagged = {t["data"]["sample_uid"] for t in client.iter_tasks(push.project_id) if t["data"]["is_audit"]}
+    flagged = {t["data"]["sample_uid"] for t in client.iter_tasks(push.project_id) if t["data"]["audit"] is True}
     assert flagged == q.audit and len(flagged) == 3
