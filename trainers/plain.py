@@ -43,7 +43,8 @@ class LoopSettings:
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 10
+    patience: int | None = None
+    keep: str = "last"
     lr_schedule: str = "cosine"
     warmup_epochs: int = 1
     augment: list[str] = field(default_factory=list)
@@ -68,7 +69,7 @@ class LoopSettings:
         base = cls(
             model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
             loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-            weight_decay=c.weight_decay, patience=c.patience,
+            weight_decay=c.weight_decay, patience=c.patience, keep=c.keep,
             lr_schedule=c.lr_schedule, warmup_epochs=c.warmup_epochs, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size, channels=campaign.data.channels,
@@ -361,9 +362,9 @@ def validation_metrics(pred: dict[str, np.ndarray], num_classes: int) -> dict[st
 
 @dataclass
 class EarlyStop:
-    """Best score so far and epochs without improvement."""
+    """Best score so far and epochs without improvement (``patience`` None: never stops)."""
 
-    patience: int
+    patience: int | None
     best: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
@@ -378,7 +379,7 @@ class EarlyStop:
 
     @property
     def stop(self) -> bool:
-        return self.bad_epochs >= self.patience
+        return self.patience is not None and self.bad_epochs >= self.patience
 
 
 def prepare_for_device(model: nn.Module, settings: LoopSettings, device: torch.device) -> nn.Module:
@@ -447,7 +448,8 @@ def train_plain(
             metrics = validation_metrics(pred, len(settings.classes))
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)
-        if stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1):
+        improved = stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1)
+        if improved or settings.keep == "last":
             best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
             best_metrics = row
         if on_epoch is not None:

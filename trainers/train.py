@@ -315,14 +315,18 @@ def train_round(
         result = trainer.fit()
     except Exception as err:  # ray.train.TrainingFailedError and friends
         raise TrainError(f"round {round_id}: training failed: {err}") from err
-    return _result_from_ray(result, model_version)
+    return _result_from_ray(result, model_version, keep=settings.keep)
 
 
-def _result_from_ray(result: Any, model_version: str) -> TrainResult:
+def _result_from_ray(result: Any, model_version: str, keep: str = "best") -> TrainResult:
+    """The round's checkpoint: the latest one (``keep = "last"``) or the best by ``val_score``."""
     if result.checkpoint is None:
         raise TrainError(f"{model_version}: training reported no checkpoint")
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE_METRIC) is not None]
-    if scored:
+    if keep == "last":
+        best_ckpt = result.checkpoint
+        best_metrics = dict(read_meta(result.checkpoint.path).get("metrics") or result.metrics or {})
+    elif scored:
         best_ckpt, best_metrics = max(scored, key=lambda cm: _finite(cm[1][SCORE_METRIC]))
     else:
         best_ckpt, best_metrics = result.checkpoint, dict(result.metrics or {})

@@ -275,7 +275,14 @@ class ComputeConfig(_Section):
     batch_size: int = Field(16, ge=1, description="per-worker batch size")
     lr: float = Field(2e-3, gt=0.0, description="learning rate (AdamW)")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
-    patience: int = Field(10, ge=1, description="early stopping patience (epochs)")
+    patience: int | None = Field(
+        None, ge=1,
+        description="early stopping patience (epochs); unset: every epoch runs (the cosine schedule anneals to the end)",
+    )
+    keep: Literal["last", "best"] = Field(
+        "last",
+        description="weights a round keeps: the last epoch's (after the cosine decay) or the best validation score's",
+    )
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning rate over a round's epochs: cosine decay after warm-up, or constant"
     )

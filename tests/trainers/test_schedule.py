@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from medloop.trainers.plain import LoopSettings, epoch_lr
 
@@ -27,3 +28,40 @@ def test_cosine_after_warmup_closed_form():
 def test_constant_schedule():
     s = settings(lr=3e-3, epochs=5, lr_schedule="constant")
     assert {epoch_lr(s, e) for e in range(5)} == {3e-3}
+
+
+def test_early_stop_off_by_default_and_patience_counts():
+    from medloop.trainers.plain import EarlyStop
+
+    never = EarlyStop(None)
+    for epoch, score in enumerate([0.5, 0.4, 0.3, 0.2, 0.1]):
+        never.update(score, epoch + 1)
+    assert not never.stop and never.best_epoch == 1
+    two = EarlyStop(2)
+    for epoch, score in enumerate([0.5, 0.4, 0.3]):
+        two.update(score, epoch + 1)
+    assert two.stop
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_keep_last_or_best_epoch(tmp_path, keep):
+    from medloop.ledger.store import Ledger
+    from medloop.trainers.dataset import load_arrays
+    from medloop.trainers.plain import train_plain
+    from medloop.trainers.toydata import populate, toy_campaign
+
+    campaign = toy_campaign(tmp_path, compute={"keep": keep, "patience": None, "epochs": 3})
+    ledger = Ledger.open(campaign.ledger)
+    populate(campaign, ledger, n_train=9, n_val=6)
+    s = LoopSettings.from_campaign(campaign)
+    assert s.keep == keep and s.patience is None
+    res = train_plain(s, load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "val"))
+    assert len(res.history) == 3  # no early stop
+    if keep == "last":
+        assert res.best_metrics["epoch"] == 3
+        final = res.model.state_dict()
+        assert all(torch.equal(final[k].cpu(), v) for k, v in res.best_state.items())
+    else:
+        best = max(res.history, key=lambda r: r["val_score"])
+        assert res.best_metrics["epoch"] == best["epoch"]
