@@ -42,8 +42,9 @@ def toy_campaign(folder: str | Path, **overrides: Any) -> Campaign:
         "data": {"image_size": 32, "channels": 1},
         "model": {"name": "mtunet", "width": 4, "depth": 2, "dropout": 0.1,
                   "options": {"loss_options": {"seg_weight": 1.0, "cls_weight": 1.0}}},
-        "compute": {"num_workers": 2, "epochs": 4, "batch_size": 4, "lr": 1e-2, "patience": 10, "keep": "best", "lr_schedule": "constant",
-                    "augment": ["flip", "rotate"], "score_batch_size": 16, "score_actors": 1},
+        "compute": {"num_workers": 2, "epochs": 4, "batch_size": 4, "lr": 1e-2, "patience": 10, "keep": "best",
+                    "lr_schedule": "constant", "augment": ["flip", "rotate"], "score_batch_size": 16,
+                    "score_actors": 1},
         "uncertainty": {"mc_passes": 4},
     }
     for key, value in overrides.items():

@@ -277,7 +277,7 @@ class ComputeConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")
     patience: int | None = Field(
         None, ge=1,
-        description="early stopping patience (epochs); unset: every epoch runs (the cosine schedule anneals to the end)",
+        description="early stopping patience (epochs); unset: every epoch runs (the cosine decay runs to the end)",
     )
     keep: Literal["last", "best"] = Field(
         "last",
