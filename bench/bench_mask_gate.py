@@ -83,9 +83,9 @@ def mask_quality(campaign: Any, gates: list[float]) -> list[dict[str, Any]]:
                         prob = store.load_array(prob_map_path(upath)).astype(np.float32)
                         mask, ignore = pseudo_mask(store.load_mask(str(pool.mask_paths[i])), store.load_array(upath),
                                                    sel.pixel_tau_u, fg_prob=prob, tau_c=sel.tau_c)
-                        target = store.load_mask(truth[sid]).copy()
-                        if target.shape != mask.shape:
-                            continue
+                        # the truth mask is stored at the image's native size, the pseudo-mask at the model's:
+                        # compared at the model size, as the report step does
+                        target = store.load_mask_at(truth[sid], mask.shape).copy()
                         target[ignore] = 255
                         dice_of[i] = dice(mask, target)
                     scores.append(dice_of[i])
