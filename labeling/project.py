@@ -29,6 +29,12 @@ VIEW_TITLE = "medloop: most informative first"
 # the typed task fields (labeling.push.task_fields) and their Data Manager column types
 NUMBER_FIELDS = ("acquisition_score", "confidence", "entropy", "mutual_info", "lesion_uncertainty", "round")
 BOOLEAN_FIELDS = ("audit",)
+# Label Studio's own task columns that the medloop tab hides (the task list opens on medloop's fields)
+HIDDEN_SYSTEM_COLUMNS = (
+    "inner_id", "cancelled_annotations", "total_predictions", "annotators", "annotations_results", "annotations_ids",
+    "predictions_model_versions", "predictions_results", "file_upload", "storage_filename", "created_at",
+    "updated_at", "updated_by", "avg_lead_time", "draft_exists",
+)
 
 INSTRUCTIONS = (
     "<p><b>medloop annotation.</b> The model was uncertain about these images; they come pre-annotated "
@@ -95,8 +101,8 @@ def view_data() -> dict:
         "target": "tasks",
         "ordering": ["-tasks:data.acquisition_score"],
         "columnsDisplayType": display,
-        "hiddenColumns": {"explore": [f"tasks:data.{UNCERTAINTY_TO}", "tasks:data.model_version"],
-                          "labeling": []},
+        "hiddenColumns": {"explore": [f"tasks:data.{UNCERTAINTY_TO}", "tasks:data.model_version"]
+                          + [f"tasks:{c}" for c in HIDDEN_SYSTEM_COLUMNS], "labeling": []},
         "filters": {"conjunction": "and", "items": []},
     }
 

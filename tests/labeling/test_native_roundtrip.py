@@ -139,3 +139,27 @@ def campaign_client(campaign):
     from medloop.labeling.client import connect
 
     return connect(campaign)
+
+
+def test_data_manager_sorts_and_filters_the_typed_fields(make_queue) -> None:
+    """The medloop tab orders by acquisition score as numbers (10.25 before 9.75, which text order
+    would reverse) and filters on the boolean audit field."""
+    from medloop.labeling.project import VIEW_TITLE
+
+    q = make_queue(4, audit_every=2)
+    scores = [0.5, 10.25, 9.75, 2.0]
+    with q.ledger.transaction() as s:
+        for t in s.scalars(select(AnnotationTask).order_by(AnnotationTask.id)):
+            t.score = scores[q.uids.index(next(u for u, sid in q.sample_ids.items() if sid == t.sample_id))]
+    push = push_queue(q.campaign, q.ledger, q.store)
+    client = q.client()
+    (view,) = [v for v in client.get("/api/dm/views/", params={"project": push.project_id})
+               if v["data"].get("title") == VIEW_TITLE]
+    out = client.get("/api/tasks", params={"project": push.project_id, "view": view["id"], "fields": "all"})
+    got = [t["data"]["acquisition_score"] for t in out["tasks"]]
+    assert got == [10.25, 9.75, 2.0, 0.5]
+    audit_only = client.post("/api/dm/views/", json={"project": push.project_id, "data": {
+        "title": "audit only", "filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:data.audit", "operator": "equal", "type": "Boolean", "value": True}]}}})
+    out = client.get("/api/tasks", params={"project": push.project_id, "view": audit_only["id"]})
+    assert sorted(t["data"]["sample_uid"] for t in out["tasks"]) == sorted(q.audit)

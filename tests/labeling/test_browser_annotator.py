@@ -1,0 +1,267 @@
+"""The annotator's view in headless Chromium (driven over the DevTools protocol, as
+tests/dashboard/test_browser.py): log in, open the project's task list, sort it by acquisition score,
+open the first task; the image is shown at its native size (500x380, its aspect kept), the model's
+class is pre-selected, the brush region exists, the uncertainty image sits beside it. Screenshots go
+to test-output/labeling/ (docs/labeling.md shows them)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from medloop.data.imagestore import ImageStore, content_hash, prob_map_path
+from medloop.data.synthetic import phantom
+from medloop.labeling import server
+from medloop.labeling.push import push_queue
+from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "test-output" / "labeling"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_S = 240  # upper bound for Label Studio's pages on a busy machine (a wait, not a timing assert)
+H, W, MODEL = 380, 500, 128
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.labelstudio,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; "
+                                                  "scripts/test.sh does this when run as root)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Tab:
+    """A minimal DevTools-protocol client for one page."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=64 * 2**20, open_timeout=30, legacy=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=120))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expr: str) -> object:
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        return res.get("result", {}).get("value")
+
+    def wait(self, expr: str, what: str, timeout: float = WAIT_S) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expr)
+            if value:
+                return value
+            time.sleep(1.0)
+        self.screenshot(OUT / "failed.png")
+        raise AssertionError(f"timed out waiting for {what}; page {self.js('location.href')}")
+
+    def screenshot(self, path: Path) -> bytes:
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return data
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture()
+def browser(tmp_path: Path):  # noqa: ANN201
+    port = free_port()
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--remote-debugging-port={port}",
+         "--remote-debugging-address=127.0.0.1", "--window-size=1400,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        pages: list = []
+        while time.monotonic() < deadline and not pages:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:  # noqa: S310
+                    pages = [p for p in json.load(r) if p.get("type") == "page"]
+            except OSError:
+                time.sleep(0.5)
+        assert pages, "chromium's DevTools endpoint did not come up"
+        tab = Tab(pages[0]["webSocketDebuggerUrl"])
+        tab.call("Page.enable")
+        tab.call("Runtime.enable")
+        tab.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+        yield tab
+        tab.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# (class, acquisition score, confidence): the highest score is the second task, so the ID order
+# differs from the acquisition order
+CASES = [("benign", 0.41, 0.81), ("malignant", 1.73, 0.62), ("benign", 0.93, 0.55)]
+
+
+def queue_native_cases(campaign) -> tuple[Ledger, ImageStore, list[str]]:
+    """Three 500x380 ultrasound-like phantoms, scored at 128 px (probability, mask, uncertainty), queued."""
+    ledger, store = Ledger.open(campaign.ledger), ImageStore(campaign.store)
+    uids = []
+    with ledger.transaction() as s:
+        for i, (cls, score, conf) in enumerate(CASES):
+            img, mask = phantom(11, i, cls, size=W, difficulty=0.2)
+            img, mask = np.ascontiguousarray(img[60:60 + H]), np.ascontiguousarray(mask[60:60 + H])
+            uid = f"{campaign.name}-b{i}"
+            smp = Sample(uid=uid, content_hash=content_hash(img), image_path=store.put_image(uid, img),
+                         source="generic", split="pool", height=H, width=W, channels=1)
+            s.add(smp)
+            s.flush()
+            # what scoring at 128 px would store: the model sees the image squashed to 128x128
+            small = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((MODEL, MODEL),
+                                                                                Image.Resampling.BILINEAR))
+            prob = np.clip(gaussian_filter(small, 1.5), 0, 1).astype(np.float32)
+            umap_rel = store.put_array(f"umap/round-2/{uid}", 0.5 * np.sqrt(prob * (1 - prob)))
+            store.put_array(prob_map_path(f"umap/round-2/{uid}"), prob.astype(np.float16))
+            probs = [0.05, (1 - conf - 0.05), conf] if cls == "malignant" else [0.05, conf, 1 - conf - 0.05]
+            s.add(Prediction(round_id=2, sample_id=smp.id, model_version="round-2", probs=probs,
+                             pred_class=campaign.data.classes.index(cls), confidence=conf, std=0.1,
+                             entropy=float(-(np.array(probs) * np.log(probs)).sum()), mutual_info=0.02 * (i + 1),
+                             seg_uncertainty=0.04 + 0.05 * i, umap_path=umap_rel,
+                             mask_path=store.put_mask(f"pred/round-2/{uid}", prob >= 0.5)))
+            s.add(AnnotationTask(sample_id=smp.id, round_id=2, state="intent", is_audit=False, score=score))
+            uids.append(uid)
+    return ledger, store, uids
+
+
+ROWS_JS = "[...document.querySelectorAll('.lsf-table__row-wrapper')].map(r => parseInt(r.innerText.split(/\\s+/)[0]))"
+TOGGLE = ("[...document.querySelectorAll('button')].find(b => "
+          "/^Sort (ascending|descending)$/.test(b.getAttribute('aria-label') || ''))")
+
+
+def test_annotator_view_in_chromium(labelstudio_server, browser: Tab) -> None:
+    name = f"annot-{np.random.default_rng().integers(1 << 30)}"
+    campaign = labelstudio_server.campaign(name)
+    ledger, store, uids = queue_native_cases(campaign)
+    push = push_queue(campaign, ledger, store)
+    assert push.pushed == 3
+    top = uids[int(np.argmax([c[1] for c in CASES]))]
+    top_id = push.task_ids[top]
+    url = labelstudio_server.url
+
+    # log in as an annotator would
+    browser.call("Page.navigate", url=f"{url}/user/login/")
+    browser.wait("!!document.querySelector('input[name=email]')", "the login form")
+    password = server.files(labelstudio_server.server_campaign).password.read_text().strip()
+    browser.js(f"""(() => {{ document.querySelector('input[name=email]').value = {json.dumps(server.ADMIN_USER)};
+        document.querySelector('input[name=password]').value = {json.dumps(password)};
+        document.querySelector('form').submit(); return true; }})()""")
+    browser.wait("!location.pathname.startsWith('/user/login')", "the login")
+
+    # the project's task list (the medloop tab), sorted by acquisition score in the browser
+    browser.call("Page.navigate", url=f"{url}/projects/{push.project_id}/data")
+    browser.wait("document.querySelectorAll('.lsf-table__row-wrapper').length >= 3", "the task list")
+    assert browser.js("[...document.querySelectorAll('.lsf-table-head__column-extra')].some(e => "
+                      "/bool/.test(e.innerText))"), "the audit column is not typed Boolean"
+    by_score = [push.task_ids[u] for u, _ in sorted(zip(uids, CASES), key=lambda x: -x[1][1])]
+    by_id = sorted(by_score)
+    assert by_score != by_id and by_score != by_id[::-1]  # the orders tell sorting apart
+
+    def rows_are(*orders: list[int]) -> str:
+        wanted = json.dumps([json.dumps(o, separators=(",", ":")) for o in orders])
+        return f"{wanted}.includes(JSON.stringify({ROWS_JS}))"
+
+    def order_by(label: str, expect: list[int]) -> None:
+        """Choose ``label`` in the task list's "order by" menu (the button left of the direction toggle),
+        then set the direction with the toggle until the rows are in the ``expect`` order."""
+        browser.wait(f"!!{TOGGLE}", "the order-by control")
+        menu = "document.querySelector('.lsf-dropdown.lsf-visible .lsf-menu-dm__item')"
+        order_button = f"{TOGGLE}.parentElement.querySelector('button')"
+        for _ in range(5):  # open the menu (it stays open after a choice, and closes with an animation)
+            if browser.js(f"!!{menu}"):
+                break
+            browser.js(f"{order_button}.click()")
+            time.sleep(1.5)
+        item = (f"[...document.querySelectorAll('.lsf-dropdown.lsf-visible .lsf-menu-dm__item')].find("
+                f"i => i.innerText.trim() === {json.dumps(label)})")
+        browser.wait(f"!!{item}", f"{label} in the order-by menu")
+        browser.js(f"{item}.click()")
+        browser.wait(rows_are(expect, expect[::-1]), f"the task list ordered by {label}")
+        if not browser.js(rows_are(expect)):
+            browser.js(f"{TOGGLE}.click()")
+            browser.wait(rows_are(expect), f"the task list ordered by {label}, the other way")
+        if browser.js(f"!!{menu}"):
+            browser.js(f"{order_button}.click()")  # close the menu
+            browser.wait(f"!{menu}", "the order-by menu to close", timeout=30)
+
+    order_by("ID", by_id)  # from the plain ID order to acquisition score, highest first
+    order_by("acquisition_score", by_score)
+    assert "acquisition_score" in str(browser.js(f"{TOGGLE}.parentElement.innerText"))
+    browser.call("Emulation.setDeviceMetricsOverride", width=2200, height=700, deviceScaleFactor=1, mobile=False)
+    time.sleep(2.0)  # wide enough for every medloop column
+    browser.screenshot(OUT / "task-list.png")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+
+    # open the first task
+    browser.js("document.querySelector('.lsf-table__row-wrapper').click()")
+    browser.wait(f"location.search.includes('task={top_id}')", "the labeling view of the first task")
+    images_js = """[...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0
+        && i.getBoundingClientRect().width > 150).map(i => { const r = i.getBoundingClientRect();
+        return {nw: i.naturalWidth, nh: i.naturalHeight, w: r.width, h: r.height, x: r.left}; })"""
+    shown = browser.wait(f"(() => {{ const a = {images_js}; return a.length >= 2 ? a : null; }})()",
+                         "the image and the uncertainty image")
+    image, umap = sorted(shown, key=lambda i: i["x"])[:2]  # the image left, the uncertainty image beside it
+    assert (image["nw"], image["nh"]) == (W, H), image  # the original pixels, not the model's 128x128 copy
+    assert abs(image["w"] / image["h"] - W / H) < 0.02, image  # its aspect kept on screen
+    assert (umap["nw"], umap["nh"]) == (W, H) and abs(umap["w"] / umap["h"] - W / H) < 0.02, umap
+    checked = browser.wait("""(() => { const c = [...document.querySelectorAll('input.ant-checkbox-input')]
+        .filter(i => i.checked).map(i => i.name); return c.length ? c : null; })()""", "a pre-selected class")
+    assert checked == ["malignant"]
+    regions = browser.wait("""(() => { const r = [...document.querySelectorAll('.lsf-outliner-item')]
+        .map(e => e.innerText.trim()).filter(t => /Lesion/.test(t)); return r.length ? r : null; })()""",
+                           "the brush region")
+    assert len(regions) == 1
+    text = browser.js("document.body.innerText")
+    assert "model: malignant, 62 % confident; lesion boundary uncertain" in str(text)
+    time.sleep(2.0)  # let the brush mask paint
+    shot = browser.screenshot(OUT / "labeling.png")
+    # the pre-annotated lesion is painted in its label colour (#ff3b30, blended) over the image
+    arr = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.int16)
+    x0, y0 = int(image["x"]), int(browser.js(f"[...document.querySelectorAll('img')].find(i => i.naturalWidth === {W} "
+                                               "&& i.getBoundingClientRect().width > 150).getBoundingClientRect().top"))
+    crop = arr[y0:y0 + int(image["h"]), x0:x0 + int(image["w"])]
+    reddish = (crop[..., 0] - np.maximum(crop[..., 1], crop[..., 2])) > 60
+    assert reddish.sum() > 200, "the brush pre-annotation is not painted over the image"
+
+    browser.js("[...document.querySelectorAll('button')].find(b => /Instructions/.test(b.innerText))?.click()")
+    browser.wait("/acquisition_score/.test(document.body.innerText)", "the instructions")
+    time.sleep(1.0)
+    browser.screenshot(OUT / "instructions.png")
+    ledger.close()
