@@ -14,6 +14,7 @@ stays committed and the next call pushes exactly what is left.
 from __future__ import annotations
 
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -92,20 +93,38 @@ def _num(v: Any, digits: int) -> float | None:
     return round(v, digits) if math.isfinite(v) else None
 
 
-# the colour scale of the uncertainty image: 0 black -> purple -> red -> orange -> pale yellow (like magma)
-_CMAP = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], np.float32)
+# the colour scale of the uncertainty image: 0 black -> purple -> red -> orange -> pale yellow (like magma),
+# as a 256-entry palette: the PNG is one byte per pixel (fast to write, small to serve)
+_ANCHORS = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], np.float32)
+_PALETTE = np.stack([np.interp(np.linspace(0, len(_ANCHORS) - 1, 256), np.arange(len(_ANCHORS)), _ANCHORS[:, c])
+                     for c in range(3)], axis=1).round().astype(np.uint8)
 
 
 def uncertainty_png(umap: np.ndarray, height: int, width: int, vmax: float, max_side: int = 512) -> np.ndarray:
-    """The model's pixel-uncertainty map as an RGB image for annotators: resized bilinearly to the
-    image's aspect (its native size, the longer side at most ``max_side``), 0 dark, ``vmax`` bright."""
+    """The model's pixel-uncertainty map as palette indices (uint8, see ``_PALETTE``) for annotators:
+    resized bilinearly to the image's aspect (its native size, the longer side at most ``max_side``),
+    0 dark, ``vmax`` bright."""
     scale = min(1.0, max_side / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     u = np.nan_to_num(prob_at(umap, (h, w)), nan=0.0)
-    t = np.clip(u / vmax if vmax > 0 else u, 0.0, 1.0) * (len(_CMAP) - 1)
-    i = np.minimum(t.astype(np.int32), len(_CMAP) - 2)
-    f = (t - i)[..., None]
-    return (_CMAP[i] * (1 - f) + _CMAP[i + 1] * f + 0.5).astype(np.uint8)
+    return (np.clip(u * (255.0 / vmax if vmax > 0 else 255.0), 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+def _put_palette_png(store: ImageStore, rel: str, index: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    index = np.ascontiguousarray(index, dtype=np.uint8)
+    im = Image.frombytes("P", (index.shape[1], index.shape[0]), index.tobytes())
+    im.putpalette(_PALETTE.tobytes())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=1)
+    path = store.path(rel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def uncertainty_image(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> str:
@@ -116,7 +135,7 @@ def uncertainty_image(campaign: Campaign, store: ImageStore, pred: Prediction | 
         if not store.path(rel).exists():
             umap = store.load_array(pred.umap_path)
             vmax = max(float(np.nanmax(umap)) if umap.size else 0.0, 2 * campaign.selection.pixel_tau_u)
-            store.put_png(rel, uncertainty_png(umap, sample.height, sample.width, vmax))
+            _put_palette_png(store, rel, uncertainty_png(umap, sample.height, sample.width, vmax))
         return rel
     rel = "images/uncertainty/none.png"
     if not store.path(rel).exists():
