@@ -23,7 +23,7 @@ from medloop.config import Campaign
 from .checkpoints import build_model, model_spec, unwrap
 from .dataset import IGNORE, Augment, JointDataset, SampleArrays
 from .models import resolve_heads
-from .semi import SemiOptions, SemiTrainer, split_output, unlabeled_batch_size
+from .semi import SemiOptions, SemiTrainer, split_output, unlabeled_batch_size, unlabeled_loss
 
 #: the validation metric that picks the best epoch and drives early stopping / ASHA
 SCORE_METRIC = "val_score"
@@ -263,7 +263,7 @@ def train_epoch(
             assert semi is not None
             out_l, out_u = split_output(output, int(batch["image"].shape[0]))
             total, parts = loss_fn(out_l, batch, step=global_step)
-            u_total, _ = loss_fn(out_u, {"label": targets.label, "mask": targets.mask}, step=global_step)
+            u_total = unlabeled_loss(out_u, targets, cls_head=semi.cls_head, seg_head=semi.seg_head)
             w = semi.weight()
             total = total + w * u_total
             parts = {**parts, "unlabeled": u_total.detach(), "unlabeled_weight": torch.tensor(w),

@@ -15,7 +15,8 @@ In both, the teacher runs ``teacher_passes`` MC-dropout passes (the cached sampl
 :mod:`medloop.trainers.uncertainty.mc`): a case gives a class target when its confidence is
 >= ``tau_c`` and its std over passes <= ``tau_u``; a pixel gives a mask target when its
 confidence is >= ``tau_c`` and its std <= ``pixel_tau_u``; everything else is ignored (label -1,
-mask 255), so the model's own joint loss is reused unchanged. The unlabeled loss weight ramps up
+mask 255). The unlabeled loss is FixMatch's cross-entropy on the kept targets, averaged over every
+case and pixel of the unlabeled batch (:func:`unlabeled_loss`). The unlabeled loss weight ramps up
 as ``w * exp(-5 (1 - t)^2)`` over the first ``ramp_up`` of the round's epochs (Laine & Aila,
 Temporal Ensembling, ICLR 2017). Geometric augmentations (flips, 90-degree rotations) are part of
 the weak view, so image and target stay aligned; the strong view adds only photometric changes and
@@ -92,6 +93,26 @@ def ups_targets(
     label = torch.where(keep, pred, torch.full_like(pred, NO_LABEL))
     mask = torch.where(keep_px, pmask, torch.full_like(pmask, IGNORE))
     return Targets(label.long(), mask.long(), float(keep.float().mean()), float(keep_px.float().mean()))
+
+
+def unlabeled_loss(output: JointOutput, targets: Targets, *, cls_head: str, seg_head: str) -> torch.Tensor:
+    """FixMatch's unlabeled loss, per case and per pixel (Sohn et al. 2020; UniMatch, Yang et al. 2023):
+    cross-entropy of the student's prediction against the kept hard targets, averaged over ALL cases
+    and ALL pixels of the unlabeled batch (not kept = 0), so the signal grows with the share the UPS
+    rule keeps. Region losses (Dice) are not used: on a sparse set of kept pixels, mostly confident
+    background early on, they push the student towards empty masks."""
+    from .heads import probs_from_logits
+
+    eps = 1e-6
+    seg_logp = torch.log(probs_from_logits(output.seg_logits, seg_head).clamp_min(eps))
+    keep_px = targets.mask != IGNORE
+    seg_nll = F.nll_loss(seg_logp, targets.mask.clamp(0, seg_logp.shape[1] - 1), reduction="none")
+    seg = (seg_nll * keep_px).sum() / keep_px.numel()
+    cls_logp = torch.log(probs_from_logits(output.cls_logits, cls_head).clamp_min(eps))
+    keep = targets.label != NO_LABEL
+    cls_nll = F.nll_loss(cls_logp, targets.label.clamp_min(0), reduction="none")
+    cls = (cls_nll * keep).sum() / max(1, keep.numel())
+    return seg + cls
 
 
 def split_output(output: JointOutput, n: int) -> tuple[JointOutput, JointOutput]:

@@ -189,3 +189,17 @@ def test_ray_train_ddp_mean_teacher_checkpoints_the_teacher(toy_pool):
     assert all(np.isfinite(h["loss_unlabeled"]) for h in res.history)
     _, _, train_state = load_state(res.latest_checkpoint_path, with_train_state=True)
     assert train_state["teacher"] is not None and len(train_state["teacher"]) > 0
+
+
+def test_unlabeled_loss_is_cross_entropy_over_all_cases_and_pixels():
+    from medloop.trainers.semi import Targets, unlabeled_loss
+
+    seg_logits = torch.zeros(2, 2, 1, 2)  # p = 0.5 everywhere: CE = log 2 per kept pixel
+    cls_logits = torch.zeros(2, 3)  # p = 1/3: CE = log 3 per kept case
+    out = JointOutput(cls_logits, seg_logits)
+    mask = torch.tensor([[[1, IGNORE]], [[IGNORE, IGNORE]]])  # 1 of 4 pixels kept
+    t = Targets(label=torch.tensor([2, -1]), mask=mask, kept_cases=0.5, kept_pixels=0.25)
+    loss = unlabeled_loss(out, t, cls_head="softmax", seg_head="softmax")
+    assert loss.item() == pytest.approx(math.log(2) / 4 + math.log(3) / 2, rel=1e-5)
+    none = Targets(label=torch.tensor([-1, -1]), mask=torch.full_like(mask, IGNORE), kept_cases=0, kept_pixels=0)
+    assert unlabeled_loss(out, none, cls_head="softmax", seg_head="softmax").item() == 0.0
