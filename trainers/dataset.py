@@ -88,6 +88,31 @@ def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
+def model_input_path(image_path: str, size: int, channels: int) -> str:
+    """Store-relative name of the cached model-size copy of a stored image (one folder per size and
+    channels, so a new ``data.image_size`` builds a new cache and never reads a stale one)."""
+    stem = image_path.removeprefix("images/").rsplit(".", 1)[0]
+    return f"model-input/{size}x{size}-c{channels}/{stem}"
+
+
+def model_image(store: ImageStore, image_path: str, size: int, channels: int) -> np.ndarray:
+    """The image as the model sees it, (C, S, S) uint8: decoded and resized from the native image once,
+    then read from the store's cache (``arrays/model-input/<S>x<S>-c<C>/``). Stored images never change
+    under their path (it holds the content hash), so a cached copy cannot go stale."""
+    name = model_input_path(image_path, size, channels)
+    cached = store.path(f"arrays/{name}.npy")
+    if cached.exists():
+        try:
+            arr = store.load_array(f"arrays/{name}.npy")
+            if arr.shape == (channels, size, size) and arr.dtype == np.uint8:
+                return arr
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt
+    arr = fit_image(store.load_image(image_path), size, channels)
+    store.put_array(name, arr)
+    return arr
+
+
 def decode_sample(
     store: ImageStore,
     image_path: str,
@@ -102,7 +127,7 @@ def decode_sample(
     the model size of the round that made them: every one is read at the requested size ``S``
     (image bilinear, masks and ignore maps nearest), so ``data.image_size`` can change without a
     new ingest or re-annotation."""
-    image = store.load_image(image_path)
+    image = model_image(store, image_path, size, channels)
     mask = np.full((size, size), IGNORE, np.uint8)
     cls = -1
     if label is not None:
@@ -116,7 +141,7 @@ def decode_sample(
             mask = store.load_mask_at(label.mask_path, (size, size)).copy()
             if label.ignore_path:
                 mask[mask_at(store.load_ignore(label.ignore_path), (size, size)) > 0] = IGNORE
-    return fit_image(image, size, channels), mask, cls
+    return image, mask, cls
 
 
 def _stack(

@@ -28,7 +28,7 @@ from medloop.data.imagestore import ImageStore, prob_map_path
 from medloop.ledger.schema import Prediction, Sample
 from medloop.ledger.store import Ledger
 
-from .dataset import fit_image
+from .dataset import model_image
 from .plain import no_lesion_index
 
 SCORE_COLUMNS = (
@@ -57,7 +57,7 @@ class ScoreReport:
 def decode_batch(batch: dict[str, np.ndarray], *, store_root: str, size: int, channels: int) -> dict[str, np.ndarray]:
     """``map_batches`` task: image paths -> uint8 (B, C, S, S) arrays."""
     store = ImageStore(store_root)
-    images = np.stack([fit_image(store.load_image(str(p)), size, channels) for p in batch["image_path"]])
+    images = np.stack([model_image(store, str(p), size, channels) for p in batch["image_path"]])
     return {"sample_id": np.asarray(batch["sample_id"], np.int64), "uid": np.asarray(batch["uid"]), "image": images}
 
 

@@ -120,3 +120,22 @@ def test_prob_mask_follows_the_boundary_at_native_size() -> None:
     up = prob_at(prob, (h, w))
     assert up.dtype == np.float32 and 0.0 <= up.min() and up.max() <= 1.0
     assert prob_at(up, (h, w)) is not None and np.array_equal(prob_at(up, (h, w)), up)
+
+
+def test_model_size_images_are_cached_per_size_and_rebuilt_for_a_new_size(tmp_path):
+    from medloop.data.imagestore import ImageStore
+    from medloop.trainers.dataset import fit_image, model_image, model_input_path
+
+    store = ImageStore(tmp_path)
+    rng = np.random.default_rng(0)
+    native = rng.integers(0, 255, (380, 500), dtype=np.uint8)
+    rel = store.put_image("case-abc", native)
+    first = model_image(store, rel, 64, 1)
+    cache = store.path(f"arrays/{model_input_path(rel, 64, 1)}.npy")
+    assert cache.exists() and np.array_equal(first, fit_image(native, 64, 1))
+    np.save(cache, np.zeros((1, 64, 64), np.uint8))  # the cache is what is read the second time
+    assert not model_image(store, rel, 64, 1).any()
+    other = model_image(store, rel, 32, 1)  # a new size: its own cache, from the native image
+    assert other.shape == (1, 32, 32) and np.array_equal(other, fit_image(native, 32, 1))
+    cache.write_bytes(b"broken")  # a damaged cache file is rebuilt
+    assert np.array_equal(model_image(store, rel, 64, 1), first)
