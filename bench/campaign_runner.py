@@ -49,6 +49,7 @@ DEFAULT_BUSI = ROOT.parent / "shared" / "data" / "busi"
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common as C  # noqa: E402
 
 # ---- campaign settings ------------------------------------------------------------------------------
 
@@ -169,18 +170,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace`` (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=1, default=C.json_default) + "\n")
     os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _canonical(d: dict[str, Any]) -> str:

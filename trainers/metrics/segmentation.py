@@ -126,24 +126,24 @@ def no_lesion_cases(target: np.ndarray, ignore_index: int | None = IGNORE) -> np
     return annotated & ~lesion_cases(t, ignore_index)
 
 
+def _mean_over_lesion_cases(metric, pred: np.ndarray, target: np.ndarray, ignore_index: int | None) -> float:
+    p, t = np.asarray(pred), np.asarray(target)
+    cases = np.flatnonzero(lesion_cases(t, ignore_index))
+    if not cases.size:
+        return float("nan")
+    return float(np.mean([metric(p[i], t[i], ignore_index) for i in cases]))
+
+
 def lesion_dice(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
     """Mean per-case Dice over the cases that have a lesion (as the papers report it: TIM/UPA, UML,
     MT-U-Net), the one definition of validation and test Dice in medloop; NaN when no case has one.
     Pixels are never pooled across images, so large lesions do not outweigh small ones."""
-    p, t = np.asarray(pred), np.asarray(target)
-    cases = np.flatnonzero(lesion_cases(t, ignore_index))
-    if not cases.size:
-        return float("nan")
-    return float(np.mean([dice(p[i], t[i], ignore_index) for i in cases]))
+    return _mean_over_lesion_cases(dice, pred, target, ignore_index)
 
 
 def lesion_iou(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:
     """Mean per-case IoU over the cases that have a lesion (see :func:`lesion_dice`)."""
-    p, t = np.asarray(pred), np.asarray(target)
-    cases = np.flatnonzero(lesion_cases(t, ignore_index))
-    if not cases.size:
-        return float("nan")
-    return float(np.mean([iou(p[i], t[i], ignore_index) for i in cases]))
+    return _mean_over_lesion_cases(iou, pred, target, ignore_index)
 
 
 def empty_mask_rate(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE) -> float:

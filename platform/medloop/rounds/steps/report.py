@@ -64,7 +64,7 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
 def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
     """Validation Dice / IoU as training defines them (``lesion_dice``: mean per case over the cases
     with a lesion) and the share of no-lesion cases predicted empty, from the scored masks."""
-    from medloop.trainers.metrics import empty_mask_rate, lesion_cases, lesion_dice, lesion_iou
+    from medloop.trainers.metrics import empty_mask_rate, lesion_dice, lesion_iou
 
     store = store_of(ctx)
     preds, truths = [], []
@@ -73,19 +73,13 @@ def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
             p = store.load_mask(pred_rel)  # model size; the human mask is native: read at the same size
             preds.append(p)
             truths.append(store.load_mask_at(true_rel, p.shape))
-    out: dict[str, float] = {}
     if not preds:
-        return out
-    # masks differ in size between cases: evaluate case by case, then combine
-    has_lesion = np.array([bool(lesion_cases(t[None])[0]) for t in truths])
-    if has_lesion.any():
-        out["dice"] = float(np.mean([lesion_dice(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if h]))
-        out["iou"] = float(np.mean([lesion_iou(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if h]))
-    empty = [empty_mask_rate(p[None], t[None]) for p, t, h in zip(preds, truths, has_lesion) if not h]
-    empty = [e for e in empty if e == e]
-    if empty:
-        out["empty_rate"] = float(np.mean(empty))
-    return out
+        return {}
+    # every predicted mask has the model size, and each truth was read at it: one batch
+    pred, truth = np.stack(preds), np.stack(truths)
+    values = {"dice": lesion_dice(pred, truth), "iou": lesion_iou(pred, truth),
+              "empty_rate": empty_mask_rate(pred, truth)}
+    return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
 def seg_calibration(ctx: Any, checkpoint_path: str | None, batch_size: int = 16) -> dict[str, Any]:
