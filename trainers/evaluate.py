@@ -48,14 +48,36 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     labels = np.asarray(pred["label"], np.int64).reshape(-1)
-    probs = np.asarray(pred["probs"], np.float64)
     masks = np.asarray(pred["mask"])
     pred_masks = np.asarray(pred["pred_mask"])
     n = int(labels.shape[0])
     out: dict[str, Any] = {"n": n}
+    out.update(classification_summary(pred["probs"], labels, class_names))
 
+    lesion = M.lesion_cases(masks, IGNORE) if n else np.zeros(0, bool)
+    no_lesion = M.no_lesion_cases(masks, IGNORE) if n else np.zeros(0, bool)
+    out["n_lesion"], out["n_no_lesion"] = int(lesion.sum()), int(no_lesion.sum())
+    out.update({k: None for k in SEG_KEYS})
+    if lesion.any():
+        out["dice"] = _num(M.lesion_dice(pred_masks, masks, IGNORE))
+        out["iou"] = _num(M.lesion_iou(pred_masks, masks, IGNORE))
+        out["hd95"] = _num(np.mean([M.hd95(pred_masks[i], masks[i], ignore_index=IGNORE)
+                                    for i in np.flatnonzero(lesion)]))
+    if no_lesion.any():
+        out["empty_rate"] = _num(M.empty_mask_rate(pred_masks, masks, IGNORE))
+    return out
+
+
+def classification_summary(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """The classification part of :func:`evaluation_metrics` over the cases with a class label (label >= 0):
+    ``n_class``, :data:`CLS_KEYS`, ``confusion`` and ``per_class`` (None / {} without such a case)."""
+    from medloop.trainers import metrics as M
+
+    num_classes = len(class_names)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    probs = np.asarray(probs, np.float64).reshape(len(labels), -1)
     has_cls = labels >= 0
-    out["n_class"] = int(has_cls.sum())
+    out: dict[str, Any] = {"n_class": int(has_cls.sum())}
     out.update({k: None for k in CLS_KEYS})
     out["confusion"] = None
     out["per_class"] = {}
@@ -79,18 +101,6 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
                 "precision": _num(tp[k] / predicted) if predicted else None,
                 "accuracy": _num((tp[k] + tn) / total),
             }
-
-    lesion = M.lesion_cases(masks, IGNORE) if n else np.zeros(0, bool)
-    no_lesion = M.no_lesion_cases(masks, IGNORE) if n else np.zeros(0, bool)
-    out["n_lesion"], out["n_no_lesion"] = int(lesion.sum()), int(no_lesion.sum())
-    out.update({k: None for k in SEG_KEYS})
-    if lesion.any():
-        out["dice"] = _num(M.lesion_dice(pred_masks, masks, IGNORE))
-        out["iou"] = _num(M.lesion_iou(pred_masks, masks, IGNORE))
-        out["hd95"] = _num(np.mean([M.hd95(pred_masks[i], masks[i], ignore_index=IGNORE)
-                                    for i in np.flatnonzero(lesion)]))
-    if no_lesion.any():
-        out["empty_rate"] = _num(M.empty_mask_rate(pred_masks, masks, IGNORE))
     for key in CLS_KEYS:
         if out[key] is not None:
             out[key] = _num(out[key])
