@@ -140,6 +140,7 @@ def demo(
 # ---- sub-commands that live next to the code they drive --------------------------------
 from medloop.dashboard.cli import register as _register_dashboard_command  # noqa: E402
 from medloop.export_cli import register as _register_export_command  # noqa: E402
+from medloop.inference_cli import register as _register_inference_commands  # noqa: E402
 from medloop.labeling.cli import app as _labelstudio_app  # noqa: E402
 from medloop.rounds.cli import register as _register_round_commands  # noqa: E402
 from medloop.tune_cli import register as _register_tune_command  # noqa: E402
@@ -149,6 +150,7 @@ _register_round_commands(app)
 _register_tune_command(app)
 _register_dashboard_command(app)
 _register_export_command(app)
+_register_inference_commands(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,302 @@
+"""``medloop evaluate``: a campaign's model on a labeled dataset the campaign has not seen.
+
+The dataset is read with ingest's readers (:func:`medloop.data.ingest.read_dataset`: BUSI or generic
+layout, the same image rules) and never written to the campaign. Each image is predicted as
+``medloop predict`` does (:mod:`medloop.trainers.inference`), its mask compared with the dataset's mask
+at the image's own size, and the metrics of :mod:`medloop.trainers.evaluate_ci` computed with bootstrap
+95 % confidence intervals. ``--out`` receives (through a temporary folder, renamed at the end):
+``report.md``, ``report.json``, ``reliability.png``, ``confusion_matrix.png`` and ``cases.csv`` (one row
+per case). The report is also logged to the campaign's MLflow experiment as an evaluation run tagged
+with the registered model name and version (``--no-mlflow`` to skip). The ledger is only read: a
+missing campaign is refused, and cases already in the campaign are counted in a warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medloop.config import Campaign
+from medloop.data.errors import BadFile, DataError
+
+FORMATS = ("busi", "generic")
+EVAL_TAG = "medloop.evaluation"
+
+
+class CampaignMissing(DataError):
+    """The campaign to evaluate for does not exist (no ledger)."""
+
+
+@dataclass
+class EvaluateReport:
+    out: Path
+    model: str
+    metrics: dict[str, Any]
+    bad: list[BadFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        m = self.metrics
+        lines = [f"evaluated {self.model} on {m['n']} case(s) ({m['n_class']} with a class, {m['n_lesion']} with a "
+                 f"lesion, {m['n_no_lesion']} without) in {self.seconds:.1f} s"]
+        lines += [f"  {name:<11} {fmt_entry(e)}" for name, e in m["metrics"].items()]
+        lines.append(f"wrote {self.out}" + (f"; MLflow run {self.mlflow_run_id}" if self.mlflow_run_id else ""))
+        lines += [f"warning: {w}" for w in self.warnings]
+        if self.bad:
+            lines.append(f"{len(self.bad)} file(s) left out:")
+            lines += [f"  {b}" for b in self.bad]
+        return "\n".join(lines)
+
+
+def fmt_entry(e: dict[str, Any], digits: int = 3) -> str:
+    """``0.812 [0.771, 0.850]``, or ``-`` when undefined."""
+    if e.get("value") is None:
+        return "-"
+    text = f"{e['value']:.{digits}f}"
+    if e.get("lo") is not None:
+        text += f" [{e['lo']:.{digits}f}, {e['hi']:.{digits}f}]"
+    return text
+
+
+def campaign_hashes(campaign: Campaign) -> set[str]:
+    """The case hashes of the campaign's samples; :class:`CampaignMissing` when it has no ledger."""
+    from sqlalchemy import select
+
+    from medloop.ledger.readonly import LedgerMissing, open_readonly
+    from medloop.ledger.schema import Sample
+
+    try:
+        engine = open_readonly(campaign.ledger)
+    except LedgerMissing as err:
+        raise CampaignMissing(f"campaign {campaign.name!r}: {err}; evaluate needs an existing campaign") from None
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(select(Sample.content_hash)).scalars())
+    finally:
+        engine.dispose()
+
+
+# ---- the report ----------------------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report as markdown: headline table, per-class table, confusion matrix, notes."""
+    m, info = result["metrics"], result["run"]
+    lines = [
+        f"# Evaluation of {info['model']}", "",
+        f"Dataset `{info['dataset']}` ({info['format']}): {m['n']} case(s), {m['n_class']} with a class label, "
+        f"{m['n_lesion']} with a lesion, {m['n_no_lesion']} without. Model input {info['image_size']} px, "
+        f"{info['method']}, device {info['device']}. Masks compared at each image's own size.",
+        "", f"95 % confidence intervals: percentile bootstrap over cases, {m['bootstrap']['n_boot']} resamples, "
+        f"seed {m['bootstrap']['seed']}.", "",
+        "| metric | value [95 % CI] | on |", "|---|---|---|",
+    ]
+    on = {"dice": "lesion cases", "iou": "lesion cases", "hd95": "lesion cases (px)",
+          "empty_rate": "no-lesion cases"}
+    for name, e in m["metrics"].items():
+        lines.append(f"| {name} | {fmt_entry(e)} | {on.get(name, 'cases with a class label')} |")
+    lines += ["", "## Per class", "",
+              "| class | n | lesion / none | recall | precision | AUC | Dice | IoU | HD95 | empty rate |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in m["per_class"].items():
+        cells = " | ".join(fmt_entry(e[k]) for k in ("recall", "precision", "auc", "dice", "iou", "hd95", "empty_rate"))
+        lines.append(f"| {name} | {e['n']} | {e['n_lesion']} / {e['n_no_lesion']} | {cells} |")
+    if m.get("confusion"):
+        classes = list(m["per_class"])
+        lines += ["", "## Confusion matrix (rows true, columns predicted)", "",
+                  "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(classes, m["confusion"])]
+    lines += ["", "![reliability](reliability.png) ![confusion](confusion_matrix.png)"]
+    if result.get("warnings") or result.get("bad"):
+        lines += ["", "## Notes", ""]
+        lines += [f"- {w}" for w in result.get("warnings", [])]
+        lines += [f"- left out: {b['file']}: {b['reason']}" for b in result.get("bad", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
+    from medloop.tracking.plots import confusion_matrix_png, reliability_diagram
+
+    m = result["metrics"]
+    files = [reliability_diagram(m["reliability"], folder / "reliability.png", title="reliability (evaluation)")]
+    if m.get("confusion"):
+        files.append(confusion_matrix_png(np.asarray(m["confusion"]), list(m["per_class"]),
+                                          folder / "confusion_matrix.png"))
+    return files
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_cases(path: Path, rows: list[dict[str, Any]]) -> None:
+    cols = ["file", "class", "predicted", "confidence", "has_mask", "lesion", "predicted_empty", "dice", "iou", "hd95"]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        w.writerows([_cell(r.get(c)) for c in cols] for r in rows)
+
+
+# ---- MLflow --------------------------------------------------------------------------------------------
+
+
+def _metric_items(m: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+
+    def put(prefix: str, e: dict[str, Any]) -> None:
+        for key, suffix in (("value", ""), ("lo", "_ci_lo"), ("hi", "_ci_hi")):
+            v = e.get(key)
+            if v is not None and math.isfinite(v):
+                out[f"{prefix}{suffix}"] = float(v)
+
+    for name, e in m["metrics"].items():
+        put(f"eval_{name}", e)
+    for cls, entry in m["per_class"].items():
+        for name, e in entry.items():
+            if isinstance(e, dict):
+                put(f"eval_{cls}_{name}", e)
+    out.update(eval_n=float(m["n"]), eval_n_lesion=float(m["n_lesion"]), eval_n_no_lesion=float(m["n_no_lesion"]))
+    return out
+
+
+def log_evaluation(campaign: Campaign, result: dict[str, Any], folder: Path) -> str:
+    """An MLflow run in the campaign's experiment: metrics (value, CI bounds), the report files as artifacts,
+    tags naming the dataset and the model (registered name, version, round, checkpoint)."""
+    import re
+
+    from mlflow.entities import Metric, Param
+
+    from medloop.tracking import Tracker
+
+    tracker = Tracker(campaign)
+    c, info = tracker.client, result["run"]
+    tags = {EVAL_TAG: str(info["dataset"]), "medloop.eval_format": info["format"],
+            "mlflow.runName": f"evaluate-{Path(info['dataset']).name}",
+            "medloop.checkpoint": str(info["checkpoint"])}
+    if info.get("version") is not None:
+        tags.update({"medloop.model_name": str(info["registered_model"]), "medloop.model_version": str(info["version"]),
+                     "medloop.model_round": str(info["round"])})
+    run = c.create_run(tracker.experiment_id, run_name=tags["mlflow.runName"], tags=tags)
+    rid = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        metrics = [Metric(re.sub(r"[^A-Za-z0-9_\-./ ]", "_", k), v, now, 0)
+                   for k, v in _metric_items(result["metrics"]).items()]
+        params = [Param(k, str(info[k])) for k in ("passes", "method", "image_size", "device", "format")]
+        params += [Param(f"bootstrap_{k}", str(v)) for k, v in result["metrics"]["bootstrap"].items()]
+        for i in range(0, len(metrics), 500):
+            c.log_batch(rid, metrics=metrics[i:i + 500])
+        c.log_batch(rid, params=params)
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                c.log_artifact(rid, str(f))
+        c.set_terminated(rid, "FINISHED")
+    except BaseException:
+        c.set_terminated(rid, "FAILED")
+        raise
+    return rid
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+
+def run_evaluate(
+    campaign: Campaign,
+    path: str | Path,
+    fmt: str,
+    *,
+    model: str = "champion",
+    out: Path = Path("evaluation"),
+    passes: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    log_mlflow: bool = True,
+    force: bool = False,
+    progress: bool = False,
+) -> EvaluateReport:
+    """Evaluate ``model`` on the dataset at ``path`` (see the module docstring)."""
+    from medloop.data.ingest import read_dataset
+    from medloop.outdir import check_target, staged_output
+    from medloop.predict import progress_bar, settings_for
+    from medloop.tracking.resolve import resolve_model
+    from medloop.trainers.evaluate_ci import case_segmentation, concat_segmentation, evaluate_with_ci
+    from medloop.trainers.inference import load_inference_model, pick_device, predict_images
+
+    if fmt not in FORMATS:
+        raise DataError(f"--format: expected one of {', '.join(FORMATS)} (got {fmt!r})")
+    check_target(Path(out), force)
+    known = campaign_hashes(campaign)
+    source = resolve_model(campaign, model)
+    d = campaign.data
+    im = load_inference_model(source.checkpoint, device=pick_device(campaign.compute.use_gpu), classes=d.classes,
+                              image_size=d.image_size, channels=d.channels, no_lesion_class=d.no_lesion_class,
+                              channels_last=campaign.compute.channels_last)
+    if list(im.classes) != list(d.classes):
+        raise DataError(f"the model's classes {im.classes} differ from the campaign's data.classes {list(d.classes)}")
+    settings = settings_for(campaign, passes)
+    t0 = time.perf_counter()
+    with progress_bar(progress) as bar:
+        prepared, bad = read_dataset(campaign, fmt, path, bar)
+        cases = [p for p in prepared if p.class_name is not None or p.mask is not None]
+        if not cases:
+            listed = "".join(f"\n  {b}" for b in bad)
+            what = "readable" if not prepared else "labeled (no class and no mask)"
+            raise DataError(f"{path}: no {what} case to evaluate on{listed}")
+        warnings = [n for p in cases for n in p.notes]
+        seen = sum(p.case_hash in known for p in cases)
+        if seen:
+            warnings.insert(0, f"{seen} of {len(cases)} case(s) are already in campaign {campaign.name!r}: "
+                               "these metrics are not on unseen data")
+        labels = np.array([-1 if p.class_name is None else im.classes.index(p.class_name) for p in cases], np.int64)
+        probs, segs, rows = [], [], []
+        task = bar.add_task("predicting", total=len(cases)) if bar is not None else None
+        step = campaign.compute.score_batch_size
+        for start in range(0, len(cases), step):
+            chunk = cases[start:start + step]
+            preds = predict_images(im, [p.image for p in chunk], settings)
+            seg = case_segmentation([q.mask for q in preds], [p.mask for p in chunk])
+            probs += [q.probs for q in preds]
+            segs.append(seg)
+            for j, (p, q) in enumerate(zip(chunk, preds)):
+                rows.append({"file": p.original_path, "class": p.class_name, "predicted": im.classes[q.pred_class],
+                             "confidence": float(q.measures["confidence"]), "has_mask": p.mask is not None,
+                             "lesion": bool(seg["lesion"][j]), "predicted_empty": bool(seg["empty"][j]),
+                             **{k: None if np.isnan(seg[k][j]) else float(seg[k][j]) for k in ("dice", "iou", "hd95")}})
+            if bar is not None:
+                bar.advance(task, len(chunk))
+        del prepared
+    metrics = evaluate_with_ci(np.stack(probs), labels, concat_segmentation(segs), im.classes, n_boot=n_boot,
+                               seed=seed)
+    result: dict[str, Any] = {
+        "run": {"model": source.describe(), "spec": source.spec, "registered_model": source.registered_model,
+                "version": source.version, "round": source.round_id, "checkpoint": source.checkpoint,
+                "dataset": str(Path(path).resolve()), "format": fmt, "image_size": im.image_size,
+                "passes": settings.passes, "method": settings.label(), "device": im.device.type},
+        "metrics": metrics, "warnings": warnings, "bad": [{"file": b.path, "reason": b.problem} for b in bad],
+    }
+    report = EvaluateReport(out=Path(out), model=source.describe(), metrics=metrics, bad=bad, warnings=warnings)
+    with staged_output(Path(out), force) as tmp:
+        (tmp / "report.md").write_text(markdown(result))
+        write_plots(result, tmp)
+        write_cases(tmp / "cases.csv", rows)
+        report.seconds = time.perf_counter() - t0
+        result["run"]["seconds"] = round(report.seconds, 3)
+        (tmp / "report.json").write_text(json.dumps(result, indent=1))
+        if log_mlflow:
+            report.mlflow_run_id = log_evaluation(campaign, result, tmp)
+            result["run"]["mlflow_run_id"] = report.mlflow_run_id
+            (tmp / "report.json").write_text(json.dumps(result, indent=1))
+    return report
