@@ -1,29 +1,113 @@
 """Read-only queries for the dashboard: each function takes an engine and returns a DataFrame.
 
-Everything that scales with the number of samples is aggregated in SQL (GROUP BY, COUNT, AVG);
-only small tables (one row per round, class, bin or page of samples) come back to Python.
-Scatter plots read a bounded, deterministic subsample (``limit``). Nothing here writes:
-the SQLite ledger is opened with ``mode=ro``.
+The queries are SQLAlchemy Core on the ledger's own tables (:mod:`medloop.ledger.schema`), so the
+same code runs on SQLite and PostgreSQL. Everything that scales with the number of samples is
+aggregated in SQL (GROUP BY, COUNT, AVG); only small tables (one row per round, class, bin or page
+of samples) come back to Python. Scatter plots read a bounded, deterministic subsample (``limit``).
+Nothing here writes: the SQLite ledger is opened with ``mode=ro``, a PostgreSQL one in read-only
+transactions.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Engine,
+    Float,
+    FromClause,
+    Integer,
+    Select,
+    Table,
+    Text,
+    and_,
+    case,
+    create_engine,
+    distinct,
+    func,
+    inspect,
+    literal,
+    not_,
+    or_,
+    select,
+)
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from medloop.ledger.schema import (
+    STEPS,
+    AnnotationTask,
+    Label,
+    Prediction,
+    Quarantine,
+    Round,
+    RoundStep,
+    Sample,
+    Selection,
+)
+from medloop.ledger.store import engine_url
 
 METRIC_KEYS = ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece",
                "pseudo_precision_truth")
 DECISIONS = ("pseudo", "queue", "audit", "rejected")
 UNCERTAINTY_MEASURES = ("std", "entropy", "mutual_info", "vacuity", "margin", "seg_uncertainty")
 
+# the ledger's tables (Core); aliases below name a second use of one table in a query
+samples = cast(Table, Sample.__table__)
+labels = cast(Table, Label.__table__)
+rounds_t = cast(Table, Round.__table__)
+steps_t = cast(Table, RoundStep.__table__)
+predictions = cast(Table, Prediction.__table__)
+selections = cast(Table, Selection.__table__)
+tasks = cast(Table, AnnotationTask.__table__)
+quarantine_t = cast(Table, Quarantine.__table__)
+
+NEVER = datetime(9999, 12, 31)  # "not finished yet" in time comparisons
+
 
 class LedgerUnavailable(RuntimeError):
     """The ledger does not exist (yet) or is not a medloop ledger; the message says what to do."""
+
+
+class floor_nonneg(FunctionElement[int]):  # noqa: N801 - reads as a SQL function
+    """FLOOR of a non-negative number as an integer: ``CAST(x AS INTEGER)`` truncates on SQLite (where
+    FLOOR exists only in builds with the math functions); PostgreSQL's CAST rounds, so FLOOR there."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "floor_nonneg"
+
+
+@compiles(floor_nonneg)
+def _floor_default(element: floor_nonneg, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(FLOOR({compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(floor_nonneg, "sqlite")
+def _floor_sqlite(element: floor_nonneg, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+def _fraction(when: ColumnElement[bool], unless: ColumnElement[bool] | None = None) -> ColumnElement[float]:
+    """AVG of 1.0 where ``when`` holds, 0.0 where it does not (NULL where ``unless``); a float on every
+    database (PostgreSQL's AVG of numbers is NUMERIC, read back as Decimal)."""
+    value = case((when, 1.0), else_=0.0) if unless is None else case((when, 1.0), (unless, 0.0))
+    return sa_cast(func.avg(value), Float)
+
+
+def _ones(when: ColumnElement[bool]) -> ColumnElement[int]:
+    """SUM of 1 where ``when`` holds."""
+    return func.coalesce(func.sum(case((when, 1), else_=0)), 0)
 
 
 # ---- opening ------------------------------------------------------------------------------------
@@ -50,7 +134,8 @@ def open_readonly(url: str) -> Engine:
             )
         engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", connect_args={"timeout": 30})
     else:
-        engine = create_engine(url, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
+        engine = create_engine(engine_url(url), pool_pre_ping=True,
+                               execution_options={"postgresql_readonly": True})
     try:
         tables = set(inspect(engine).get_table_names())
     except Exception as err:  # noqa: BLE001 - shown to the user as a message
@@ -60,10 +145,15 @@ def open_readonly(url: str) -> Engine:
     return engine
 
 
-def _df(engine: Engine, sql: str, **params: Any) -> pd.DataFrame:
+def _df(engine: Engine, query: Select[Any]) -> pd.DataFrame:
     with engine.connect() as conn:
-        result = conn.execute(text(sql), params)
+        result = conn.execute(query)
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _scalar(engine: Engine, query: Select[Any]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
 
 
 def _json(value: Any) -> Any:
@@ -80,16 +170,15 @@ def _json(value: Any) -> Any:
 
 def split_counts(engine: Engine) -> pd.DataFrame:
     """Samples per split: columns split, samples."""
-    return _df(engine, "SELECT split, COUNT(*) AS samples FROM samples GROUP BY split ORDER BY split")
+    return _df(engine, select(samples.c.split, func.count().label("samples"))
+               .group_by(samples.c.split).order_by(samples.c.split))
 
 
 def rounds(engine: Engine) -> pd.DataFrame:
     """One row per round with the validation metrics flattened and the notes (gate, stop, trigger)."""
-    df = _df(
-        engine,
-        "SELECT id AS round, status, started_at, finished_at, model_version, mlflow_run_id, metrics, notes "
-        "FROM rounds ORDER BY id",
-    )
+    r = rounds_t.c
+    df = _df(engine, select(r.id.label("round"), r.status, r.started_at, r.finished_at, r.model_version,
+                            r.mlflow_run_id, r.metrics, r.notes).order_by(r.id))
     metrics = [(_json(m) or {}) for m in df["metrics"]] if len(df) else []
     notes = [(_json(n) or {}) for n in df["notes"]] if len(df) else []
     for key in METRIC_KEYS:
@@ -104,14 +193,26 @@ def rounds(engine: Engine) -> pd.DataFrame:
 
 
 def round_steps(engine: Engine) -> pd.DataFrame:
-    """The state machine of every round: round, step, state, started_at, finished_at, seconds, detail."""
-    df = _df(engine, "SELECT round_id AS round, step, state, started_at, finished_at, detail FROM round_steps "
-                     "ORDER BY round_id")
+    """The state machine of every round, steps in pipeline order: round, step, state, started_at,
+    finished_at, seconds, detail."""
+    st = steps_t.c
+    pipeline_order = case({name: i for i, name in enumerate(STEPS)}, value=st.step, else_=len(STEPS))
+    df = _df(engine, select(st.round_id.label("round"), st.step, st.state, st.started_at, st.finished_at, st.detail)
+             .order_by(st.round_id, pipeline_order, st.step))
     for col in ("started_at", "finished_at"):
         df[col] = pd.to_datetime(df[col])
     df["seconds"] = (df["finished_at"] - df["started_at"]).dt.total_seconds()
     df["detail"] = [json.dumps(_json(d)) if d is not None else "" for d in df["detail"]]
     return df
+
+
+def _round_end() -> ColumnElement[datetime]:
+    return func.coalesce(rounds_t.c.finished_at, literal(NEVER, DateTime()))
+
+
+def _candidates(sample_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """The sample is a training candidate (split train or pool)."""
+    return and_(samples.c.id == sample_id, samples.c.split.in_(("train", "pool")))
 
 
 def pool_composition(engine: Engine) -> pd.DataFrame:
@@ -122,30 +223,29 @@ def pool_composition(engine: Engine) -> pd.DataFrame:
     and without a human label by its end (an audit answered in the round counts as human);
     ``queued``: non-audit annotation tasks open at the end of the round; ``unlabeled``: the rest.
     """
-    end = "COALESCE(r.finished_at, '9999-12-31')"
-    population = int(_df(engine, "SELECT COUNT(*) AS n FROM samples WHERE split IN ('train','pool')")["n"].iloc[0])
-    human = _df(
-        engine,
-        f"SELECT r.id AS round, COUNT(DISTINCT l.sample_id) AS n FROM rounds r "
-        f"JOIN labels l ON l.kind = 'human' AND l.created_at <= {end} "
-        f"JOIN samples s ON s.id = l.sample_id AND s.split IN ('train','pool') GROUP BY r.id",
-    )
-    pseudo = _df(  # pseudo-labels of the round whose sample had no human label by the end of it
-        engine,
-        f"SELECT r.id AS round, COUNT(DISTINCT l.sample_id) AS n FROM rounds r "
-        f"JOIN labels l ON l.kind = 'pseudo' AND l.round_id = r.id "
-        f"JOIN samples s ON s.id = l.sample_id AND s.split IN ('train','pool') "
-        f"WHERE NOT EXISTS (SELECT 1 FROM labels h WHERE h.sample_id = l.sample_id AND h.kind = 'human' "
-        f"AND h.created_at <= {end}) GROUP BY r.id",
-    )
-    queued = _df(
-        engine,
-        f"SELECT r.id AS round, COUNT(a.id) AS n FROM rounds r JOIN annotation_tasks a "
-        f"ON NOT a.is_audit AND a.round_id <= r.id AND (a.completed_at IS NULL OR a.completed_at > {end}) "
-        f"AND a.state NOT IN ('skipped', 'quarantined') GROUP BY r.id",
-    )
-    ids = _df(engine, "SELECT id AS round FROM rounds ORDER BY id")
-    out = ids.copy()
+    r, lab, a = rounds_t.c, labels.c, tasks.c
+    end = _round_end()
+    population = _scalar(engine, select(func.count()).select_from(samples)
+                         .where(samples.c.split.in_(("train", "pool"))))
+    human = _df(engine, select(r.id.label("round"), func.count(distinct(lab.sample_id)).label("n"))
+                .select_from(rounds_t.join(labels, and_(lab.kind == "human", lab.created_at <= end))
+                             .join(samples, _candidates(lab.sample_id)))
+                .group_by(r.id))
+    h = labels.alias("h")
+    humans_by_end = select(h.c.id).where(h.c.sample_id == lab.sample_id, h.c.kind == "human",
+                                         h.c.created_at <= end).exists()
+    pseudo = _df(engine,  # pseudo-labels of the round whose sample had no human label by the end of it
+                 select(r.id.label("round"), func.count(distinct(lab.sample_id)).label("n"))
+                 .select_from(rounds_t.join(labels, and_(lab.kind == "pseudo", lab.round_id == r.id))
+                              .join(samples, _candidates(lab.sample_id)))
+                 .where(not_(humans_by_end))
+                 .group_by(r.id))
+    open_at_end = and_(a.is_audit.is_(False), a.round_id <= r.id,
+                       or_(a.completed_at.is_(None), a.completed_at > end),
+                       a.state.not_in(("skipped", "quarantined")))
+    queued = _df(engine, select(r.id.label("round"), func.count(a.id).label("n"))
+                 .select_from(rounds_t.join(tasks, open_at_end)).group_by(r.id))
+    out = _df(engine, select(r.id.label("round")).order_by(r.id))
     for name, frame in (("human", human), ("pseudo", pseudo), ("queued", queued)):
         out = out.merge(frame.rename(columns={"n": name}), on="round", how="left")
     out = out.fillna(0)
@@ -187,22 +287,18 @@ def _composition_at_train(engine: Engine, round_ids: list[int]) -> dict[int, dic
     ids = sorted({int(r) for r in round_ids})
     if not ids:
         return {}
-    at = "COALESCE(rs.started_at, rs.finished_at)"
-    df = _df(
-        engine,
-        f"SELECT rs.round_id AS round, CASE WHEN s.split = 'val' THEN 'val_' || l.kind ELSE l.kind END AS part, "
-        f"COUNT(DISTINCT l.sample_id) AS n FROM round_steps rs "
-        f"JOIN labels l ON l.kind IN ('human', 'pseudo') AND l.created_at <= {at} "
-        f"AND (l.superseded_at IS NULL OR l.superseded_at > {at}) "
-        f"JOIN samples s ON s.id = l.sample_id AND s.split <> 'test' "
-        f"WHERE rs.step = 'train' AND {at} IS NOT NULL AND rs.round_id IN ({', '.join(str(i) for i in ids)}) "
-        f"GROUP BY rs.round_id, part",
-    )
-    timed = _df(
-        engine,
-        f"SELECT rs.round_id AS round FROM round_steps rs WHERE rs.step = 'train' AND {at} IS NOT NULL "
-        f"AND rs.round_id IN ({', '.join(str(i) for i in ids)})",
-    )
+    st, lab = steps_t.c, labels.c
+    at = func.coalesce(st.started_at, st.finished_at)
+    train_steps = and_(st.step == "train", at.is_not(None), st.round_id.in_(ids))
+    part = case((samples.c.split == "val", literal("val_") + lab.kind), else_=lab.kind)
+    active_then = and_(lab.kind.in_(("human", "pseudo")), lab.created_at <= at,
+                       or_(lab.superseded_at.is_(None), lab.superseded_at > at))
+    df = _df(engine, select(st.round_id.label("round"), part.label("part"),
+                            func.count(distinct(lab.sample_id)).label("n"))
+             .select_from(steps_t.join(labels, active_then)
+                          .join(samples, and_(samples.c.id == lab.sample_id, samples.c.split != "test")))
+             .where(train_steps).group_by(st.round_id, part))
+    timed = _df(engine, select(st.round_id.label("round")).where(train_steps))
     out = {}
     for rnd in timed["round"].astype(int):
         parts = df.loc[df["round"] == rnd].set_index("part")["n"]
@@ -220,10 +316,9 @@ def label_curve(engine: Engine) -> pd.DataFrame:
     step's ``trained_on``), ``reconstructed`` (older rounds without it: rebuilt from the label
     timestamps at the start of the train step, unlabeled unknown) or ``missing`` (neither possible).
     """
-    steps = _df(
-        engine,
-        "SELECT round_id AS round, detail FROM round_steps WHERE step = 'train' AND state = 'done' ORDER BY round_id",
-    )
+    st = steps_t.c
+    steps = _df(engine, select(st.round_id.label("round"), st.detail)
+                .where(st.step == "train", st.state == "done").order_by(st.round_id))
     rows, missing = [], []
     for rnd, detail in zip(steps["round"].astype(int), steps["detail"]):
         detail = _json(detail)
@@ -283,18 +378,20 @@ def per_class_calibration(engine: Engine, round_id: int, classes: list[str], n_b
     """Val predictions of a round joined with their human labels, binned by confidence per predicted class.
 
     Columns: pred_class (name), bin, n, confidence (mean), accuracy (fraction whose human label is the
-    predicted class). Aggregated in SQL.
+    predicted class). Aggregated in SQL; bin = min(floor(confidence * n_bins), n_bins - 1).
     """
-    df = _df(
-        engine,
-        "SELECT p.pred_class AS k, MIN(CAST(p.confidence * :nb AS INTEGER), :nb - 1) AS bin, COUNT(*) AS n, "
-        "AVG(p.confidence) AS confidence, l.class_name AS label, COUNT(*) AS m "
-        "FROM predictions p JOIN samples s ON s.id = p.sample_id AND s.split = 'val' "
-        "JOIN labels l ON l.sample_id = p.sample_id AND l.kind = 'human' AND l.active AND l.class_name IS NOT NULL "
-        "WHERE p.round_id = :r GROUP BY p.pred_class, bin, l.class_name",
-        nb=n_bins,
-        r=round_id,
-    )
+    p, lab = predictions.c, labels.c
+    raw = floor_nonneg(p.confidence * n_bins)
+    bin_ = case((raw > n_bins - 1, n_bins - 1), else_=raw)
+    df = _df(engine, select(p.pred_class.label("k"), bin_.label("bin"), func.count().label("n"),
+                            sa_cast(func.avg(p.confidence), Float).label("confidence"), lab.class_name.label("label"))
+             .select_from(predictions
+                          .join(samples, and_(samples.c.id == p.sample_id, samples.c.split == "val"))
+                          .join(labels, and_(lab.sample_id == p.sample_id, lab.kind == "human", lab.active.is_(True),
+                                             lab.class_name.is_not(None))))
+             .where(p.round_id == round_id)
+             .group_by(p.pred_class, bin_, lab.class_name)
+             .order_by(p.pred_class, bin_, lab.class_name))
     if df.empty:
         return pd.DataFrame(columns=["pred_class", "bin", "n", "confidence", "accuracy"])
     df["pred_class"] = [classes[k] if 0 <= k < len(classes) else str(k) for k in df["k"]]
@@ -325,17 +422,18 @@ def per_class_summary(binned: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _spread(sample_id: ColumnElement[int]) -> ColumnElement[int]:
+    """A deterministic pseudo-random order of samples (Knuth's multiplicative hash): a stable subsample."""
+    return (sample_id * literal(2654435761, BigInteger())) % literal(4294967296, BigInteger())
+
+
 def uncertainty_pairs(engine: Engine, round_id: int, limit: int = 3000) -> pd.DataFrame:
     """Predictions of a round where both MC-dropout (std) and evidential (vacuity) exist (subsample)."""
-    return _df(
-        engine,
-        "SELECT p.sample_id, p.pred_class, p.confidence, p.std, p.vacuity, s.split FROM predictions p "
-        "JOIN samples s ON s.id = p.sample_id "
-        "WHERE p.round_id = :r AND p.std IS NOT NULL AND p.vacuity IS NOT NULL "
-        "ORDER BY (p.sample_id * 2654435761) % 4294967296 LIMIT :lim",
-        r=round_id,
-        lim=limit,
-    )
+    p = predictions.c
+    return _df(engine, select(p.sample_id, p.pred_class, p.confidence, p.std, p.vacuity, samples.c.split)
+               .select_from(predictions.join(samples, samples.c.id == p.sample_id))
+               .where(p.round_id == round_id, p.std.is_not(None), p.vacuity.is_not(None))
+               .order_by(_spread(p.sample_id)).limit(limit))
 
 
 # ---- selection ----------------------------------------------------------------------------------------
@@ -343,21 +441,23 @@ def uncertainty_pairs(engine: Engine, round_id: int, limit: int = 3000) -> pd.Da
 
 def pseudo_per_class(engine: Engine) -> pd.DataFrame:
     """Pseudo-labels made per round and class: round, class, selector, samples."""
-    return _df(
-        engine,
-        "SELECT round_id AS round, COALESCE(class_name, '(mask only)') AS class, selector, COUNT(*) AS samples "
-        "FROM labels WHERE kind = 'pseudo' AND round_id IS NOT NULL GROUP BY round_id, class_name, selector "
-        "ORDER BY round_id",
-    )
+    lab = labels.c
+    return _df(engine, select(lab.round_id.label("round"), func.coalesce(lab.class_name, "(mask only)").label("class"),
+                              lab.selector, func.count().label("samples"))
+               .where(lab.kind == "pseudo", lab.round_id.is_not(None))
+               .group_by(lab.round_id, lab.class_name, lab.selector)
+               .order_by(lab.round_id, lab.class_name.nulls_first(), lab.selector))
 
 
 def thresholds(engine: Engine) -> pd.DataFrame:
     """The thresholds recorded on the pseudo-labels of each round: round, selector, thresholds (JSON text)."""
-    df = _df(
-        engine,
-        "SELECT round_id AS round, selector, thresholds, COUNT(*) AS labels FROM labels "
-        "WHERE kind = 'pseudo' AND round_id IS NOT NULL GROUP BY round_id, selector, thresholds ORDER BY round_id",
-    )
+    lab = labels.c
+    as_text = sa_cast(lab.thresholds, Text)  # JSON has no equality on PostgreSQL: group by its text
+    df = _df(engine, select(lab.round_id.label("round"), lab.selector, as_text.label("thresholds"),
+                            func.count().label("labels"))
+             .where(lab.kind == "pseudo", lab.round_id.is_not(None))
+             .group_by(lab.round_id, lab.selector, as_text)
+             .order_by(lab.round_id, lab.selector, as_text))
     df["thresholds"] = [json.dumps(_json(t), sort_keys=True) if t is not None else "" for t in df["thresholds"]]
     return df
 
@@ -367,16 +467,13 @@ def decision_counts(engine: Engine) -> pd.DataFrame:
 
     Columns: round, policy, decision, samples, scored, rate (samples / scored).
     """
-    sel = _df(
-        engine,
-        "SELECT round_id AS round, policy, decision, COUNT(DISTINCT sample_id) AS samples FROM selections "
-        "GROUP BY round_id, policy, decision ORDER BY round_id",
-    )
-    scored = _df(
-        engine,
-        "SELECT p.round_id AS round, COUNT(*) AS scored FROM predictions p JOIN samples s ON s.id = p.sample_id "
-        "AND s.split = 'pool' GROUP BY p.round_id",
-    )
+    x, p = selections.c, predictions.c
+    sel = _df(engine, select(x.round_id.label("round"), x.policy, x.decision,
+                             func.count(distinct(x.sample_id)).label("samples"))
+              .group_by(x.round_id, x.policy, x.decision).order_by(x.round_id, x.policy, x.decision))
+    scored = _df(engine, select(p.round_id.label("round"), func.count().label("scored"))
+                 .select_from(predictions.join(samples, and_(samples.c.id == p.sample_id, samples.c.split == "pool")))
+                 .group_by(p.round_id))
     df = sel.merge(scored, on="round", how="left")
     df["scored"] = df["scored"].fillna(0).astype(int)
     df["rate"] = np.where(df["scored"] > 0, df["samples"] / df["scored"].where(df["scored"] > 0, 1), np.nan)
@@ -387,44 +484,42 @@ def selection_scatter(engine: Engine, round_id: int, measure: str, limit: int = 
     """Pool predictions of a round with their decision (subsample): confidence, uncertainty, decision, class."""
     if measure not in UNCERTAINTY_MEASURES:
         raise ValueError(f"unknown uncertainty measure {measure!r}")
-    return _df(
-        engine,
-        f"SELECT p.sample_id, p.pred_class, p.confidence, p.{measure} AS uncertainty, "
-        "COALESCE((SELECT CASE WHEN SUM(CASE WHEN x.decision = 'audit' THEN 1 ELSE 0 END) > 0 THEN 'audit' "
-        "ELSE MIN(x.decision) END "
-        "FROM selections x WHERE x.round_id = p.round_id AND x.sample_id = p.sample_id), 'none') AS decision "
-        "FROM predictions p JOIN samples s ON s.id = p.sample_id AND s.split = 'pool' "
-        f"WHERE p.round_id = :r AND p.{measure} IS NOT NULL "
-        "ORDER BY (p.sample_id * 2654435761) % 4294967296 LIMIT :lim",
-        r=round_id,
-        lim=limit,
-    )
+    p = predictions.c
+    x = selections.alias("x")
+    decision = (select(case((_ones(x.c.decision == "audit") > 0, "audit"), else_=func.min(x.c.decision)))
+                .where(x.c.round_id == p.round_id, x.c.sample_id == p.sample_id).scalar_subquery())
+    return _df(engine, select(p.sample_id, p.pred_class, p.confidence, p[measure].label("uncertainty"),
+                              func.coalesce(decision, "none").label("decision"))
+               .select_from(predictions.join(samples, and_(samples.c.id == p.sample_id, samples.c.split == "pool")))
+               .where(p.round_id == round_id, p[measure].is_not(None))
+               .order_by(_spread(p.sample_id)).limit(limit))
 
 
 def audit_precision(engine: Engine) -> pd.DataFrame:
     """Per round: audited pseudo-labels answered by a human, and how many kept the pseudo class."""
-    return _df(
-        engine,
-        "SELECT a.round_id AS round, COUNT(*) AS answered, "
-        "SUM(CASE WHEN h.class_name = p.class_name THEN 1 ELSE 0 END) AS agreed, "
-        "AVG(CASE WHEN h.class_name = p.class_name THEN 1.0 ELSE 0.0 END) AS precision "
-        "FROM annotation_tasks a "
-        "JOIN labels p ON p.sample_id = a.sample_id AND p.kind = 'pseudo' AND p.round_id = a.round_id "
-        "AND p.class_name IS NOT NULL "
-        "JOIN labels h ON h.sample_id = a.sample_id AND h.kind = 'human' AND h.active AND h.class_name IS NOT NULL "
-        "WHERE a.is_audit GROUP BY a.round_id ORDER BY a.round_id",
-    )
+    a = tasks.c
+    pl, hl = labels.alias("p"), labels.alias("h")
+    agreed = hl.c.class_name == pl.c.class_name
+    return _df(engine, select(a.round_id.label("round"), func.count().label("answered"),
+                              _ones(agreed).label("agreed"), _fraction(agreed).label("precision"))
+               .select_from(tasks
+                            .join(pl, and_(pl.c.sample_id == a.sample_id, pl.c.kind == "pseudo",
+                                           pl.c.round_id == a.round_id, pl.c.class_name.is_not(None)))
+                            .join(hl, and_(hl.c.sample_id == a.sample_id, hl.c.kind == "human", hl.c.active.is_(True),
+                                           hl.c.class_name.is_not(None))))
+               .where(a.is_audit.is_(True)).group_by(a.round_id).order_by(a.round_id))
 
 
 def truth_precision(engine: Engine) -> pd.DataFrame:
     """Per round and selector: pseudo class labels checked against hidden truth (benchmarks only)."""
-    return _df(
-        engine,
-        "SELECT p.round_id AS round, p.selector AS policy, COUNT(*) AS checked, "
-        "AVG(CASE WHEN t.class_name = p.class_name THEN 1.0 ELSE 0.0 END) AS precision "
-        "FROM labels p JOIN labels t ON t.sample_id = p.sample_id AND t.kind = 'truth' AND t.class_name IS NOT NULL "
-        "WHERE p.kind = 'pseudo' AND p.class_name IS NOT NULL GROUP BY p.round_id, p.selector ORDER BY p.round_id",
-    )
+    pl, tl = labels.alias("p"), labels.alias("t")
+    return _df(engine, select(pl.c.round_id.label("round"), pl.c.selector.label("policy"),
+                              func.count().label("checked"),
+                              _fraction(tl.c.class_name == pl.c.class_name).label("precision"))
+               .select_from(pl.join(tl, and_(tl.c.sample_id == pl.c.sample_id, tl.c.kind == "truth",
+                                             tl.c.class_name.is_not(None))))
+               .where(pl.c.kind == "pseudo", pl.c.class_name.is_not(None))
+               .group_by(pl.c.round_id, pl.c.selector).order_by(pl.c.round_id, pl.c.selector))
 
 
 # ---- annotation ----------------------------------------------------------------------------------------
@@ -432,68 +527,66 @@ def truth_precision(engine: Engine) -> pd.DataFrame:
 
 def task_states(engine: Engine) -> pd.DataFrame:
     """Annotation tasks per round grouped as done / pending / skipped; columns round, status, tasks, audit."""
-    return _df(
-        engine,
-        "SELECT round_id AS round, CASE WHEN state = 'completed' THEN 'done' "
-        "WHEN state IN ('intent', 'pushed') THEN 'pending' ELSE 'skipped' END AS status, "
-        "COUNT(*) AS tasks, SUM(CASE WHEN is_audit THEN 1 ELSE 0 END) AS audit FROM annotation_tasks "
-        "GROUP BY round_id, status ORDER BY round_id",
-    )
+    a = tasks.c
+    status = case((a.state == "completed", "done"), (a.state.in_(("intent", "pushed")), "pending"), else_="skipped")
+    return _df(engine, select(a.round_id.label("round"), status.label("status"), func.count().label("tasks"),
+                              _ones(a.is_audit.is_(True)).label("audit"))
+               .group_by(a.round_id, status).order_by(a.round_id, status))
 
 
 def kept_prediction(engine: Engine) -> pd.DataFrame:
     """Per round: completed tasks with a known answer, and how many kept the pre-annotated class."""
-    return _df(
-        engine,
-        "SELECT round_id AS round, COUNT(kept_prediction) AS answered, "
-        "SUM(CASE WHEN kept_prediction THEN 1 ELSE 0 END) AS kept, "
-        "AVG(CASE WHEN kept_prediction THEN 1.0 WHEN NOT kept_prediction THEN 0.0 END) AS rate "
-        "FROM annotation_tasks WHERE state = 'completed' GROUP BY round_id ORDER BY round_id",
-    )
+    a = tasks.c
+    return _df(engine, select(a.round_id.label("round"), func.count(a.kept_prediction).label("answered"),
+                              _ones(a.kept_prediction.is_(True)).label("kept"),
+                              _fraction(a.kept_prediction.is_(True), a.kept_prediction.is_(False)).label("rate"))
+               .where(a.state == "completed").group_by(a.round_id).order_by(a.round_id))
 
 
 def open_queue_size(engine: Engine) -> int:
     """Tasks waiting for annotators now (intent or pushed)."""
-    df = _df(engine, "SELECT COUNT(*) AS n FROM annotation_tasks WHERE state IN ('intent', 'pushed')")
-    return int(df["n"].iloc[0])
+    return _scalar(engine, select(func.count()).select_from(tasks).where(tasks.c.state.in_(("intent", "pushed"))))
 
 
 def quarantined(engine: Engine) -> int:
-    return int(_df(engine, "SELECT COUNT(*) AS n FROM quarantine")["n"].iloc[0])
+    return _scalar(engine, select(func.count()).select_from(quarantine_t))
 
 
 # ---- sample explorer --------------------------------------------------------------------------------------
 
 
-def _explorer_where(round_id: int, class_index: int | None, decision: str | None) -> tuple[str, dict[str, Any]]:
-    where = ["x.round_id = :r"]
-    params: dict[str, Any] = {"r": round_id, "d": decision}
+def _explorer_selections(round_id: int, decision: str | None) -> FromClause:
+    """One row per sample selected in the round (that had ``decision`` in it, when given): sample_id,
+    decision (``pseudo+audit`` for an audited pseudo-label), policy, score."""
+    x = selections.c
+    both = func.max(x.decision) + "+" + func.min(x.decision)
+    query = (select(x.round_id, x.sample_id,
+                    case((func.count(distinct(x.decision)) > 1, both), else_=func.min(x.decision)).label("decision"),
+                    func.min(x.policy).label("policy"), func.max(x.score).label("score"))
+             .where(x.round_id == round_id).group_by(x.round_id, x.sample_id))
+    if decision is not None:
+        query = query.having(_ones(x.decision == decision) > 0)
+    return query.subquery("x")
+
+
+def _explorer_query(columns: list[Any], round_id: int, class_index: int | None, decision: str | None,
+                    *, join_all: bool) -> Select[Any]:
+    x = _explorer_selections(round_id, decision)
+    source: FromClause = x
+    if join_all or class_index is not None:  # no join without a class filter when only counting
+        p = predictions.c
+        # ``+ 0`` keeps SQLite from driving this join through ix_predictions_round_id (a scan of the
+        # whole round per sample); the lookup goes through the (sample_id, model_version) index instead
+        source = (x.join(samples, samples.c.id == x.c.sample_id)
+                  .outerjoin(predictions, and_(p.sample_id == x.c.sample_id, p.round_id + 0 == x.c.round_id)))
+    query = select(*columns).select_from(source)
     if class_index is not None:
-        where.append("p.pred_class = :k")
-        params["k"] = class_index
-    return " AND ".join(where), params
-
-
-_EXPLORER_SELECTIONS = (  # one row per sample selected in round :r (with decision :d when given)
-    "FROM (SELECT round_id, sample_id, CASE WHEN COUNT(DISTINCT decision) > 1 "
-    "THEN MAX(decision) || '+' || MIN(decision) ELSE MIN(decision) END AS decision, "
-    "MIN(policy) AS policy, MAX(score) AS score "
-    "FROM selections WHERE round_id = :r GROUP BY round_id, sample_id "
-    "HAVING (:d IS NULL OR SUM(CASE WHEN decision = :d THEN 1 ELSE 0 END) > 0)) x "
-)
-_EXPLORER_FROM = (
-    _EXPLORER_SELECTIONS
-    + "JOIN samples s ON s.id = x.sample_id "
-    # unary + keeps SQLite from driving this join through ix_predictions_round_id (a scan of the
-    # whole round per sample); the lookup goes through the (sample_id, model_version) index instead
-    + "LEFT JOIN predictions p ON p.sample_id = x.sample_id AND +p.round_id = x.round_id "
-)
+        query = query.where(predictions.c.pred_class == class_index)
+    return query
 
 
 def explorer_count(engine: Engine, round_id: int, class_index: int | None = None, decision: str | None = None) -> int:
-    where, params = _explorer_where(round_id, class_index, decision)
-    source = _EXPLORER_FROM if class_index is not None else _EXPLORER_SELECTIONS  # no join without a class filter
-    return int(_df(engine, f"SELECT COUNT(*) AS n {source} WHERE {where}", **params)["n"].iloc[0])
+    return _scalar(engine, _explorer_query([func.count()], round_id, class_index, decision, join_all=False))
 
 
 def explorer_page(
@@ -508,23 +601,30 @@ def explorer_page(
 
     ``decision`` keeps samples that had that decision in the round (an audited pseudo-label has two).
     """
-    where, params = _explorer_where(round_id, class_index, decision)
-    params.update(lim=page_size, off=page * page_size)
-    return _df(
-        engine,
-        "SELECT s.id AS sample_id, s.uid, s.split, s.image_path, x.decision, x.policy, x.score, "
-        "p.pred_class, p.confidence, p.std, p.vacuity, p.entropy, p.seg_uncertainty, "
-        "p.mask_path AS pred_mask, p.umap_path, "
-        "(SELECT h.class_name FROM labels h WHERE h.sample_id = s.id AND h.kind = 'human' AND h.active) "
-        "AS human_class, "
-        "(SELECT h.mask_path FROM labels h WHERE h.sample_id = s.id AND h.kind = 'human' AND h.active) AS human_mask, "
-        "(SELECT q.class_name FROM labels q WHERE q.sample_id = s.id AND q.kind = 'pseudo' AND q.round_id = :r "
-        " ORDER BY q.id DESC LIMIT 1) AS pseudo_class, "
-        "(SELECT q.mask_path FROM labels q WHERE q.sample_id = s.id AND q.kind = 'pseudo' AND q.round_id = :r "
-        " ORDER BY q.id DESC LIMIT 1) AS pseudo_mask "
-        f"{_EXPLORER_FROM} WHERE {where} ORDER BY x.score DESC, s.id LIMIT :lim OFFSET :off",
-        **params,
-    )
+    s, p = samples.c, predictions.c
+    h, q = labels.alias("h"), labels.alias("q")
+
+    def human(col: str) -> Any:
+        return (select(h.c[col]).where(h.c.sample_id == s.id, h.c.kind == "human", h.c.active.is_(True))
+                .limit(1).scalar_subquery())
+
+    def pseudo(col: str) -> Any:
+        return (select(q.c[col]).where(q.c.sample_id == s.id, q.c.kind == "pseudo", q.c.round_id == round_id)
+                .order_by(q.c.id.desc()).limit(1).scalar_subquery())
+
+    x = _explorer_selections(round_id, decision)
+    columns = [s.id.label("sample_id"), s.uid, s.split, s.image_path, x.c.decision, x.c.policy, x.c.score,
+               p.pred_class, p.confidence, p.std, p.vacuity, p.entropy, p.seg_uncertainty,
+               p.mask_path.label("pred_mask"), p.umap_path,
+               human("class_name").label("human_class"), human("mask_path").label("human_mask"),
+               pseudo("class_name").label("pseudo_class"), pseudo("mask_path").label("pseudo_mask")]
+    query = (select(*columns)
+             .select_from(x.join(samples, s.id == x.c.sample_id)
+                          .outerjoin(predictions, and_(p.sample_id == x.c.sample_id, p.round_id + 0 == x.c.round_id))))
+    if class_index is not None:
+        query = query.where(p.pred_class == class_index)
+    query = query.order_by(x.c.score.desc().nulls_last(), s.id).limit(page_size).offset(page * page_size)
+    return _df(engine, query)
 
 
 # ---- MLflow (read-only) -----------------------------------------------------------------------------------

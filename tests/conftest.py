@@ -121,3 +121,10 @@ def labelstudio_server(tmp_path_factory):
                                 server_campaign=campaign, net_audit=audit)
     finally:
         server.stop(campaign)
+
+
+# ---- ledger backends: SQLite and a real, throwaway PostgreSQL server (tests/ledger_backends.py) ----------
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, str(_Path(__file__).parent))
+from ledger_backends import ledger_backend, ledger_url, postgres_server  # noqa: E402, F401  (fixtures)

@@ -22,11 +22,12 @@ CLASSES = ["normal", "benign", "malignant"]
 SIZE = 32
 
 
-def write_config(folder: Path, name: str = "dashtest") -> Path:
+def write_config(folder: Path, name: str = "dashtest", ledger_url: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "campaign.toml"
+    ledger = f'ledger_url = "{ledger_url}"\n' if ledger_url else ""
     cfg.write_text(
-        f'name = "{name}"\nroot = "{folder.resolve()}"\n\n[data]\nimage_size = {SIZE}\n\n'
+        f'name = "{name}"\nroot = "{folder.resolve()}"\n{ledger}\n[data]\nimage_size = {SIZE}\n\n'
         '[uncertainty]\nmethod = "both"\n\n[selection]\npolicy = "ups"\ntau_c = 0.8\ntau_u = 0.08\nbudget = 4\n'
     )
     return cfg
@@ -56,15 +57,15 @@ def _calibration(conf: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> tup
 
 
 def build_campaign(folder: Path, *, name: str = "dashtest", n_pool: int = 36, with_mlflow: bool = True,
-                   legacy_rounds: tuple[int, ...] = (1,)) -> Path:
+                   legacy_rounds: tuple[int, ...] = (1,), ledger_url: str | None = None) -> Path:
     """Create the campaign under ``folder``; returns its campaign.toml.
 
     The train step of a round in ``legacy_rounds`` is written as older ledgers have it: without
     ``trained_on`` and without ``val_empty_rate`` in ``best_metrics``. The other rounds record what
     they trained on (``trained_on``), counted by hand here: human = train split + answered pool
     samples, pseudo = the previous round's pseudo-labels still standing, val = 12, unlabeled = 0
-    (no semi-supervised training)."""
-    cfg_path = write_config(folder, name)
+    (no semi-supervised training). ``ledger_url``: the ledger's database (default: SQLite in ``folder``)."""
+    cfg_path = write_config(folder, name, ledger_url)
     campaign = load_campaign(cfg_path)
     rng = np.random.default_rng(7)
     store = ImageStore(campaign.store)

@@ -1,4 +1,8 @@
-"""The dashboard's read functions and figure builders, checked against the ledger through the ORM."""
+"""The dashboard's read functions and figure builders, checked against the ledger through the ORM.
+
+The ORM checks run on the hand-filled campaign twice: with its ledger in SQLite and in a real
+PostgreSQL database (tests/ledger_backends.py); ``test_every_query_agrees_on_sqlite_and_postgresql``
+compares every query's result between the two."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from campaign_fixture import build_campaign  # tests/dashboard is on sys.path (conftest)
 from sqlalchemy import select
 
 from medloop.config import load_campaign
@@ -17,17 +22,111 @@ from medloop.ledger.store import Ledger
 
 
 @pytest.fixture(scope="module")
-def engine(hand_campaign: Path):  # noqa: ANN201
-    eng = queries.open_readonly(load_campaign(hand_campaign).ledger)
+def pg_hand_campaign(postgres_server, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    """The hand-filled campaign with its ledger in a PostgreSQL database (no MLflow store)."""
+    url = postgres_server.url(postgres_server.create_database("dash"))
+    return build_campaign(tmp_path_factory.mktemp("hand-campaign-pg"), with_mlflow=False, ledger_url=url)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_campaign(request: pytest.FixtureRequest, hand_campaign: Path) -> Path:
+    """The hand-filled campaign on each ledger backend."""
+    return hand_campaign if request.param == "sqlite" else request.getfixturevalue("pg_hand_campaign")
+
+
+@pytest.fixture(scope="module")
+def engine(backend_campaign: Path):  # noqa: ANN201
+    eng = queries.open_readonly(load_campaign(backend_campaign).ledger)
     yield eng
     eng.dispose()
 
 
 @pytest.fixture(scope="module")
-def orm(hand_campaign: Path):  # noqa: ANN201
-    ledger = Ledger.open(load_campaign(hand_campaign).ledger, create=False)
+def orm(backend_campaign: Path):  # noqa: ANN201
+    ledger = Ledger.open(load_campaign(backend_campaign).ledger, create=False)
     yield ledger
     ledger.close()
+
+
+CLOCK_COLUMNS = {"started_at", "finished_at", "seconds", "mlflow_run_id"}  # differ between two builds
+
+
+def _every_query(engine) -> dict[str, object]:  # noqa: ANN001
+    """Every read function of the dashboard with the arguments the app passes."""
+    classes = ["normal", "benign", "malignant"]
+    out: dict[str, object] = {
+        "split_counts": queries.split_counts(engine), "rounds": queries.rounds(engine),
+        "round_steps": queries.round_steps(engine), "pool_composition": queries.pool_composition(engine),
+        "label_curve": queries.label_curve(engine), "rebuilt": queries._composition_at_train(engine, [1, 2]),
+        "pseudo_per_class": queries.pseudo_per_class(engine), "thresholds": queries.thresholds(engine),
+        "decision_counts": queries.decision_counts(engine), "audit_precision": queries.audit_precision(engine),
+        "truth_precision": queries.truth_precision(engine), "task_states": queries.task_states(engine),
+        "kept_prediction": queries.kept_prediction(engine), "open_queue": queries.open_queue_size(engine),
+        "quarantined": queries.quarantined(engine),
+    }
+    for r in (1, 2):
+        out[f"calibration-{r}"] = queries.per_class_calibration(engine, r, classes)
+        out[f"pairs-{r}"] = queries.uncertainty_pairs(engine, r, limit=20)
+        for m in queries.UNCERTAINTY_MEASURES:
+            out[f"scatter-{r}-{m}"] = queries.selection_scatter(engine, r, m, limit=25)
+        for k, d in ((None, None), (1, None), (None, "audit"), (2, "queue"), (0, "rejected")):
+            out[f"count-{r}-{k}-{d}"] = queries.explorer_count(engine, r, class_index=k, decision=d)
+            out[f"page-{r}-{k}-{d}"] = queries.explorer_page(engine, r, class_index=k, decision=d, page_size=50)
+        for page in range(3):
+            out[f"page-{r}-{page}"] = queries.explorer_page(engine, r, page=page, page_size=7)
+    return out
+
+
+def test_every_query_agrees_on_sqlite_and_postgresql(hand_campaign: Path, pg_hand_campaign: Path) -> None:
+    """The same campaign written to SQLite and to PostgreSQL reads back the same from every query:
+    values, column types and row order (before, PostgreSQL failed on SQLite's two-argument MIN)."""
+    results = []
+    for cfg in (hand_campaign, pg_hand_campaign):
+        eng = queries.open_readonly(load_campaign(cfg).ledger)
+        try:
+            results.append(_every_query(eng))
+        finally:
+            eng.dispose()
+    lite, pg = results
+    assert load_campaign(pg_hand_campaign).ledger.startswith("postgresql")
+    assert lite.keys() == pg.keys()
+    for key, a in lite.items():
+        b = pg[key]
+        if isinstance(a, pd.DataFrame):
+            assert isinstance(b, pd.DataFrame) and list(a.columns) == list(b.columns), key
+            keep = [c for c in a.columns if c not in CLOCK_COLUMNS]
+            pd.testing.assert_frame_equal(a[keep], b[keep], check_exact=False, rtol=1e-12, obj=key)
+        else:
+            assert a == b, key
+    assert lite["open_queue"] > 0 and len(lite["calibration-1"]) > 0 and len(lite["thresholds"]) > 0
+    assert lite["count-1-None-audit"] > 0 and len(lite["scatter-2-std"]) > 0
+
+
+def test_calibration_bins_floor_on_every_backend(ledger_url: str) -> None:
+    """bin = min(floor(confidence * n_bins), n_bins - 1): 0.5 * 15 = 7.5 goes to bin 7 (PostgreSQL's
+    CAST would round it to 8), 1.0 to the last bin, 0.0 to bin 0."""
+    from medloop.ledger.schema import Round
+    from medloop.ledger.store import add_human_label
+
+    ledger = Ledger.open(ledger_url)
+    confidences = [0.0, 0.5, 0.54, 0.999, 1.0]
+    with ledger.transaction() as s:
+        s.add(Round(id=1, status="done"))
+        for i, conf in enumerate(confidences):
+            sample = Sample(uid=f"s{i}", content_hash=f"h{i}", image_path=f"i{i}.png", source="t", split="val",
+                            height=8, width=8, channels=1)
+            s.add(sample)
+            s.flush()
+            add_human_label(s, sample.id, class_name="a", mask_path=None, author="seed")
+            s.add(Prediction(round_id=1, sample_id=sample.id, model_version="m", probs=[conf], pred_class=0,
+                             confidence=conf))
+    ledger.close()
+    engine = queries.open_readonly(ledger_url)
+    try:
+        binned = queries.per_class_calibration(engine, 1, ["a"], n_bins=15)
+    finally:
+        engine.dispose()
+    assert dict(zip(binned["bin"], binned["n"])) == {0: 1, 7: 1, 8: 1, 14: 2}
 
 
 def test_pool_composition_adds_up(engine, orm) -> None:  # noqa: ANN001

@@ -226,8 +226,9 @@ def test_unreachable_is_a_clear_error_and_nothing_is_lost(make_queue, labelstudi
 
 
 # ---- sync ----------------------------------------------------------------------------------------
-def test_sync_round_trip_validation_and_idempotence(make_queue):
-    q = make_queue(8, audit_every=0)
+def test_sync_round_trip_validation_and_idempotence(make_queue, ledger_url):
+    """Runs with the ledger in SQLite and in a real PostgreSQL database (tests/ledger_backends.py)."""
+    q = make_queue(8, audit_every=0, overrides={"ledger_url": ledger_url})
     push = push_queue(q.campaign, q.ledger, q.store)
     client = q.client()
     ann_id, email = make_annotator(client, "ann")

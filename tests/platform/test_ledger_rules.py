@@ -1,4 +1,5 @@
-"""The ledger rules on a real SQLite file: pseudo never replaces human, history, WAL, rollback."""
+"""The ledger rules on a real SQLite file and a real PostgreSQL database (``ledger_url``, see
+tests/ledger_backends.py): pseudo never replaces human, history, WAL, rollback."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from medloop.ledger import HumanLabelExists, Label, Ledger, Sample, active_label
 from medloop.ledger.queries import pool_sizes
 
 
-def _ledger(tmp_path: Path) -> Ledger:
-    return Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+def _ledger(url: str) -> Ledger:
+    return Ledger.open(url)
 
 
 def _sample(s, uid: str, split: str = "pool") -> int:
@@ -24,14 +25,14 @@ def _sample(s, uid: str, split: str = "pool") -> int:
 
 
 def test_wal_mode_on(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path)
+    ledger = _ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     with ledger.reading() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     ledger.close()
 
 
-def test_pseudo_never_replaces_human(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path)
+def test_pseudo_never_replaces_human(ledger_url: str) -> None:
+    ledger = _ledger(ledger_url)
     with ledger.transaction() as s:
         sid = _sample(s, "a")
         add_human_label(s, sid, class_name="benign", mask_path=None, author="ann")
@@ -45,8 +46,8 @@ def test_pseudo_never_replaces_human(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_human_update_keeps_history_and_retires_pseudo(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path)
+def test_human_update_keeps_history_and_retires_pseudo(ledger_url: str) -> None:
+    ledger = _ledger(ledger_url)
     with ledger.transaction() as s:
         sid = _sample(s, "b")
         add_pseudo_label(s, sid, class_name="normal", mask_path=None, ignore_path=None,
@@ -63,8 +64,8 @@ def test_human_update_keeps_history_and_retires_pseudo(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_transaction_rolls_back_as_a_whole(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path)
+def test_transaction_rolls_back_as_a_whole(ledger_url: str) -> None:
+    ledger = _ledger(ledger_url)
     with pytest.raises(RuntimeError):
         with ledger.transaction() as s:
             sid = _sample(s, "c")
@@ -76,10 +77,10 @@ def test_transaction_rolls_back_as_a_whole(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_new_pseudo_supersedes_old_only_on_its_sample_and_retire_by_round(tmp_path: Path) -> None:
+def test_new_pseudo_supersedes_old_only_on_its_sample_and_retire_by_round(ledger_url: str) -> None:
     from medloop.ledger import retire_pseudo_labels
 
-    ledger = _ledger(tmp_path)
+    ledger = _ledger(ledger_url)
     with ledger.transaction() as s:
         a, b = _sample(s, "d"), _sample(s, "e")
         for sid in (a, b):
@@ -98,3 +99,19 @@ def test_new_pseudo_supersedes_old_only_on_its_sample_and_retire_by_round(tmp_pa
         assert retire_pseudo_labels(s, 3) == 1
         assert active_label(s, a, "pseudo") is None and active_label(s, b, "human").class_name == "normal"
     ledger.close()
+
+
+def test_postgresql_url_without_driver_uses_psycopg(postgres_server) -> None:  # noqa: ANN001
+    """``postgresql://`` (and ``postgres://``, as servers print it) opens with psycopg 3, the driver
+    medloop depends on (SQLAlchemy's default for that URL is psycopg2, which is not installed)."""
+    url = postgres_server.url(postgres_server.create_database())
+    assert url.startswith("postgresql+psycopg://")
+    for plain in (url.replace("postgresql+psycopg://", "postgresql://"), url.replace("postgresql+psycopg://",
+                                                                                    "postgres://")):
+        ledger = Ledger.open(plain)
+        try:
+            assert ledger.engine.dialect.driver == "psycopg"
+            with ledger.transaction() as s:
+                _sample(s, f"u{len(plain)}")
+        finally:
+            ledger.close()

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, create_engine, event, select, update
+from sqlalchemy import URL, CursorResult, Engine, create_engine, event, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
@@ -39,6 +39,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+def engine_url(url: str) -> URL:
+    """The SQLAlchemy URL of a ledger; a PostgreSQL URL without a driver (``postgresql://``, or
+    ``postgres://`` as servers print it) uses psycopg 3, the driver medloop depends on."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -46,7 +57,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(engine_url(url), pool_pre_ping=True)
 
 
 class Ledger:
