@@ -110,6 +110,39 @@ def test_planted_groups_found_exactly() -> None:
     assert (pairs[:, 0] < pairs[:, 1]).all()
 
 
+def test_tree_search_finds_the_pairs_of_the_full_matrix(monkeypatch) -> None:
+    """Large sets are searched with a k-d tree on low-frequency DCT projections, then checked: the same
+    pairs as the full correlation matrix, at every threshold (the matrix is not computed on this data)."""
+    import medloop.data.duplicates as dup
+
+    images, _ = planted()
+    images += [scene(100 + s, 48, 64) for s in range(200)] + [noisy(scene(150, 48, 64), 2)]
+    images += [np.zeros((40, 50), np.uint8), np.zeros((20, 20), np.uint8)]  # constant: only each other
+    dense = {t: near_duplicate_pairs(images, t, method="dense") for t in (0.99, 0.9, 0.7, 0.5, 1.0)}
+    assert len(dense[0.99]) == 6 + 1 + 1 and len(dense[0.7]) > len(dense[0.99]) and len(dense[0.5]) > 300
+    assert np.array_equal(near_duplicate_pairs(images, 0.5, method="tree"), dense.pop(0.5))  # either way
+
+    def refuse(*args):  # noqa: ANN002, ANN202
+        raise AssertionError("the tree search fell back to the full matrix")
+
+    monkeypatch.setattr(dup, "_dense_pairs", refuse)
+    for t, pairs in dense.items():
+        assert np.array_equal(near_duplicate_pairs(images, t, method="tree"), pairs), t
+    monkeypatch.setattr(dup, "_DENSE_MAX", 100)  # auto: the tree above _DENSE_MAX images
+    assert np.array_equal(near_duplicate_pairs(images, 0.99), dense[0.99])
+
+
+def test_tree_search_falls_back_to_the_matrix_without_structure() -> None:
+    """White-noise thumbnails have no low-frequency structure: too many candidates, the matrix is used."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(300)]
+    images.append(np.clip(images[7].astype(np.int64) + 2, 0, 255).astype(np.uint8))
+    pairs = near_duplicate_pairs(images, 0.5, method="tree")
+    assert np.array_equal(pairs, near_duplicate_pairs(images, 0.5, method="dense")) and [7, 300] in pairs.tolist()
+    with pytest.raises(ValueError, match="method"):
+        near_duplicate_pairs(images, method="fast")
+
+
 def test_threshold_one_groups_exact_copies_only() -> None:
     a, b = scene(1), scene(2)
     groups = near_duplicate_groups([a, a.copy(), noisy(a, 3), b], threshold=1.0)

@@ -4,6 +4,19 @@ Two images are near-duplicates when the Pearson correlation of their grey thumbn
 ``size``, PIL bilinear, which averages over the source pixels when shrinking) is at least
 ``threshold``; a group is a connected component of that relation. Identical thumbnails always match
 (so two blank images are one group), a constant image matches nothing else. Pure: numpy, scipy, PIL.
+
+Search: up to ``_DENSE_MAX`` images the whole correlation matrix is computed (in row blocks). Above,
+every pair cannot be compared (100,000 images: 5e9 pairs), so candidates are found first and then
+checked exactly: the thumbnails, centred and scaled to unit vectors ``u``, have correlation
+``u_i . u_j = 1 - |u_i - u_j|^2 / 2``, so a pair at or above the threshold lies within
+``r = sqrt(2 (1 - threshold))`` of each other, and so does its projection on any orthonormal basis
+(a projection never lengthens a vector). A k-d tree (``scipy.spatial.cKDTree``) on the projection on
+the ``_TREE_DIMS`` lowest-frequency 2-D DCT basis images (orthonormal, ``scipy.fft.dct``; the mean is
+already removed) lists every pair within ``r``: none is missed, and on real images (whose thumbnails
+vary mostly at low spatial frequencies) few unrelated pairs come along (BUSI: 149 candidates for 96
+pairs at 0.99, among 194,376 pairs).
+When an estimate says the candidates would be too many (images without such structure, or a low
+threshold), the whole matrix is computed as for small sets.
 """
 
 from __future__ import annotations
@@ -12,11 +25,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+from scipy.fft import dct
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 _EPS = 1e-9  # float rounding: an exact copy correlates at 1 - 1e-16, and must pass threshold 1.0
 _BLOCK = 512  # rows of the correlation matrix computed at once (memory: BLOCK x N float64)
+_DENSE_MAX = 4096  # up to this many images: the whole correlation matrix
+_TREE_DIMS = 16  # lowest-frequency DCT directions the k-d tree searches in
+_MAX_CANDIDATES_PER_IMAGE = 64  # above this (estimated), the tree would list too many pairs: dense
 
 
 def thumbnails(images: Sequence[np.ndarray], size: int = 32) -> np.ndarray:
@@ -50,15 +68,19 @@ def _zscore(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, flat
 
 
-def near_duplicate_pairs(images: Sequence[np.ndarray], threshold: float = 0.99, size: int = 32) -> np.ndarray:
-    """Index pairs ``(i, j)``, ``i < j``, of near-duplicate images, as an int64 array (P, 2), sorted."""
-    thumbs = thumbnails(images, size)
-    n = len(thumbs)
-    if n < 2:
-        return np.zeros((0, 2), np.int64)
-    z, flat = _zscore(thumbs)
-    d = thumbs.shape[1]
-    found: list[np.ndarray] = []
+def dct_basis(size: int, k: int) -> np.ndarray:
+    """The ``k`` lowest-frequency 2-D DCT-II basis images of ``size`` x ``size`` (constant one left out),
+    flattened as orthonormal columns (size * size, k), ordered by p^2 + q^2 then (p, q)."""
+    c = dct(np.eye(size), norm="ortho", axis=0)  # row p: the 1-D basis vector of frequency p
+    freqs = sorted(((p, q) for p in range(size) for q in range(size) if (p, q) != (0, 0)),
+                   key=lambda t: (t[0] ** 2 + t[1] ** 2, t))[: min(k, size * size - 1)]
+    return np.ascontiguousarray(np.stack([np.outer(c[p], c[q]).ravel() for p, q in freqs], axis=1))
+
+
+def _dense_pairs(z: np.ndarray, flat: np.ndarray, threshold: float) -> np.ndarray:
+    """Every pair ``(i, j)``, ``i < j``, with correlation >= ``threshold``: the whole matrix, in row blocks."""
+    n, d = z.shape
+    found: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
     for start in range(0, n, _BLOCK):
         corr = z[start : start + _BLOCK] @ z.T / d
         corr[:, flat] = -np.inf  # a constant image has no correlation: it matches nothing
@@ -67,6 +89,55 @@ def near_duplicate_pairs(images: Sequence[np.ndarray], threshold: float = 0.99, 
         i = i + start
         keep = i < j
         found.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(found)
+
+
+def _tree_pairs(z: np.ndarray, flat: np.ndarray, threshold: float) -> np.ndarray | None:
+    """The pairs of :func:`_dense_pairs` found through a k-d tree on the leading principal directions
+    (see the module docstring), or None when the candidates would be too many (then use the matrix)."""
+    n, d = z.shape
+    keep = np.flatnonzero(~flat)
+    m = len(keep)
+    if m < 2:
+        return np.zeros((0, 2), np.int64)
+    u = z[keep] / np.sqrt(d)  # unit rows: ||u_i - u_j||^2 = 2 - 2 corr
+    proj = u @ dct_basis(int(round(np.sqrt(d))), _TREE_DIMS)
+    radius = float(np.sqrt(max(0.0, 2.0 * (1.0 - threshold + _EPS)))) * (1.0 + 1e-6) + 1e-9
+    tree = cKDTree(proj)
+    probe = proj[np.linspace(0, m - 1, min(m, 256)).astype(np.int64)]
+    expected = float(np.mean(tree.query_ball_point(probe, radius, return_length=True)))  # includes itself
+    if expected > _MAX_CANDIDATES_PER_IMAGE:
+        return None
+    cand = tree.query_pairs(radius, output_type="ndarray").astype(np.int64)
+    found: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
+    for start in range(0, len(cand), 1 << 18):
+        a, b = cand[start : start + (1 << 18), 0], cand[start : start + (1 << 18), 1]
+        corr = np.einsum("ij,ij->i", z[keep[a]], z[keep[b]]) / d
+        ok = corr >= threshold - _EPS
+        i, j = keep[a[ok]], keep[b[ok]]
+        found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1))
+    return np.concatenate(found)
+
+
+def near_duplicate_pairs(
+    images: Sequence[np.ndarray], threshold: float = 0.99, size: int = 32, method: str = "auto"
+) -> np.ndarray:
+    """Index pairs ``(i, j)``, ``i < j``, of near-duplicate images, as an int64 array (P, 2), sorted.
+
+    ``method``: ``dense`` (the whole correlation matrix), ``tree`` (candidates from a k-d tree, then
+    checked; the matrix when the estimate says too many candidates) or ``auto`` (dense up to
+    ``_DENSE_MAX`` images, else tree). Both find the same pairs (see the module docstring)."""
+    if method not in ("auto", "dense", "tree"):
+        raise ValueError(f"method: expected auto, dense or tree (got {method!r})")
+    thumbs = thumbnails(images, size)
+    n = len(thumbs)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    z, flat = _zscore(thumbs)
+    pairs = None
+    if method == "tree" or (method == "auto" and n > _DENSE_MAX):
+        pairs = _tree_pairs(z, flat, threshold)
+    found = [_dense_pairs(z, flat, threshold) if pairs is None else pairs]
     # identical thumbnails are copies whatever their variance (this joins constant images)
     _, inverse = np.unique(thumbs, axis=0, return_inverse=True)
     inverse = inverse.ravel()
@@ -74,8 +145,7 @@ def near_duplicate_pairs(images: Sequence[np.ndarray], threshold: float = 0.99, 
     same = inverse[order[1:]] == inverse[order[:-1]]
     a, b = order[:-1][same], order[1:][same]
     found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-    pairs = np.unique(np.concatenate(found).astype(np.int64).reshape(-1, 2), axis=0)
-    return pairs
+    return np.unique(np.concatenate(found).astype(np.int64).reshape(-1, 2), axis=0)
 
 
 def groups_from_pairs(n: int, pairs: np.ndarray) -> np.ndarray:
