@@ -1,8 +1,9 @@
 """Run one round of a campaign in a separate process (used by the crash/resume and lock tests).
 
-    python round_runner.py CONFIG [--tiny] [--no-tracking] [--hold FILE]
+    python round_runner.py CONFIG [--tiny] [--checkpoint] [--no-tracking] [--hold FILE]
 
-``--tiny`` uses the small deterministic train/score stand-ins from support.py; ``--hold FILE``
+``--tiny`` uses the small deterministic train/score stand-ins from support.py (``--checkpoint``: the
+train stand-in saves a real tiny model, which the report step registers in MLflow); ``--hold FILE``
 makes the sync step wait until FILE exists (so a test can observe the lock being held).
 The crash itself is caused by MEDLOOP_TEST_CRASH_AT=<step>:<before|after-commit>: the
 orchestrator sends SIGKILL to its own process at that point.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import TINY  # noqa: E402
+from support import TINY, checkpoint_train_round  # noqa: E402
 
 from medloop.config import load_campaign  # noqa: E402
 from medloop.rounds.lock import RoundLocked  # noqa: E402
@@ -29,6 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--checkpoint", action="store_true")
     ap.add_argument("--no-tracking", action="store_true")
     ap.add_argument("--hold")
     ap.add_argument("--force", action="store_true")
@@ -36,8 +38,10 @@ def main() -> int:
     extras = dict(TINY) if args.tiny else {}
     if args.no_tracking:
         extras["tracking"] = False
-    if args.tiny:
+    if args.tiny and not args.checkpoint:
         extras["log_model"] = False
+    if args.checkpoint:
+        extras["train_round"] = checkpoint_train_round([0.9, 0.8, 0.7])
     steps = None
     if args.hold:
         hold = Path(args.hold)

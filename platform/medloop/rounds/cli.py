@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
         from medloop.rounds.lock import RoundLocked
         from medloop.rounds.orchestrator import RoundStepFailed, run_round
+        from medloop.tracking.identity import CampaignMismatch
 
         campaign = _campaign(config)
         try:
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         except RoundLocked as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_LOCKED) from None
-        except RoundStepFailed as err:
+        except (RoundStepFailed, CampaignMismatch) as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_FAILED) from None
         typer.echo(summary(out))

@@ -137,6 +137,10 @@ def run_round(
 def _run_locked(
     campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any]
 ) -> RoundOutcome:
+    if extras.get("tracking", True):  # before anything changes: the MLflow store must be this ledger's
+        from medloop.tracking import check_campaign
+
+        check_campaign(campaign, ledger)
     round_id, resumed, early = _start_or_resume(campaign, ledger, force)
     if early is not None:
         return early

@@ -293,4 +293,4 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
         select_metrics=select_metrics, artifacts={"round": round_files, "select": select_files},
         checkpoint_path=train_d.get("checkpoint_path"), val_score=metrics.get("val_score"),
     )
-    return Tracker(campaign).log_round(record, log_model=ctx.extras.get("log_model", True))
+    return Tracker(campaign, ledger=ctx.ledger).log_round(record, log_model=ctx.extras.get("log_model", True))

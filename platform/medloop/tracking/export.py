@@ -1,0 +1,152 @@
+"""A round's checkpoint -> ``torch.export`` programs + the settings of the served model.
+
+Three programs, each with a dynamic batch dimension (``encode`` and ``decode`` traced with every
+module in eval mode; ``decode_mc`` with the dropout layers sampling, BatchNorm frozen, as
+``medloop.trainers.uncertainty.mc`` does). ``encode`` returns the model's features flattened to a
+tuple of tensors (``torch.utils._pytree``), the decoders take that tuple back, so MC dropout runs the
+encoder once and the decoder on the features repeated T times, as medloop's cached sampler does
+(the MC-dropout contract ``forward(x) == decode(encode(x))`` of ``medloop.trainers.models.base``).
+The programs hold no medloop class: :mod:`medloop.tracking.pyfunc_model` loads them with torch only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from medloop.config import Campaign, model_heads
+
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+NORMALISATION = ("float32 (N, C, S, S) in [0, 1]: the image converted to grey (C = 1) or RGB (C = 3), "
+                 "resized bilinearly to S x S, uint8 / 255 (no mean/std shift)")
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(pytree.tree_flatten(self.model.encode(x))[0])  # type: ignore[operator]
+
+
+class _Decode(nn.Module):
+    def __init__(self, model: nn.Module, spec: pytree.TreeSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    def forward(self, leaves: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.decode(pytree.tree_unflatten(list(leaves), self.spec))  # type: ignore[operator]
+        return out.cls_logits, out.seg_logits
+
+
+@dataclass
+class ServedModel:
+    """What :func:`export_checkpoint` wrote: artifact files by name and the pyfunc ``model_config``."""
+
+    artifacts: dict[str, str]
+    config: dict[str, Any]
+
+
+def has_dropout(model: nn.Module) -> bool:
+    from medloop.trainers.uncertainty.mc import is_dropout
+
+    return any(is_dropout(m) and float(getattr(m, "p", 0.0)) > 0 for m in model.modules())
+
+
+def served_config(campaign: Campaign, meta: dict[str, Any], dropout: bool) -> dict[str, Any]:
+    """The pyfunc ``model_config``: shapes, heads, uncertainty method and defaults, classes."""
+    from medloop.trainers.plain import no_lesion_index
+
+    cls_head, seg_head = model_heads(campaign.model)
+    classes = list(meta.get("classes") or campaign.data.classes)
+    u = campaign.uncertainty
+    mc_default = u.mc_passes if (dropout and u.method != "evidential") else 1
+    return {
+        "classes": classes,
+        "channels": int(meta.get("channels") or campaign.data.channels),
+        "image_size": int(meta.get("image_size") or campaign.data.image_size),
+        "cls_head": str(meta.get("cls_head") or cls_head),
+        "seg_head": str(meta.get("seg_head") or seg_head),
+        "method": u.method,
+        "mc_passes": int(mc_default),
+        "boundary_band": int(u.boundary_band),
+        "no_lesion_class": no_lesion_index(classes, meta.get("no_lesion_class", campaign.data.no_lesion_class)),
+        "uncertainty_measure": campaign.selection.measure,
+        "model": str((meta.get("model") or {}).get("name", campaign.model.name)),
+        "normalisation": NORMALISATION,
+    }
+
+
+def export_programs(model: nn.Module, channels: int, size: int, out: Path) -> dict[str, str]:
+    """Write ``encode.pt2``, ``decode.pt2`` and (when the model has dropout) ``decode_mc.pt2`` to ``out``."""
+    from medloop.trainers.uncertainty.mc import eval_mode
+
+    out.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1)
+    files: dict[str, str] = {}
+    with torch.no_grad(), eval_mode(model):
+        flat, spec = pytree.tree_flatten(model.encode(example))  # type: ignore[operator]
+        leaves = tuple(flat)
+        enc = torch.export.export(_Encode(model), (example,), dynamic_shapes=({0: batch},))
+        feature_dims = (tuple({0: batch} for _ in leaves),)
+        dec = torch.export.export(_Decode(model, spec), (leaves,), dynamic_shapes=feature_dims)
+    programs = {"encode": enc, "decode": dec}
+    if has_dropout(model):
+        with torch.no_grad(), eval_mode(model, dropout_on=True):
+            programs["decode_mc"] = torch.export.export(_Decode(model, spec), (leaves,), dynamic_shapes=feature_dims)
+    for name, program in programs.items():
+        path = out / f"{name}.pt2"
+        torch.export.save(program, path)
+        files[name] = str(path)
+    return files
+
+
+def export_checkpoint(campaign: Campaign, checkpoint_path: str, out: Path) -> ServedModel:
+    """Rebuild the round's model from its checkpoint and export it for the pyfunc model."""
+    from medloop.trainers.checkpoints import load_model
+
+    model, meta = load_model(checkpoint_path)
+    dropout = has_dropout(model)
+    config = served_config(campaign, meta, dropout)
+    files = export_programs(model, config["channels"], config["image_size"], out)
+    return ServedModel(files, config)
+
+
+def signature(config: dict[str, Any]) -> Any:
+    """The pyfunc signature: image batch -> named outputs; params ``mc_passes`` and ``seed``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    c, s, k = config["channels"], config["image_size"], len(config["classes"])
+    f32, i64, u8 = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.uint8)
+    per_image = ("confidence", "uncertainty", "std", "entropy", "mutual_info", "vacuity", "margin",
+                 "lesion_uncertainty", "lesion_fraction")
+    outputs: list[ColSpec | TensorSpec] = [
+        TensorSpec(f32, (-1, k), "class_probs"), TensorSpec(i64, (-1,), "pred_class"),
+        TensorSpec(f32, (-1, s, s), "mask_probs"), TensorSpec(u8, (-1, s, s), "mask"),
+        TensorSpec(f32, (-1, s, s), "pixel_uncertainty"),
+        *(TensorSpec(f32, (-1,), name) for name in per_image)]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, c, s, s))]),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("mc_passes", "integer", int(config["mc_passes"])),
+                            ParamSpec("seed", "integer", -1)]),
+    )
+
+
+def input_example(config: dict[str, Any]) -> np.ndarray:
+    """One image in the model's input form: a smooth blob on a darker background, float32 in [0, 1]."""
+    c, s = config["channels"], config["image_size"]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / max(s - 1, 1)
+    blob = np.exp(-((yy - 0.5) ** 2 + (xx - 0.45) ** 2) / 0.02)
+    image = np.clip(0.2 + 0.6 * blob, 0.0, 1.0).astype(np.float32)
+    return np.broadcast_to(image, (1, c, s, s)).copy()

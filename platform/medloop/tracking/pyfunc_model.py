@@ -1,0 +1,176 @@
+"""The registered model as MLflow loads it: an MLflow pyfunc "model from code".
+
+MLflow copies this file into the logged model and runs it on ``mlflow.pyfunc.load_model``; it imports
+only torch, numpy and mlflow (never medloop), so the model loads and serves wherever the logged
+requirements are installed. The network is a set of ``torch.export`` programs written by
+:mod:`medloop.tracking.export` (artifacts ``encode``, ``decode`` and, when the model has dropout,
+``decode_mc``: the decoder with its dropout layers sampling), plus the settings in ``model_config``.
+
+Input: float32 image batch ``(N, C, S, S)`` in [0, 1] (medloop's normalisation: the image converted
+to grey (C = 1) or RGB (C = 3), resized bilinearly to S x S, uint8 / 255; no mean/std shift).
+Params: ``mc_passes`` (T; 1 = one deterministic pass, dropout off) and ``seed`` (>= 0 makes the
+MC-dropout masks reproducible; -1 = unseeded). Output: a dict of arrays, the fields of medloop's
+``score_batch`` (see ``docs/using-the-model.md``): ``class_probs``, ``mask_probs`` (lesion
+probability), ``mask``, ``uncertainty`` (the campaign's selection measure) and the named measures.
+The formulas repeat ``medloop.trainers.heads`` and ``medloop.trainers.uncertainty.measures``
+(entropy, BALD mutual information and std of Gal & Ghahramani's MC dropout as in Cheng et al.,
+MTTU-Net, IEEE TMI 2022; vacuity K / S of Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2); a test holds
+them equal to medloop's own prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+_EPS = 1e-12
+FIELDS = ("class_probs", "pred_class", "confidence", "mask_probs", "mask", "uncertainty", "std", "entropy",
+          "mutual_info", "vacuity", "margin", "lesion_uncertainty", "lesion_fraction", "pixel_uncertainty")
+
+
+def _probs(logits: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(probabilities, Dirichlet alpha or None) along dim 1: softmax, or alpha / S with alpha = softplus + 1."""
+    if head == "evidential":
+        alpha = F.softplus(logits) + 1.0
+        return alpha / alpha.sum(dim=1, keepdim=True), alpha
+    return torch.softmax(logits, dim=1), None
+
+
+def _entropy(p: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(_EPS))).sum(dim=dim)
+
+
+def _class_std(samples: torch.Tensor) -> torch.Tensor:
+    """Std over passes (ddof 0) of the probability of the mean-predicted class; samples (T, B, K, ...)."""
+    pred = samples.mean(0).argmax(dim=1)
+    index = pred.unsqueeze(0).unsqueeze(2).expand(samples.shape[0], -1, 1, *pred.shape[1:])
+    return samples.gather(2, index).squeeze(2).std(dim=0, unbiased=False)
+
+
+def _dilate(mask: torch.Tensor, band: int) -> torch.Tensor:
+    if band <= 0:
+        return mask.bool()
+    m = mask.float().unsqueeze(1)
+    return F.max_pool2d(m, kernel_size=2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
+
+
+def _lesion_uncertainty(pixel: torch.Tensor, pred_mask: torch.Tensor, fg_prob: torch.Tensor, band: int,
+                        possible: float = 0.1) -> torch.Tensor:
+    """Mean pixel uncertainty over the possible lesion (predicted, or foreground probability >= 0.1) and a
+    band of ``band`` pixels around it; 0 where no pixel may be lesion."""
+    region = _dilate((pred_mask > 0) | (fg_prob >= possible), band).to(pixel.dtype)
+    count = region.flatten(1).sum(1)
+    total = (pixel * region).flatten(1).sum(1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
+def joint_outputs(cls_samples: torch.Tensor, seg_samples: torch.Tensor, cls_alpha: torch.Tensor | None,
+                  seg_alpha: torch.Tensor | None, *, mc: bool, method: str, boundary_band: int,
+                  no_lesion_class: int | None, measure: str) -> dict[str, np.ndarray]:
+    """Per-image outputs from T passes: cls (T, B, K), seg (T, B, Q, H, W), alphas of the same shapes or None."""
+    probs = cls_samples.mean(0)
+    seg_mean = seg_samples.mean(0)
+    pred_class = probs.argmax(dim=1)
+    pred_mask = seg_mean.argmax(dim=1)
+    if no_lesion_class is not None:
+        pred_mask = pred_mask * (pred_class != no_lesion_class).view(-1, 1, 1).to(pred_mask.dtype)
+    fg_prob = 1.0 - seg_mean[:, 0]
+    b = probs.shape[0]
+    nan = torch.full((b,), float("nan"))
+    if seg_alpha is not None and method != "mc_dropout":
+        pixel = (seg_alpha.shape[2] / seg_alpha.sum(dim=2)).mean(0)
+    elif mc:
+        pixel = _class_std(seg_samples)
+    else:
+        pixel = _entropy(seg_mean, dim=1) / math.log(seg_mean.shape[1])
+    top = probs.topk(2, dim=1).values
+    if mc:
+        mutual_info = (_entropy(probs) - _entropy(cls_samples, dim=2).mean(0)).clamp_min(0.0)
+    out = {
+        "class_probs": probs,
+        "pred_class": pred_class,
+        "confidence": probs.max(dim=1).values,
+        "mask_probs": fg_prob,
+        "mask": pred_mask.to(torch.uint8),
+        "std": _class_std(cls_samples) if mc else nan,
+        "entropy": _entropy(probs),
+        "mutual_info": mutual_info if mc else nan,
+        "vacuity": (cls_alpha.shape[2] / cls_alpha.sum(dim=2)).mean(0) if cls_alpha is not None else nan,
+        "margin": top[:, 0] - top[:, 1],
+        "lesion_uncertainty": _lesion_uncertainty(pixel, pred_mask, fg_prob, boundary_band),
+        "lesion_fraction": (pred_mask > 0).flatten(1).float().mean(1),
+        "pixel_uncertainty": pixel,
+    }
+    out["uncertainty"] = out[measure]
+    return {k: out[k].detach().cpu().numpy().astype(np.uint8 if k == "mask" else
+                                                    np.int64 if k == "pred_class" else np.float32)
+            for k in FIELDS}
+
+
+class JointModel(PythonModel):
+    """Class probabilities, lesion-mask probabilities and uncertainty of a medloop round's model."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        cfg = dict(context.model_config or {})
+        self.cfg = cfg
+        self.encode = torch.export.load(context.artifacts["encode"]).module()
+        self.decode = torch.export.load(context.artifacts["decode"]).module()
+        mc_path = context.artifacts.get("decode_mc")
+        self.decode_mc = torch.export.load(mc_path).module() if mc_path else None
+
+    def _batch(self, model_input: Any) -> torch.Tensor:
+        if isinstance(model_input, dict) and len(model_input) == 1:
+            model_input = next(iter(model_input.values()))
+        x = np.asarray(model_input, dtype=np.float32)
+        c, s = int(self.cfg["channels"]), int(self.cfg["image_size"])
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[1:] != (c, s, s):
+            raise ValueError(f"expected an image batch of shape (N, {c}, {s}, {s}) in [0, 1], got {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    # no type hints: MLflow would read them as the input schema; the logged signature is the schema
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        params = params or {}
+        cfg = self.cfg
+        passes = int(params.get("mc_passes", cfg["mc_passes"]))
+        seed = int(params.get("seed", -1))
+        x = self._batch(model_input)
+        mc = passes > 1
+        if mc and self.decode_mc is None:
+            raise ValueError("this model has no dropout layers: mc_passes must be 1")
+        cls_head, seg_head = cfg["cls_head"], cfg["seg_head"]
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if seed >= 0:
+                torch.manual_seed(seed)
+            leaves = tuple(self.encode(x))
+            b = x.shape[0]
+            if mc:
+                assert self.decode_mc is not None
+                repeated = tuple(t.repeat(passes, *([1] * (t.dim() - 1))) for t in leaves)
+                cls_logits, seg_logits = self.decode_mc(repeated)
+                t = passes
+            else:
+                cls_logits, seg_logits = self.decode(leaves)
+                t = 1
+            cp, ca = _probs(cls_logits, cls_head)
+            sp, sa = _probs(seg_logits, seg_head)
+
+            def per_pass(v: torch.Tensor | None) -> torch.Tensor | None:
+                return None if v is None else v.reshape(t, b, *v.shape[1:])
+
+            method = cfg["method"] if mc else "evidential"
+            if mc and method == "evidential":
+                method = "both"
+            return joint_outputs(per_pass(cp), per_pass(sp), per_pass(ca), per_pass(sa),  # type: ignore[arg-type,unused-ignore]
+                                 mc=mc, method=method, boundary_band=int(cfg["boundary_band"]),
+                                 no_lesion_class=cfg.get("no_lesion_class"), measure=cfg["uncertainty_measure"])
+
+
+mlflow.models.set_model(JointModel())
