@@ -147,3 +147,60 @@ def webhook(
     from .webhook import serve_forever
 
     serve_forever(_campaign(config), port=port, register=register)
+
+
+@app.command()
+def backend(
+    config: Path | None = ConfigOption,
+    model: str = typer.Option(
+        "champion", "--model", "-m", help="champion | a registered model version number | a checkpoint folder"),
+    port: int = typer.Option(9090, "--port", "-p", help="port to listen on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (the backend has no authentication)"),
+    mc_passes: int | None = typer.Option(None, "--mc-passes", min=1, help="T (default: uncertainty.mc_passes)"),
+    project: int | None = typer.Option(
+        None, "--project", help="connect the backend to this Label Studio project (POST /api/ml) once it serves"),
+) -> None:
+    """Serve the model as a Label Studio ML backend: class + lesion-mask pre-annotations on any task (Ctrl-C stops)."""
+    import logging
+    import threading
+
+    from medloop.tracking.resolve import ModelNotFound
+    from medloop.trainers.checkpoints import CheckpointError
+
+    from .client import connect
+    from .errors import LabelStudioError
+    from .ml_backend import build_backend, connect_backend, make_server
+
+    campaign = _campaign(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        ml, described = build_backend(campaign, model, passes=mc_passes)
+    except (ModelNotFound, CheckpointError) as err:
+        _fail(err)
+    try:
+        httpd = make_server(ml, host, port)
+    except OSError as err:
+        _fail(OSError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port"))
+    url = f"http://{host}:{httpd.server_address[1]}"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: the backend listens on {host}, beyond this machine, without authentication", err=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    typer.echo(f"Label Studio ML backend on {url}, model {described}", err=True)
+    try:
+        if project is not None:
+            try:
+                row = connect_backend(connect(campaign), project, url)
+            except LabelStudioError as err:
+                _fail(err)
+            typer.echo(f"connected to Label Studio project {project} (ML backend {row['id']}, "
+                       f"model version {row.get('model_version')})", err=True)
+        else:
+            typer.echo(f"connect it in the project's Settings > Model (URL {url}) or with --project ID", err=True)
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

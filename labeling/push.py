@@ -184,6 +184,33 @@ def task_fields(task: AnnotationTask, pred: Prediction | None) -> dict[str, Any]
     }
 
 
+def prediction_results(
+    pred_class: str | None,
+    mask: np.ndarray | None,
+    lesion_label: str,
+    key: int | str,
+    *,
+    class_from: str = CLASS_FROM,
+    lesion_from: str = LESION_FROM,
+    image_to: str = IMAGE_TO,
+) -> list[dict[str, Any]]:
+    """The regions of a medloop pre-annotation: the class as a ``choices`` region and the native-size
+    lesion mask (``mask`` (H, W), None or empty: no brush region) as a ``brushlabels`` RLE region.
+    ``key`` makes the region ids (``c<key>``, ``m<key>``); the names default to medloop's labeling
+    interface. Shared by the pushed tasks and the ML backend (``labeling/ml_backend.py``)."""
+    result: list[dict[str, Any]] = []
+    if pred_class is not None:
+        result.append({"id": f"c{key}", "from_name": class_from, "to_name": image_to, "type": "choices",
+                       "value": {"choices": [pred_class]}})
+    if mask is not None and mask.any():
+        result.append({
+            "id": f"m{key}", "from_name": lesion_from, "to_name": image_to, "type": "brushlabels",
+            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [lesion_label]},
+        })
+    return result
+
+
 def build_task(
     campaign: Campaign,
     store: ImageStore,
@@ -214,16 +241,7 @@ def build_task(
         **task_fields(task, pred),
     }
     out: dict[str, Any] = {"data": data}
-    result: list[dict[str, Any]] = []
-    if pred_class is not None:
-        result.append({"id": f"c{sample.id}", "from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
-                       "value": {"choices": [pred_class]}})
-    if mask is not None and has_mask:
-        result.append({
-            "id": f"m{sample.id}", "from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
-            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [campaign.labeling.lesion_label]},
-        })
+    result = prediction_results(pred_class, mask if has_mask else None, campaign.labeling.lesion_label, sample.id)
     if result:
         prediction: dict[str, Any] = {"model_version": f"round-{task.round_id}", "result": result}
         confidence = None if pred is None else _num(pred.confidence, 4)

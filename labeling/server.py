@@ -298,6 +298,8 @@ def start(
             "LOCAL_FILES_DOCUMENT_ROOT": str(root),
             # webhooks to a receiver on 127.0.0.1 (labeling/webhook.py) need this on loopback
             "SSRF_PROTECTION_ENABLED": "false",
+            # and an ML backend on 127.0.0.1 (`medloop labelstudio backend`, labeling/ml_backend.py) this
+            "ML_BLOCK_LOCAL_IP": "false",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "DJANGO_DB": "sqlite",
             "PYTHONUNBUFFERED": "1",
