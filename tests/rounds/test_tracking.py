@@ -1,9 +1,10 @@
 """MLflow contents of rounds (through MlflowClient): runs, nested runs, params without secrets,
 per-epoch metrics, artifacts, the registered model and the champion alias.
 
-Scoring is the deterministic stand-in of support.py; the checkpoint is a real (tiny) model, so
-mlflow.pytorch logging and registration are real. Both rounds score the validation split
-identically, so round 2 does not improve validation and the champion alias must stay on round 1.
+Scoring is the deterministic stand-in of support.py; the checkpoint is a real (tiny) model, so the
+export, the pyfunc logging and the registration are real (the model itself: test_mlflow_model.py).
+Both rounds score the validation split identically, so round 2 does not improve validation and the
+champion alias must stay on round 1.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def test_rounds_in_mlflow_and_champion_alias(campaign, monkeypatch) -> None:
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert len(versions) == 2
     assert client.get_model_version_by_alias(name, "champion").tags["medloop.round"] == "1"  # round 2 did not improve
+    from medloop.ledger import Ledger
+
+    led = Ledger.open(campaign.ledger)
+    campaign_id = led.get_meta("campaign_id")
+    led.close()
+    assert exp.tags["medloop.campaign_id"] == campaign_id
+    assert client.get_registered_model(name).tags["medloop.campaign_id"] == campaign_id
+    assert [v.tags["medloop.run_id"] for v in versions] == [r.info.run_id for r in roots]
 
 
 def test_safe_params_mask_url_passwords(tmp_path) -> None:
