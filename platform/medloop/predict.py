@@ -253,6 +253,8 @@ def run_predict(
     check_target(Path(out), force)
     settings = settings_for(campaign, passes)
     files, bad = list_inputs(inputs)
+    target = Path(out).resolve()
+    files = [f for f in files if not f.path.resolve().is_relative_to(target)]  # an earlier --out inside an input
     if not files:
         listed = "".join(f"\n  {b}" for b in bad)
         raise NothingReadable(f"no image file in {', '.join(map(str, inputs))} (expected "

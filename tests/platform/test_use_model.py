@@ -211,6 +211,15 @@ def test_predict_refusals(trained, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert not (out / "keep.txt").exists() and (out / "masks" / "img.png").exists()
 
+    inside = tmp_path / "inside"  # --out inside the input folder: an earlier output is not read as input
+    inside.mkdir()
+    (inside / "img.png").write_bytes((tmp_path / "img.png").read_bytes())
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["predict", str(inside), "--config", str(cfg), "--out", str(inside / "preds"),
+                                     "--mc-passes", "1", *extra])
+        assert result.exit_code == 0, result.output
+        assert set(_rows(inside / "preds" / "predictions.csv")) == {"img"}
+
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.png").write_bytes((tmp_path / "img.png").read_bytes()[:30])
