@@ -9,7 +9,8 @@ import typer
 ModelOption = typer.Option(
     "champion", "--model", "-m",
     help="champion (the registry alias), a registered version number, or a checkpoint folder")
-ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
+ConfigOption = typer.Option(None, "--config", "-c", envvar="MEDLOOP_CONFIG",
+                            help="campaign TOML file (default: built-in defaults)")
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def predict(
-        inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="image files or folders (png, jpg, bmp, "
+        inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="image files or folders (png, jpg, bmp, "
                                             "tif, single-frame DICOM .dcm)"),
         model: str = ModelOption,
         out: Path = typer.Option(Path("predictions"), "--out", "-o", help="output folder (must not hold files)"),
