@@ -140,6 +140,14 @@ def test_lost_ledger_stops_a_new_round_before_it_changes_anything(campaign, tmp_
     result = CliRunner().invoke(app, ["round", "--config", str(cfg)])
     assert result.exit_code == 1 and old_id in result.output and "Traceback" not in result.output
 
+    # `medloop watch` stops at once with the message (waiting cannot fix it)
+    from medloop.rounds.scheduler import watch
+
+    said: list[str] = []
+    outs = watch(campaign, 1.0, max_ticks=3, run=lambda c: run_round(c, extras=extras()), sleep=lambda s: None,
+                 echo=said.append)
+    assert [o.status for o in outs] == ["stopped"] and old_id in said[0]
+
     # a store made before campaign ids (no tags) that holds rounds this ledger does not know
     exp = client.get_experiment_by_name(campaign.experiment_name)
     client.delete_experiment_tag(exp.experiment_id, "medloop.campaign_id")

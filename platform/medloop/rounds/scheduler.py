@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medloop.config import Campaign
+from medloop.tracking.identity import CampaignMismatch
 
 from .lock import RoundLocked
 from .orchestrator import RoundOutcome, RoundStepFailed, run_round
@@ -55,6 +56,8 @@ def watch(
             out = RoundOutcome("locked", str(err))
         except RoundStepFailed as err:
             out = RoundOutcome("failed", str(err), err.round_id)
+        except CampaignMismatch as err:  # waiting cannot fix it: stop watching
+            out = RoundOutcome("stopped", str(err))
         outcomes.append(out)
         echo(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {out.status}: {out.message}")
         done += out.status == "done"
