@@ -15,7 +15,6 @@ finished one returns its result without training again.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from .plain import (
     train_plain,
     validation_metrics,
 )
+from .ray_local import ensure_ray
 
 
 class TrainError(RuntimeError):
@@ -69,16 +69,7 @@ class TrainResult:
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------
-
-
-def ensure_ray(campaign: Campaign | None = None) -> None:
-    """Connect to Ray: ``compute.ray_address``, else ``RAY_ADDRESS``, else a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = (campaign.compute.ray_address if campaign else None) or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+# ensure_ray (ray_local): the campaign's cluster, else a local Ray on 127.0.0.1 that medloop shuts down
 
 
 def storage_root(campaign: Campaign, storage_path: str | None = None) -> str:
