@@ -5,6 +5,12 @@ variable ``labeling.token_env``, else from ``labeling.token_file``, else (for a 
 ``medloop labelstudio start``) from ``<campaign>/labelstudio/api-token``. The token is never
 logged nor put in an error message. A team's own Label Studio is used by setting the URL and
 token; the official SDK client is available through :meth:`LSClient.sdk`.
+
+Calls go through a ``requests`` session whose adapter retries with urllib3's ``Retry``: connection
+errors (nothing was sent yet, any method) and answers 502 / 503 / 504 for idempotent methods (GET,
+HEAD, PUT, DELETE, OPTIONS; never POST or PATCH, which could apply twice), with exponential backoff
+(``backoff`` x 1, 2, 4 s after the first retry). When the retries are spent the call raises
+:class:`LabelStudioUnavailable`. A timed-out read is not retried (a slow export would run again).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from medloop.config import Campaign
 
@@ -48,15 +56,35 @@ def read_token(campaign: Campaign) -> str:
     )
 
 
+RETRY_STATUS = (502, 503, 504)
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+
+def retry_policy(retries: int = 3, backoff: float = 0.5) -> Retry:
+    """urllib3 ``Retry``: ``retries`` times on connection errors (any method: nothing reached the
+    server) and on 502/503/504 answers to idempotent methods; no retry of a timed-out read."""
+    return Retry(
+        total=retries, connect=retries, read=0, status=retries, other=0,
+        status_forcelist=RETRY_STATUS, allowed_methods=IDEMPOTENT, backoff_factor=backoff,
+        raise_on_status=False,  # the last answer comes back and is reported below
+        respect_retry_after_header=False,  # bounded waits: the backoff only
+    )
+
+
 class LSClient:
     """Label Studio REST calls with clear errors: unreachable -> :class:`LabelStudioUnavailable`."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 120.0, retries: int = 3,
+                 backoff: float = 0.5) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self.retries = retries
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
+        adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def __repr__(self) -> str:  # never shows the token
         return f"LSClient({self.url!r})"
@@ -68,22 +96,35 @@ class LSClient:
         return LabelStudio(base_url=self.url, api_key=self._token)
 
     # ---- raw calls ------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any) -> Any:
+    def send(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any
+             ) -> requests.Response:
+        """The answer to one call (after the retries), when its status is in ``ok``; otherwise
+        :class:`LabelStudioUnavailable` (unreachable, 502/503/504) or :class:`LabelStudioError`,
+        both with the status code in ``.status``."""
         kwargs.setdefault("timeout", self.timeout)
         full = self.url + path
+        tries = f" after {self.retries} retries" if self.retries else ""
         try:
             r = self.session.request(method, full, **kwargs)
-        except requests.ConnectionError as err:
-            raise LabelStudioUnavailable(f"Label Studio at {self.url} is unreachable ({type(err).__name__})") from None
-        except requests.Timeout:
+        except requests.Timeout:  # before ConnectionError: ConnectTimeout is both
             raise LabelStudioUnavailable(
                 f"Label Studio at {self.url} did not answer in {kwargs['timeout']} s"
             ) from None
-        if r.status_code in (502, 503, 504):
-            raise LabelStudioUnavailable(f"Label Studio at {self.url} is unavailable (HTTP {r.status_code})")
+        except requests.ConnectionError as err:
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.url} is unreachable{tries} ({type(err).__name__})") from None
+        if r.status_code in RETRY_STATUS and r.status_code not in ok:
+            again = tries if method.upper() in IDEMPOTENT else f" ({method} is not retried)"
+            raise LabelStudioUnavailable(
+                f"Label Studio at {self.url} is unavailable (HTTP {r.status_code}{again})", status=r.status_code)
         if r.status_code not in ok:
             body = r.text[:500].replace(self._token, "***")
-            raise LabelStudioError(f"{method} {full}: HTTP {r.status_code}: {body}")
+            raise LabelStudioError(f"{method} {full}: HTTP {r.status_code}: {body}", status=r.status_code)
+        return r
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any) -> Any:
+        """The decoded JSON answer of one call (None for an empty one); errors as :meth:`send`."""
+        r = self.send(method, path, ok=ok, **kwargs)
         if r.status_code == 204 or not r.content:
             return None
         try:
@@ -104,16 +145,21 @@ class LSClient:
         return self.request("DELETE", path, **kw)
 
     def health(self) -> bool:
+        """One quick look at ``/health`` (no retries)."""
         try:
-            return self.session.get(self.url + "/health", timeout=5).status_code == 200
+            return requests.get(self.url + "/health", timeout=5).status_code == 200
         except requests.RequestException:
             return False
 
     # ---- helpers ---------------------------------------------------------------------------
     def iter_tasks(self, project_id: int, *, include: str = "id,data", page_size: int = 1000,
                    fields: str | None = None) -> Iterator[dict]:
-        """Every task of a project (paged), with only the ``include``d fields."""
-        page = 1
+        """Every task of a project (paged), with only the ``include``d fields.
+
+        The last page is the one that reaches the answer's ``total`` (or, without one, a short or
+        empty page). A 404 on the first page means the project does not exist (an error); on a later
+        page (tasks deleted while paging) it ends the listing."""
+        page, seen = 1, 0
         while True:
             params: dict[str, Any] = {"project": project_id, "page": page, "page_size": page_size,
                                       "resolve_uri": "false"}
@@ -121,16 +167,18 @@ class LSClient:
                 params["include"] = include
             if fields:
                 params["fields"] = fields
-            try:
-                out = self.get("/api/tasks", params=params)
-            except LabelStudioError as err:
-                if "HTTP 404" in str(err):  # past the last page
-                    return
-                raise
+            r = self.send("GET", "/api/tasks", ok=(200, 404), params=params)
+            if r.status_code == 404:
+                if page == 1:
+                    raise LabelStudioError(
+                        f"GET {self.url}/api/tasks: project {project_id} not found (HTTP 404)", status=404)
+                return
+            out = r.json()
             tasks = out.get("tasks", []) if isinstance(out, dict) else out
             yield from tasks
+            seen += len(tasks)
             total = out.get("total") if isinstance(out, dict) else None
-            if not tasks or len(tasks) < page_size or (total is not None and page * page_size >= total):
+            if not tasks or (seen >= total if isinstance(total, int) else len(tasks) < page_size):
                 return
             page += 1
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio answered with an error (the message names the URL and what went wrong)."""
+    """Label Studio answered with an error (the message names the URL and what went wrong).
+
+    ``status`` is the HTTP status code of the answer, None when there was none (unreachable)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LabelStudioUnavailable(LabelStudioError):

@@ -122,13 +122,7 @@ def images_folder(campaign: Campaign, store_root: str | Path | None = None) -> P
 
 
 def _project_exists(client: LSClient, pid: int) -> bool:
-    try:
-        client.get(f"/api/projects/{pid}")
-        return True
-    except LabelStudioError as err:
-        if "HTTP 404" in str(err):
-            return False
-        raise
+    return client.send("GET", f"/api/projects/{pid}", ok=(200, 404)).status_code == 200
 
 
 def find_project(client: LSClient, title: str) -> int | None:
