@@ -279,6 +279,8 @@ DEFAULTS = {  # name -> ((cls_head, seg_head), depth of the paper-sized model)
     "mtunet": (("softmax", "softmax"), 4),
     "tim_upa": (("softmax", "softmax"), 4),
     "uml": (("evidential", "evidential"), 3),  # Ren, Zou et al., UML, MICCAI 2023: evidential by design
+    "mttu3d": (("softmax", "softmax"), 3),  # volume models: tests/trainers/test_models3d.py
+    "mtunet3d": (("softmax", "softmax"), 4),
 }
 
 

@@ -28,8 +28,13 @@ def build(
     **options: Any,
 ) -> JointModel:
     """Build model ``name``; ``width``/``depth`` None mean the model's own default size
-    (16/4 for most; jrl 16/5 = channels 32..320; mttu 16/3 = bottleneck at H/8)."""
-    if in_channels not in (1, 3):
+    (16/4 for most; jrl 16/5 = channels 32..320; mttu and mttu3d 16/3 = bottleneck at H/8).
+    Volume models (``mttu3d``, ``mtunet3d``: class attribute ``spatial_dims = 3``) take any
+    ``in_channels`` >= 1 (one per sequence); 2D models 1 or 3."""
+    if getattr(model_class(name), "spatial_dims", 2) == 3:  # volumes: any number of sequences (e.g. 4 MRI)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    elif in_channels not in (1, 3):
         raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     sizes = {k: v for k, v in (("width", width), ("depth", depth)) if v is not None}
     return MODELS.build(
@@ -71,7 +76,7 @@ def resolve_heads(name: str, cls_head: str | None = None, seg_head: str | None =
 
 
 # register the model families (import order = registration order)
-from . import jrl, mttu, mtunet, tim_upa, uml  # noqa: E402,F401
+from . import jrl, mttu, mttu3d, mtunet, mtunet3d, tim_upa, uml  # noqa: E402,F401
 
 __all__ = ["MODELS", "build", "model_class", "default_heads", "resolve_heads", "JointModel", "JointOutput",
            "count_parameters"]
