@@ -21,6 +21,7 @@ def streamlit_command(config: Path | None, port: int) -> list[str]:
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",  # a read-only view: no "Deploy" button, no developer menu
     ]
     if config is not None:
         cmd += ["--", "--config", str(config.resolve())]
@@ -32,13 +33,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("dashboard")
     def dashboard(
-        config: Path = typer.Option(None, "--config", "-c", help="campaign file (default: MEDLOOP_CONFIG or defaults)"),
+        config: Path = typer.Option(
+            None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign file (default: MEDLOOP_CONFIG or defaults)"
+        ),
         port: int = typer.Option(8501, "--port", min=1, max=65535, help="port on 127.0.0.1"),
     ) -> None:
         """Start the read-only Streamlit dashboard on http://127.0.0.1:PORT."""
         if config is not None and not config.is_file():
             typer.echo(f"medloop dashboard: campaign file not found: {config}", err=True)
             raise typer.Exit(2)
+        from medloop.campaign_folder import require_campaign_or_exit
+        from medloop.cli import load_or_exit
+
+        require_campaign_or_exit(load_or_exit(config), "dashboard")  # a mistyped folder: one line, exit 1
         typer.echo(f"medloop dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)", err=True)
         cmd = streamlit_command(config, port)
         if os.name == "posix":

@@ -9,9 +9,13 @@ import typer
 
 app = typer.Typer(no_args_is_help=True)
 
-ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
+ConfigOption = typer.Option(
+    None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file (default: built-in defaults)"
+)
 VenvOption = typer.Option(
-    None, "--venv", help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV or .medloop/labelstudio-venv)"
+    None, "--venv",
+    help="Label Studio's virtual environment (default: MEDLOOP_LS_VENV, else .medloop/labelstudio-venv beside "
+    "medloop's own virtual environment)",
 )
 
 
@@ -104,14 +108,14 @@ def status(config: Path | None = ConfigOption, as_json: bool = typer.Option(Fals
 @app.command()
 def push(config: Path | None = ConfigOption) -> None:
     """Push the queued cases (AnnotationTask rows in state 'intent') to Label Studio."""
+    from medloop.campaign_folder import ledger_or_exit
     from medloop.data.imagestore import ImageStore
-    from medloop.ledger import Ledger
 
     from .errors import LabelStudioError
     from .push import push_queue
 
     campaign = _campaign(config)
-    ledger = Ledger.open(campaign.ledger)
+    ledger = ledger_or_exit(campaign, "labelstudio push")
     try:
         report = push_queue(campaign, ledger, ImageStore(campaign.store))
     except LabelStudioError as err:
@@ -122,14 +126,14 @@ def push(config: Path | None = ConfigOption) -> None:
 @app.command()
 def sync(config: Path | None = ConfigOption) -> None:
     """Pull finished annotations from Label Studio into the ledger."""
+    from medloop.campaign_folder import ledger_or_exit
     from medloop.data.imagestore import ImageStore
-    from medloop.ledger import Ledger
 
     from .errors import LabelStudioError
     from .pull import sync as do_sync
 
     campaign = _campaign(config)
-    ledger = Ledger.open(campaign.ledger)
+    ledger = ledger_or_exit(campaign, "labelstudio sync")
     try:
         report = do_sync(campaign, ledger, ImageStore(campaign.store))
     except LabelStudioError as err:
@@ -144,9 +148,13 @@ def webhook(
     register: bool = typer.Option(True, help="register the webhook in the project"),
 ) -> None:
     """Run a receiver on 127.0.0.1 that syncs when Label Studio reports an annotation (Ctrl-C stops)."""
+    from medloop.campaign_folder import require_campaign_or_exit
+
     from .webhook import serve_forever
 
-    serve_forever(_campaign(config), port=port, register=register)
+    campaign = _campaign(config)
+    require_campaign_or_exit(campaign, "labelstudio webhook")
+    serve_forever(campaign, port=port, register=register)
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """A local Label Studio server for development, the demo and the tests.
 
 * :func:`install` puts Label Studio's server (``label-studio==1.23.*``) in its own virtual
-  environment (``MEDLOOP_LS_VENV`` or ``.medloop/labelstudio-venv``); quick when present.
+  environment (:func:`venv_path`: ``MEDLOOP_LS_VENV``, else ``.medloop/labelstudio-venv`` beside
+  medloop's own virtual environment, whatever the working directory); quick when present.
 * :func:`start` runs it on ``127.0.0.1:<port>`` (the port of ``labeling.url``: one address for
   start, push and sync) with its data folder in ``<campaign>/labelstudio``,
   an admin user and a legacy API token created without a browser (a random token generated on
@@ -60,10 +61,19 @@ NO_OUTBOUND_ENV = {
 
 
 def venv_path(venv: str | Path | None = None) -> Path:
+    """Label Studio's virtual environment, never relative to the working directory: ``venv``, else
+    ``MEDLOOP_LS_VENV``, else beside medloop's own virtual environment (``<dir>/.venv`` ->
+    ``<dir>/.medloop/labelstudio-venv``, the layout of scripts/setup.sh), else (medloop not in a
+    virtual environment) ``$XDG_DATA_HOME/medloop/labelstudio-venv`` (``~/.local/share/...``)."""
     if venv is not None:
-        return Path(venv)
+        return Path(venv).expanduser().resolve()
     env = os.environ.get("MEDLOOP_LS_VENV")
-    return Path(env) if env else Path.cwd() / ".medloop" / "labelstudio-venv"
+    if env:
+        return Path(env).expanduser().resolve()
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix).resolve().parent / ".medloop" / "labelstudio-venv"
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home.expanduser().resolve() / "medloop" / "labelstudio-venv"
 
 
 def executable(venv: str | Path | None = None) -> Path:

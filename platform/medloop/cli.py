@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="medloop: self-training rounds for joint classification + segmentation.")
 
-ConfigOption = typer.Option(None, "--config", "-c", help="campaign TOML file (default: built-in defaults)")
+ConfigOption = typer.Option(
+    None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file (default: built-in defaults)"
+)
 
 
 def load_or_exit(config: Path | None, **overrides: object) -> Campaign:
@@ -73,11 +75,11 @@ def print_status(campaign: Campaign) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from medloop.ledger import Ledger
+    from medloop.campaign_folder import ledger_or_exit
     from medloop.ledger.queries import LABEL_COLUMNS, class_counts, pool_sizes, quarantine_summary, rounds_table
 
     console = Console()
-    ledger = Ledger.open(campaign.ledger)
+    ledger = ledger_or_exit(campaign, "status")  # a mistyped folder is refused, never created
     try:
         with ledger.reading() as s:
             sizes, truth = pool_sizes(s), class_counts(s, "truth")
@@ -120,21 +122,25 @@ def demo(
     config: Path | None = ConfigOption,
     dataset: str | None = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
     rounds: int = typer.Option(3, "--rounds", min=0, help="self-training rounds to run after ingesting"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and MLflow's log lines (default: a file)"),
 ) -> None:
     """Run the demo campaign on the embedded defaults (no file needed)."""
     from medloop.data.errors import DataError
-    from medloop.demo import run_demo
+    from medloop.demo_output import run_demo_shown
 
     campaign = load_or_exit(config)
     if dataset is not None and dataset not in ("synthetic", "busi"):
         typer.echo(f"--dataset: expected synthetic or busi (got {dataset!r})", err=True)
         raise typer.Exit(2)
     try:
-        report = run_demo(campaign, dataset=dataset, path=path, rounds=rounds)
+        report, failure = run_demo_shown(campaign, dataset=dataset, path=path, rounds=rounds, verbose=verbose)
     except DataError as err:
         raise _data_error(err) from None
     typer.echo(report.summary())
     print_status(campaign)
+    if failure:
+        typer.echo(failure, err=True)
+        raise typer.Exit(1)
 
 
 # ---- sub-commands that live next to the code they drive --------------------------------

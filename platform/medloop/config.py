@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors that name the key and the expected type.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -194,13 +196,19 @@ class SelectionConfig(_Section):
 class LabelingConfig(_Section):
     """Label Studio connection and project."""
 
-    enabled: bool = Field(False, description="push to / sync from Label Studio (off: the oracle answers directly)")
+    enabled: bool = Field(
+        False, description="push to / sync from Label Studio (off: queued cases wait, or labeling.oracle answers them)"
+    )
     url: str = Field("http://127.0.0.1:8080", description="Label Studio URL")
     token_env: str = Field("LABEL_STUDIO_API_KEY", description="environment variable holding the API token")
     token_file: str | None = Field(None, description="file holding the API token (used when the variable is unset)")
     project_title: str | None = Field(None, description="project title (default: medloop-<campaign>)")
     lesion_label: str = Field("Lesion", description="BrushLabels label name for the lesion")
-    oracle: bool = Field(True, description="answer queued cases from hidden ground truth (demo / benchmarks)")
+    oracle: bool = Field(
+        False,
+        description="answer queued cases from the hidden ground truth as if an annotator had (demo and benchmarks "
+        "only; with Label Studio on, the truth is posted there as annotations)",
+    )
     multi_annotation_policy: Literal["latest", "agreement"] = Field(
         "latest", description="several annotations on a task"
     )
@@ -265,7 +273,9 @@ class TrackingConfig(_Section):
 class ComputeConfig(_Section):
     """Training and scoring resources."""
 
-    ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    ray_address: str | None = Field(
+        None, description="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1 only)"
+    )
     num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP); 0 trains in-process without Ray Train")
     cpus_per_worker: int | None = Field(
         None, ge=1, description="CPUs (torch threads) per Ray Train worker (default: the cluster's CPUs / num_workers)"
@@ -334,7 +344,9 @@ class Campaign(_Section):
     """A campaign: one TOML file, every section optional."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="campaign name (folder and experiment name)")
-    root: str | None = Field(None, description="campaign folder (default: .medloop/<name>)")
+    root: str | None = Field(
+        None, description="campaign folder, relative to the campaign file's folder (default: .medloop/<name> there)"
+    )
     ledger_url: str | None = Field(
         None, description="SQLAlchemy URL of the ledger (default: SQLite in the campaign folder)"
     )
@@ -346,6 +358,8 @@ class Campaign(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    #: the folder of the campaign file (set by :func:`load_campaign`); relative locations start there
+    _base_dir: Path | None = PrivateAttr(None)
 
     # ---- cross-checks --------------------------------------------------------------
     @model_validator(mode="after")
@@ -361,7 +375,10 @@ class Campaign(_Section):
     # ---- derived locations -------------------------------------------------------
     @property
     def folder(self) -> Path:
-        return Path(self.root) if self.root else Path(".medloop") / self.name
+        """``root``, else ``.medloop/<name>``; a relative one lies in the campaign file's folder (the
+        working directory only for a campaign without a file)."""
+        folder = Path(self.root).expanduser() if self.root else Path(".medloop") / self.name
+        return folder if self._base_dir is None or folder.is_absolute() else self._base_dir / folder
 
     @property
     def ledger(self) -> str:
@@ -510,10 +527,16 @@ def parse_campaign(data: dict[str, Any], source: str = "<config>") -> Campaign:
         raise ConfigError(_describe(err, source)) from None
 
 
+#: the campaign file every command uses when it is given none (``--config`` wins)
+CONFIG_ENV = "MEDLOOP_CONFIG"
+
+
 def load_campaign(path: str | Path | None = None, **overrides: Any) -> Campaign:
-    """Load a campaign TOML file (or the defaults when ``path`` is None)."""
+    """Load a campaign TOML file: ``path``, else the file named by ``MEDLOOP_CONFIG``, else the defaults.
+    Relative locations in it (``root``, the default ``.medloop/<name>``) start at the file's folder."""
     data: dict[str, Any] = {}
     source = "<defaults>"
+    path = path or os.environ.get(CONFIG_ENV) or None
     if path is not None:
         source = str(path)
         try:
@@ -523,7 +546,10 @@ def load_campaign(path: str | Path | None = None, **overrides: Any) -> Campaign:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return parse_campaign(data, source)
+    campaign = parse_campaign(data, source)
+    if path is not None:
+        campaign._base_dir = Path(path).expanduser().resolve().parent
+    return campaign
 
 
 def flatten(campaign: Campaign) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Ingests the campaign's dataset (synthetic phantoms by default, or BUSI with ``--dataset busi``),
 then runs ``rounds`` self-training rounds end to end with the oracle annotator answering each
-round's queue from the hidden ground truth, and reports what changed round by round.
+round's queue from the hidden ground truth (``labeling.oracle``, off by default, is turned on here
+unless the campaign file sets it), and reports what changed round by round.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def demo_campaign(campaign: Campaign) -> tuple[Campaign, list[str]]:
         if current == default:
             campaign = campaign.model_copy(update={section: current.model_copy(update=DEMO_PROFILE[section])})
             notes.append(f"demo profile: {section} " + ", ".join(f"{k}={v}" for k, v in DEMO_PROFILE[section].items()))
+    if "oracle" not in campaign.labeling.model_fields_set:  # the demo's annotator; a file's setting wins
+        labeling = campaign.labeling.model_copy(update={"oracle": True})
+        campaign = campaign.model_copy(update={"labeling": labeling})
+        notes.append("demo: labeling.oracle = true (queued cases answered from the hidden ground truth)")
     return campaign, notes
 
 
@@ -97,21 +102,44 @@ def run_demo(
     rounds: int = 3,
     echo: Callable[[str], Any] | None = print,
     extras: dict[str, Any] | None = None,
+    on_step: Callable[[int, str], Any] | None = None,
 ) -> DemoReport:
-    """Ingest ``dataset`` (default: ``campaign.data.source``; idempotent), then run ``rounds`` rounds."""
-    from medloop.rounds.orchestrator import run_round
+    """Ingest ``dataset`` (default: ``campaign.data.source``; idempotent), then run ``rounds`` rounds;
+    ``echo`` gets each round's table, ``on_step(round, step)`` each step as it starts."""
+    report, campaign = prepare_demo(campaign, dataset, path, progress)
+    run_demo_rounds(campaign, report, rounds, echo=echo, extras=extras, on_step=on_step)
+    return report
 
+
+def prepare_demo(
+    campaign: Campaign, dataset: str | None = None, path: str | Path | None = None, progress: bool = True
+) -> tuple[DemoReport, Campaign]:
+    """The ingest and the demo's settings: the report so far and the campaign the rounds run with."""
     fmt = dataset or campaign.data.source
     report = DemoReport(ingest(campaign, fmt, path if path is not None else campaign.data.path, progress=progress))
     campaign, report.notes = demo_campaign(campaign)
     if not campaign.labeling.enabled and not campaign.labeling.oracle:
         report.notes.append("labeling.oracle is off: queued cases stay unanswered")
+    return report, campaign
+
+
+def run_demo_rounds(
+    campaign: Campaign,
+    report: DemoReport,
+    rounds: int,
+    *,
+    echo: Callable[[str], Any] | None = print,
+    extras: dict[str, Any] | None = None,
+    on_step: Callable[[int, str], Any] | None = None,
+) -> None:
+    """Run ``rounds`` rounds (fewer when one does not finish), adding a row per round to ``report``."""
+    from medloop.rounds.orchestrator import run_round
+
     for _ in range(rounds):
-        out = run_round(campaign, force=True, extras=extras)
+        out = run_round(campaign, force=True, extras=extras, on_step=on_step)
         if out.status != "done":
             report.notes.append(f"{out.status}: {out.message}")
             break
         report.rounds.append(round_row(campaign, out))
         if echo is not None:
             echo(round_table(report.rounds[-1:]))
-    return report

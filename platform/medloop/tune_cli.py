@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("tune")
     def tune(
-        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        config: Path | None = typer.Option(None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file"),
         samples: int = typer.Option(8, "--samples", "-n", min=1, help="number of trials"),
         epochs: int | None = typer.Option(
             None, "--epochs", min=1, help="max epochs per trial (default compute.epochs)"
@@ -21,8 +21,9 @@ def register(app: typer.Typer) -> None:
         write_back_: bool = typer.Option(False, "--write-back", help="write the best values into the campaign file"),
     ) -> None:
         """Search lr, dropout, width and loss weights with ASHA on the labeled data."""
+        from medloop.campaign_folder import ledger_or_exit
         from medloop.config import ConfigError, load_campaign
-        from medloop.ledger.store import Ledger
+        from medloop.trainers.ray_local import shutdown_local_ray
         from medloop.trainers.tune import tune_campaign, write_back
 
         try:
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
         if write_back_ and config is None:
             typer.echo("--write-back needs --config FILE", err=True)
             raise typer.Exit(2)
-        ledger = Ledger.open(campaign.ledger)
+        ledger = ledger_or_exit(campaign, "tune")
         try:
             best = tune_campaign(campaign, ledger, num_samples=samples, max_epochs=epochs)
         except ValueError as err:
@@ -41,6 +42,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         finally:
             ledger.close()
+            shutdown_local_ray()
         typer.echo(json.dumps(best, indent=1, default=str))
         if write_back_ and config is not None:  # (--write-back without --config exited above)
             write_back(config, best)

@@ -83,7 +83,11 @@ STATE_JS = """(() => {
   const drawn = charts.filter(e => { const c = e.querySelector('canvas, svg');
       return c && c.getBoundingClientRect().width > 50 && c.getBoundingClientRect().height > 50; }).length;
   const headers = [...document.querySelectorAll('h2')].map(h => h.innerText.trim());
-  return {running, charts: charts.length, drawn,
+  // Streamlit's "Deploy" button (the developer toolbar); the viewer toolbar has none
+  const deploy = !!document.querySelector('[data-testid="stAppDeployButton"]')
+      || [...document.querySelectorAll('[data-testid="stToolbar"] button')].some(b => /Deploy/.test(b.innerText));
+  return {running, charts: charts.length, drawn, deploy,
+          toolbar: !!document.querySelector('[data-testid="stToolbar"]'),
           exceptions: document.querySelectorAll('[data-testid="stException"]').length,
           headers, text: document.body.innerText.slice(0, 5000)};
 })()"""
@@ -204,6 +208,7 @@ def test_dashboard_in_chromium(served: str, browser: Tab) -> None:
         if page == "Overview":  # the label-efficiency curve and the trained-on bars open the page, both drawn
             assert painted_charts(shot, rects[:2]) == 2, "Overview: the label-efficiency charts are blank"
         assert "Traceback" not in state.get("text", "")
+        assert state.get("toolbar") and not state.get("deploy"), f"{page}: Streamlit's Deploy button is shown"
     assert "medloop" in state["text"]
 
 

@@ -38,7 +38,7 @@ def test_help_everywhere(command: str) -> None:
 def test_init_writes_defaults_and_refuses_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "campaign.toml"
     assert runner.invoke(app, ["init", str(target)]).exit_code == 0
-    assert load_campaign(target) == Campaign()
+    assert load_campaign(target).model_dump() == Campaign().model_dump()
     again = runner.invoke(app, ["init", str(target)])
     assert again.exit_code == 1 and "already exists" in again.output
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import URL, CursorResult, Engine, create_engine, event, make_url, select, update
+from sqlalchemy import URL, CursorResult, Engine, create_engine, event, inspect, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
@@ -28,6 +28,10 @@ class LedgerError(RuntimeError):
 
 class HumanLabelExists(LedgerError):
     """A pseudo-label was offered for a sample that has a human label."""
+
+
+class LedgerMissing(LedgerError):
+    """There is no ledger at the URL (asked for by a command that must not create one)."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -48,6 +52,21 @@ def engine_url(url: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0].removeprefix("file:"))
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password hidden (for messages)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials part
+        return url.rsplit("@", 1)[-1]
 
 
 def make_engine(url: str) -> Engine:
@@ -84,6 +103,29 @@ class Ledger:
                     f"(supports {SCHEMA_VERSION}); upgrade medloop"
                 )
         return ledger
+
+    @staticmethod
+    def check_exists(url: str) -> None:
+        """Raise :class:`LedgerMissing` unless a medloop ledger is at ``url``; creates and writes
+        nothing (no folder, file, table or row)."""
+        path = sqlite_file(url)
+        if path is not None and not path.is_file():
+            raise LedgerMissing(f"no ledger at {path}")
+        probe = make_engine(url)
+        try:
+            tables = set(inspect(probe).get_table_names())
+        finally:
+            probe.dispose()
+        if not {Meta.__tablename__, "samples", "rounds"} <= tables:
+            raise LedgerMissing(f"no medloop ledger at {display_url(url)} (its tables are missing)")
+
+    @classmethod
+    def open_existing(cls, url: str) -> Ledger:
+        """Open a ledger that exists, as :meth:`open` does (an older schema is upgraded), but never
+        create one: for commands that must not create a campaign (status, round, Label Studio push and
+        sync, tune). Raises :class:`LedgerMissing` when there is none."""
+        cls.check_exists(url)
+        return cls.open(url)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from medloop.config import Campaign
 
 EXIT_LOCKED = 3
 EXIT_FAILED = 1
@@ -35,15 +39,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("round")
     def round_cmd(
-        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        config: Path | None = typer.Option(None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file"),
         force: bool = typer.Option(False, "--force", help="run even if the trigger or a stopping rule says no"),
     ) -> None:
         """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
+        from medloop.campaign_folder import require_campaign_or_exit
         from medloop.rounds.lock import RoundLocked
         from medloop.rounds.orchestrator import RoundStepFailed, run_round
         from medloop.tracking.identity import CampaignMismatch
+        from medloop.trainers.ray_local import shutdown_local_ray
 
         campaign = _campaign(config)
+        require_campaign_or_exit(campaign, "round")  # a mistyped folder is refused, not made a new campaign
         try:
             out = run_round(campaign, force=force)
         except RoundLocked as err:
@@ -52,20 +59,35 @@ def register(app: typer.Typer) -> None:
         except (RoundStepFailed, CampaignMismatch) as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_FAILED) from None
+        finally:
+            shutdown_local_ray()  # the local Ray this round started (a cluster is left alone)
         typer.echo(summary(out))
 
     @app.command("watch")
     def watch_cmd(
         every: str = typer.Option("6h", "--every", help="interval between attempts: 6h, 30m, 90s, 1d"),
-        config: Path | None = typer.Option(None, "--config", "-c", help="campaign TOML file"),
+        config: Path | None = typer.Option(None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file"),
         max_rounds: int | None = typer.Option(None, "--max-rounds", help="exit after this many finished rounds"),
     ) -> None:
         """Try a round every --every; the trigger and stopping rules decide whether it runs."""
+        from medloop.campaign_folder import require_campaign_or_exit
+        from medloop.rounds.orchestrator import RoundOutcome, run_round
         from medloop.rounds.scheduler import parse_every, watch
+        from medloop.trainers.ray_local import shutdown_local_ray
 
         try:
             seconds = parse_every(every)
         except ValueError as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(2) from None
-        watch(_campaign(config), seconds, max_rounds=max_rounds, echo=typer.echo)
+        campaign = _campaign(config)
+        require_campaign_or_exit(campaign, "watch")
+
+        def run_then_release(c: Campaign) -> RoundOutcome:
+            """A round, then its local Ray shut down: nothing is held between ticks (hours apart)."""
+            try:
+                return run_round(c)
+            finally:
+                shutdown_local_ray()
+
+        watch(campaign, seconds, max_rounds=max_rounds, run=run_then_release, echo=typer.echo)

@@ -121,21 +121,24 @@ def run_round(
     force: bool = False,
     steps: Mapping[str, StepFn] | None = None,
     extras: dict[str, Any] | None = None,
+    on_step: Callable[[int, str], Any] | None = None,
 ) -> RoundOutcome:
-    """Run (or resume) one round of ``campaign`` under the campaign lock."""
+    """Run (or resume) one round of ``campaign`` under the campaign lock; ``on_step(round_id, step)`` is
+    called as each step starts (progress display)."""
     with round_lock(campaign):
         ledger = Ledger.open(campaign.ledger)
         try:
             chosen = dict(steps or {})
             if set(chosen) != set(STEPS):
                 chosen = {**default_steps(), **chosen}
-            return _run_locked(campaign, ledger, force, chosen, extras or {})
+            return _run_locked(campaign, ledger, force, chosen, extras or {}, on_step)
         finally:
             ledger.close()
 
 
 def _run_locked(
-    campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any]
+    campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any],
+    on_step: Callable[[int, str], Any] | None = None,
 ) -> RoundOutcome:
     if extras.get("tracking", True):  # before anything changes: the MLflow store must be this ledger's
         from medloop.tracking import check_campaign
@@ -158,6 +161,8 @@ def _run_locked(
         _crash_point(name, "before")
         ctx = StepContext(campaign, ledger, round_id, name, force=force, extras=extras)
         log.info("round %d: %s", round_id, name)
+        if on_step is not None:
+            on_step(round_id, name)
         try:
             detail = fn(ctx) or {}
         except Exception as err:  # noqa: BLE001 - recorded, then re-raised with the step named
