@@ -20,6 +20,7 @@ from medloop.trainers.metrics.classification import (
     sensitivity,
     specificity,
 )
+from medloop.trainers.metrics.regions import mean_region_metrics, region_dice, region_metrics
 from medloop.trainers.metrics.segmentation import (
     assd,
     dice,
@@ -38,4 +39,5 @@ __all__ = [
     "risk_coverage", "accuracy", "auc_ovr", "classification_metrics", "confusion_matrix", "f1_score",
     "sensitivity", "specificity", "assd", "dice", "hd95", "iou", "segmentation_metrics",
     "empty_mask_rate", "lesion_cases", "lesion_dice", "lesion_iou", "no_lesion_cases",
+    "mean_region_metrics", "region_dice", "region_metrics",
 ]
