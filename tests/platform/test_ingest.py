@@ -224,3 +224,63 @@ def test_image_store_reads_ignore_maps_in_both_formats(tmp_path: Path) -> None:
     for rel in (as_npy, as_png):
         got = store.load_ignore(rel)
         assert got.dtype == np.uint8 and got.tolist() == [[1, 0], [0, 1]], rel
+
+
+def test_store_copies_png_files_that_already_hold_the_stored_pixels(lay, tmp_path: Path, campaign_factory) -> None:
+    """An 8-bit grey PNG image and a 0/255 grey PNG mask are stored by copying their bytes (no second
+    encoding); a JPEG image, a 1-bit or RGB mask, or a file changed after it was read are encoded. The
+    stored pixels are the same either way."""
+    from PIL import Image
+
+    from medloop.data import ingest as ingest_module
+
+    from PIL.PngImagePlugin import PngInfo
+
+    root = lay.write_generic(tmp_path / "d", n=8)  # masks in modes 1, L, RGB, RGBA (case i: i % 4)
+    tag = PngInfo()
+    tag.add_text("source", "the dataset")  # a copied file keeps this text chunk, an encoded one has none
+    for f in [*(root / "images").iterdir(), *(root / "masks").iterdir()]:
+        with Image.open(f) as im:
+            im.load()
+            im.save(f, pnginfo=tag)
+    Image.fromarray(lay.grey(7)).save(root / "images" / "case7.jpg", quality=95)
+    (root / "images" / "case7.png").unlink()
+    (root / "labels.csv").write_text((root / "labels.csv").read_text().replace("case7.png", "case7.jpg"))
+    changed: list[str] = []
+    store_case = ingest_module._store_case
+
+    def touch_then_store(store, p):  # noqa: ANN001, ANN202 - a file edited between reading and storing
+        if p.original_path.endswith("case5.png"):
+            path = Path(p.original_path)
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+            changed.append(p.uid)
+        return store_case(store, p)
+
+    ingest_module._store_case = touch_then_store
+    try:
+        campaign = campaign_factory(unlabeled_fraction=0.0)
+        ingest(campaign, "generic", root)
+    finally:
+        ingest_module._store_case = store_case
+    assert changed
+    store = ImageStore(campaign.store)
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        rows = s.execute(select(Sample, Label).join(Label, Label.sample_id == Sample.id)
+                         .where(Label.kind == "truth")).all()
+    ledger.close()
+    copied = {}
+    for smp, lab in rows:
+        name = Path(smp.original_path).name
+        src = root / "images" / name
+        stored = store.path(smp.image_path).read_bytes()
+        copied[name] = stored == src.read_bytes()
+        assert np.array_equal(store.load_image(smp.image_path), np.asarray(Image.open(src).convert("L")))
+        mask_src = root / "masks" / f"{Path(name).stem}.png"
+        copied[f"mask {name}"] = store.path(lab.mask_path).read_bytes() == mask_src.read_bytes()
+        assert np.array_equal(store.load_mask(lab.mask_path), np.asarray(Image.open(mask_src).convert("L")) > 0)
+    # images: every PNG copied but the one changed after reading; the JPEG encoded as PNG
+    assert {k: v for k, v in copied.items() if not k.startswith("mask")} == {
+        **{f"case{i}.png": True for i in range(7) if i != 5}, "case5.png": False, "case7.jpg": False}
+    # masks: only the grey 0/255 ones (mode L: cases 1 and 5, and 5's image changed, not its mask)
+    assert {k for k, v in copied.items() if k.startswith("mask") and v} == {"mask case1.png", "mask case5.png"}

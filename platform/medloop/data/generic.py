@@ -4,14 +4,27 @@ with columns ``image,label`` (a blank label, or an image not listed, means unlab
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from .errors import BadFile, DataError
 from .records import IMAGE_SUFFIXES, Item, inside
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _files(root: Path, folder: Path) -> list[tuple[Path, Path | None]]:
+    """The image files of ``folder``, sorted, each with its real path when it lies inside ``root``
+    (None when it escapes it). One directory read: an entry that is not a symlink resolves to the
+    folder's real path + its name, so only the folder and symlinks are resolved."""
+    real_root, real_folder = root.resolve(), folder.resolve()
+    out = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if not e.is_file() or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            path = folder / e.name
+            real = path.resolve() if e.is_symlink() else real_folder / e.name
+            out.append((path, real if real.is_relative_to(real_root) else None))
+    return sorted(out)
 
 
 def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]) -> dict[str, str | None]:
@@ -54,11 +67,14 @@ def _label_rows(
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             name, label = row["image"], row["label"]
             where = f"{csv_path}:{line}"
-            target = (root / "images" / name) if (root / "images" / name).exists() else (root / name)
-            if not name or ".." in Path(name).parts or Path(name).is_absolute() or not inside(root, target):
-                bad.append(BadFile(f"{where} ({name})", f"path escapes the dataset root {root} (symlink or '..')"))
-                continue
             stem = Path(name).stem
+            found = images.get(stem)
+            if found is None or name != found.name:  # not simply the file the walk found (and checked)
+                target = (root / "images" / name) if (root / "images" / name).exists() else (root / name)
+                if not name or ".." in Path(name).parts or Path(name).is_absolute() or not inside(root, target):
+                    bad.append(BadFile(f"{where} ({name})",
+                                       f"path escapes the dataset root {root} (symlink or '..')"))
+                    continue
             if stem not in images:
                 bad.append(BadFile(f"{where} ({name})", "listed in labels.csv but no such file in images/"))
                 continue
@@ -78,17 +94,19 @@ def scan_generic(path: str | Path, classes: list[str]) -> tuple[list[Item], list
         raise DataError(f"{root}: expected a folder images/ (and optionally masks/ and labels.csv)")
     bad: list[BadFile] = []
     images: dict[str, Path] = {}
-    for f in _files(root / "images"):
-        if not inside(root, f):
+    real: dict[Path, Path] = {}
+    for f, f_real in _files(root, root / "images"):
+        if f_real is None:
             bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
         elif f.stem in images:
             bad.append(BadFile(str(f), f"two images with the stem {f.stem!r} ({images[f.stem].name})"))
         else:
             images[f.stem] = f
+            real[f] = f_real
     masks: dict[str, Path] = {}
     if (root / "masks").is_dir():
-        for f in _files(root / "masks"):
-            if not inside(root, f):
+        for f, f_real in _files(root, root / "masks"):
+            if f_real is None:
                 bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
             elif f.stem not in images:
                 bad.append(BadFile(str(f), f"mask without an image (no images/{f.stem}.*)"))
@@ -96,7 +114,7 @@ def scan_generic(path: str | Path, classes: list[str]) -> tuple[list[Item], list
                 masks[f.stem] = f
     labels = _read_labels(root, classes, images, bad)
     items = [
-        Item(image=p, masks=[masks[s]] if s in masks else [], class_name=labels.get(s))
+        Item(image=p, masks=[masks[s]] if s in masks else [], class_name=labels.get(s), resolved=real[p])
         for s, p in sorted(images.items())
     ]
     return items, bad

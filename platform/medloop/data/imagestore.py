@@ -96,6 +96,11 @@ class ImageStore:
         _atomic_write(self.root / rel, buf.getvalue())
         return rel
 
+    def put_bytes(self, rel: str, data: bytes) -> str:
+        """Store a file's bytes as they are (an image or mask PNG already in the store's form)."""
+        _atomic_write(self.root / rel, data)
+        return rel
+
     def put_image(self, uid: str, image: np.ndarray) -> str:
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"image {uid}: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,6 +14,32 @@ from .errors import FileError
 from .imagestore import binarise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class SamePNG(NamedTuple):
+    """A PNG file whose pixels are exactly an array ingest stores (an 8-bit grey or RGB image, a 0/255
+    mask): the store may copy its bytes instead of encoding the array again, while the file still has
+    this size and modification time."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> SamePNG:
+        st = os.stat(path)
+        return cls(path, st.st_size, st.st_mtime_ns)
+
+    def read(self) -> bytes | None:
+        """The file's bytes, or None when it changed since it was read (then encode the array)."""
+        try:
+            st = os.stat(self.path)
+            if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+                return None
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        return data if len(data) == self.size else None
 
 
 @dataclass
@@ -24,6 +52,8 @@ class Record:
     class_name: str | None
     mode: str = "L"  # the file's PIL mode: "I;16", "I" or "F" were rescaled to 8 bits (see decode_image)
     notes: list[str] = field(default_factory=list)  # warnings about this case, each naming the file
+    image_png: SamePNG | None = None  # the image file, when its bytes are the stored image exactly
+    mask_png: SamePNG | None = None  # the one mask file, when it is a 0/255 grey PNG of ``mask``
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -86,11 +116,19 @@ def decode_image(
     are rescaled to 0..255 by :func:`rescale_intensity` (min-max per image, or ``window``).
     An image over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is a bad file.
     """
+    image, mode, notes, _ = _decode_image(path, channels, window)
+    return image, mode, notes
+
+
+def _decode_image(
+    path: Path, channels: int = 1, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, str, list[str], str | None]:
+    """:func:`decode_image` and the file's format (``PNG``, ``JPEG``, ...)."""
     notes: list[str] = []
     try:
         with Image.open(path) as im:
             im.load()
-            mode = str(im.mode)
+            mode, fmt = str(im.mode), im.format
             if is_deep(mode):
                 grey, notes = rescale_intensity(np.asarray(im), window, str(path))
                 out = Image.fromarray(grey, "L")
@@ -103,7 +141,7 @@ def decode_image(
         raise FileError(str(path), f"image too large to decode safely (decompression-bomb limit: {err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise FileError(str(path), f"unreadable or truncated image ({err})") from None
-    return np.asarray(out, dtype=np.uint8), mode, notes
+    return np.asarray(out, dtype=np.uint8), mode, notes, fmt
 
 
 def read_image(path: Path, channels: int = 1, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -113,10 +151,16 @@ def read_image(path: Path, channels: int = 1, window: tuple[float, float] | None
 
 def read_mask(path: Path) -> np.ndarray:
     """Decode a mask in any PNG mode (1-bit, L, RGB, RGBA) and binarise it (> 0) to uint8 {0, 1}."""
+    return _read_mask(path)[0]
+
+
+def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
+    """:func:`read_mask`, and whether the file is a grey PNG holding only 0 and 255 (the store's form)."""
     try:
         with Image.open(path) as im:
             im.load()
             arr = np.asarray(im)
+            stored_form = im.format == "PNG" and im.mode == "L"
     except Image.DecompressionBombError as err:
         raise FileError(str(path), f"mask too large to decode safely (decompression-bomb limit: {err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -126,7 +170,8 @@ def read_mask(path: Path) -> np.ndarray:
         if arr.shape[-1] in (2, 4):  # alpha: transparent pixels are background
             colour = np.where(arr[..., -1] > 0, colour, 0)
         arr = colour
-    return binarise(arr)
+    mask = binarise(arr)
+    return mask, stored_form and bool(np.array_equal(arr, mask * np.uint8(255)))
 
 
 def check_mask_size(mask_path: Path, mask: np.ndarray, image: np.ndarray) -> None:
@@ -145,15 +190,30 @@ class Item:
     image: Path
     masks: list[Path]
     class_name: str | None
+    resolved: Path | None = None  # ``image`` with symlinks resolved, when the walk knows it (else resolved here)
 
     def load(self, channels: int = 1, window: tuple[float, float] | None = None) -> Record:
         """Read the image and the union of its masks; raises :class:`FileError` naming the bad file.
         ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`)."""
-        image, mode, notes = decode_image(self.image, channels, window)
+        stat = _stat(self.image)
+        image, mode, notes, fmt = _decode_image(self.image, channels, window)
         mask = None
+        mask_png = None
         for mpath in self.masks:
-            m = read_mask(mpath)
+            mstat = _stat(mpath)
+            m, stored_form = _read_mask(mpath)
             check_mask_size(mpath, m, image)
             mask = m if mask is None else np.maximum(mask, m)
-        return Record(original_path=str(self.image.resolve()), image=image, mask=mask, class_name=self.class_name,
-                      mode=mode, notes=notes)
+            mask_png = mstat if stored_form and len(self.masks) == 1 else None
+        same = fmt == "PNG" and mode == ("L" if channels == 1 else "RGB")
+        return Record(original_path=str(self.resolved or self.image.resolve()), image=image, mask=mask,
+                      class_name=self.class_name, mode=mode, notes=notes, image_png=stat if same else None,
+                      mask_png=mask_png)
+
+
+def _stat(path: Path) -> SamePNG | None:
+    """The file's size and time before it is decoded (a change afterwards turns the byte copy off)."""
+    try:
+        return SamePNG.of(path)
+    except OSError:
+        return None  # decoding reports the problem
