@@ -11,6 +11,10 @@
   check off (:data:`NO_OUTBOUND_ENV`: no outbound calls), and waits until ``/health`` answers.
 * :func:`stop` and :func:`status` use the pid file ``<campaign>/labelstudio/server.pid``;
   the server logs to ``<campaign>/labelstudio/server.log``.
+* The data folder holds the SQLite database with the users and their API tokens: it is made
+  private at every start (mode 0700; files directly inside lose every group/other bit) and the
+  server runs with umask 077, so what it creates later (the database, exports, uploads) is
+  readable by its owner only.
 """
 
 from __future__ import annotations
@@ -144,6 +148,19 @@ def document_root(campaign: Campaign) -> Path:
     return campaign.folder.resolve()
 
 
+def make_private(folder: Path) -> None:
+    """Create ``folder`` with mode 0700 (or set it) and take every group/other bit off what lies
+    directly inside (the database, logs, ``media``, ``export``; deeper files are behind 0700)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for child in folder.iterdir():
+        if child.is_symlink():
+            continue
+        mode = child.stat().st_mode & 0o7777
+        if mode & 0o077:
+            os.chmod(child, mode & ~0o077)
+
+
 def _secret_file(path: Path, nbytes: int) -> str:
     """Read a secret from ``path``, or generate one and write it with mode 0600."""
     if path.exists():
@@ -198,7 +215,11 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """True when no socket listens on 127.0.0.1:``port``. The probe binds with ``SO_REUSEADDR``, as
+    servers do, so the closed connections of a server stopped a moment ago (TIME_WAIT) do not make
+    the port look taken; a listening socket still does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -292,7 +313,7 @@ def start(
     if not port_free(port):
         raise LabelStudioInstallError(f"port {port} on 127.0.0.1 is taken; choose another with --port")
     f = files(campaign)
-    f.folder.mkdir(parents=True, exist_ok=True)
+    make_private(f.folder)
     token = _secret_file(f.token, 20)
     password = _secret_file(f.password, 12)
     root = document_root(campaign)
@@ -322,13 +343,14 @@ def start(
         str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
         "--data-dir", str(f.folder), "--enable-legacy-api-token", "--log-level", "WARNING",
     ]
-    with open(f.log, "ab") as log:
+    with os.fdopen(os.open(f.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=str(f.folder), start_new_session=True,
+            cwd=str(f.folder), start_new_session=True, umask=0o077,  # the token database: owner only
         )
-    f.pid.write_text(f"{proc.pid}\n")
-    f.port.write_text(f"{port}\n")
+    for path, value in ((f.pid, proc.pid), (f.port, port)):
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(f"{value}\n")
     url = _url(port)
     if not _wait_health(url, proc.pid, timeout):
         alive = _pid_alive(proc.pid)
