@@ -549,7 +549,8 @@ def open_queue_size(engine: Engine) -> int:
 
 
 def quarantined(engine: Engine) -> int:
-    return _scalar(engine, select(func.count()).select_from(quarantine_t))
+    """Annotations in quarantine now (a resolved row is a record: fixed, deleted or cancelled)."""
+    return _scalar(engine, select(func.count()).select_from(quarantine_t).where(quarantine_t.c.resolved_at.is_(None)))
 
 
 # ---- sample explorer --------------------------------------------------------------------------------------

@@ -124,19 +124,23 @@ def push(config: Path | None = ConfigOption) -> None:
 
 
 @app.command()
-def sync(config: Path | None = ConfigOption) -> None:
-    """Pull finished annotations from Label Studio into the ledger."""
+def sync(
+    config: Path | None = ConfigOption,
+    wait: float = typer.Option(60.0, "--wait", help="seconds to wait for the campaign lock (a round or another sync)"),
+) -> None:
+    """Pull finished annotations from Label Studio into the ledger (under the campaign lock)."""
     from medloop.campaign_folder import ledger_or_exit
     from medloop.data.imagestore import ImageStore
+    from medloop.rounds.lock import RoundLocked
 
     from .errors import LabelStudioError
-    from .pull import sync as do_sync
+    from .pull import locked_sync
 
     campaign = _campaign(config)
     ledger = ledger_or_exit(campaign, "labelstudio sync")
     try:
-        report = do_sync(campaign, ledger, ImageStore(campaign.store))
-    except LabelStudioError as err:
+        report = locked_sync(campaign, ledger, ImageStore(campaign.store), wait_s=wait)
+    except (LabelStudioError, RoundLocked) as err:
         _fail(err)
     typer.echo(json.dumps(report.as_dict()))
 

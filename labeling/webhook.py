@@ -114,14 +114,16 @@ def serve_forever(campaign: Campaign, *, port: int = 8765, register: bool = True
     from medloop.ledger import Ledger
 
     from .project import ensure_project
-    from .pull import sync
+    from .pull import locked_sync
 
     ledger = Ledger.open(campaign.ledger)
     store = ImageStore(campaign.store)
     client = connect(campaign)
     pid = ensure_project(campaign, ledger, client, store_root=store.root)
     def run_sync() -> None:
-        print(json.dumps(sync(campaign, ledger, store, client=client, project_id=pid).as_dict()), flush=True)
+        # under the campaign lock: never at the same time as a round or `medloop labelstudio sync`
+        report = locked_sync(campaign, ledger, store, client=client, project_id=pid)
+        print(json.dumps(report.as_dict()), flush=True)
 
     trigger = SyncTrigger(run_sync)
     httpd = make_server(trigger, port)

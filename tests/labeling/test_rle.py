@@ -48,3 +48,25 @@ def test_parse_good_and_bad():
     # lying about the size in original_width/height: the RLE itself is checked
     with pytest.raises(BadAnnotation, match="pixels"):
         parse_annotation({"result": [_cls("benign"), _brush(np.ones((8, 8), np.uint8), 16, 16)]}, CLASSES, 16, 16)
+
+
+def test_brush_label_must_be_the_lesion_label():
+    m = np.zeros((16, 16), np.uint8)
+    m[2:5, 3:9] = 1
+
+    def brush(labels):
+        r = _brush(m)
+        r["value"]["brushlabels"] = labels
+        return r
+
+    with pytest.raises(BadAnnotation, match=r"brush region None labelled 'Cyst'; expected 'Lesion' \(labeling"):
+        parse_annotation({"result": [_cls("benign"), brush(["Cyst"])]}, CLASSES, 16, 16)
+    with pytest.raises(BadAnnotation, match="labelled 'Lesion', 'Cyst'"):
+        parse_annotation({"result": [_cls("benign"), brush(["Lesion", "Cyst"])]}, CLASSES, 16, 16)
+    with pytest.raises(BadAnnotation, match="has no label; expected 'Lesion'"):
+        parse_annotation({"result": [_cls("benign"), brush([])]}, CLASSES, 16, 16)
+    # the campaign's own name for the lesion (labeling.lesion_label)
+    with pytest.raises(BadAnnotation, match="labelled 'Lesion'; expected 'Nodule'"):
+        parse_annotation({"result": [_cls("benign"), brush(["Lesion"])]}, CLASSES, 16, 16, "Nodule")
+    name, mask = parse_annotation({"result": [_cls("benign"), brush(["Nodule"])]}, CLASSES, 16, 16, "Nodule")
+    assert name == "benign" and np.array_equal(mask, m)

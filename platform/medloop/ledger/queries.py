@@ -79,6 +79,6 @@ def rounds_table(session: Session) -> list[dict[str, Any]]:
 
 
 def quarantine_summary(session: Session) -> tuple[int, dict[str, int]]:
-    """Number of quarantined annotations and how many per reason."""
-    reasons = Counter(session.scalars(select(Quarantine.reason)))
+    """Number of quarantined annotations and how many per reason (open rows: resolved ones are a record)."""
+    reasons = Counter(session.scalars(select(Quarantine.reason).where(Quarantine.resolved_at.is_(None))))
     return sum(reasons.values()), dict(reasons)

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: quarantine.resolved_at / resolution
 
 SPLITS = ("train", "val", "test", "pool")
 LABEL_KINDS = ("human", "pseudo", "truth")  # truth: hidden ground truth for benchmark oracles
@@ -177,7 +177,11 @@ class AnnotationTask(Base):
 
 
 class Quarantine(Base):
-    """A bad annotation kept aside with a clear reason (never turned into a label)."""
+    """A bad annotation kept aside with a clear reason (never turned into a label).
+
+    A row is open while the annotation is bad; when it is fixed, deleted or cancelled in Label Studio
+    (or annotators come to agree) the row is kept as a record with ``resolved_at`` and ``resolution``
+    saying what happened; it is opened again when the annotation turns bad again."""
 
     __tablename__ = "quarantine"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -186,3 +190,5 @@ class Quarantine(Base):
     ls_annotation_id: Mapped[int | None] = mapped_column(Integer, unique=True)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime)  # None: still quarantined
+    resolution: Mapped[str | None] = mapped_column(Text)

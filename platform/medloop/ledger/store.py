@@ -6,6 +6,9 @@ Rules enforced here and nowhere else:
 * a new human label for a sample supersedes the earlier one, which stays as history;
 * every write happens in one transaction (:meth:`Ledger.transaction`);
 * SQLite runs in WAL mode with foreign keys on.
+
+An older ledger is upgraded in place when opened: tables and nullable columns added by later
+schema versions are created (``ALTER TABLE ... ADD COLUMN``), then the version is recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import URL, CursorResult, Engine, create_engine, event, inspect, make_url, select, update
+from sqlalchemy import URL, CursorResult, Engine, create_engine, event, inspect, make_url, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
@@ -79,6 +82,31 @@ def make_engine(url: str) -> Engine:
     return create_engine(engine_url(url), pool_pre_ping=True)
 
 
+def _stored_version(engine: Engine) -> int | None:
+    """The schema version recorded in the database (None for a new one)."""
+    if not inspect(engine).has_table(Meta.__tablename__):
+        return None
+    with engine.connect() as conn:
+        value = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+    return None if value is None else int(value)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Upgrade in place: add the (nullable) columns a later schema version introduced."""
+    insp = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable:
+                    raise LedgerError(f"ledger table {table.name}: cannot add the required column {column.name}")
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}"))
+
+
 class Ledger:
     """Access to one campaign's ledger database."""
 
@@ -91,17 +119,22 @@ class Ledger:
     def open(cls, url: str, *, create: bool = True) -> Ledger:
         engine = make_engine(url)
         ledger = cls(engine)
+        found = _stored_version(engine)
+        if found is not None and found > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{url}: ledger schema version {found} is newer than this medloop "
+                f"(supports {SCHEMA_VERSION}); upgrade medloop"
+            )
         if create:
             Base.metadata.create_all(engine)
+            if found is not None and found < SCHEMA_VERSION:
+                _add_missing_columns(engine)
         with ledger.transaction() as s:
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{url}: ledger schema version {row.value} is newer than this medloop "
-                    f"(supports {SCHEMA_VERSION}); upgrade medloop"
-                )
+            elif int(row.value) < SCHEMA_VERSION and create:
+                row.value = str(SCHEMA_VERSION)
         return ledger
 
     @staticmethod
