@@ -7,23 +7,11 @@ databases with a read-only transaction option.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import Engine, create_engine, inspect
 
+from .store import LedgerMissing, sqlite_file
 
-class LedgerMissing(LookupError):
-    """The campaign has no ledger (not ingested yet) or the database is not a medloop ledger."""
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL (None for other databases)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    rest = url.removeprefix("sqlite:///")
-    if rest.startswith("file:"):
-        rest = rest.removeprefix("file:").split("?", 1)[0]
-    return Path(rest)
+__all__ = ["LedgerMissing", "open_readonly", "sqlite_file"]
 
 
 def open_readonly(url: str) -> Engine:
