@@ -704,13 +704,16 @@ def champion(client: Any, model_name: str) -> dict[str, Any] | None:
         mv = client.get_model_version_by_alias(model_name, "champion")
     except MlflowException:
         return None
-    out: dict[str, Any] = {"model": model_name, "version": mv.version, "run_id": mv.run_id, "source": mv.source,
-                           "metrics": {}, "round": None}
-    if mv.run_id:
+    # a resumed report step logs the round again: the version's ``medloop.run_id`` tag names the round's
+    # current run; ``mv.run_id`` may be the deleted run of the interrupted attempt
+    run_id = (mv.tags or {}).get("medloop.run_id") or mv.run_id
+    out: dict[str, Any] = {"model": model_name, "version": mv.version, "run_id": run_id, "source": mv.source,
+                           "metrics": {}, "round": (mv.tags or {}).get("medloop.round")}
+    if run_id:
         try:
-            run = client.get_run(mv.run_id)
+            run = client.get_run(run_id)
             out["metrics"] = dict(run.data.metrics)
-            out["round"] = run.data.tags.get("medloop.round")
+            out["round"] = run.data.tags.get("medloop.round", out["round"])
             out["run_name"] = run.info.run_name
         except MlflowException:
             pass

@@ -71,6 +71,12 @@ def test_kill9_right_after_registration_then_resume_reuses_the_version(campaign,
     assert parent.data.tags["medloop.model_version"] == str(kept.version)
     assert ledger_round(campaign, 1).mlflow_run_id == parent.info.run_id
     assert str(tracker.champion().version) == str(kept.version)
+    # the dashboard's champion panel shows the round's current run, not the deleted one of the crash
+    from medloop.dashboard.queries import champion
+
+    panel = champion(tracker.client, model_name(campaign))
+    assert panel is not None and panel["run_id"] == parent.info.run_id and panel["round"] == "1"
+    assert panel["metrics"] == dict(parent.data.metrics)
 
 
 def test_untagged_version_of_an_older_medloop_is_adopted(campaign) -> None:
