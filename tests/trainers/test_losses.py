@@ -311,3 +311,17 @@ def test_make_loss_fills_mttu_class_weights_from_training_labels():
     assert make_loss(torch.nn.Linear(1, 1), off, np.array([0, 1, 1, 1])).class_weights is None
     plain = LoopSettings(model={"name": "mtunet", "options": {}}, classes=["a", "b"], loss="mtunet")
     assert make_loss(torch.nn.Linear(1, 1), plain, np.array([0, 1, 1, 1])).class_weights is None
+
+
+@pytest.mark.parametrize("fn", [soft_dice_loss, focal_tversky_loss])
+def test_region_losses_on_volumes_equal_the_same_voxels_as_an_image(fn):
+    """A (B, Q, D, H, W) volume gives the loss of its voxels laid out as a (B, Q, D*H, W) image: the
+    per-sample sums run over every spatial axis (the 3D models of Cheng et al., MTTU-Net, 2022)."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 4, 5, 6, generator=g), dim=1)
+    mask = torch.randint(0, 3, (2, 4, 5, 6), generator=g)
+    mask[0, 1] = 255  # an ignored slice
+    volume = fn(probs, mask)
+    image = fn(probs.reshape(2, 3, 20, 6), mask.reshape(2, 20, 6))
+    assert torch.isfinite(volume) and float(volume) == pytest.approx(float(image), rel=1e-6)
+    assert float(fn(F.one_hot(mask.clamp(0, 2), 3).movedim(-1, 1).float(), mask)) == pytest.approx(0.0, abs=1e-6)

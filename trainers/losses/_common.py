@@ -20,10 +20,11 @@ def valid_pixels(mask: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor
 
 
 def one_hot_mask(mask: torch.Tensor, num_classes: int, ignore_index: int = IGNORE) -> torch.Tensor:
-    """(B, H, W) long -> (B, Q, H, W) float one-hot; ignored pixels are all zero."""
+    """(B, *spatial) long -> (B, Q, *spatial) float one-hot (2D images or 3D volumes); ignored pixels
+    are all zero."""
     valid = valid_pixels(mask, ignore_index)
     safe = torch.where(valid, mask, torch.zeros_like(mask)).clamp(0, num_classes - 1)
-    oh = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(torch.float32)
+    oh = F.one_hot(safe, num_classes).movedim(-1, 1).to(torch.float32)
     return oh * valid.unsqueeze(1)
 
 

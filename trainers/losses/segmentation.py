@@ -1,4 +1,5 @@
-"""Segmentation losses on probabilities (B, Q, H, W) and masks (B, H, W) with 255 = ignore.
+"""Segmentation losses on probabilities (B, Q, H, W) and masks (B, H, W) with 255 = ignore (the region
+losses and the pixel cross-entropy also take volumes: (B, Q, D, H, W) and (B, D, H, W)).
 
 Region losses (Dice, focal Tversky) are computed per sample over its valid pixels, for the
 foreground classes 1..Q-1 (``include_background=False``), with a smoothing term ``smooth``
@@ -28,9 +29,10 @@ def _region_stats(probs: torch.Tensor, mask: torch.Tensor, include_background: b
     p = probs * valid.unsqueeze(1)
     if not include_background:
         p, target = p[:, 1:], target[:, 1:]
-    tp = (p * target).sum((2, 3))
-    fp = (p * (1 - target) * valid.unsqueeze(1)).sum((2, 3))
-    fn = ((1 - p) * target).sum((2, 3))
+    spatial = tuple(range(2, probs.dim()))  # (H, W) or (D, H, W)
+    tp = (p * target).sum(spatial)
+    fp = (p * (1 - target) * valid.unsqueeze(1)).sum(spatial)
+    fn = ((1 - p) * target).sum(spatial)
     return tp, fp, fn, valid.flatten(1).any(1)
 
 
