@@ -11,6 +11,7 @@ metrics of that epoch) and ``history``. A checkpoint may live on any pyarrow fil
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -123,6 +124,25 @@ def read_meta(checkpoint_path: str | Path) -> dict[str, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _named(checkpoint_path: str | Path, name: str) -> str:
+    """The file ``name`` of a checkpoint, as the user knows it (the URI for a remote checkpoint)."""
+    return f"{str(checkpoint_path).rstrip('/')}/{name}"
+
+
+def _torch_load(checkpoint_path: str | Path, folder: Path, name: str, *, weights_only: bool) -> Any:
+    """``torch.load`` of one checkpoint file; a truncated or corrupt file is a :class:`CheckpointError`
+    naming it (torch's own message, e.g. a zip error, names no file)."""
+    try:
+        return torch.load(folder / name, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "the file ends early"
+        size = (folder / name).stat().st_size if (folder / name).exists() else 0
+        raise CheckpointError(
+            f"{_named(checkpoint_path, name)}: unreadable checkpoint file ({size} bytes; "
+            f"{type(err).__name__}: {first[:160]}); it is truncated or corrupt"
+        ) from err
+
+
 def load_state(checkpoint_path: str | Path, *, with_train_state: bool = False) -> tuple[dict, dict, dict | None]:
     """(model state dict, meta, training state or None) from a checkpoint folder or URI."""
     folder, tmp = _local(checkpoint_path)
@@ -130,11 +150,15 @@ def load_state(checkpoint_path: str | Path, *, with_train_state: bool = False) -
         for name in (MODEL_FILE, META_FILE):
             if not (folder / name).exists():
                 raise CheckpointError(f"{checkpoint_path}: incomplete checkpoint, {name} is missing")
-        state = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-        meta = json.loads((folder / META_FILE).read_text())
+        state = _torch_load(checkpoint_path, folder, MODEL_FILE, weights_only=True)
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise CheckpointError(f"{_named(checkpoint_path, META_FILE)}: unreadable checkpoint file "
+                                  f"({type(err).__name__}: {err})") from err
         train_state = None
         if with_train_state and (folder / STATE_FILE).exists():
-            train_state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+            train_state = _torch_load(checkpoint_path, folder, STATE_FILE, weights_only=False)
         return state, meta, train_state
     finally:
         if tmp:

@@ -22,10 +22,14 @@ def load_or_exit(config: Path | None, **overrides: object) -> Campaign:
     from medloop.config import ConfigError, load_campaign
 
     try:
-        return load_campaign(config, **overrides)
+        campaign = load_campaign(config, **overrides)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    from medloop.storage_errors import remember_campaign
+
+    remember_campaign(campaign)  # named if its folder turns out read-only or full (see main)
+    return campaign
 
 
 def _data_error(err: Exception) -> typer.Exit:
@@ -96,13 +100,19 @@ def print_status(campaign: Campaign) -> None:
     if truth:
         console.print("classes (hidden truth): " + ", ".join(f"{k} {v}" for k, v in sorted(truth.items())))
     if rounds:
+        from medloop.rounds.recovery import round_in_progress, shown_state
+
+        live = round_in_progress(campaign)  # "running" with no live lock holder is shown as interrupted
         rt = Table(title="rounds")
         for col in ("round", "status", "started", "finished", "steps"):
             rt.add_column(col)
         for r in rounds:
-            steps = " ".join(f"{k}:{v}" for k, v in r["steps"].items())
-            rt.add_row(str(r["id"]), r["status"], str(r["started_at"] or ""), str(r["finished_at"] or ""), steps)
+            steps = " ".join(f"{k}:{shown_state(v, live)}" for k, v in r["steps"].items())
+            rt.add_row(str(r["id"]), shown_state(r["status"], live), str(r["started_at"] or ""),
+                       str(r["finished_at"] or ""), steps)
         console.print(rt)
+        if not live and any(r["status"] == "running" or "running" in r["steps"].values() for r in rounds):
+            console.print("interrupted: no process runs this round any more; `medloop round` resumes it")
     else:
         console.print("rounds: none yet")
     console.print(f"quarantined annotations: {n_quarantined}")
@@ -159,8 +169,18 @@ _register_export_command(app)
 _register_inference_commands(app)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``medloop`` command: a campaign folder that is read-only or full is one line, not a traceback."""
+    from medloop.storage_errors import storage_message
+
+    try:
+        app()
+    except Exception as err:
+        message = storage_message(err)
+        if message is None:
+            raise
+        typer.echo(message, err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

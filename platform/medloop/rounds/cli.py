@@ -18,10 +18,14 @@ def _campaign(config: Path | None):
     from medloop.config import ConfigError, load_campaign
 
     try:
-        return load_campaign(config)
+        campaign = load_campaign(config)
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    from medloop.storage_errors import remember_campaign
+
+    remember_campaign(campaign)  # named if its folder turns out read-only or full (medloop.cli.main)
+    return campaign
 
 
 def summary(out) -> str:  # noqa: ANN001 - RoundOutcome
@@ -34,6 +38,23 @@ def summary(out) -> str:  # noqa: ANN001 - RoundOutcome
     return "\n".join(lines)
 
 
+def _restore(campaign: Campaign) -> None:
+    """``--restore-checkpoint``: under the round lock, rebuild the checkpoint from the registry (or exit 1)."""
+    from medloop.ledger import Ledger
+    from medloop.rounds.lock import round_lock
+    from medloop.rounds.recovery import RestoreError, restore_checkpoint
+
+    with round_lock(campaign):
+        ledger = Ledger.open(campaign.ledger)
+        try:
+            typer.echo(restore_checkpoint(campaign, ledger).summary())
+        except RestoreError as err:
+            typer.echo(f"medloop round --restore-checkpoint: {err}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        finally:
+            ledger.close()
+
+
 def register(app: typer.Typer) -> None:
     """Add the round commands to the top-level app."""
 
@@ -41,6 +62,12 @@ def register(app: typer.Typer) -> None:
     def round_cmd(
         config: Path | None = typer.Option(None, "--config", "-c", envvar="MEDLOOP_CONFIG", help="campaign TOML file"),
         force: bool = typer.Option(False, "--force", help="run even if the trigger or a stopping rule says no"),
+        cold_start: bool = typer.Option(
+            False, "--cold-start",
+            help="train from the model's initialisation, ignoring the previous round's checkpoint"),
+        restore_checkpoint: bool = typer.Option(
+            False, "--restore-checkpoint",
+            help="first put the last finished round's checkpoint back from its registered MLflow model"),
     ) -> None:
         """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
         from medloop.campaign_folder import require_campaign_or_exit
@@ -52,7 +79,9 @@ def register(app: typer.Typer) -> None:
         campaign = _campaign(config)
         require_campaign_or_exit(campaign, "round")  # a mistyped folder is refused, not made a new campaign
         try:
-            out = run_round(campaign, force=force)
+            if restore_checkpoint:
+                _restore(campaign)
+            out = run_round(campaign, force=force, cold_start=cold_start)
         except RoundLocked as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_LOCKED) from None

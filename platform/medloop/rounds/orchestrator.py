@@ -36,10 +36,15 @@ CRASH_ENV = "MEDLOOP_TEST_CRASH_AT"
 class RoundStepFailed(RuntimeError):
     """A step raised; the round is marked failed and resumes at that step next time."""
 
-    def __init__(self, round_id: int, step: str, reason: str) -> None:
-        super().__init__(f"round {round_id}: step {step!r} failed: {reason}. "
-                         f"Everything before it is committed; `medloop round` resumes at {step!r}.")
-        self.round_id, self.step, self.reason = round_id, step, reason
+    def __init__(self, round_id: int, step: str, reason: str, unrecorded: str | None = None) -> None:
+        if unrecorded is None:
+            tail = f"Everything before it is committed; `medloop round` resumes at {step!r}."
+        else:  # the ledger could not take the failure either (disk full, read-only, database gone)
+            tail = (f"Recording the failure in the ledger failed too ({unrecorded}), so the ledger still shows "
+                    f"{step!r} running (`medloop status` shows it interrupted); everything before it is "
+                    f"committed. Fix the cause, then `medloop round` resumes at {step!r}.")
+        super().__init__(f"round {round_id}: step {step!r} failed: {reason}. {tail}")
+        self.round_id, self.step, self.reason, self.unrecorded = round_id, step, reason, unrecorded
 
 
 @dataclass
@@ -53,6 +58,7 @@ class StepContext:
     force: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # injected collaborators (tests, demo)
     completed: bool = False
+    cold_start: bool = False  # train from the model's initialisation, not the previous round's checkpoint
 
     def complete(self, session: Any, detail: dict[str, Any]) -> None:
         """Mark this step done inside the caller's transaction (results and state commit together)."""
@@ -122,23 +128,25 @@ def run_round(
     steps: Mapping[str, StepFn] | None = None,
     extras: dict[str, Any] | None = None,
     on_step: Callable[[int, str], Any] | None = None,
+    cold_start: bool = False,
 ) -> RoundOutcome:
     """Run (or resume) one round of ``campaign`` under the campaign lock; ``on_step(round_id, step)`` is
-    called as each step starts (progress display)."""
+    called as each step starts (progress display). ``cold_start``: the train step starts from the
+    model's initialisation instead of the previous round's checkpoint (``medloop round --cold-start``)."""
     with round_lock(campaign):
         ledger = Ledger.open(campaign.ledger)
         try:
             chosen = dict(steps or {})
             if set(chosen) != set(STEPS):
                 chosen = {**default_steps(), **chosen}
-            return _run_locked(campaign, ledger, force, chosen, extras or {}, on_step)
+            return _run_locked(campaign, ledger, force, chosen, extras or {}, on_step, cold_start=cold_start)
         finally:
             ledger.close()
 
 
 def _run_locked(
     campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any],
-    on_step: Callable[[int, str], Any] | None = None,
+    on_step: Callable[[int, str], Any] | None = None, *, cold_start: bool = False,
 ) -> RoundOutcome:
     if extras.get("tracking", True):  # before anything changes: the MLflow store must be this ledger's
         from medloop.tracking import check_campaign
@@ -159,7 +167,7 @@ def _run_locked(
         with ledger.transaction() as s:
             state.set_step(s, round_id, name, "running")
         _crash_point(name, "before")
-        ctx = StepContext(campaign, ledger, round_id, name, force=force, extras=extras)
+        ctx = StepContext(campaign, ledger, round_id, name, force=force, extras=extras, cold_start=cold_start)
         log.info("round %d: %s", round_id, name)
         if on_step is not None:
             on_step(round_id, name)
@@ -167,9 +175,15 @@ def _run_locked(
             detail = fn(ctx) or {}
         except Exception as err:  # noqa: BLE001 - recorded, then re-raised with the step named
             reason = f"{type(err).__name__}: {err}"
-            with ledger.transaction() as s:
-                state.set_step(s, round_id, name, "failed", {"error": reason})
-                s.get(Round, round_id).status = "failed"  # type: ignore[union-attr]
+            try:
+                with ledger.transaction() as s:
+                    state.set_step(s, round_id, name, "failed", {"error": reason})
+                    s.get(Round, round_id).status = "failed"  # type: ignore[union-attr]
+            except Exception as record_err:  # noqa: BLE001 - e.g. disk full: reported with the step's own error
+                cause = getattr(record_err, "orig", None) or record_err  # the database driver's own error
+                first = (str(cause).strip().splitlines() or [""])[0]
+                unrecorded = f"{type(cause).__name__}: {first}"
+                raise RoundStepFailed(round_id, name, reason, unrecorded) from err
             raise RoundStepFailed(round_id, name, reason) from err
         if not ctx.completed:
             with ledger.transaction() as s:
