@@ -115,3 +115,25 @@ def test_postgresql_url_without_driver_uses_psycopg(postgres_server) -> None:  #
                 _sample(s, f"u{len(plain)}")
         finally:
             ledger.close()
+
+
+def test_non_finite_floats_in_json_columns(ledger_url: str) -> None:
+    """NaN / inf in a JSON column (a diverged model's probabilities, an undefined metric) is written as null on
+    every backend; before, PostgreSQL refused the whole row (``invalid input syntax for type json``) while
+    SQLite stored a non-JSON ``NaN`` token."""
+    import numpy as np
+
+    from medloop.ledger import Prediction, Round
+
+    ledger = _ledger(ledger_url)
+    with ledger.transaction() as s:
+        sid = _sample(s, "nan")
+        s.add(Prediction(round_id=1, sample_id=sid, model_version="m", probs=[float("nan"), 0.25, float("inf")],
+                         pred_class=1, confidence=0.25))
+        s.add(Round(id=1, status="done", metrics={"auc": float("nan"), "ece": 0.1, "bins": [{"c": -float("inf")}]}))
+    with ledger.reading() as s:
+        pred = s.scalars(select(Prediction)).one()
+        assert pred.probs == [None, 0.25, None]
+        assert np.isnan(np.asarray(pred.probs, dtype=float)[[0, 2]]).all()  # numeric readers get NaN back
+        assert s.get(Round, 1).metrics == {"auc": None, "ece": 0.1, "bins": [{"c": None}]}
+    ledger.close()

@@ -13,6 +13,8 @@ schema versions are created (``ALTER TABLE ... ADD COLUMN``), then the version i
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -72,14 +74,31 @@ def display_url(url: str) -> str:
         return url.rsplit("@", 1)[-1]
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """The ledger's JSON columns on every backend: NaN and infinities, which are not JSON (PostgreSQL
+    refuses the whole row: ``invalid input syntax for type json``), are written as null; numeric
+    readers get NaN back (``np.asarray(..., float)`` turns null into NaN)."""
+    return json.dumps(_finite(value))
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=json_dumps)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(engine_url(url), pool_pre_ping=True)
+    return create_engine(engine_url(url), pool_pre_ping=True, json_serializer=json_dumps)
 
 
 def _stored_version(engine: Engine) -> int | None:
