@@ -126,5 +126,5 @@ def labelstudio_server(tmp_path_factory):
 # ---- ledger backends: SQLite and a real, throwaway PostgreSQL server (tests/ledger_backends.py) ----------
 import sys as _sys  # noqa: E402
 
-_sys.path.insert(0, str(_Path(__file__).parent))
+_sys.path.append(str(_Path(__file__).parent))  # after everything else: tests/platform is no `platform`
 from ledger_backends import ledger_backend, ledger_url, postgres_server  # noqa: E402, F401  (fixtures)
