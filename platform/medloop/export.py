@@ -82,6 +82,11 @@ class ExportError(RuntimeError):
     """The export cannot be made; the message names the path, key or file and what was expected."""
 
 
+def file_stem(uid: str, sample_id: int) -> str:
+    """The exported file stem: the sample uid when it is a plain file name, else ``sample-<id>``."""
+    return uid if _SAFE_NAME.fullmatch(uid) else f"sample-{sample_id}"
+
+
 @dataclass
 class ExportLabel:
     """One exported label: the ledger's row, its sample, and the provenance gathered around it."""
@@ -110,10 +115,10 @@ class ExportLabel:
     audit: str = ""
     audit_pseudo_class: str | None = None
 
-    @property
-    def name(self) -> str:
-        """The exported file stem: the sample uid when it is a plain file name, else ``sample-<id>``."""
-        return self.uid if _SAFE_NAME.fullmatch(self.uid) else f"sample-{self.sample_id}"
+    name: str = ""  # the exported file stem (see :func:`file_stem`)
+
+    def __post_init__(self) -> None:
+        self.name = file_stem(self.uid, self.sample_id)
 
 
 @dataclass
@@ -283,7 +288,8 @@ def _encode_png(array: np.ndarray) -> bytes:
 
 def _read(store: ImageStore, rel: str, what: str, item: ExportLabel) -> bytes:
     try:
-        return store.path(rel).read_bytes()
+        with open(os.path.join(store.root, rel), "rb") as fh:  # plain strings: this runs per file
+            return fh.read()
     except OSError as err:
         raise ExportError(f"sample {item.uid}: {what} {store.path(rel)} cannot be read ({err.strerror or err}); "
                           "the store does not match the ledger") from None
@@ -342,18 +348,24 @@ class _Written:
     size: tuple[int, int]
 
 
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def _write_files(store: ImageStore, tmp: Path, item: ExportLabel, masks: bool) -> _Written:
     """Write one label's image (and, for the generic layout, its mask and ignore map) under ``tmp``."""
     data, size = image_bytes(store, item)
-    (tmp / "images" / f"{item.name}.png").write_bytes(data)
+    file = f"{item.name}.png"
+    _write(os.path.join(tmp, "images", file), data)
     wrote_mask = resized = ignore = False
     if masks and item.mask_path:
         mdata, resized = mask_bytes(store, item.mask_path, size, item, "mask")
-        (tmp / "masks" / f"{item.name}.png").write_bytes(mdata)
+        _write(os.path.join(tmp, "masks", file), mdata)
         wrote_mask = True
     if masks and item.ignore_path:
         idata, _ = mask_bytes(store, item.ignore_path, size, item, "ignore map")
-        (tmp / "ignore" / f"{item.name}.png").write_bytes(idata)
+        _write(os.path.join(tmp, "ignore", file), idata)
         ignore = True
     return _Written(item, wrote_mask, resized, ignore, size)
 

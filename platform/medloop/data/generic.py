@@ -16,15 +16,19 @@ def _files(root: Path, folder: Path) -> list[tuple[Path, Path | None]]:
     (None when it escapes it). One directory read: an entry that is not a symlink resolves to the
     folder's real path + its name, so only the folder and symlinks are resolved."""
     real_root, real_folder = root.resolve(), folder.resolve()
-    out = []
+    folder_inside = real_folder.is_relative_to(real_root)
+    found: list[tuple[str, Path | None]] = []
     with os.scandir(folder) as entries:
         for e in entries:
-            if not e.is_file() or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+            if os.path.splitext(e.name)[1].lower() not in IMAGE_SUFFIXES or not e.is_file():
                 continue
-            path = folder / e.name
-            real = path.resolve() if e.is_symlink() else real_folder / e.name
-            out.append((path, real if real.is_relative_to(real_root) else None))
-    return sorted(out)
+            if e.is_symlink():
+                real = Path(e.path).resolve()
+                found.append((e.name, real if real.is_relative_to(real_root) else None))
+            else:
+                found.append((e.name, real_folder / e.name if folder_inside else None))
+    found.sort(key=lambda t: t[0])
+    return [(folder / name, real) for name, real in found]
 
 
 def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]) -> dict[str, str | None]:

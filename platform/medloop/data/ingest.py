@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 
 from ..config import Campaign
 from ..ledger import Label, Ledger, Sample
@@ -289,9 +289,10 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
              "channels": 1 if p.image.ndim == 2 else p.image.shape[2]}
             for p, split, (img_rel, _) in zip(cases, splits, paths)
         ]
-        # bulk inserts (executemany), the new ids returned in the order of the rows
-        ids = list(s.scalars(insert(Sample).returning(Sample.id, sort_by_parameter_order=True), sample_rows)
-                   ) if sample_rows else []
+        # Core bulk inserts (executemany), the new ids returned in the order of the rows
+        samples_t, labels_t = cast(Table, Sample.__table__), cast(Table, Label.__table__)
+        ids = list(s.scalars(insert(samples_t).returning(samples_t.c.id, sort_by_parameter_order=True),
+                             sample_rows)) if sample_rows else []
         # New samples have no labels yet, so the ledger rules (pseudo never replaces human, history)
         # have nothing to supersede: the rows are added in bulk.
         labels: list[dict] = []
@@ -304,7 +305,7 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
             if split != "pool":
                 labels.append({**row, "kind": "human"})
         if labels:
-            s.execute(insert(Label), labels)
+            s.execute(insert(labels_t), labels)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))

@@ -33,10 +33,11 @@ class SamePNG(NamedTuple):
     def read(self) -> bytes | None:
         """The file's bytes, or None when it changed since it was read (then encode the array)."""
         try:
-            st = os.stat(self.path)
-            if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
-                return None
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+                    return None
+                data = fh.read()
         except OSError:
             return None
         return data if len(data) == self.size else None
