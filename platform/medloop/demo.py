@@ -8,13 +8,16 @@ unless the campaign file sets it), and reports what changed round by round.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Campaign, ComputeConfig, ModelConfig, UncertaintyConfig
 from .data.ingest import IngestReport, ingest
+
+if TYPE_CHECKING:
+    from .rounds.context import Collaborators
 
 #: settings used when the campaign leaves compute / model / uncertainty at their defaults, so that
 #: 3 rounds fit in minutes on 2 CPU cores
@@ -101,7 +104,7 @@ def run_demo(
     progress: bool = True,
     rounds: int = 3,
     echo: Callable[[str], Any] | None = print,
-    extras: dict[str, Any] | None = None,
+    extras: Collaborators | Mapping[str, object] | None = None,
     on_step: Callable[[int, str], Any] | None = None,
 ) -> DemoReport:
     """Ingest ``dataset`` (default: ``campaign.data.source``; idempotent), then run ``rounds`` rounds;
@@ -129,7 +132,7 @@ def run_demo_rounds(
     rounds: int,
     *,
     echo: Callable[[str], Any] | None = print,
-    extras: dict[str, Any] | None = None,
+    extras: Collaborators | Mapping[str, object] | None = None,
     on_step: Callable[[int, str], Any] | None = None,
 ) -> None:
     """Run ``rounds`` rounds (fewer when one does not finish), adding a row per round to ``report``."""

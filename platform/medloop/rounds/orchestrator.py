@@ -24,6 +24,7 @@ from medloop.ledger.schema import STEPS, Round, utcnow
 from medloop.ledger.store import Ledger
 
 from . import state
+from .context import Collaborators, StepContext
 from .lock import round_lock
 from .stopping import check_stop
 from .triggers import check_trigger
@@ -45,34 +46,6 @@ class RoundStepFailed(RuntimeError):
                     f"committed. Fix the cause, then `medloop round` resumes at {step!r}.")
         super().__init__(f"round {round_id}: step {step!r} failed: {reason}. {tail}")
         self.round_id, self.step, self.reason, self.unrecorded = round_id, step, reason, unrecorded
-
-
-@dataclass
-class StepContext:
-    """What a step function sees."""
-
-    campaign: Campaign
-    ledger: Ledger
-    round_id: int
-    step: str
-    force: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)  # injected collaborators (tests, demo)
-    completed: bool = False
-    cold_start: bool = False  # train from the model's initialisation, not the previous round's checkpoint
-
-    def complete(self, session: Any, detail: dict[str, Any]) -> None:
-        """Mark this step done inside the caller's transaction (results and state commit together)."""
-        state.set_step(session, self.round_id, self.step, "done", detail)
-        self.completed = True
-
-    def round(self, session: Any) -> Round:
-        rnd = session.get(Round, self.round_id)
-        assert rnd is not None
-        return rnd
-
-    def detail(self, step: str) -> dict[str, Any]:
-        with self.ledger.reading() as s:
-            return state.step_detail(s, self.round_id, step)
 
 
 StepFn = Callable[[StepContext], dict[str, Any] | None]
@@ -126,29 +99,32 @@ def run_round(
     *,
     force: bool = False,
     steps: Mapping[str, StepFn] | None = None,
-    extras: dict[str, Any] | None = None,
+    extras: Collaborators | Mapping[str, object] | None = None,
     on_step: Callable[[int, str], Any] | None = None,
     cold_start: bool = False,
 ) -> RoundOutcome:
     """Run (or resume) one round of ``campaign`` under the campaign lock; ``on_step(round_id, step)`` is
     called as each step starts (progress display). ``cold_start``: the train step starts from the
-    model's initialisation instead of the previous round's checkpoint (``medloop round --cold-start``)."""
+    model's initialisation instead of the previous round's checkpoint (``medloop round --cold-start``).
+    ``extras``: the collaborators to use instead of the real ones (:class:`Collaborators`, or a mapping
+    of its field names; an unknown name is a ``TypeError``)."""
+    collaborators = Collaborators.of(extras)
     with round_lock(campaign):
         ledger = Ledger.open(campaign.ledger)
         try:
             chosen = dict(steps or {})
             if set(chosen) != set(STEPS):
                 chosen = {**default_steps(), **chosen}
-            return _run_locked(campaign, ledger, force, chosen, extras or {}, on_step, cold_start=cold_start)
+            return _run_locked(campaign, ledger, force, chosen, collaborators, on_step, cold_start=cold_start)
         finally:
             ledger.close()
 
 
 def _run_locked(
-    campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], extras: dict[str, Any],
+    campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], collaborators: Collaborators,
     on_step: Callable[[int, str], Any] | None = None, *, cold_start: bool = False,
 ) -> RoundOutcome:
-    if extras.get("tracking", True):  # before anything changes: the MLflow store must be this ledger's
+    if collaborators.tracking:  # before anything changes: the MLflow store must be this ledger's
         from medloop.tracking import check_campaign
 
         check_campaign(campaign, ledger)
@@ -167,7 +143,8 @@ def _run_locked(
         with ledger.transaction() as s:
             state.set_step(s, round_id, name, "running")
         _crash_point(name, "before")
-        ctx = StepContext(campaign, ledger, round_id, name, force=force, extras=extras, cold_start=cold_start)
+        ctx = StepContext(campaign, ledger, round_id, name, force=force, collaborators=collaborators,
+                          cold_start=cold_start)
         log.info("round %d: %s", round_id, name)
         if on_step is not None:
             on_step(round_id, name)

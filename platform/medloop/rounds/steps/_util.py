@@ -7,8 +7,10 @@ from typing import Any
 
 from medloop.data.imagestore import ImageStore
 
+from ..context import StepContext
 
-def store_of(ctx: Any) -> ImageStore:
+
+def store_of(ctx: StepContext) -> ImageStore:
     return ImageStore(ctx.campaign.store)
 
 
@@ -34,8 +36,3 @@ def jsonable(obj: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return str(obj)
-
-
-def collaborator(ctx: Any, name: str, default: Any) -> Any:
-    """An injected collaborator from ``ctx.extras`` (tests, demo) or the real one."""
-    return ctx.extras.get(name) or default()

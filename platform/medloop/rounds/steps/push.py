@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from medloop.ledger.schema import AnnotationTask
 
 from .. import oracle
+from ..context import StepContext
 from ._util import jsonable, store_of
 
 
@@ -22,13 +23,13 @@ class LabelStudioDown(RuntimeError):
     """Label Studio could not be reached; the push is retried by the next ``medloop round``."""
 
 
-def _task_counts(ctx: Any) -> dict[str, int]:
+def _task_counts(ctx: StepContext) -> dict[str, int]:
     with ctx.ledger.reading() as s:
         rows = s.execute(select(AnnotationTask.state, func.count()).group_by(AnnotationTask.state)).all()
     return {str(k): int(v) for k, v in rows}
 
 
-def push_step(ctx: Any) -> dict[str, Any]:
+def push_step(ctx: StepContext) -> dict[str, Any]:
     campaign = ctx.campaign
     if campaign.labeling.enabled:
         from medloop.labeling.errors import LabelStudioUnavailable

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from medloop.ledger.schema import AnnotationTask, Label, Sample, Selection
 
 from .. import state
+from ..context import StepContext
 from ..scores import ScoreTable, load_scores
 from ..stopping import open_pool, validation_score
 from ._util import jsonable, store_of
@@ -61,7 +62,7 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
     return out, confusion_matrix(labels, probs.argmax(1), len(classes))
 
 
-def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
+def seg_metrics(ctx: StepContext, val: ScoreTable) -> dict[str, float]:
     """Validation Dice / IoU as training defines them (``lesion_dice``: mean per case over the cases
     with a lesion) and the share of no-lesion cases predicted empty, from the scored masks."""
     from medloop.trainers.metrics import empty_mask_rate, lesion_dice, lesion_iou
@@ -82,7 +83,7 @@ def seg_metrics(ctx: Any, val: ScoreTable) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
-def seg_calibration(ctx: Any, checkpoint_path: str | None, batch_size: int = 16) -> dict[str, Any]:
+def seg_calibration(ctx: StepContext, checkpoint_path: str | None, batch_size: int = 16) -> dict[str, Any]:
     """Pixel-wise calibration of the round's model on the validation human masks: ``seg_ece`` and
     the reliability bins ``calibration.seg`` (one deterministic forward pass, dropout off)."""
     import torch
@@ -124,7 +125,7 @@ def pseudo_precision_truth(s: Any, round_id: int) -> dict[str, Any]:
     return {"pseudo_precision_truth": sum(a == b for a, b in known) / len(known), "pseudo_truth_n": len(known)}
 
 
-def pseudo_mask_dice_truth(s: Any, ctx: Any) -> dict[str, Any]:
+def pseudo_mask_dice_truth(s: Any, ctx: StepContext) -> dict[str, Any]:
     """Mean Dice of this round's pseudo-masks against hidden truth masks, on the kept (not ignored) pixels."""
     from medloop.trainers.metrics import dice
 
@@ -184,11 +185,11 @@ def pool_sizes(s: Any) -> dict[str, int]:
     }
 
 
-def report_step(ctx: Any) -> dict[str, Any]:
+def report_step(ctx: StepContext) -> dict[str, Any]:
     classes = ctx.campaign.data.classes
     train_d, select_d, score_d = ctx.detail("train"), ctx.detail("select"), ctx.detail("score")
     with ctx.ledger.reading() as s:
-        version = ctx.round(s).model_version
+        _, version = ctx.trained_model(s)
         val = load_scores(s, version, "val", len(classes))
         pool = load_scores(s, version, "pool", len(classes))
         extra = {**pseudo_precision_truth(s, ctx.round_id), **pseudo_mask_dice_truth(s, ctx),
@@ -216,7 +217,7 @@ def report_step(ctx: Any) -> dict[str, Any]:
                                               "pseudo_per_class", "retired", "gate_open", "val_ece",
                                               "seg_gate_open", "val_dice")}
     run_id = None
-    if ctx.extras.get("tracking", True):
+    if ctx.collaborators.tracking:
         run_id = _track(ctx, metrics, cm, pool, train_d, select_d, score_d, sizes)
     with ctx.ledger.transaction() as s:
         rnd = ctx.round(s)
@@ -228,7 +229,7 @@ def report_step(ctx: Any) -> dict[str, Any]:
     return detail
 
 
-def _selection_table(ctx: Any, path: Path) -> Path:
+def _selection_table(ctx: StepContext, path: Path) -> Path:
     with ctx.ledger.reading() as s:
         rows = s.execute(select(Sample.uid, Selection.sample_id, Selection.decision, Selection.target,
                                 Selection.policy, Selection.score, Selection.reason)
@@ -241,7 +242,7 @@ def _selection_table(ctx: Any, path: Path) -> Path:
     return path
 
 
-def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: ScoreTable,
+def _track(ctx: StepContext, metrics: dict[str, Any], cm: np.ndarray | None, pool: ScoreTable,
            train_d: dict[str, Any], select_d: dict[str, Any], score_d: dict[str, Any],
            sizes: dict[str, int]) -> str:
     from medloop.tracking import RoundRecord, Tracker, manifest_hash, plots, safe_params
@@ -293,4 +294,4 @@ def _track(ctx: Any, metrics: dict[str, Any], cm: np.ndarray | None, pool: Score
         select_metrics=select_metrics, artifacts={"round": round_files, "select": select_files},
         checkpoint_path=train_d.get("checkpoint_path"), val_score=metrics.get("val_score"),
     )
-    return Tracker(campaign, ledger=ctx.ledger).log_round(record, log_model=ctx.extras.get("log_model", True))
+    return Tracker(campaign, ledger=ctx.ledger).log_round(record, log_model=ctx.collaborators.log_model)

@@ -30,11 +30,12 @@ from medloop.selection import (
 )
 
 from .. import state
+from ..context import StepContext
 from ..scores import ScoreTable, human_class_counts, load_scores, val_ece
 from ._util import store_of
 
 
-def _pseudo_mask_files(ctx: Any, table: ScoreTable, idx: np.ndarray) -> dict[int, tuple[str, str]]:
+def _pseudo_mask_files(ctx: StepContext, table: ScoreTable, idx: np.ndarray) -> dict[int, tuple[str, str]]:
     """Write pseudo-mask + ignore map for rows ``idx``; row -> (mask rel, ignore rel)."""
     store = store_of(ctx)
     out: dict[int, tuple[str, str]] = {}
@@ -53,7 +54,7 @@ def _pseudo_mask_files(ctx: Any, table: ScoreTable, idx: np.ndarray) -> dict[int
     return out
 
 
-def _acquisition(ctx: Any, table: ScoreTable) -> np.ndarray:
+def _acquisition(ctx: StepContext, table: ScoreTable) -> np.ndarray:
     sel = ctx.campaign.selection
     options: dict[str, Any] = {"seed": sel.seed + ctx.round_id}
     if sel.acquisition == "hybrid":
@@ -113,10 +114,10 @@ def nothing_selected_reason(
     return "; ".join(parts)
 
 
-def select_step(ctx: Any) -> dict[str, Any]:
+def select_step(ctx: StepContext) -> dict[str, Any]:
     campaign, sel, classes = ctx.campaign, ctx.campaign.selection, ctx.campaign.data.classes
     with ctx.ledger.reading() as s:
-        version = ctx.round(s).model_version
+        _, version = ctx.trained_model(s)
         pool = load_scores(s, version, "pool", len(classes))
         val = load_scores(s, version, "val", len(classes))
         counts = human_class_counts(s, classes)

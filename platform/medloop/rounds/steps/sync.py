@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..context import StepContext
 from ..triggers import label_watermark
 from ._util import jsonable, store_of
 
 
-def sync_step(ctx: Any) -> dict[str, Any]:
+def sync_step(ctx: StepContext) -> dict[str, Any]:
     detail: dict[str, Any] = {}
     if ctx.campaign.labeling.enabled:
         from medloop.labeling.errors import LabelStudioUnavailable

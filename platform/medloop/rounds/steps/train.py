@@ -8,13 +8,8 @@ from typing import Any
 from medloop.ledger.queries import training_composition
 
 from .. import state
-from ._util import collaborator, jsonable
-
-
-def _real_train_round() -> Any:
-    from medloop.trainers.train import train_round
-
-    return train_round
+from ..context import StepContext
+from ._util import jsonable
 
 
 class WarmStartUnreadable(RuntimeError):
@@ -46,13 +41,13 @@ def check_warm_start(campaign: Any, round_id: int, prev_round: int, checkpoint: 
         ) from None
 
 
-def train_step(ctx: Any) -> dict[str, Any]:
-    train_round = collaborator(ctx, "train_round", _real_train_round)
+def train_step(ctx: StepContext) -> dict[str, Any]:
+    train_round = ctx.collaborators.trainer()
     with ctx.ledger.reading() as s:
         prev = state.previous_done_round(s, ctx.round_id)
         warm = prev.checkpoint_path if prev is not None else None
         trained_on = training_composition(s, semi=ctx.campaign.training.semi != "none")
-    cold = bool(getattr(ctx, "cold_start", False))
+    cold = ctx.cold_start
     if cold:
         warm = None
     elif warm is not None and prev is not None:
