@@ -231,10 +231,9 @@ def test_store_copies_png_files_that_already_hold_the_stored_pixels(lay, tmp_pat
     encoding); a JPEG image, a 1-bit or RGB mask, or a file changed after it was read are encoded. The
     stored pixels are the same either way."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     from medloop.data import ingest as ingest_module
-
-    from PIL.PngImagePlugin import PngInfo
 
     root = lay.write_generic(tmp_path / "d", n=8)  # masks in modes 1, L, RGB, RGBA (case i: i % 4)
     tag = PngInfo()
