@@ -28,6 +28,10 @@ def register(app: typer.Typer) -> None:
         overlays: bool = typer.Option(False, "--overlays", help="also write overlays/<name>.png (image + mask "
                                       "outline | uncertainty map)"),
         force: bool = typer.Option(False, "--force", help="replace an existing non-empty --out folder"),
+        ray: bool = typer.Option(False, "--ray", help="run the batches through Ray Data (large folders): the "
+                                 "campaign's Ray cluster, else a local Ray on 127.0.0.1 stopped afterwards"),
+        ray_actors: int | None = typer.Option(None, "--ray-actors", min=1, help="Ray Data actors, each holding "
+                                              "the model (default compute.score_actors)"),
         config: Path | None = ConfigOption,
     ) -> None:
         """Predict class, lesion mask and uncertainty for images: masks/<name>.png at each image's own size,
@@ -38,14 +42,18 @@ def register(app: typer.Typer) -> None:
         from medloop.predict import run_predict
         from medloop.tracking.resolve import ModelNotFound
         from medloop.trainers.checkpoints import CheckpointError
+        from medloop.trainers.ray_local import shutdown_local_ray
 
         campaign = load_or_exit(config)
         try:
             report = run_predict(campaign, inputs, model=model, out=out, passes=mc_passes, overlays=overlays,
-                                 force=force, progress=True)
+                                 force=force, progress=True, ray=ray, actors=ray_actors)
         except (DataError, ModelNotFound, OutputExists, CheckpointError, ValueError) as err:
             typer.echo(f"predict: {err}", err=True)
             raise typer.Exit(1) from None
+        finally:
+            if ray:
+                shutdown_local_ray()  # the local Ray this command started (a cluster is left alone)
         typer.echo(report.summary())
 
     @app.command()

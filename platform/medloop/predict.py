@@ -14,6 +14,7 @@ Nothing is written to the campaign (ledger, store, MLflow).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -21,15 +22,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from medloop.config import Campaign
 from medloop.data.errors import BadFile, DataError, FileError
 from medloop.data.inputs import InputFile, InputImage, list_inputs, read_input
 from medloop.trainers.inference import MEASURES, ImagePrediction, InferenceModel, Settings
+
+if TYPE_CHECKING:
+    from medloop.predict_ray import ModelArgs
 
 CSV_COLUMNS = ("file", "name", "mask", "width", "height", "class", "<p_class>", *MEASURES, "lesion_area_px",
                "lesion_fraction", "notes")
@@ -50,14 +55,16 @@ class PredictReport:
     unreadable: list[BadFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = "in-process"
 
     @property
     def images_per_s(self) -> float:
         return self.predicted / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
+        how = self.method if self.engine == "in-process" else f"{self.method}; {self.engine}"
         lines = [f"predicted {self.predicted} image(s) with {self.model} on {self.device} "
-                 f"({self.method}) in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
+                 f"({how}) in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
                  f"wrote {self.out}"]
         if self.notes:
             lines.append(f"{len(self.notes)} note(s):")
@@ -113,9 +120,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, vmax: 
     return np.concatenate([rgb, heat], axis=1)
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """The PNG file of an image (what :func:`_save_png` writes; the Ray path encodes in its workers)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def _save_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG", compress_level=1)
+    path.write_bytes(png_bytes(array))
 
 
 # ---- rows ----------------------------------------------------------------------------------------------
@@ -240,8 +254,12 @@ def run_predict(
     overlays: bool = False,
     force: bool = False,
     progress: bool = False,
+    ray: bool = False,
+    actors: int | None = None,
 ) -> PredictReport:
     """List and read the inputs, resolve ``model``, predict, write ``out`` whole (see the module docstring).
+    With ``ray``, the batches run through Ray Data over ``actors`` (default ``compute.score_actors``)
+    actors (:mod:`medloop.predict_ray`; same outputs).
 
     Raises :class:`medloop.tracking.resolve.ModelNotFound` for a bad ``model``,
     :class:`medloop.outdir.OutputExists` for a non-empty ``out`` without ``force`` and
@@ -260,16 +278,31 @@ def run_predict(
         raise NothingReadable(f"no image file in {', '.join(map(str, inputs))} (expected "
                               f"png, jpg, bmp, tif or dcm files){listed}")
     source = resolve_model(campaign, model)
-    d = campaign.data
-    im = load_inference_model(source.checkpoint, device=pick_device(campaign.compute.use_gpu), classes=d.classes,
-                              image_size=d.image_size, channels=d.channels, no_lesion_class=d.no_lesion_class,
-                              channels_last=campaign.compute.channels_last)
-    report = PredictReport(out=Path(out), model=source.describe(), device=im.device.type, passes=settings.passes,
+    d, c = campaign.data, campaign.compute
+    model_args: ModelArgs = {"classes": list(d.classes), "image_size": d.image_size, "channels": d.channels,
+                  "no_lesion_class": d.no_lesion_class, "channels_last": c.channels_last}
+    device = pick_device(c.use_gpu)
+    # with Ray the actors hold the model; the driver's copy (CPU) only says what the checkpoint records
+    im = load_inference_model(source.checkpoint, device=torch.device("cpu") if ray else device, **model_args)
+    report = PredictReport(out=Path(out), model=source.describe(), device=device.type, passes=settings.passes,
                            method=settings.label())
+    n_actors = c.score_actors if actors is None else int(actors)
+    if ray:
+        if n_actors < 1:
+            raise ValueError(f"--ray-actors: expected at least 1 actor (got {n_actors})")
+        report.engine = f"Ray Data, {n_actors} actor(s)"
     t0 = time.perf_counter()
     with staged_output(Path(out), force) as tmp, progress_bar(progress) as bar:
-        n, unreadable, notes = predict_files(im, files, settings, tmp, batch_size=campaign.compute.score_batch_size,
-                                             window=_window(campaign), overlays=overlays, progress=bar)
+        if ray:
+            from medloop.predict_ray import predict_files_ray
+
+            n, unreadable, notes = predict_files_ray(
+                campaign, str(source.checkpoint), model_args, im.classes, files, settings, tmp,
+                batch_size=c.score_batch_size, window=_window(campaign), overlays=overlays, actors=n_actors,
+                use_gpu=device.type == "cuda", progress=bar)
+        else:
+            n, unreadable, notes = predict_files(im, files, settings, tmp, batch_size=c.score_batch_size,
+                                                 window=_window(campaign), overlays=overlays, progress=bar)
         unreadable = bad + unreadable
         if n == 0:
             listed = "".join(f"\n  {b}" for b in unreadable)
@@ -287,7 +320,7 @@ def run_info(report: PredictReport, source: Any, im: InferenceModel, settings: S
                   "round": source.round_id, "checkpoint": source.checkpoint},
         "classes": im.classes, "image_size": im.image_size, "channels": im.channels,
         "no_lesion_class": None if im.no_lesion is None else im.classes[im.no_lesion],
-        "passes": settings.passes, "method": settings.label(), "device": report.device,
+        "passes": settings.passes, "method": settings.label(), "device": report.device, "engine": report.engine,
         "predicted": report.predicted, "unreadable": len(report.unreadable), "notes": len(report.notes),
         "seconds": round(report.seconds, 3), "images_per_s": round(report.images_per_s, 3),
     }

@@ -25,6 +25,7 @@ from medloop.cli import app  # noqa: E402
 from medloop.data.imagestore import prob_at  # noqa: E402
 from medloop.data.synthetic import generate  # noqa: E402
 from medloop.trainers.dataset import fit_image  # noqa: E402
+from medloop.trainers.inference import MEASURES  # noqa: E402
 
 runner = CliRunner()
 CLASSES = ["normal", "benign", "malignant"]
@@ -174,6 +175,47 @@ def test_predict_a_mixed_folder(trained, tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["version"] == "1" and run["model"]["round"] == 1 and run["predicted"] == 7
     assert run["unreadable"] == 2 and run["passes"] == 1
+
+
+def test_predict_with_ray_data_matches_the_in_process_path(trained, tmp_path: Path) -> None:
+    """``--ray``: the same folder through Ray Data (a real local Ray on 127.0.0.1, one actor) gives the same
+    predictions.csv, byte-identical masks and overlays, and the same unreadable files, in input order."""
+    import ray
+
+    c, cfg, _, _ = trained
+    _inputs(tmp_path / "in")
+    base = ["predict", str(tmp_path / "in"), "--config", str(cfg), "--mc-passes", "1", "--overlays"]
+    ledger_before = _sha(_ledger_file(c))
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "local")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "ray"), "--ray", "--ray-actors", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Ray Data, 1 actor(s)" in result.output and "trunc.png" in result.output
+    assert not ray.is_initialized()  # the local Ray this command started is shut down
+    assert _sha(_ledger_file(c)) == ledger_before
+    local, dist = tmp_path / "local", tmp_path / "ray"
+    with (local / "predictions.csv").open(newline="") as a, (dist / "predictions.csv").open(newline="") as b:
+        rows_a, rows_b = list(csv.reader(a)), list(csv.reader(b))
+    assert rows_a[0] == rows_b[0] and len(rows_a) == len(rows_b) == 8  # header + 7 readable, same order
+    head = rows_a[0]
+    floats = {i for i, h in enumerate(head) if h.startswith("p_") or h in (*MEASURES, "lesion_fraction")}
+    for ra, rb in zip(rows_a[1:], rows_b[1:]):  # file, name, size, class, lesion area, notes: equal
+        assert [ra[i] for i in range(len(head)) if i not in floats] == \
+            [rb[i] for i in range(len(head)) if i not in floats], ra[1]
+        for i in floats:  # probabilities and measures: equal up to float32 rounding ("" = undefined)
+            assert (ra[i] == rb[i] == "") or float(rb[i]) == pytest.approx(float(ra[i]), abs=1e-5), (ra[1], head[i])
+    for sub in ("masks", "overlays"):
+        files_a = sorted(p.relative_to(local / sub) for p in (local / sub).rglob("*.png"))
+        assert len(files_a) == 7 and files_a == sorted(p.relative_to(dist / sub) for p in (dist / sub).rglob("*.png"))
+        for f in files_a:
+            assert (local / sub / f).read_bytes() == (dist / sub / f).read_bytes(), f
+    assert (local / "unreadable.csv").read_text() == (dist / "unreadable.csv").read_text()
+    assert {Path(r["file"]).name for r in csv.DictReader((dist / "unreadable.csv").open(newline=""))} == {
+        "trunc.png", "cine.dcm"}
+    run = json.loads((dist / "run.json").read_text())
+    assert run["engine"] == "Ray Data, 1 actor(s)" and run["predicted"] == 7 and run["unreadable"] == 2
+    assert json.loads((local / "run.json").read_text())["engine"] == "in-process"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray")]  # no staged folder left
 
 
 def test_predict_with_mc_passes_and_a_checkpoint_folder(trained, tmp_path: Path) -> None:
