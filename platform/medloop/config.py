@@ -448,11 +448,15 @@ def model_depth(model: ModelConfig) -> tuple[int, str]:
 def check_model(campaign: Campaign) -> list[str]:
     """Messages for a model name that is not registered, or a ``data.image_size`` the model's
     down-sampling (2**depth) does not divide (empty: all fine). Imports the models (torch) lazily."""
-    from medloop.trainers.models import MODELS
+    from medloop.trainers.models import MODELS, model_class
 
     m, size = campaign.model, campaign.data.image_size
+    image_models = [n for n in MODELS.names() if getattr(model_class(n), "spatial_dims", 2) == 2]
     if m.name not in MODELS:
-        return [f'model.name = "{m.name}": unknown model; known: {", ".join(MODELS.names())}']
+        return [f'model.name = "{m.name}": unknown model; known: {", ".join(image_models)}']
+    if m.name not in image_models:  # mttu3d / mtunet3d: rounds on volumes are not wired yet
+        return [f'model.name = "{m.name}": a 3D (volume) model; campaigns train on 2D images for now '
+                f'(docs/volumes.md says what exists); 2D models: {", ".join(image_models)}']
     depth, where = model_depth(m)
     step = 2**depth
     if size % step == 0:

@@ -207,6 +207,13 @@ def test_unknown_model_name_is_refused_at_load() -> None:
     assert 'model.name = "unet": unknown model; known: jrl, mttu, mtunet, tim_upa, uml' in str(exc.value)
 
 
+def test_a_volume_model_is_refused_for_an_image_campaign() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_campaign(None, model={"name": "mttu3d"})
+    assert ('model.name = "mttu3d": a 3D (volume) model; campaigns train on 2D images for now (docs/volumes.md '
+            "says what exists); 2D models: jrl, mttu, mtunet, tim_upa, uml") in str(exc.value)
+
+
 @pytest.mark.parametrize(
     ("model", "size", "expected"),
     [
