@@ -385,18 +385,38 @@ def stop(campaign: Campaign, *, timeout: float = 30.0) -> bool:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    # stopped = the leader AND every process of its group gone (Django's runserver serves from a child of
+    # the process medloop started: the port is released only when that child has exited too)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and (_pid_alive(pid) or _group_members(pid)):
         _reap(pid)
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if _pid_alive(pid) or _group_members(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         _reap(pid)
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end and _group_members(pid):
+            time.sleep(0.1)
     f.pid.unlink(missing_ok=True)
     return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+            out.append(int(entry.name))
+    return out
 
 
 def _reap(pid: int) -> None:

@@ -91,6 +91,9 @@ def test_start_stop_start_on_the_same_port_with_a_private_data_folder(labelstudi
                 assert s.get(info.url + "/api/projects", headers={"Authorization": f"Token {token}"},
                              timeout=60).status_code == 200
             assert server.stop(campaign)
+            assert "LISTEN" not in _states(port), _states(port)  # every process of the server is gone
+        if not _states(port) & {"TIME_WAIT", "FIN_WAIT2", "FIN_WAIT1"}:
+            _time_wait_on(port)  # the server's own closed connections may not linger on every kernel
         assert _states(port) & {"TIME_WAIT", "FIN_WAIT2", "FIN_WAIT1"}, _states(port)
         again = server.start(campaign, timeout=900, install_missing=False)  # at once, same port
         assert again.healthy and again.url == info.url
