@@ -331,6 +331,10 @@ def start(
             "SSRF_PROTECTION_ENABLED": "false",
             # and an ML backend on 127.0.0.1 (`medloop labelstudio backend`, labeling/ml_backend.py) this
             "ML_BLOCK_LOCAL_IP": "false",
+            # Label Studio gives an ML backend 1 s to answer /health and 3 s for /setup: a backend on a
+            # busy CPU (training or scoring beside it) misses that and the project shows it disconnected
+            "ML_TIMEOUT_HEALTH": "15",
+            "ML_TIMEOUT_SETUP": "30",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "DJANGO_DB": "sqlite",
             "PYTHONUNBUFFERED": "1",

@@ -98,3 +98,18 @@ def test_server_makes_no_connection_outside_loopback(labelstudio_server, make_qu
     log = server.files(labelstudio_server.server_campaign).log.read_text(errors="replace").lower()
     for word in ("sentry", "tele.labelstud.io", "pypi.org", "can't get latest version"):
         assert word not in log, f"server.log mentions {word!r}"
+
+
+def test_ml_backend_timeouts_are_label_studio_settings_and_the_server_runs_with_them(labelstudio_server) -> None:
+    """Label Studio gives an ML backend 1 s for /health and 3 s for /setup (a loaded CI run saw the
+    project's backend 'Disconnected'); medloop's server raises both, through the names Label Studio reads."""
+    folder = server.venv_path() / "lib"
+    (connector,) = folder.glob("python*/site-packages/label_studio/ml/api_connector.py")
+    source = connector.read_text()
+    for name in ("ML_TIMEOUT_HEALTH", "ML_TIMEOUT_SETUP"):
+        assert re.search(rf"get_env\(\s*'{name}'", source), f"{name} is not read by Label Studio's ML connector"
+    info = server.status(labelstudio_server.server_campaign)
+    if labelstudio_server.net_audit is None or info.pid is None:
+        pytest.skip("a reused server (MEDLOOP_TEST_LS_ROOT): its environment is not this run's")
+    env = dict(kv.split("=", 1) for kv in Path(f"/proc/{info.pid}/environ").read_text().split("\0") if "=" in kv)
+    assert float(env["ML_TIMEOUT_HEALTH"]) >= 10 and float(env["ML_TIMEOUT_SETUP"]) >= 10
