@@ -192,11 +192,23 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of this process is not alive
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
+    return _has_live_thread(pid)  # a zombie child of this process is not alive
+
+
+def _has_live_thread(pid: int) -> bool:
+    """Whether any thread of ``pid`` is not a zombie. The main thread of a process shows ``Z`` while its
+    other threads still run (and hold its sockets): the process is alive until every thread is gone."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return True
+        return Path(f"/proc/{pid}").exists()
+    for task in tasks:
+        try:
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _read_pid(f: ServerFiles) -> int | None:
@@ -404,12 +416,19 @@ def stop(campaign: Campaign, *, timeout: float = 30.0) -> bool:
         end = time.monotonic() + 5.0
         while time.monotonic() < end and _group_members(pid):
             time.sleep(0.1)
+    try:  # and its port released (a `start` right after must find it free)
+        port = int(f.port.read_text().strip())
+    except (OSError, ValueError):
+        port = None
+    end = time.monotonic() + 10.0
+    while port is not None and time.monotonic() < end and not port_free(port):
+        time.sleep(0.1)
     f.pid.unlink(missing_ok=True)
     return True
 
 
 def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    """Processes of process group ``pgid`` with a live (not zombie) thread, from /proc."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -418,7 +437,7 @@ def _group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and _has_live_thread(int(entry.name)):  # after the name: state, ppid, pgrp
             out.append(int(entry.name))
     return out
 
