@@ -44,6 +44,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from medloop.ledger import readonly
 from medloop.ledger.schema import (
     STEPS,
     AnnotationTask,
@@ -55,7 +56,7 @@ from medloop.ledger.schema import (
     Sample,
     Selection,
 )
-from medloop.ledger.store import engine_url
+from medloop.ledger.store import LedgerMissing, sqlite_file
 
 METRIC_KEYS = ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece",
                "pseudo_precision_truth")
@@ -113,36 +114,19 @@ def _ones(when: ColumnElement[bool]) -> ColumnElement[int]:
 # ---- opening ------------------------------------------------------------------------------------
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a ``sqlite:///`` URL (None for other databases)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    rest = url.removeprefix("sqlite:///")
-    if rest.startswith("file:"):
-        rest = rest.removeprefix("file:").split("?", 1)[0]
-    return Path(rest)
-
-
 def open_readonly(url: str) -> Engine:
-    """An engine that can only read the ledger. Raises :class:`LedgerUnavailable` with advice."""
-    path = sqlite_path(url)
-    if path is not None:
-        if not path.is_file():
-            raise LedgerUnavailable(
-                f"No ledger at {path}. Create the campaign first: `medloop ingest ... --config <file>` "
-                "then `medloop round --config <file>`."
-            )
-        engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", connect_args={"timeout": 30})
-    else:
-        engine = create_engine(engine_url(url), pool_pre_ping=True,
-                               execution_options={"postgresql_readonly": True})
+    """An engine that can only read the ledger (:func:`medloop.ledger.readonly.open_readonly`).
+    Raises :class:`LedgerUnavailable` with advice."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise LedgerUnavailable(
+            f"No ledger at {path}. Create the campaign first: `medloop ingest ... --config <file>` "
+            "then `medloop round --config <file>`."
+        )
     try:
-        tables = set(inspect(engine).get_table_names())
-    except Exception as err:  # noqa: BLE001 - shown to the user as a message
-        raise LedgerUnavailable(f"The ledger at {url} cannot be read: {err}") from None
-    if "samples" not in tables or "rounds" not in tables:
-        raise LedgerUnavailable(f"{url} is not a medloop ledger (no samples/rounds tables).")
-    return engine
+        return readonly.open_readonly(url)
+    except LedgerMissing as err:
+        raise LedgerUnavailable(f"{err}.") from None
 
 
 def _df(engine: Engine, query: Select[Any]) -> pd.DataFrame:
@@ -637,7 +621,7 @@ class TrackingUnavailable(RuntimeError):
 
 def tracking_client(tracking_uri: str):  # noqa: ANN201 - mlflow is imported lazily
     """An MlflowClient on an existing store. A missing SQLite store is reported, never created."""
-    path = sqlite_path(tracking_uri)
+    path = sqlite_file(tracking_uri)
     if path is not None:
         if not path.is_file():
             raise TrackingUnavailable(f"No MLflow store at {path} (it appears after the first round is reported).")

@@ -40,11 +40,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Engine, and_, create_engine, func, inspect, make_url, select
+from sqlalchemy import Engine, and_, func, select
 
 from .config import Campaign
 from .data.imagestore import ImageStore, binarise, mask_at
+from .ledger import readonly
 from .ledger.schema import SCHEMA_VERSION, AnnotationTask, Label, Meta, Sample
+from .ledger.store import LedgerMissing, display_url, sqlite_file
 
 FORMATS = ("generic", "labelstudio")
 INCLUDES = ("pseudo",)
@@ -160,20 +162,11 @@ class ExportReport:
 # ---- reading the campaign (read-only) ----------------------------------------------------------------
 
 
-def _sqlite_file(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    rest = url.removeprefix("sqlite:///")
-    if rest.startswith("file:"):
-        rest = rest.removeprefix("file:").split("?", 1)[0]
-    return Path(rest)
-
-
 def open_readonly(campaign: Campaign) -> Engine:
     """An engine that can only read the campaign's ledger; :class:`ExportError` when the campaign or
     its ledger does not exist (nothing is created) or is not a medloop ledger this version reads."""
     url = campaign.ledger
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         if not campaign.folder.is_dir():
             raise ExportError(f"campaign {campaign.name!r}: folder {campaign.folder} not found; nothing to export "
@@ -181,25 +174,19 @@ def open_readonly(campaign: Campaign) -> Engine:
         if not path.is_file():
             raise ExportError(f"campaign {campaign.name!r}: no ledger at {path}; nothing to export "
                               "(ingest a dataset first, or pass the campaign's --config)")
-        engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true", connect_args={"timeout": 30})
-    else:
-        engine = create_engine(url, pool_pre_ping=True, execution_options={"postgresql_readonly": True})
-    shown = make_url(url).render_as_string(hide_password=True)
     try:
-        tables = set(inspect(engine).get_table_names())
-        if not {"samples", "labels", "meta"} <= tables:
-            raise ExportError(f"{shown}: not a medloop ledger (no samples / labels tables)")
+        engine = readonly.open_readonly(url, tables=("samples", "labels", "meta"))
+    except LedgerMissing as err:
+        raise ExportError(str(err)) from None
+    try:
         with engine.connect() as conn:
             version = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
-    except ExportError:
-        engine.dispose()
-        raise
     except Exception as err:  # noqa: BLE001 - any driver error becomes a message naming the ledger
         engine.dispose()
-        raise ExportError(f"{shown}: the ledger cannot be read ({err})") from None
+        raise ExportError(f"{display_url(url)}: the ledger cannot be read ({err})") from None
     if version is not None and int(version) > SCHEMA_VERSION:
         engine.dispose()
-        raise ExportError(f"{shown}: ledger schema version {version} is newer than this medloop "
+        raise ExportError(f"{display_url(url)}: ledger schema version {version} is newer than this medloop "
                           f"(reads {SCHEMA_VERSION}); upgrade medloop")
     return engine
 
@@ -469,7 +456,7 @@ def check_target(campaign: Campaign, out: Path, force: bool) -> Path:
     write into the campaign's own files (its folder or an ancestor, the store, the ledger)."""
     target = out.expanduser().resolve()
     folder, store = campaign.folder.resolve(), campaign.store.resolve()
-    ledger_file = _sqlite_file(campaign.ledger)
+    ledger_file = sqlite_file(campaign.ledger)
     guarded = [folder, store] + ([ledger_file.resolve()] if ledger_file is not None else [])
     for g in guarded:
         if _is_within(g, target):
@@ -502,7 +489,7 @@ def _manifest(campaign: Campaign, report: ExportReport, include_pseudo: bool, im
     return {
         "medloop_export": 1,
         "campaign": campaign.name,
-        "ledger": make_url(campaign.ledger).render_as_string(hide_password=True),
+        "ledger": display_url(campaign.ledger),
         "format": report.format,
         "include": ["human"] + (["pseudo"] if include_pseudo else []),
         "classes": list(campaign.data.classes),

@@ -61,7 +61,7 @@ def engine_url(url: str) -> URL:
 
 def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
         return None
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0].removeprefix("file:"))
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from medloop.config import Campaign, flatten
-from medloop.ledger.store import Ledger
+from medloop.ledger.store import Ledger, sqlite_file
 
 from .identity import CAMPAIGN_TAG, CampaignMismatch, ledger_campaign_id, mismatch_message
-from .store_repair import repair_sqlite_store, sqlite_path
+from .store_repair import repair_sqlite_store
 
 ROUND_TAG = "medloop.round"
 STEP_TAG = "medloop.step"
@@ -111,7 +111,7 @@ class Tracker:
 
         self.campaign = campaign
         self.uri = campaign.tracking_uri
-        db = sqlite_path(self.uri)
+        db = sqlite_file(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             repair_sqlite_store(self.uri)
@@ -332,7 +332,7 @@ class Tracker:
 def check_campaign(campaign: Campaign, ledger: Ledger) -> None:
     """Stop with :class:`CampaignMismatch` before a round changes anything when the campaign's MLflow
     experiment or registered model belongs to another ledger (a campaign with no MLflow store yet passes)."""
-    db = sqlite_path(campaign.tracking_uri)
+    db = sqlite_file(campaign.tracking_uri)
     if db is not None and not db.is_file():
         ledger_campaign_id(ledger)
         return

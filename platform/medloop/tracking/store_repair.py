@@ -16,20 +16,14 @@ import sqlite3
 import time
 from pathlib import Path
 
+from medloop.ledger.store import sqlite_file
+
 log = logging.getLogger(__name__)
 TMP_PREFIX = "_alembic_tmp_"
 
 
 class TrackingStoreError(RuntimeError):
     """The MLflow store cannot be used as it is; the message names the file and what to do."""
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (None for other stores)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    text = uri.removeprefix("sqlite:///")
-    return None if text in ("", ":memory:") else Path(text)
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -57,7 +51,7 @@ def leftover_tables(db: Path) -> list[str]:
 def repair_sqlite_store(uri: str) -> list[str]:
     """Drop the leftovers of an interrupted migration and finish the migration; returns the dropped
     tables (empty: nothing to repair). The database is copied to ``<file>.before-repair-<time>`` first."""
-    db = sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is None or not leftover_tables(db):
         return []
     from mlflow.store.db.utils import _get_latest_schema_revision
