@@ -15,8 +15,8 @@ import numpy as np
 
 from medloop.config import Campaign
 
-from .project import CLASS_FROM, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO
-from .rle import mask_to_rle
+from .project import IMAGE_TO, UNCERTAINTY_TO
+from .push import prediction_results
 
 #: the read-only uncertainty image of the interface has nothing to show for an exported label
 NO_UNCERTAINTY = "_no-uncertainty.png"
@@ -24,18 +24,9 @@ NO_UNCERTAINTY = "_no-uncertainty.png"
 
 def export_result(campaign: Campaign, class_name: str | None, mask: np.ndarray | None,
                   region_id: str) -> list[dict[str, Any]]:
-    """The ``result`` list of an annotation or prediction: the class choice and the brush region."""
-    result: list[dict[str, Any]] = []
-    if class_name is not None:
-        result.append({"id": f"{region_id}c", "from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
-                       "value": {"choices": [class_name]}})
-    if mask is not None and mask.any():
-        result.append({
-            "id": f"{region_id}m", "from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
-            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [campaign.labeling.lesion_label]},
-        })
-    return result
+    """The ``result`` list of an annotation or prediction: the class choice and the brush region, as
+    medloop's pre-annotations write them (:func:`medloop.labeling.push.prediction_results`)."""
+    return prediction_results(class_name, mask, campaign.labeling.lesion_label, region_id)
 
 
 def export_summary(kind: str, class_name: str | None, author: str | None, has_mask: bool) -> str:
