@@ -256,12 +256,19 @@ class Augment:
 
 
 class JointDataset(torch.utils.data.Dataset):
-    """Items are dicts: ``image`` float32 (C,H,W) in [0,1], ``label`` int64, ``mask`` int64 (H,W), ``index``."""
+    """Items are dicts: ``image`` float32 (C,H,W) in [0,1], ``label`` int64, ``mask`` int64 (H,W), ``index``.
 
-    def __init__(self, arrays: SampleArrays, augment: Augment | None = None, seed: int = 0) -> None:
+    ``length`` > ``len(arrays)`` repeats the samples (item ``i`` is sample ``i % len(arrays)``); every
+    item draws its own augmentation, so the repeats of a sample differ. ``index`` is the sample's."""
+
+    def __init__(self, arrays: SampleArrays, augment: Augment | None = None, seed: int = 0,
+                 length: int | None = None) -> None:
+        if length is not None and length < len(arrays):
+            raise ValueError(f"length {length} is below the {len(arrays)} samples")
         self.arrays = arrays
         self.augment = augment
         self.seed = seed
+        self.length = len(arrays) if length is None else length
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -269,13 +276,16 @@ class JointDataset(torch.utils.data.Dataset):
         self._epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.arrays)
+        return self.length
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        if not 0 <= item < self.length:
+            raise IndexError(item)
+        i = item % len(self.arrays)
         image = self.arrays.images[i].astype(np.float32) / 255.0
         mask = self.arrays.masks[i]
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self._epoch, int(i)))
+            rng = np.random.default_rng((self.seed, self._epoch, int(item)))
             image, mask = self.augment(image, mask, rng)
         return {
             "image": torch.from_numpy(image),

@@ -41,6 +41,7 @@ class LoopSettings:
     loss_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 8
     batch_size: int = 16
+    min_epoch_samples: int = 0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int | None = None
@@ -68,7 +69,8 @@ class LoopSettings:
         cls_head, seg_head = resolve_heads(m.name, m.cls_head, m.seg_head)  # None: the model's own heads
         base = cls(
             model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
-            loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+            loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size,
+            min_epoch_samples=c.min_epoch_samples, lr=c.lr,
             weight_decay=c.weight_decay, patience=c.patience, keep=c.keep,
             lr_schedule=c.lr_schedule, warmup_epochs=c.warmup_epochs, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
@@ -163,8 +165,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def make_loader(
     arrays: SampleArrays, settings: LoopSettings, *, train: bool, pin_memory: bool = False, workers: int = 0
 ) -> DataLoader:
+    """Training: shuffled, augmented, and at least ``settings.min_epoch_samples`` items an epoch (the
+    labeled set repeated); evaluation: each sample once, in order."""
     augment = Augment.from_names(settings.augment) if train else None
-    dataset = JointDataset(arrays, augment, seed=settings.seed)
+    length = max(len(arrays), settings.min_epoch_samples) if train and len(arrays) else None
+    dataset = JointDataset(arrays, augment, seed=settings.seed, length=length)
     generator = torch.Generator().manual_seed(settings.seed)
     return DataLoader(
         dataset, batch_size=settings.batch_size, shuffle=train, drop_last=False, pin_memory=pin_memory,
