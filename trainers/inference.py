@@ -65,9 +65,9 @@ class Settings:
     channels_last: bool = True
 
     def scoring_method(self) -> str:
-        """T = 1 is one deterministic pass (dropout off): the method ``evidential`` of ``score_batch``
-        (std and mutual information NaN; pixel uncertainty = normalised entropy, or vacuity)."""
-        return "evidential" if self.passes <= 1 else self.method
+        """T = 1 is one pass with dropout off: ``score_batch``'s ``deterministic`` method (std and
+        mutual information NaN; pixel uncertainty = normalised entropy, or vacuity)."""
+        return "deterministic" if self.passes <= 1 else self.method
 
     def label(self) -> str:
         """What the reports say: ``one deterministic pass`` or ``mc_dropout, T = 10``."""

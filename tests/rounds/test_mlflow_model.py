@@ -65,7 +65,7 @@ def medloop_scores(checkpoint: str, campaign, x: np.ndarray, passes: int, seed: 
 
     model, _ = load_model(checkpoint)
     cls_head, seg_head = model_heads(campaign.model)
-    method = "evidential" if passes == 1 else campaign.uncertainty.method
+    method = "deterministic" if passes == 1 else campaign.uncertainty.method
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return score_batch(model, torch.from_numpy(x), method=method, passes=passes, cls_head=cls_head,

@@ -178,6 +178,25 @@ def test_score_batch_evidential():
         score_batch(m, x, method="ensemble")
 
 
+def test_score_batch_deterministic_is_one_eval_pass_of_softmax_heads():
+    m = _model(p=0.5)
+    x = torch.rand(2, 1, 8, 8)
+    r = score_batch(m, x, method="deterministic", passes=10)  # passes ignored: one pass, dropout off
+    again = score_batch(m, x, method="deterministic")
+    assert m.training  # restored
+    with torch.no_grad():
+        out = m.eval()(x)
+    m.train()
+    probs = torch.softmax(out.cls_logits, 1)
+    fg = torch.softmax(out.seg_logits, 1)
+    assert np.allclose(r.probs, probs.numpy(), atol=1e-6) and np.array_equal(r.probs, again.probs)
+    assert np.allclose(r.fg_prob, fg[:, 1].numpy(), atol=1e-6)
+    # normalised per-pixel entropy H / log Q (Q = 2)
+    ent = -(fg * fg.clamp_min(1e-12).log()).sum(1) / math.log(2)
+    assert np.allclose(r.pixel_uncertainty, ent.numpy(), atol=1e-5)
+    assert np.all(np.isnan(r.std)) and np.all(np.isnan(r.mutual_info)) and np.all(np.isnan(r.vacuity))
+
+
 def test_lesion_uncertainty_not_diluted_and_ranks_a_possibly_missed_lesion_high():
     size = 64
     pixel = torch.zeros(3, size, size)

@@ -7,6 +7,9 @@ Methods:
 * ``evidential``: one deterministic pass (model in eval mode); probabilities alpha / S;
   vacuity K / S; pixel uncertainty = per-pixel vacuity Q / S (needs ``seg_head="evidential"``,
   else the normalised per-pixel entropy H / log Q is used); std and mutual_info are NaN.
+* ``deterministic``: one pass in eval mode (dropout off) through whatever heads the model has:
+  softmax heads give entropy-based uncertainties, evidential heads vacuity as above (what
+  ``medloop predict --passes 1`` runs).
 * ``both``: MC-dropout passes through the evidential head(s): MC statistics as above,
   vacuity averaged over passes; pixel uncertainty = mean per-pixel vacuity when the seg
   head is evidential, else the MC std.
@@ -26,7 +29,9 @@ from medloop.trainers.heads import check_head
 from medloop.trainers.uncertainty import measures as M
 from medloop.trainers.uncertainty.mc import mc_sample
 
-METHODS = ("mc_dropout", "evidential", "both")
+METHODS = ("mc_dropout", "evidential", "both", "deterministic")
+#: methods that sample T MC-dropout passes; the others run one deterministic pass
+MC_METHODS = ("mc_dropout", "both")
 
 
 @dataclass
@@ -80,7 +85,7 @@ def score_batch(
         raise ValueError(f"unknown scoring method {method!r}; known: {', '.join(METHODS)}")
     check_head(cls_head)
     check_head(seg_head)
-    mc = method != "evidential"
+    mc = method in MC_METHODS
     if mc:
         s = mc_sample(model, images, passes, cached=cached, cls_head=cls_head, seg_head=seg_head, max_batch=max_batch)
     else:
