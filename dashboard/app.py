@@ -19,6 +19,7 @@ import streamlit as st
 from medloop.config import Campaign, ConfigError, load_campaign
 from medloop.dashboard import charts, queries
 from medloop.data.imagestore import ImageStore, mask_at
+from medloop.rounds.recovery import round_in_progress
 
 PAGES = ["Overview", "Calibration", "Selection", "Annotation", "Sample explorer"]
 PAGE_SIZE = 12
@@ -130,7 +131,8 @@ def page_overview(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
             "this page fills in as rounds finish."
         )
         return
-    chart(charts.step_timeline(q(url, "round_steps")))
+    live = round_in_progress(c)
+    chart(charts.step_timeline(queries.with_shown_states(q(url, "round_steps"), "state", live)))
     chart(charts.pool_stack(q(url, "pool_composition")))
 
     st.subheader("Champion model")
@@ -417,7 +419,9 @@ def main() -> None:
     except queries.LedgerUnavailable as err:
         st.info(f"This campaign has no data yet. {err}")
         return
-    rounds = q(url, "rounds")
+    # a round left "running" by a killed process reads "interrupted", as in `medloop status` (the OS
+    # lock is asked afresh on every run; the ledger query stays cached)
+    rounds = queries.with_shown_states(q(url, "rounds"), "status", round_in_progress(campaign))
     {
         "Overview": page_overview,
         "Calibration": page_calibration,

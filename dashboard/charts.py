@@ -16,8 +16,8 @@ CLASS_PALETTE = ["#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B
 KIND_COLOURS = {"human": "#2CA02C", "pseudo": "#FF7F0E", "queued": "#9467BD", "unlabeled": "#C7C7C7"}
 DECISION_COLOURS = {"pseudo": "#FF7F0E", "queue": "#9467BD", "audit": "#17BECF", "rejected": "#D62728",
                     "none": "#BBBBBB"}
-STATE_COLOURS = {"done": "#2CA02C", "running": "#1F77B4", "pending": "#C7C7C7", "failed": "#D62728",
-                 "skipped": "#BCBD22"}
+STATE_COLOURS = {"done": "#2CA02C", "running": "#1F77B4", "interrupted": "#FF7F0E", "pending": "#C7C7C7",
+                 "failed": "#D62728", "skipped": "#BCBD22"}
 TASK_COLOURS = {"done": "#2CA02C", "pending": "#9467BD", "skipped": "#BCBD22"}
 OVERLAY_RGB = {"human": (44, 160, 44), "pseudo": (255, 127, 14), "predicted": (31, 119, 180)}
 STEP_ORDER = ["sync", "train", "score", "select", "push", "report"]

@@ -190,6 +190,16 @@ def round_steps(engine: Engine) -> pd.DataFrame:
     return df
 
 
+def with_shown_states(df: pd.DataFrame, column: str, in_progress: bool) -> pd.DataFrame:
+    """``df`` with ``column`` as ``medloop status`` shows it: ``running`` with no live holder of the
+    round lock is ``interrupted`` (:func:`medloop.rounds.recovery.shown_state`)."""
+    from medloop.rounds.recovery import shown_state
+
+    out = df.copy()
+    out[column] = [shown_state(str(v), in_progress) for v in out[column]]
+    return out
+
+
 def _round_end() -> ColumnElement[datetime]:
     return func.coalesce(rounds_t.c.finished_at, literal(NEVER, DateTime()))
 

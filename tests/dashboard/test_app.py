@@ -283,3 +283,35 @@ def test_store_folder_may_move(tmp_path: Path, hand_campaign: Path, monkeypatch:
     cfg.write_text(cfg.read_text().replace(str(src.resolve()), str(dst.resolve())))
     at = run_app(cfg, monkeypatch, "Sample explorer")
     assert any("Image missing in the store" in w.value for w in at.warning)
+
+
+def test_a_killed_round_reads_interrupted_and_a_live_one_running(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round left ``running`` in the ledger with no live holder of the round lock (its process was
+    killed) is ``interrupted`` on the Overview, as in ``medloop status``; while a process holds the
+    lock (the real round lock, taken here) it is ``running``."""
+    from medloop.ledger.schema import RoundStep
+    from medloop.rounds.lock import round_lock
+
+    config = build_campaign(tmp_path / "camp", with_mlflow=False)
+    campaign = load_campaign(config)
+    ledger = Ledger.open(campaign.ledger, create=False)
+    try:
+        with ledger.transaction() as s:
+            last = s.scalar(select(func.max(Round.id)))
+            s.get(Round, last).status = "running"
+            step = s.scalar(select(RoundStep).where(RoundStep.round_id == last, RoundStep.step == "report"))
+            step.state = "running"
+    finally:
+        ledger.close()
+
+    def shown() -> tuple[str, set[str]]:
+        at = run_app(config, monkeypatch)
+        steps = chart_rows(at, "Round steps")
+        return metrics(at)["Last round"], set(steps.loc[steps["round"] == last, "state"])
+
+    last_round, states = shown()
+    assert last_round == f"{last}: interrupted" and "interrupted" in states and "running" not in states
+    with round_lock(campaign):
+        last_round, states = shown()
+    assert last_round == f"{last}: running" and "running" in states and "interrupted" not in states
