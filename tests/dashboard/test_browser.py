@@ -3,77 +3,25 @@ protocol), wait until the charts are drawn, check them, and save screenshots und
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import CHROMIUM, SKIP_REASON, Tab, chromium_tab, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output" / "dashboard"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_S = 180  # upper bound for the app to render on a busy machine (a wait, not a timing assert)
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; "
-                                                  "scripts/test.sh does this when run as root)"),
+    pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - 127.0.0.1 only
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer")
-
-
-class Tab:
-    """A minimal DevTools-protocol client for one page."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=64 * 2**20, open_timeout=30, legacy=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params: object) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=60))
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expr: str) -> object:
-        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
-        return res.get("result", {}).get("value")
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 STATE_JS = """(() => {
@@ -134,10 +82,7 @@ def screenshot(tab: Tab, path: Path) -> bytes:
     tab.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(max(h, 900), 6000), deviceScaleFactor=1,
              mobile=False)
     time.sleep(1.0)
-    data = base64.b64decode(tab.call("Page.captureScreenshot", format="png")["data"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
+    return tab.screenshot(path)
 
 
 @pytest.fixture()
@@ -162,33 +107,8 @@ def served(campaign_config: Path, tmp_path: Path):  # noqa: ANN201
 
 @pytest.fixture()
 def browser(tmp_path: Path):  # noqa: ANN201
-    port = free_port()
-    proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--remote-debugging-port={port}",
-         "--remote-debugging-address=127.0.0.1", "--window-size=1400,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        pages: list = []
-        while time.monotonic() < deadline and not pages:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:  # noqa: S310
-                    pages = [p for p in json.load(r) if p.get("type") == "page"]
-            except OSError:
-                time.sleep(0.5)
-        assert pages, "chromium's DevTools endpoint did not come up"
-        tab = Tab(pages[0]["webSocketDebuggerUrl"])
-        tab.call("Page.enable")
-        tab.call("Runtime.enable")
+    with chromium_tab(tmp_path / "chromium-profile") as tab:
         yield tab
-        tab.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # Overview: label-efficiency curve, trained-on bars, round steps, pool composition (+ MLflow epochs)

@@ -6,20 +6,14 @@ to test-output/labeling/ (docs/labeling.md shows them)."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium import CHROMIUM, SKIP_REASON, Tab, chromium_tab
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -31,99 +25,21 @@ from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output" / "labeling"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_S = 240  # upper bound for Label Studio's pages on a busy machine (a wait, not a timing assert)
 H, W, MODEL = 380, 500, 128
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.labelstudio,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; "
-                                                  "scripts/test.sh does this when run as root)"),
+    pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Tab:
-    """A minimal DevTools-protocol client for one page."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=64 * 2**20, open_timeout=30, legacy=True)
-        self.next_id = 0
-
-    def call(self, method: str, **params: object) -> dict:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=120))
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def js(self, expr: str) -> object:
-        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
-        return res.get("result", {}).get("value")
-
-    def wait(self, expr: str, what: str, timeout: float = WAIT_S) -> object:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.js(expr)
-            if value:
-                return value
-            time.sleep(1.0)
-        self.screenshot(OUT / "failed.png")
-        raise AssertionError(f"timed out waiting for {what}; page {self.js('location.href')}")
-
-    def screenshot(self, path: Path) -> bytes:
-        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return data
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture()
 def browser(tmp_path: Path):  # noqa: ANN201
-    port = free_port()
-    proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--remote-debugging-port={port}",
-         "--remote-debugging-address=127.0.0.1", "--window-size=1400,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        pages: list = []
-        while time.monotonic() < deadline and not pages:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:  # noqa: S310
-                    pages = [p for p in json.load(r) if p.get("type") == "page"]
-            except OSError:
-                time.sleep(0.5)
-        assert pages, "chromium's DevTools endpoint did not come up"
-        tab = Tab(pages[0]["webSocketDebuggerUrl"])
-        tab.call("Page.enable")
-        tab.call("Runtime.enable")
-        tab.call("Emulation.setDeviceMetricsOverride", width=1400, height=1000, deviceScaleFactor=1, mobile=False)
+    with chromium_tab(tmp_path / "chromium-profile") as tab:
+        tab.failure_png = OUT / "failed.png"
         yield tab
-        tab.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 # (class, acquisition score, confidence): the highest score is the second task, so the ID order
@@ -219,7 +135,7 @@ def test_annotator_view_in_chromium(labelstudio_server, browser: Tab) -> None:
             browser.wait(rows_are(expect), f"the task list ordered by {label}, the other way")
         if browser.js(f"!!{menu}"):
             browser.js(f"{order_button}.click()")  # close the menu
-            browser.wait(f"!{menu}", "the order-by menu to close", timeout=30)
+            browser.wait(f"!{menu}", "the order-by menu to close", 30)
 
     order_by("ID", by_id)  # from the plain ID order to acquisition score, highest first
     order_by("acquisition_score", by_score)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import torch
 from support import checkpoint_train_round, tiny_campaign
 
+from medloop.labeling.server import free_port
 from medloop.ledger import Ledger
 from medloop.tracking import RoundRecord, Tracker, model_name
 
@@ -152,12 +152,6 @@ def test_loads_without_medloop_and_equals_medloop_prediction(registered, isolate
     assert (mc["std"] > 0).all() and not np.allclose(mc["class_probs"], det["class_probs"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -167,7 +161,7 @@ def _http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int,
 
 def test_mlflow_models_serve_answers_invocations(registered, isolated_env, tmp_path: Path) -> None:
     c, ckpt, _, _ = registered
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{model_name(c)}/1",
            "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
