@@ -137,3 +137,43 @@ def test_non_finite_floats_in_json_columns(ledger_url: str) -> None:
         assert np.isnan(np.asarray(pred.probs, dtype=float)[[0, 2]]).all()  # numeric readers get NaN back
         assert s.get(Round, 1).metrics == {"auc": None, "ece": 0.1, "bins": [{"c": None}]}
     ledger.close()
+
+
+def test_bulk_pseudo_labels_skip_human_supersede_pseudo_and_bind_in_chunks(ledger_url: str) -> None:
+    """``add_pseudo_labels`` is the same rule set-based: a sample with a human label is skipped and
+    reported, an earlier pseudo-label becomes history; 25,000 samples (more ids than SQLite binds in
+    one statement, 32,766, once both lists are counted) go through in chunks."""
+    from sqlalchemy import func, insert
+
+    from medloop.ledger import PseudoLabelRow, add_pseudo_labels, human_labelled
+    from medloop.ledger.store import ID_CHUNK
+
+    n = 25_000
+    assert n > ID_CHUNK
+    ledger = _ledger(ledger_url)
+    with ledger.transaction() as s:
+        s.execute(insert(Sample), [{"uid": f"b{i}", "content_hash": f"hash-b{i}", "image_path": f"images/b{i}.png",
+                                    "source": "test", "split": "pool", "height": 8, "width": 8, "channels": 1}
+                                   for i in range(n)])
+        ids = s.scalars(select(Sample.id).order_by(Sample.id)).all()
+        humans = ids[::1000]  # 25 samples with a human label
+        for sid in humans:
+            add_human_label(s, sid, class_name="benign", mask_path=None, author="ann")
+        add_pseudo_label(s, ids[1], class_name="normal", mask_path=None, ignore_path=None, round_id=1,
+                         selector="ups", thresholds={})
+    rows = [PseudoLabelRow(sid, "malignant", None, None) for sid in ids]
+    with ledger.transaction() as s:
+        assert human_labelled(s, ids) == set(humans)
+        written, skipped = add_pseudo_labels(s, rows, round_id=2, selector="ups", thresholds={"tau_c": 0.9})
+    assert sorted(skipped) == sorted(humans) and len(written) == n - len(humans)
+    with ledger.reading() as s:
+        active = dict(s.execute(select(Label.kind, func.count()).where(Label.active.is_(True))
+                                .group_by(Label.kind)).all())
+        assert active == {"human": len(humans), "pseudo": n - len(humans)}
+        assert active_label(s, humans[3], "human").class_name == "benign"
+        assert active_label(s, humans[3], "pseudo") is None
+        old = s.scalars(select(Label).where(Label.sample_id == ids[1]).order_by(Label.id)).all()
+        assert [(r.class_name, r.round_id, r.active) for r in old] == [("normal", 1, False), ("malignant", 2, True)]
+        assert old[0].superseded_at is not None and old[1].thresholds == {"tau_c": 0.9}
+        assert old[1].author == "round-2/ups"
+    ledger.close()

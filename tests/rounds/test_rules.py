@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from support import TINY
 
-from medloop.ledger import AnnotationTask, Label, Ledger, Round, Selection
+from medloop.ledger import AnnotationTask, Label, Ledger, Round, RoundStep, Selection
 from medloop.rounds.orchestrator import run_round
 from medloop.rounds.scheduler import parse_every, watch
 from medloop.rounds.stopping import no_gain
@@ -112,6 +112,41 @@ def test_segmentation_gate_keeps_masks_out_below_min_val_dice(campaign) -> None:
 def test_gate_open_adds_pseudo_labels(campaign) -> None:
     assert _run(campaign).status == "done"
     assert _count(campaign, Label, Label.kind == "pseudo", Label.active.is_(True)) > 0
+
+
+def test_a_human_label_arriving_during_select_wins_over_its_pseudo_label(campaign, monkeypatch) -> None:
+    """A human label that lands after the select step read the scores (a Label Studio webhook sync
+    racing the round) wins at write time: no pseudo-label, no ``pseudo`` selection row for that case,
+    counted in ``skipped_human``; the other pseudo-labels are written. The race is made certain by
+    adding the label in the select step's own transaction, just before its pseudo-labels are written
+    (the timing of a real race cannot be caused on demand)."""
+    from medloop.ledger import add_human_label
+    from medloop.rounds.steps import select as select_module
+
+    raced: list[int] = []
+    real = select_module.add_pseudo_labels
+
+    def with_a_late_human_label(session, rows, **kw):  # noqa: ANN001, ANN202
+        raced.extend(r.sample_id for r in rows[:2])
+        for sid in raced:
+            add_human_label(session, sid, class_name="benign", mask_path=None, author="late annotator")
+        return real(session, rows, **kw)
+
+    monkeypatch.setattr(select_module, "add_pseudo_labels", with_a_late_human_label)
+    assert _run(campaign).status == "done" and len(raced) == 2
+    led = Ledger.open(campaign.ledger)
+    with led.reading() as s:
+        detail = s.get(RoundStep, (1, "select")).detail
+        for sid in raced:
+            kinds = s.execute(select(Label.kind, Label.active).where(Label.sample_id == sid)).all()
+            assert ("human", True) in kinds and not any(k == "pseudo" and a for k, a in kinds)
+            assert s.scalar(select(func.count()).select_from(Selection).where(
+                Selection.sample_id == sid, Selection.decision == "pseudo")) == 0
+        # every pseudo-label the step wrote (the oracle's answers to the audit retire some of them since)
+        written = s.scalar(select(func.count()).select_from(Label).where(Label.kind == "pseudo", Label.round_id == 1))
+    led.close()
+    assert detail["skipped_human"] == 2
+    assert detail["pseudo_labels"] == written > 0
 
 
 def test_oracle_answers_queue_directly_as_human_labels(campaign) -> None:

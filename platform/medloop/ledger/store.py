@@ -15,13 +15,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import URL, CursorResult, Engine, create_engine, event, inspect, make_url, select, text, update
+from sqlalchemy import (
+    URL,
+    CursorResult,
+    Engine,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    make_url,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from .schema import SCHEMA_VERSION, Base, Label, Meta, utcnow
@@ -253,6 +266,68 @@ def add_human_label(
     return label
 
 
+#: ids bound in one ``IN (...)`` (SQLite allows 32,766 parameters; PostgreSQL 65,535)
+ID_CHUNK = 10_000
+
+
+def _chunks(values: Sequence[Any], size: int = ID_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def human_labelled(session: Session, sample_ids: Iterable[int]) -> set[int]:
+    """The samples among ``sample_ids`` that have an active human label (bound in chunks)."""
+    ids = sorted({int(i) for i in sample_ids})
+    found: set[int] = set()
+    for chunk in _chunks(ids):
+        found.update(session.scalars(select(Label.sample_id).where(
+            Label.sample_id.in_(chunk), Label.kind == "human", Label.active.is_(True))).all())
+    return found
+
+
+@dataclass(frozen=True)
+class PseudoLabelRow:
+    """One pseudo-label to record: a class, a mask (+ its ignore map), or both."""
+
+    sample_id: int
+    class_name: str | None
+    mask_path: str | None = None
+    ignore_path: str | None = None
+
+
+def add_pseudo_labels(
+    session: Session,
+    rows: Sequence[PseudoLabelRow],
+    *,
+    round_id: int,
+    selector: str,
+    thresholds: dict[str, Any],
+) -> tuple[list[PseudoLabelRow], list[int]]:
+    """Record pseudo-labels in bulk: (the rows written, the sample ids skipped).
+
+    A sample with an active human label is skipped (a human label always wins); the written samples'
+    earlier active pseudo-labels become history. Set-based (chunked ``IN``, one multi-row insert), so a
+    round that accepts 10^5 pseudo-labels does not issue 10^5 queries."""
+    human = human_labelled(session, (r.sample_id for r in rows))
+    written = [r for r in rows if r.sample_id not in human]
+    skipped = [r.sample_id for r in rows if r.sample_id in human]
+    now = utcnow()
+    for chunk in _chunks([r.sample_id for r in written]):
+        session.execute(
+            update(Label)
+            .where(Label.sample_id.in_(chunk), Label.kind == "pseudo", Label.active.is_(True))
+            .values(active=False, superseded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    author = f"round-{round_id}/{selector}"
+    for part in _chunks(written, 50_000):
+        session.execute(insert(Label), [
+            {"sample_id": r.sample_id, "kind": "pseudo", "class_name": r.class_name, "mask_path": r.mask_path,
+             "ignore_path": r.ignore_path, "author": author, "round_id": round_id, "selector": selector,
+             "thresholds": thresholds, "active": True, "created_at": now} for r in part])
+    return written, skipped
+
+
 def add_pseudo_label(
     session: Session,
     sample_id: int,
@@ -264,26 +339,14 @@ def add_pseudo_label(
     selector: str,
     thresholds: dict[str, Any],
 ) -> Label:
-    """Record a pseudo-label; raises :class:`HumanLabelExists` when a human label is present."""
-    if active_label(session, sample_id, "human") is not None:
+    """Record one pseudo-label (:func:`add_pseudo_labels`); raises :class:`HumanLabelExists` when a human
+    label is present."""
+    _, skipped = add_pseudo_labels(session, [PseudoLabelRow(sample_id, class_name, mask_path, ignore_path)],
+                                   round_id=round_id, selector=selector, thresholds=thresholds)
+    if skipped:
         raise HumanLabelExists(f"sample {sample_id} has a human label; a pseudo-label never replaces it")
-    now = utcnow()
-    _supersede(session, sample_id, ("pseudo",), now)
-    label = Label(
-        sample_id=sample_id,
-        kind="pseudo",
-        class_name=class_name,
-        mask_path=mask_path,
-        ignore_path=ignore_path,
-        author=f"round-{round_id}/{selector}",
-        round_id=round_id,
-        selector=selector,
-        thresholds=thresholds,
-        active=True,
-        created_at=now,
-    )
-    session.add(label)
-    session.flush()
+    label = active_label(session, sample_id, "pseudo")
+    assert label is not None
     return label
 
 

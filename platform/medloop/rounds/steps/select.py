@@ -1,7 +1,7 @@
 """select: pseudo-labels (class and mask decided separately) and the annotation queue.
 
 Everything the step decides is written in ONE transaction together with its ``done`` state:
-old pseudo-labels retired, new ones added (``add_pseudo_label``: a human label always wins),
+old pseudo-labels retired, new ones added (``add_pseudo_labels``: a human label always wins),
 ``Selection`` rows, ``AnnotationTask`` rows in state ``intent`` for the queue and the flagged audit
 sample, and the calibration gate's reason in ``Round.notes``. A crash before that commit leaves
 nothing behind; pseudo-mask files written before it are overwritten identically on the re-run.
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from medloop.data.imagestore import prob_map_path
 from medloop.ledger.schema import AnnotationTask, Selection
-from medloop.ledger.store import HumanLabelExists, add_pseudo_label, retire_pseudo_labels
+from medloop.ledger.store import PseudoLabelRow, add_pseudo_labels, retire_pseudo_labels
 from medloop.selection import (
     PseudoLabelParams,
     acquisition_scores,
@@ -145,58 +145,65 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
     thresholds = {"tau_c": sel.tau_c, "tau_u": sel.tau_u, "measure": sel.measure,
                   "pixel_tau_u": sel.pixel_tau_u, "mask_gate": sel.mask_gate}
     rc, rm = reason_names(dec["reason_class"]), reason_names(dec["reason_mask"])
-    per_class = {c: 0 for c in classes}
-    n_masks = skipped_human = 0
+    rows: list[PseudoLabelRow] = []
+    row_of: dict[int, int] = {}  # sample id -> pool row
+    for i in accepted.tolist():
+        cls = classes[int(dec["pseudo_class"][i])] if dec["accept_class"][i] else None
+        mfiles = mask_files.get(i)
+        if cls is None and mfiles is None:
+            continue
+        sid = int(pool.sample_ids[i])
+        row_of[sid] = i
+        rows.append(PseudoLabelRow(sid, cls, mfiles[0] if mfiles else None, mfiles[1] if mfiles else None))
+    acq_scores = [_f(a) for a in acq.tolist()]
+    confidence = [_f(c) for c in pool.arrays["confidence"].tolist()]
     with ctx.ledger.transaction() as s:
         retired = retire_pseudo_labels(s, ctx.round_id)
-        for i in accepted.tolist():
-            sid = int(pool.sample_ids[i])
-            cls = classes[int(dec["pseudo_class"][i])] if dec["accept_class"][i] else None
-            mfiles = mask_files.get(i)
-            if cls is None and mfiles is None:
-                continue
-            try:
-                add_pseudo_label(s, sid, class_name=cls, mask_path=mfiles[0] if mfiles else None,
-                                 ignore_path=mfiles[1] if mfiles else None, round_id=ctx.round_id,
-                                 selector=params.policy, thresholds=thresholds)
-            except HumanLabelExists:  # a human label arrived since scoring: it wins
-                skipped_human += 1
-                continue
-            target = "both" if (cls and mfiles) else ("class" if cls else "mask")
-            if cls:
-                per_class[cls] += 1
-            n_masks += int(mfiles is not None)
-            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="pseudo", target=target,
-                            policy=params.policy, score=_f(pool.arrays["confidence"][i]),
-                            reason=f"class:{rc[i]} mask:{rm[i] if mfiles else 'not_used'}"))
+        # a human label that arrived since scoring wins: add_pseudo_labels skips those samples
+        written, skipped = add_pseudo_labels(s, rows, round_id=ctx.round_id, selector=params.policy,
+                                             thresholds=thresholds)
+        skipped_human = len(skipped)
+        per_class = {c: sum(r.class_name == c for r in written) for c in classes}
+        n_masks = sum(r.mask_path is not None for r in written)
+        decisions: list[dict[str, Any]] = []
+        for r in written:
+            i = row_of[r.sample_id]
+            target = "both" if (r.class_name and r.mask_path) else ("class" if r.class_name else "mask")
+            decisions.append({"sample_id": r.sample_id, "decision": "pseudo", "target": target,
+                              "policy": params.policy, "score": confidence[i],
+                              "reason": f"class:{rc[i]} mask:{rm[i] if r.mask_path else 'not_used'}"})
+        tasks: list[dict[str, Any]] = []
         for i in queue.tolist():
             sid = int(pool.sample_ids[i])
-            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="queue", target="both",
-                            policy=sel.acquisition, score=_f(acq[i]), reason=f"class:{rc[i]}"))
-            s.add(AnnotationTask(sample_id=sid, round_id=ctx.round_id, state="intent", score=_f(acq[i])))
+            decisions.append({"sample_id": sid, "decision": "queue", "target": "both", "policy": sel.acquisition,
+                              "score": acq_scores[i], "reason": f"class:{rc[i]}"})
+            tasks.append({"sample_id": sid, "is_audit": False, "score": acq_scores[i]})
         for i in audit.tolist():
             sid = int(pool.sample_ids[i])
-            s.add(Selection(round_id=ctx.round_id, sample_id=sid, decision="audit", target="class",
-                            policy=params.policy, score=_f(pool.arrays["confidence"][i]), reason="audit sample"))
-            s.add(AnnotationTask(sample_id=sid, round_id=ctx.round_id, state="intent", is_audit=True,
-                                 score=_f(acq[i])))
-        chosen = set(accepted.tolist()) | set(queue.tolist())
-        rejected = 0
-        for i in range(len(pool)):
-            if i in chosen or pool.has_human[i]:
-                continue
-            rejected += 1
-            s.add(Selection(round_id=ctx.round_id, sample_id=int(pool.sample_ids[i]), decision="rejected",
-                            target="class", policy=params.policy, score=_f(acq[i]), reason=f"class:{rc[i]}"))
+            decisions.append({"sample_id": sid, "decision": "audit", "target": "class", "policy": params.policy,
+                              "score": confidence[i], "reason": "audit sample"})
+            tasks.append({"sample_id": sid, "is_audit": True, "score": acq_scores[i]})
+        chosen = np.zeros(len(pool), dtype=bool)
+        chosen[accepted] = True
+        chosen[queue] = True
+        rejected_rows = np.flatnonzero(~chosen & ~pool.has_human)
+        rejected = int(rejected_rows.shape[0])
+        decisions += [{"sample_id": int(pool.sample_ids[i]), "decision": "rejected", "target": "class",
+                       "policy": params.policy, "score": acq_scores[i], "reason": f"class:{rc[i]}"}
+                      for i in rejected_rows.tolist()]
+        for start in range(0, len(decisions), 50_000):  # multi-row inserts, not one ORM object per case
+            s.execute(insert(Selection), [{"round_id": ctx.round_id, **d} for d in decisions[start:start + 50_000]])
+        if tasks:
+            s.execute(insert(AnnotationTask), [{"round_id": ctx.round_id, "state": "intent", **t} for t in tasks])
         nothing = None
-        if len(accepted) == skipped_human and queue.shape[0] == 0:  # says why, in the detail and Round.notes
+        if not written and queue.shape[0] == 0:  # says why, in the detail and Round.notes
             nothing = nothing_selected_reason(sel, dec, pool.has_human, eligible, acq, gate_reason,
                                               seg_gate_reason, skipped_human)
         state.update_notes(ctx.round(s), gate=gate_reason, seg_gate=seg_gate_reason, nothing_selected=nothing)
         detail = {
             "val_ece": ece, "gate_open": allow, "gate": gate_reason, "val_dice": val_dice,
             "seg_gate_open": allow_masks, "seg_gate": seg_gate_reason, "pool_scored": len(pool),
-            "pseudo_labels": len(accepted) - skipped_human,
+            "pseudo_labels": len(written),
             "pseudo_per_class": per_class, "pseudo_masks": n_masks, "retired": retired,
             "queue_size": int(queue.shape[0]), "audit_size": int(audit.shape[0]), "rejected": rejected,
             "skipped_human": skipped_human, "thresholds": thresholds, "policy": params.policy,
