@@ -9,7 +9,7 @@ model ``round-1`` each, ``--val`` validation cases and ``--train`` training case
 calibration gate and the class ratio), predictions drawn so that part of the pool passes the UPS
 thresholds. Only the steps around it are stand-ins (``sync``, ``push`` and ``report`` do nothing;
 ``train`` records the model version and a validation Dice; ``score`` is the prediction rows already
-written). The run happens in a child process, so its peak RSS (``ru_maxrss``) is the select step's plus
+written). The run happens in a child process, so its peak RSS (``VmHWM``) is the select step's plus
 the interpreter and imports (reported separately: ``rss_before_gib``).
 
 Writes ``bench/results/select_step_1m.json`` (``pool``, ``seconds``, ``peak_rss_gib``, ...) and ``.md``.
@@ -97,6 +97,15 @@ def build(folder: Path, pool: int, val: int, train: int, seed: int = 0) -> Path:
     return folder
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident set (VmHWM: reset at exec, unlike ``ru_maxrss``, which a child
+    inherits from the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_child(folder: Path) -> dict:
     """In this (child) process: one round with the real select step; its seconds and this process's peak RSS."""
     from medloop.config import parse_campaign
@@ -104,7 +113,7 @@ def run_child(folder: Path) -> dict:
     from medloop.rounds.steps import STEP_FUNCTIONS
 
     campaign = parse_campaign(campaign_dict(folder), "<bench>")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_before = peak_rss_gib()
     timing: dict[str, float] = {}
 
     def train(ctx):  # noqa: ANN001, ANN202 - records what the real train step records for select
@@ -132,7 +141,7 @@ def run_child(folder: Path) -> dict:
         detail = state.step_detail(s, out.round_id, "select")
     led.close()
     return {"status": out.status, "seconds": round(timing["select"], 2),
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "peak_rss_gib": round(peak_rss_gib(), 3),
             "rss_before_gib": round(rss_before, 3),
             "pseudo_labels": detail.get("pseudo_labels"), "queue_size": detail.get("queue_size"),
             "audit_size": detail.get("audit_size"), "rejected": detail.get("rejected"),

@@ -317,11 +317,11 @@ def add_pseudo_labels(
             update(Label)
             .where(Label.sample_id.in_(chunk), Label.kind == "pseudo", Label.active.is_(True))
             .values(active=False, superseded_at=now)
-            .execution_options(synchronize_session=False)
         )
     author = f"round-{round_id}/{selector}"
+    db = session.connection()  # table-level executemany in the caller's transaction
     for part in _chunks(written, 50_000):
-        session.execute(insert(Label), [
+        db.execute(insert(Label.__table__), [
             {"sample_id": r.sample_id, "kind": "pseudo", "class_name": r.class_name, "mask_path": r.mask_path,
              "ignore_path": r.ignore_path, "author": author, "round_id": round_id, "selector": selector,
              "thresholds": thresholds, "active": True, "created_at": now} for r in part])

@@ -191,10 +191,13 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
         decisions += [{"sample_id": int(pool.sample_ids[i]), "decision": "rejected", "target": "class",
                        "policy": params.policy, "score": acq_scores[i], "reason": f"class:{rc[i]}"}
                       for i in rejected_rows.tolist()]
-        for start in range(0, len(decisions), 50_000):  # multi-row inserts, not one ORM object per case
-            s.execute(insert(Selection), [{"round_id": ctx.round_id, **d} for d in decisions[start:start + 50_000]])
+        db = s.connection()  # table-level executemany in the step's transaction: no ORM object per case
+        for start in range(0, len(decisions), 50_000):
+            db.execute(insert(Selection.__table__),
+                       [{"round_id": ctx.round_id, **d} for d in decisions[start:start + 50_000]])
         if tasks:
-            s.execute(insert(AnnotationTask), [{"round_id": ctx.round_id, "state": "intent", **t} for t in tasks])
+            db.execute(insert(AnnotationTask.__table__),
+                       [{"round_id": ctx.round_id, "state": "intent", **t} for t in tasks])
         nothing = None
         if not written and queue.shape[0] == 0:  # says why, in the detail and Round.notes
             nothing = nothing_selected_reason(sel, dec, pool.has_human, eligible, acq, gate_reason,
