@@ -608,17 +608,25 @@ def explorer_page(
                 .order_by(q.c.id.desc()).limit(1).scalar_subquery())
 
     x = _explorer_selections(round_id, decision)
-    columns = [s.id.label("sample_id"), s.uid, s.split, s.image_path, x.c.decision, x.c.policy, x.c.score,
+    # the page is cut from the grouped selections first (sample, decision, score; the class filter joins
+    # the predictions): the per-sample lookups below then run for the page's rows only, not for every
+    # selected sample of the round before the sort (10^6 in a hospital-sized pool)
+    ranked = select(x.c.round_id, x.c.sample_id, x.c.decision, x.c.policy, x.c.score)
+    if class_index is not None:
+        ranked = (ranked.select_from(x.join(predictions, and_(p.sample_id == x.c.sample_id,
+                                                              p.round_id + 0 == x.c.round_id)))
+                  .where(p.pred_class == class_index))
+    order = (x.c.score.desc().nulls_last(), x.c.sample_id)
+    pg = ranked.order_by(*order).limit(page_size).offset(page * page_size).subquery("page")
+    columns = [s.id.label("sample_id"), s.uid, s.split, s.image_path, pg.c.decision, pg.c.policy, pg.c.score,
                p.pred_class, p.confidence, p.std, p.vacuity, p.entropy, p.seg_uncertainty,
                p.mask_path.label("pred_mask"), p.umap_path,
                human("class_name").label("human_class"), human("mask_path").label("human_mask"),
                pseudo("class_name").label("pseudo_class"), pseudo("mask_path").label("pseudo_mask")]
     query = (select(*columns)
-             .select_from(x.join(samples, s.id == x.c.sample_id)
-                          .outerjoin(predictions, and_(p.sample_id == x.c.sample_id, p.round_id + 0 == x.c.round_id))))
-    if class_index is not None:
-        query = query.where(p.pred_class == class_index)
-    query = query.order_by(x.c.score.desc().nulls_last(), s.id).limit(page_size).offset(page * page_size)
+             .select_from(pg.join(samples, s.id == pg.c.sample_id)
+                          .outerjoin(predictions, and_(p.sample_id == pg.c.sample_id, p.round_id + 0 == pg.c.round_id)))
+             .order_by(pg.c.score.desc().nulls_last(), s.id))
     return _df(engine, query)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from campaign_fixture import build_campaign  # tests/dashboard is on sys.path (conftest)
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from medloop.config import load_campaign
 from medloop.dashboard import charts, queries
@@ -191,6 +191,19 @@ def test_explorer_pages_cover_the_selection(engine, orm) -> None:  # noqa: ANN00
     audited = queries.explorer_page(engine, 1, decision="audit", page_size=50)
     assert (audited["decision"] == "pseudo+audit").all() and len(audited) >= 1
     assert audited["pseudo_class"].notna().all()
+    # a class filter keeps that predicted class only; pages follow the score, highest first
+    with orm.reading() as s:
+        best = dict(s.execute(select(Selection.sample_id, func.max(Selection.score)).where(Selection.round_id == 1)
+                              .group_by(Selection.sample_id)).all())
+        predicted = dict(s.execute(select(Prediction.sample_id, Prediction.pred_class)
+                                   .where(Prediction.round_id == 1)).all())
+    for k in range(3):
+        mine = sorted((sid for sid in best if predicted.get(sid) == k),
+                      key=lambda sid: (-(best[sid] if best[sid] is not None else -np.inf), sid))
+        assert queries.explorer_count(engine, 1, k) == len(mine)
+        rows = pd.concat([queries.explorer_page(engine, 1, k, page=i, page_size=4) for i in range(-(-len(mine) // 4))]
+                         or [pd.DataFrame({"sample_id": []})])
+        assert rows["sample_id"].tolist() == mine
 
 
 def test_selection_scatter_rejects_unknown_measure(engine) -> None:  # noqa: ANN001
