@@ -26,6 +26,7 @@ from sqlalchemy import (
     URL,
     CursorResult,
     Engine,
+    Table,
     create_engine,
     event,
     insert,
@@ -321,7 +322,7 @@ def add_pseudo_labels(
     author = f"round-{round_id}/{selector}"
     db = session.connection()  # table-level executemany in the caller's transaction
     for part in _chunks(written, 50_000):
-        db.execute(insert(Label.__table__), [
+        db.execute(insert(cast(Table, Label.__table__)), [
             {"sample_id": r.sample_id, "kind": "pseudo", "class_name": r.class_name, "mask_path": r.mask_path,
              "ignore_path": r.ignore_path, "author": author, "round_id": round_id, "selector": selector,
              "thresholds": thresholds, "active": True, "created_at": now} for r in part])

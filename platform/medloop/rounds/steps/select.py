@@ -9,10 +9,10 @@ nothing behind; pseudo-mask files written before it are overwritten identically 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 
 from medloop.data.imagestore import prob_map_path
 from medloop.ledger.schema import AnnotationTask, Selection
@@ -193,10 +193,10 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
                       for i in rejected_rows.tolist()]
         db = s.connection()  # table-level executemany in the step's transaction: no ORM object per case
         for start in range(0, len(decisions), 50_000):
-            db.execute(insert(Selection.__table__),
+            db.execute(insert(cast(Table, Selection.__table__)),
                        [{"round_id": ctx.round_id, **d} for d in decisions[start:start + 50_000]])
         if tasks:
-            db.execute(insert(AnnotationTask.__table__),
+            db.execute(insert(cast(Table, AnnotationTask.__table__)),
                        [{"round_id": ctx.round_id, "state": "intent", **t} for t in tasks])
         nothing = None
         if not written and queue.shape[0] == 0:  # says why, in the detail and Round.notes
