@@ -35,9 +35,9 @@ def read_token(campaign: Campaign) -> str:
     if value:
         return value
     if cfg.token_file:
-        path = Path(cfg.token_file).expanduser()
-        if not path.is_absolute():
-            path = campaign.folder / path if not path.exists() else path
+        path = campaign.resolve_path(cfg.token_file)  # a relative one: from the campaign file's folder,
+        if not path.exists() and not Path(cfg.token_file).expanduser().is_absolute():
+            path = campaign.folder / cfg.token_file  # else from the campaign folder
         try:
             value = path.read_text().strip()
         except OSError as err:

@@ -144,7 +144,7 @@ def files(campaign: Campaign) -> ServerFiles:
 def document_root(campaign: Campaign) -> Path:
     """The folder local-file URLs are relative to: ``labeling.document_root``, else the campaign folder."""
     if campaign.labeling.document_root:
-        return Path(campaign.labeling.document_root).expanduser().resolve()
+        return campaign.resolve_path(campaign.labeling.document_root).resolve()
     return campaign.folder.resolve()
 
 

@@ -57,6 +57,7 @@ class LoopSettings:
     channels: int = 1
     semi: SemiOptions = field(default_factory=SemiOptions)
     no_lesion_class: str | None = None
+    init_weights: str | None = None  # model.weights, resolved: where a round from scratch starts
 
     @classmethod
     def from_campaign(cls, campaign: Campaign, **override: Any) -> LoopSettings:
@@ -76,6 +77,7 @@ class LoopSettings:
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size, channels=campaign.data.channels,
             no_lesion_class=campaign.data.no_lesion_class,
+            init_weights=str(campaign.resolve_path(m.weights)) if m.weights else None,
             semi=SemiOptions(
                 method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
                 ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),

@@ -29,6 +29,7 @@ from medloop.ledger.store import Ledger
 
 from .checkpoints import build_model, load_state, read_meta, save_checkpoint, unwrap
 from .dataset import JointDataset, SampleArrays, load_arrays
+from .models.weights import load_weights
 from .plain import (
     SCORE_METRIC,
     EarlyStop,
@@ -103,8 +104,19 @@ def _fingerprint(model: torch.nn.Module) -> float:
     return float(sum(v.detach().double().abs().sum() for v in state if v.is_floating_point()))
 
 
+def scratch_weights(settings: LoopSettings) -> dict[str, torch.Tensor] | None:
+    """The campaign's ``model.weights`` file as the state dict of the settings' model (checked by
+    ``load_weights``: a file that does not fit names its keys and shapes), or None without one."""
+    if not settings.init_weights:
+        return None
+    model = build_model(settings.model)
+    load_weights(model, settings.init_weights)
+    return model.state_dict()
+
+
 def initial_state(config: dict[str, Any], checkpoint_dir: str | None) -> dict[str, Any]:
-    """Where a worker starts: a resumed checkpoint (everything), a warm start (weights + global step), or scratch."""
+    """Where a worker starts: a resumed checkpoint (everything), a warm start (weights + global step),
+    the campaign's weights file (``model.weights``), or scratch."""
     if checkpoint_dir is not None:
         state, meta, train_state = load_state(checkpoint_dir, with_train_state=True)
         return {"weights": state, "meta": meta, "train_state": train_state or {}, "source": "resume"}
@@ -113,7 +125,10 @@ def initial_state(config: dict[str, Any], checkpoint_dir: str | None) -> dict[st
         state, meta, _ = load_state(warm)
         return {"weights": state, "meta": meta, "train_state": {}, "source": "warm_start",
                 "global_step": int(meta.get("global_step", 0))}
-    return {"weights": None, "meta": {}, "train_state": {}, "source": "scratch", "global_step": 0}
+    settings: LoopSettings | None = config.get("settings")
+    weights = scratch_weights(settings) if settings is not None else None
+    return {"weights": weights, "meta": {}, "train_state": {}, "source": "scratch" if weights is None else
+            "weights_file", "global_step": 0}
 
 
 def cpus_per_worker(configured: int | None, cluster_cpus: float, workers: int) -> int:
@@ -267,6 +282,9 @@ def train_round(
     ``settings_override``: fields of :class:`LoopSettings` (e.g. ``epochs=2``).
     """
     settings = LoopSettings.from_campaign(campaign, **settings_override)
+    if settings.init_weights and not warm_start and not Path(settings.init_weights).is_file():
+        raise TrainError(f"model.weights {settings.init_weights}: no such file (a relative path starts at the "
+                         "campaign file's folder)")
     workers = campaign.compute.num_workers if num_workers is None else num_workers
     model_version = f"round-{round_id}"
     train, val, unlabeled = load_training_data(campaign, ledger)
@@ -350,7 +368,7 @@ def _train_round_plain(
     if "://" in storage and not storage.startswith("file://"):
         raise TrainError("num_workers = 0 writes checkpoints to a local folder only")
     folder = Path(storage.removeprefix("file://")) / name / "best"
-    start = initial_state({"warm_start": warm_start}, None)
+    start = initial_state({"warm_start": warm_start, "settings": settings}, None)
     device = "cuda" if campaign.compute.use_gpu and torch.cuda.is_available() else "cpu"
     res = train_plain(settings, train, val, device=device, init_state=start["weights"],
                       global_step=start.get("global_step", 0), unlabeled=unlabeled)

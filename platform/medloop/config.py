@@ -120,7 +120,10 @@ class ModelConfig(_Section):
     seg_head: Literal["softmax", "evidential"] | None = Field(
         None, description="segmentation head: softmax | evidential (unset: the model's own, evidential for uml)"
     )
-    weights: str | None = Field(None, description="optional local weights file (.pt) to start from")
+    weights: str | None = Field(
+        None, description="local weights file (.pt state dict) a round trained from scratch starts from "
+        "(round 1, --cold-start); relative to the campaign file"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="extra model options passed to the builder")
 
 
@@ -384,6 +387,14 @@ class Campaign(_Section):
         working directory only for a campaign without a file)."""
         folder = Path(self.root).expanduser() if self.root else Path(".medloop") / self.name
         return folder if self._base_dir is None or folder.is_absolute() else self._base_dir / folder
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A file or folder named in the campaign (``data.path``, ``model.weights``,
+        ``labeling.token_file``, ``labeling.document_root``): ``~`` expanded, a relative one taken from
+        the campaign file's folder (the working directory only for a campaign without a file), so that
+        a scheduled round finds the same files from any working directory."""
+        path = Path(value).expanduser()
+        return path if self._base_dir is None or path.is_absolute() else self._base_dir / path
 
     @property
     def ledger(self) -> str:

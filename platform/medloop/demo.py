@@ -119,7 +119,7 @@ def prepare_demo(
 ) -> tuple[DemoReport, Campaign]:
     """The ingest and the demo's settings: the report so far and the campaign the rounds run with."""
     fmt = dataset or campaign.data.source
-    report = DemoReport(ingest(campaign, fmt, path if path is not None else campaign.data.path, progress=progress))
+    report = DemoReport(ingest(campaign, fmt, path, progress=progress))
     campaign, report.notes = demo_campaign(campaign)
     if not campaign.labeling.enabled and not campaign.labeling.oracle:
         report.notes.append("labeling.oracle is off: queued cases stay unanswered")

@@ -312,3 +312,40 @@ def test_nothing_selected_reason_names_the_cause() -> None:
     assert 'selection.acquisition = "hybrid" gave no finite score for the 120 eligible cases' in none
     empty = nothing_selected_reason(_sel(), _decide(2), np.ones(2, bool), np.zeros(2, bool), np.ones(2), "", "")
     assert "no unlabeled case in the scored pool" in empty
+
+
+# ---- files named in the campaign resolve from the campaign file's folder ----------------------------------
+
+
+def test_files_named_in_the_campaign_resolve_from_its_folder(lay, tmp_path: Path, monkeypatch) -> None:
+    """A round scheduled from another working directory (cron, systemd) finds ``data.path``,
+    ``model.weights``, ``labeling.token_file`` and ``labeling.document_root`` where the campaign
+    file says, relative to that file; absolute paths and ``~`` stay as they are."""
+    from medloop.config import load_campaign
+    from medloop.data.ingest import ingest
+    from medloop.labeling.client import read_token
+    from medloop.labeling.server import document_root
+    from medloop.trainers.plain import LoopSettings
+
+    project = tmp_path / "project"
+    lay.write_generic(project / "data" / "cases", n=6)
+    (project / "secrets").mkdir()
+    (project / "secrets" / "ls.token").write_text("tok-from-file\n")
+    cfg = project / "campaign.toml"
+    cfg.write_text('name = "paths"\n[data]\nsource = "generic"\npath = "data/cases"\nimage_size = 32\n'
+                   '[model]\nweights = "weights/start.pt"\n'
+                   '[labeling]\ntoken_env = "MEDLOOP_TEST_UNSET_TOKEN"\ntoken_file = "secrets/ls.token"\n'
+                   'document_root = "served"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MEDLOOP_TEST_UNSET_TOKEN", raising=False)
+    campaign = load_campaign(cfg)
+    assert campaign.resolve_path("/abs/x.pt") == Path("/abs/x.pt")
+    assert campaign.resolve_path("~/x.pt") == Path.home() / "x.pt"
+    report = ingest(campaign, "generic")
+    assert report.path == str(project / "data" / "cases") and report.added == 6
+    assert read_token(campaign) == "tok-from-file"
+    assert document_root(campaign) == (project / "served").resolve()
+    assert LoopSettings.from_campaign(campaign).init_weights == str(project / "weights" / "start.pt")
+    assert not (elsewhere / "data").exists() and list(elsewhere.iterdir()) == []

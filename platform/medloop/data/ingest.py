@@ -243,7 +243,8 @@ def ingest(
     progress: bool = False,
 ) -> IngestReport:
     """Register a dataset in the campaign's ledger and image store (see module docstring)."""
-    path = path if path is not None else campaign.data.path
+    if path is None and campaign.data.path:
+        path = campaign.resolve_path(campaign.data.path)  # relative: from the campaign file's folder
     report = IngestReport(source=fmt, path=None if path is None else str(path))
     with _progress(progress) as bar:
         prepared, bad = read_dataset(campaign, fmt, path, bar)
