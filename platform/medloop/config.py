@@ -287,9 +287,9 @@ class ComputeConfig(_Section):
     epochs: int = Field(8, ge=1, description="epochs per round")
     batch_size: int = Field(16, ge=1, description="per-worker batch size")
     min_epoch_samples: int = Field(
-        256, ge=0,
+        0, ge=0,
         description="labeled samples an epoch draws at least (all workers together): a smaller labeled set is "
-        "repeated, each repeat with augmentations of its own, so early rounds still get optimiser steps; 0: one pass",
+        "repeated, each repeat with augmentations of its own (more optimiser steps in early rounds); 0: one pass",
     )
     lr: float = Field(2e-3, gt=0.0, description="learning rate (AdamW)")
     weight_decay: float = Field(1e-4, ge=0.0, description="AdamW weight decay")

@@ -26,7 +26,7 @@ def run_two_rounds(folder: Path) -> Path:
         "selection": {"budget": 4, "tau_c": 0.3, "tau_u": 1.0, "max_ece": 1.0, "min_val_dice": 0.0,
                       "audit_fraction": 0.2, "mask_gate": 10.0, "pixel_tau_u": 10.0},
         "labeling": {"enabled": False, "oracle": True},
-        "compute": {"num_workers": 1, "epochs": 1, "batch_size": 8, "min_epoch_samples": 0, "score_batch_size": 16},
+        "compute": {"num_workers": 1, "epochs": 1, "batch_size": 8, "score_batch_size": 16},
     }))
     campaign = load_campaign(cfg)
     ingest(campaign, "synthetic")

@@ -28,7 +28,6 @@ def tiny_campaign(root: Path, **sections: Any) -> Campaign:
         "selection": {"budget": 4, "tau_c": 0.8, "tau_u": 0.2, "max_ece": 1.0, "min_val_dice": 0.0,
                       "audit_fraction": 0.2, "mask_gate": 0.5, "pixel_tau_u": 0.3},
         "labeling": {"enabled": False, "oracle": True},
-        "compute": {"min_epoch_samples": 0},  # tiny runs: one pass an epoch (the product repeats up to 256)
     }
     for k, v in sections.items():
         data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v

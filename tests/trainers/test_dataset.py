@@ -1,4 +1,4 @@
-"""The training loader: a small labeled set repeated up to ``compute.min_epoch_samples`` an epoch,
+"""The training loader: a small labeled set repeated up to ``compute.min_epoch_samples`` an epoch (off by default),
 each repeat with an augmentation of its own; evaluation loaders and large sets untouched."""
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def test_length_below_the_samples_is_refused():
 
 
 def test_campaign_default_and_optimiser_steps(one_torch_thread):
-    assert LoopSettings.from_campaign(Campaign.model_validate({})).min_epoch_samples == 256
+    assert LoopSettings.from_campaign(Campaign.model_validate({})).min_epoch_samples == 0  # one pass
+    assert LoopSettings.from_campaign(Campaign.model_validate({"compute": {"min_epoch_samples": 96}})
+                                      ).min_epoch_samples == 96
     data = arrays(22)
     res = train_plain(settings(min_epoch_samples=64, epochs=2, lr_schedule="constant"), data, data.subset([]))
     assert [row["global_step"] for row in res.history] == [4, 8]  # 64 / 16 steps an epoch, not 2
