@@ -155,8 +155,7 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
         sid = int(pool.sample_ids[i])
         row_of[sid] = i
         rows.append(PseudoLabelRow(sid, cls, mfiles[0] if mfiles else None, mfiles[1] if mfiles else None))
-    acq_scores = [_f(a) for a in acq.tolist()]
-    confidence = [_f(c) for c in pool.arrays["confidence"].tolist()]
+    acq_scores, confidence = _finite_or_none(acq), _finite_or_none(pool.arrays["confidence"])
     with ctx.ledger.transaction() as s:
         retired = retire_pseudo_labels(s, ctx.round_id)
         # a human label that arrived since scoring wins: add_pseudo_labels skips those samples
@@ -223,6 +222,9 @@ def _val_dice(train_detail: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _f(x: Any) -> float | None:
-    v = float(x)
-    return v if np.isfinite(v) else None
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    """``values`` as floats, None where not finite (the ledger's "no score")."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = arr.astype(object)
+    out[~np.isfinite(arr)] = None
+    return cast(list[float | None], out.tolist())
