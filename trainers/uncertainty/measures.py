@@ -68,11 +68,13 @@ def margin(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 def dilate(mask: torch.Tensor, band: int) -> torch.Tensor:
-    """Binary dilation of (B, H, W) masks by a (2 band + 1) square (Chebyshev distance <= band)."""
+    """Binary dilation of (B, H, W) masks by a (2 band + 1) square, or of (B, D, H, W) volumes by a
+    cube (Chebyshev distance <= band)."""
     if band <= 0:
         return mask.bool()
     m = mask.float().unsqueeze(1)
-    return F.max_pool2d(m, kernel_size=2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
+    pool = F.max_pool3d if mask.dim() == 4 else F.max_pool2d
+    return pool(m, kernel_size=2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
 
 
 def lesion_region(pred_mask: torch.Tensor, boundary_band: int) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""Score one volume that need not fit the model in one piece: MC-dropout passes of sliding-window
+inference (MONAI's ``sliding_window_inference``, Gaussian-weighted overlapping patches), per-voxel
+uncertainty, and volume- and slice-level scores for the annotation queue.
+
+Each pass runs every patch with its own dropout masks (eval mode, dropout on: Gal & Ghahramani 2016,
+as MTTU-Net's UPS uses with T = 10, Cheng, Liu, Kuang, Wang, IEEE TMI 2022, Alg. 1). The segmentation
+probabilities of a pass are MONAI's weighted blend of its patches; the class probabilities of a pass are
+the mean over its patches (each patch's classifier sees part of the volume). Statistics over passes:
+
+* ``voxel_std``: per-voxel std over passes of the predicted class's probability
+  (:func:`medloop.trainers.uncertainty.measures.predicted_class_std`);
+* ``volume_uncertainty``: mean ``voxel_std`` over the possible lesion + a boundary band
+  (:func:`~medloop.trainers.uncertainty.measures.lesion_uncertainty`, in 3D): not diluted by the volume's size;
+* ``slice_uncertainty``: the same per axial slice (index 0 of the volume), NaN-free (0 where a slice
+  holds no possible lesion): the slices an annotator should see first rank highest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from medloop.trainers.heads import check_head, probs_from_logits
+from medloop.trainers.uncertainty import measures as M
+from medloop.trainers.uncertainty.mc import eval_mode
+
+
+@dataclass
+class VolumeScores:
+    """One volume's prediction. Maps are (D, H, W) unless said otherwise."""
+
+    probs: np.ndarray  # (K,) class probabilities, mean over passes
+    class_std: np.ndarray  # (K,) std over passes of the class probabilities
+    seg_probs: np.ndarray  # (Q, D, H, W) mean segmentation probabilities
+    pred_mask: np.ndarray  # uint8 region ids (argmax of seg_probs)
+    voxel_std: np.ndarray  # float32
+    volume_uncertainty: float
+    slice_uncertainty: np.ndarray  # (D,) float32
+
+    @property
+    def pred_class(self) -> int:
+        return int(np.argmax(self.probs))
+
+
+@torch.no_grad()
+def score_volume(
+    model: nn.Module,
+    volume: torch.Tensor,
+    *,
+    roi_size: tuple[int, int, int],
+    passes: int = 10,
+    overlap: float = 0.25,
+    sw_batch_size: int = 4,
+    cls_head: str = "softmax",
+    seg_head: str = "softmax",
+    boundary_band: int = 2,
+    seed: int | None = 0,
+) -> VolumeScores:
+    """MC-dropout sliding-window prediction of ``volume`` (C, D, H, W); see the module docstring.
+
+    ``roi_size`` is the patch the model takes (each side a multiple of its down-sampling factor);
+    a volume smaller than the patch is padded by MONAI. ``passes = 1`` runs one deterministic pass
+    (dropout off, ``voxel_std`` 0). ``seed`` fixes the dropout masks (None: torch's current state)."""
+    from monai.inferers import sliding_window_inference
+
+    check_head(cls_head)
+    check_head(seg_head)
+    if volume.dim() != 4:
+        raise ValueError(f"volume: expected (C, D, H, W), got shape {tuple(volume.shape)}")
+    if passes < 1:
+        raise ValueError("passes must be >= 1")
+    x = volume.unsqueeze(0).float()
+    seg_passes, cls_passes = [], []
+    generator_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        with eval_mode(model, dropout_on=passes > 1):
+            for _ in range(passes):
+                patch_cls: list[torch.Tensor] = []
+
+                def predictor(patch: torch.Tensor, store: list[torch.Tensor] = patch_cls) -> torch.Tensor:
+                    out = model(patch)
+                    store.append(probs_from_logits(out.cls_logits, cls_head))  # (n, K) per patch
+                    return probs_from_logits(out.seg_logits, seg_head)
+
+                seg = sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap,
+                                               mode="gaussian")
+                seg_passes.append(torch.as_tensor(seg)[0])
+                cls_passes.append(torch.cat(patch_cls).mean(0))
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+    seg_t = torch.stack(seg_passes)  # (T, Q, D, H, W)
+    cls_t = torch.stack(cls_passes)  # (T, K)
+    seg_mean = seg_t.mean(0)
+    pred = seg_mean.argmax(0)
+    std = M.predicted_class_std(seg_t.unsqueeze(1))[0] if passes > 1 else torch.zeros_like(seg_mean[0])
+    fg = 1.0 - seg_mean[0]
+    volume_u = M.lesion_uncertainty(std[None], pred[None], boundary_band, fg_prob=fg[None])[0]
+    slices = M.lesion_uncertainty(std, pred, boundary_band, fg_prob=fg)  # each axial slice as a 2D image
+    return VolumeScores(
+        probs=cls_t.mean(0).numpy().astype(np.float32),
+        class_std=cls_t.std(0, unbiased=False).numpy().astype(np.float32),
+        seg_probs=seg_mean.numpy().astype(np.float32),
+        pred_mask=pred.numpy().astype(np.uint8),
+        voxel_std=std.numpy().astype(np.float32),
+        volume_uncertainty=float(volume_u),
+        slice_uncertainty=slices.numpy().astype(np.float32),
+    )
