@@ -94,6 +94,7 @@ def score_arrays(
     boundary_band: int = 3,
     amp: bool = True,
     channels_last: bool = True,
+    mc_cache: str = "on",
 ) -> dict[str, np.ndarray]:
     """Score one batch (``sample_id``, ``uid``, ``image`` uint8) and write its maps to the store."""
     from medloop.trainers.uncertainty import score_batch
@@ -103,7 +104,8 @@ def score_arrays(
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         s = score_batch(model, images, method=method, passes=passes, cls_head=meta.get("cls_head", "softmax"),
-                        seg_head=meta.get("seg_head", "softmax"), boundary_band=boundary_band, cached=True,
+                        seg_head=meta.get("seg_head", "softmax"), boundary_band=boundary_band,
+                        cached="auto" if mc_cache == "auto" else mc_cache == "on",
                         no_lesion_class=no_lesion_index(list(meta.get("classes", [])), meta.get("no_lesion_class")))
     mask_paths, umap_paths = [], []
     for i, uid in enumerate(batch["uid"]):
@@ -197,7 +199,7 @@ def score_samples(
     c, u = campaign.compute, campaign.uncertainty
     store_root = str(Path(campaign.store).resolve())
     options = {"method": u.method, "passes": u.mc_passes, "boundary_band": u.boundary_band, "amp": c.amp,
-               "channels_last": c.channels_last, "use_gpu": c.use_gpu}
+               "channels_last": c.channels_last, "use_gpu": c.use_gpu, "mc_cache": u.mc_cache}
     items = [{"sample_id": sid, "uid": uid, "image_path": path} for sid, uid, path in todo]
     decode_kw = {"store_root": store_root, "size": campaign.data.image_size, "channels": campaign.data.channels}
     if not use_ray:

@@ -137,6 +137,10 @@ class UncertaintyConfig(_Section):
     boundary_band: int = Field(
         3, ge=0, description="pixels around the predicted lesion counted in the lesion uncertainty"
     )
+    mc_cache: Literal["on", "off", "auto"] = Field(
+        "on", description="MC sampling: encoder once + decoder on a T-times batch (on), T full passes (off), "
+        "or the faster of the two timed on the first batch (auto; results then depend on the machine)"
+    )
 
 
 class SelectionConfig(_Section):

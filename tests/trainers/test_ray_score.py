@@ -71,3 +71,22 @@ def test_incremental_rescoring_skips_done(setup):
     with ledger.reading() as s:
         got = s.scalars(select(Prediction.sample_id).where(Prediction.model_version == "round-1")).all()
     assert len(got) == len(set(got)) == 12 and set(more["pool"]) <= set(got)
+
+
+@pytest.mark.parametrize(("mc_cache", "cached"), [("on", True), ("off", False), ("auto", "auto")])
+def test_uncertainty_mc_cache_reaches_the_sampler(setup, monkeypatch, mc_cache, cached):
+    """``uncertainty.mc_cache`` decides how the score step samples: the sampler is called with it."""
+    import medloop.trainers.uncertainty as unc
+
+    campaign, ledger, ids, ckpt = setup
+    seen: list[object] = []
+    real = unc.score_batch
+
+    def spy(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kw["cached"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(unc, "score_batch", spy)
+    c = campaign.model_copy(update={"uncertainty": campaign.uncertainty.model_copy(update={"mc_cache": mc_cache})})
+    score_samples(c, ledger, round_id=2, checkpoint_path=ckpt, model_version=f"round-2-{mc_cache}", use_ray=False)
+    assert seen and set(seen) == {cached}

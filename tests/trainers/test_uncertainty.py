@@ -224,3 +224,55 @@ def test_class_consistent_mask_empties_no_lesion_predictions():
     out = M.class_consistent_mask(masks, torch.tensor([0, 1, 2]), 0)
     assert out.sum((1, 2)).tolist() == [0, 4, 4]
     assert M.class_consistent_mask(masks, torch.tensor([0, 1, 2]), None) is masks
+
+
+# ---- cached vs full passes, chosen by a probe -------------------------------------------------------------
+
+
+class _Timed(JointModel):
+    """Encoder and decoder with a chosen cost in (simulated) seconds, counted on a fake clock."""
+
+    def __init__(self, encode_cost: float, decode_cost_per_row2: float, clock: list[float]) -> None:
+        super().__init__()
+        self.inner = _model()
+        self.encode_cost, self.decode_cost, self.clock = encode_cost, decode_cost_per_row2, clock
+        self.encodes = 0
+
+    def encode(self, x):
+        self.encodes += 1
+        self.clock[0] += self.encode_cost
+        return self.inner.encode(x)
+
+    def decode(self, features):
+        rows = features["feat"].shape[0]
+        self.clock[0] += self.decode_cost * rows**2  # a decoder whose cost grows faster than its batch
+        return self.inner.decode(features)
+
+
+def test_probe_picks_the_faster_strategy_once_per_model_and_shape():
+    from medloop.trainers.uncertainty.mc import probe_cached
+
+    clock = [0.0]
+    heavy_encoder = _Timed(encode_cost=1.0, decode_cost_per_row2=0.001, clock=clock)
+    x = torch.rand(4, 1, 8, 8)
+    assert probe_cached(heavy_encoder, x, passes=8, clock=lambda: clock[0]) is True
+    calls = heavy_encoder.encodes
+    assert probe_cached(heavy_encoder, x, passes=8, clock=lambda: clock[0]) is True
+    assert heavy_encoder.encodes == calls  # decided once for (shape, T, device)
+    heavy_decoder = _Timed(encode_cost=0.0, decode_cost_per_row2=0.01, clock=clock)
+    # cached: one decode of 8 x 2 rows = 2.56 s; full: 8 decodes of 2 rows = 0.32 s
+    assert probe_cached(heavy_decoder, x, passes=8, clock=lambda: clock[0]) is False
+
+
+def test_auto_sampling_keeps_the_callers_random_stream():
+    from medloop.trainers.uncertainty.mc import PROBE_ATTRIBUTE
+
+    m = _model()
+    x = torch.rand(3, 1, 8, 8)
+    torch.manual_seed(7)
+    auto = mc_sample(m, x, passes=5, cached="auto")
+    chosen = m.__dict__[PROBE_ATTRIBUTE][((1, 8, 8), 5, "cpu")]
+    torch.manual_seed(7)
+    same = mc_sample(m, x, passes=5, cached=chosen)  # the probe drew no dropout mask of the caller's
+    assert torch.equal(auto.cls_probs, same.cls_probs) and torch.equal(auto.seg_probs, same.seg_probs)
+    assert auto.seg_probs.shape == (5, 3, 2, 8, 8)

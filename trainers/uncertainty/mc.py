@@ -6,14 +6,20 @@ decode(encode(x))``: the deterministic prefix ``encode`` runs once, its features
 repeated T times along the batch dimension and ``decode`` runs on all T copies in one
 batch (optionally in chunks of at most ``max_batch`` rows). Each repeated row draws its
 own dropout mask, so the samples have the same distribution as T full forward passes.
+
+Caching saves the encoder's T - 1 repeats but runs the decoder on a T times larger batch, which
+on a CPU can be slower than T plain passes (memory-bound; bench/README.md measured 0.68x for a
+width-8 U-Net at 64 px). ``cached="auto"`` times both on a slice of the first batch
+(:func:`probe_cached`) and keeps the faster one for that model, input shape and T.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -105,12 +111,43 @@ def _stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if parts[0] is None else torch.cat(parts, dim=0)  # type: ignore[arg-type]
 
 
+#: attribute on a model holding its probe decisions: (input shape without the batch, T, device) -> cached?
+PROBE_ATTRIBUTE = "_medloop_mc_cached"
+
+
+@torch.no_grad()
+def probe_cached(
+    model: nn.Module, x: torch.Tensor, passes: int, *, rows: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> bool:
+    """Whether encode-once + a T-times batch through ``decode`` beats T full passes on this model and
+    input: both timed on the first ``rows`` images (each after a warm-up call), the faster wins; the
+    decision is kept on the model per (input shape, T, device), so the probe runs once per scorer."""
+    key = (tuple(x.shape[1:]), int(passes), str(x.device))
+    decided: dict[tuple[Any, ...], bool] = model.__dict__.setdefault(PROBE_ATTRIBUTE, {})
+    if key in decided:
+        return decided[key]
+    if passes < 2 or not (hasattr(model, "encode") and hasattr(model, "decode")):
+        decided[key] = False
+        return False
+    part = x[:rows]
+    seconds = {}
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # the caller's
+        for cached in (True, False):  # dropout masks stay what they would have been without the probe
+            mc_sample(model, part, passes, cached=cached)  # warm-up (allocator, lazy init)
+            t0 = clock()
+            mc_sample(model, part, passes, cached=cached)
+            seconds[cached] = clock() - t0
+    decided[key] = seconds[True] <= seconds[False]
+    return decided[key]
+
+
 @torch.no_grad()
 def mc_sample(
     model: nn.Module,
     x: torch.Tensor,
     passes: int = 10,
-    cached: bool = True,
+    cached: bool | Literal["auto"] = True,
     cls_head: str = "softmax",
     seg_head: str = "softmax",
     max_batch: int | None = None,
@@ -120,7 +157,8 @@ def mc_sample(
 
     cached=True: ``encode`` once, ``decode`` on the features repeated along the batch
     (chunks of at most ``max_batch`` rows, whole passes per chunk); cached=False: T full
-    ``model(x)`` passes. Heads map logits to probabilities (``medloop.trainers.heads``).
+    ``model(x)`` passes; ``"auto"``: the faster of the two for this model (:func:`probe_cached`).
+    Heads map logits to probabilities (``medloop.trainers.heads``).
     ``stochastic=False`` runs with every module in eval mode (dropout off), e.g. one
     deterministic pass for the evidential method.
     """
@@ -128,6 +166,8 @@ def mc_sample(
     check_head(seg_head)
     if passes < 1:
         raise ValueError("passes must be >= 1")
+    if cached == "auto":
+        cached = stochastic and probe_cached(model, x, passes)
     b = x.shape[0]
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
     with eval_mode(model, dropout_on=stochastic):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def score_batch(
     cls_head: str = "softmax",
     seg_head: str = "softmax",
     boundary_band: int = 3,
-    cached: bool = True,
+    cached: bool | Literal["auto"] = True,
     max_batch: int | None = None,
     no_lesion_class: int | None = None,
 ) -> BatchScores:
