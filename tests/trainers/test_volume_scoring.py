@@ -10,13 +10,13 @@ from scipy.ndimage import binary_dilation
 from torch import nn
 
 from medloop.trainers.models import build
-from medloop.trainers.models.base import JointOutput
+from medloop.trainers.models.base import JointModel, JointOutput
 from medloop.trainers.uncertainty.volume import score_volume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class Pointwise(nn.Module):
+class Pointwise(JointModel):
     """Seg logits = a 1x1x1 convolution (each voxel on its own, so patches blend to the full-volume
     answer exactly); cls logits = a constant bias; optional dropout on the input channels."""
 
@@ -29,9 +29,13 @@ class Pointwise(nn.Module):
             self.conv.weight.copy_(torch.tensor([[[[[1.5]]], [[[-0.5]]]], [[[[-1.0]]], [[[2.0]]]]]))
             self.conv.bias.copy_(torch.tensor([0.2, -0.1]))
 
-    def forward(self, x: torch.Tensor) -> JointOutput:
-        seg = self.conv(self.drop(x))
-        return JointOutput(cls_logits=self.cls_bias.expand(x.shape[0], -1), seg_logits=seg, aux={}, embedding=None)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, features: torch.Tensor) -> JointOutput:
+        seg = self.conv(self.drop(features))
+        return JointOutput(cls_logits=self.cls_bias.expand(features.shape[0], -1), seg_logits=seg, aux={},
+                           embedding=None)
 
 
 def test_patches_blend_to_the_full_volume_answer() -> None:
@@ -58,6 +62,8 @@ def test_mc_passes_give_voxel_std_seeded_and_scores_follow_their_definitions() -
     np.testing.assert_array_equal(a.voxel_std, b.voxel_std)
     assert model.training  # the model's mode is restored
     assert a.voxel_std.max() > 0.05
+    full = score_volume(model, vol, roi_size=(8, 8, 8), passes=6, seed=3, boundary_band=1, cached=False)
+    assert full.voxel_std.max() > 0.05 and full.pred_mask.shape == a.pred_mask.shape  # T full passes per patch
     # volume score: mean voxel std over (possible lesion, dilated by a 3x3x3 cube)
     possible = (a.pred_mask > 0) | (1.0 - a.seg_probs[0] >= 0.1)
     region = binary_dilation(possible, structure=np.ones((3, 3, 3)))

@@ -2,10 +2,11 @@
 inference (MONAI's ``sliding_window_inference``, Gaussian-weighted overlapping patches), per-voxel
 uncertainty, and volume- and slice-level scores for the annotation queue.
 
-Each pass runs every patch with its own dropout masks (eval mode, dropout on: Gal & Ghahramani 2016,
-as MTTU-Net's UPS uses with T = 10, Cheng, Liu, Kuang, Wang, IEEE TMI 2022, Alg. 1). The segmentation
-probabilities of a pass are MONAI's weighted blend of its patches; the class probabilities of a pass are
-the mean over its patches (each patch's classifier sees part of the volume). Statistics over passes:
+Every patch is sampled T times with dropout on (eval mode otherwise: Gal & Ghahramani 2016, as
+MTTU-Net's UPS uses with T = 10, Cheng, Liu, Kuang, Wang, IEEE TMI 2022, Alg. 1), all T passes in
+one call (the cached sampler: the encoder once per patch); MONAI blends the T x Q probability maps
+of the patches with Gaussian weights. The class probabilities of a pass are the mean over its patches
+(each patch's classifier sees part of the volume). Statistics over passes:
 
 * ``voxel_std``: per-voxel std over passes of the predicted class's probability
   (:func:`medloop.trainers.uncertainty.measures.predicted_class_std`);
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medloop.trainers.heads import check_head, probs_from_logits
+from medloop.trainers.heads import check_head
 from medloop.trainers.uncertainty import measures as M
-from medloop.trainers.uncertainty.mc import eval_mode
+from medloop.trainers.uncertainty.mc import mc_sample
 
 
 @dataclass
@@ -58,12 +59,15 @@ def score_volume(
     seg_head: str = "softmax",
     boundary_band: int = 2,
     seed: int | None = 0,
+    cached: bool = True,
 ) -> VolumeScores:
     """MC-dropout sliding-window prediction of ``volume`` (C, D, H, W); see the module docstring.
 
     ``roi_size`` is the patch the model takes (each side a multiple of its down-sampling factor);
     a volume smaller than the patch is padded by MONAI. ``passes = 1`` runs one deterministic pass
-    (dropout off, ``voxel_std`` 0). ``seed`` fixes the dropout masks (None: torch's current state)."""
+    (dropout off, ``voxel_std`` 0). ``seed`` fixes the dropout masks (None: torch's current state).
+    ``cached``: each patch's T passes through the cached sampler (encoder once; needs a
+    ``JointModel``'s ``encode`` / ``decode``), else T full passes of the patch."""
     from monai.inferers import sliding_window_inference
 
     check_head(cls_head)
@@ -73,29 +77,30 @@ def score_volume(
     if passes < 1:
         raise ValueError("passes must be >= 1")
     x = volume.unsqueeze(0).float()
-    seg_passes, cls_passes = [], []
+    patch_cls: list[torch.Tensor] = []  # (T, n, K) per call
+    q_classes: list[int] = []
+
+    def predictor(patch: torch.Tensor) -> torch.Tensor:
+        # all T passes of these patches at once: the encoder once, the decoder on a T-times batch
+        # (``cached``), blended by MONAI as T * Q channels
+        s = mc_sample(model, patch, passes, cached=cached if passes > 1 else False, cls_head=cls_head,
+                      seg_head=seg_head, stochastic=passes > 1)
+        patch_cls.append(s.cls_probs)
+        t, n, q = s.seg_probs.shape[:3]
+        q_classes[:] = [q]
+        return s.seg_probs.permute(1, 0, 2, 3, 4, 5).reshape(n, t * q, *s.seg_probs.shape[3:])
+
     generator_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        with eval_mode(model, dropout_on=passes > 1):
-            for _ in range(passes):
-                patch_cls: list[torch.Tensor] = []
-
-                def predictor(patch: torch.Tensor, store: list[torch.Tensor] = patch_cls) -> torch.Tensor:
-                    out = model(patch)
-                    store.append(probs_from_logits(out.cls_logits, cls_head))  # (n, K) per patch
-                    return probs_from_logits(out.seg_logits, seg_head)
-
-                seg = sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap,
-                                               mode="gaussian")
-                seg_passes.append(torch.as_tensor(seg)[0])
-                cls_passes.append(torch.cat(patch_cls).mean(0))
+        blended = torch.as_tensor(sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap,
+                                                           mode="gaussian"))[0]
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
-    seg_t = torch.stack(seg_passes)  # (T, Q, D, H, W)
-    cls_t = torch.stack(cls_passes)  # (T, K)
+    seg_t = blended.reshape(passes, q_classes[0], *blended.shape[1:])  # (T, Q, D, H, W)
+    cls_t = torch.cat(patch_cls, dim=1).mean(1)  # (T, K): each pass's mean over its patches
     seg_mean = seg_t.mean(0)
     pred = seg_mean.argmax(0)
     std = M.predicted_class_std(seg_t.unsqueeze(1))[0] if passes > 1 else torch.zeros_like(seg_mean[0])
