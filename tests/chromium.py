@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -15,24 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medloop.labeling.server import free_port
+from processes import free_port, stop_process_group
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SKIP_REASON = "chromium is not installed (apt-get install -y chromium; scripts/test.sh does this when run as root)"
-
-
-def wait_http(url: str, deadline: float) -> None:
-    """Wait until ``url`` answers 200 (a wait before ``deadline``, monotonic clock; not a timing assert)."""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - 127.0.0.1 only
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer")
 
 
 class Tab:
@@ -111,8 +97,4 @@ def chromium_tab(profile: Path, width: int = 1400, height: int = 1000) -> Iterat
         finally:
             tab.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)

@@ -4,7 +4,6 @@ protocol), wait until the charts are drawn, check them, and save screenshots und
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM, SKIP_REASON, Tab, chromium_tab, free_port, wait_http
+from chromium import CHROMIUM, SKIP_REASON, Tab, chromium_tab
+from processes import free_port, stop_process_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test-output" / "dashboard"
@@ -97,11 +97,7 @@ def served(campaign_config: Path, tmp_path: Path):  # noqa: ANN201
         wait_http(f"http://127.0.0.1:{port}/_stcore/health", time.monotonic() + 120)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         log.close()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processes import free_port, stop_process_group
 from support import checkpoint_train_round, tiny_campaign
 
-from medloop.labeling.server import free_port
 from medloop.ledger import Ledger
 from medloop.tracking import RoundRecord, Tracker, model_name
 
@@ -189,12 +188,7 @@ def test_mlflow_models_serve_answers_invocations(registered, isolated_env, tmp_p
         served = {k: np.asarray(v) for k, v in json.loads(body)["predictions"].items()}
         assert_same(served, medloop_scores(ckpt, c, x, 4, seed=5), mc=True)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_process_group(proc, timeout=30)
         log.close()
     assert "medloop" not in (tmp_path / "serve.log").read_text().replace("medloop-", "")
 
