@@ -176,3 +176,51 @@ def test_real_lidc_patient_split_has_no_patient_in_two_splits() -> None:
     for part in ("train", "val", "test"):
         ls = [lab for lab, s in zip(labels, split) if s == part]
         assert ls.count("malignant") / len(ls) == pytest.approx(overall, abs=0.06)
+
+
+# ---- sequences of one case, resampling (MONAI Spacing) ---------------------------------------------------------
+
+
+def _vol(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), path: str = "v.nii.gz"):
+    from medloop.data.volumes import Volume
+
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    return Volume(array=array, spacing=tuple(spacing), affine=affine, path=path)
+
+
+def test_resample_to_a_finer_slice_spacing_interpolates_linearly_and_keeps_the_grid() -> None:
+    from medloop.data.volumes import resample
+
+    z_mm = np.arange(3, dtype=np.float32) * 2.0  # slices 2 mm apart; the value is the slice's z in mm
+    image = _vol(np.broadcast_to(z_mm, (4, 5, 3)).copy(), spacing=(1.0, 1.0, 2.0), origin=(5.0, -3.0, 10.0))
+    out = resample(image, (1.0, 1.0, 1.0))
+    assert out.array.shape == (4, 5, 5) and out.spacing == pytest.approx((1.0, 1.0, 1.0))
+    np.testing.assert_allclose(out.array[2, 3], [0.0, 1.0, 2.0, 3.0, 4.0], atol=1e-5)  # a linear ramp stays exact
+    np.testing.assert_allclose(out.affine[:3, 3], [5.0, -3.0, 10.0])  # same origin and field of view
+    labels = np.zeros((4, 5, 3), np.uint8)
+    labels[:, :, 1] = 2
+    labels[1, 1, 2] = 1
+    m = resample(_vol(labels, spacing=(1.0, 1.0, 2.0)), (1.0, 1.0, 1.0), mask=True)
+    assert m.array.dtype == np.uint8 and set(np.unique(m.array)) <= {0, 1, 2} and (m.array == 2).any()
+    seqs = resample(_vol(np.stack([image.array, 2 * image.array], -1), spacing=(1.0, 1.0, 2.0)), (1.0, 1.0, 1.0))
+    assert seqs.array.shape == (4, 5, 5, 2)
+    np.testing.assert_allclose(seqs.array[..., 1], 2 * seqs.array[..., 0], atol=1e-5)
+    with pytest.raises(ValueError, match="three positive"):
+        resample(image, (1.0, 0.0, 1.0))
+
+
+def test_stack_sequences_in_the_campaign_order_and_refuses_a_misaligned_one() -> None:
+    from medloop.data.errors import FileError
+    from medloop.data.volumes import stack_sequences
+
+    a, b = np.zeros((3, 3, 2), np.float32), np.ones((3, 3, 2), np.float32)
+    vols = {"t2": _vol(b, path="c_t2.nii.gz"), "t1": _vol(a, path="c_t1.nii.gz")}
+    both = stack_sequences(vols, ["t1", "t2"])
+    assert both.array.shape == (3, 3, 2, 2) and (both.array[..., 0] == 0).all() and (both.array[..., 1] == 1).all()
+    with pytest.raises(FileError, match="sequence\\(s\\) flair missing"):
+        stack_sequences(vols, ["t1", "t2", "flair"])
+    shifted = {**vols, "t2": _vol(b, origin=(0.0, 0.0, 4.0), path="c_t2.nii.gz")}
+    with pytest.raises(FileError, match="not on the grid of c_t1.nii.gz") as err:
+        stack_sequences(shifted, ["t1", "t2"])
+    assert err.value.path == "c_t2.nii.gz"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,53 @@ def read_mask(path: str | Path, image: Volume, atol: float = 1e-3) -> Volume:
     if not np.array_equal(a, np.rint(a)) or a.min() < 0 or a.max() > 255:
         raise FileError(m.path, f"a mask must hold integer labels 0..255, got values in [{a.min():g}, {a.max():g}]")
     return Volume(array=a.astype(np.uint8), spacing=m.spacing, affine=m.affine, path=m.path)
+
+
+def stack_sequences(volumes: Mapping[str, Volume], order: Sequence[str]) -> Volume:
+    """One case's single-sequence volumes (``<case>_<sequence>.nii.gz``) as one (X, Y, Z, S) volume,
+    sequences in ``order`` (e.g. ``data.sequences = ["t1", "t1ce", "t2", "flair"]``). Every sequence
+    must be present and 3D, with the first one's shape and affine (co-registered); else a
+    :class:`FileError` naming the files."""
+    missing = [name for name in order if name not in volumes]
+    if missing:
+        where = next(iter(volumes.values())).path if volumes else "?"
+        raise FileError(where, f"sequence(s) {', '.join(missing)} missing for this case (expected {list(order)})")
+    first = volumes[order[0]]
+    for name in order:
+        v = volumes[name]
+        if v.array.ndim != 3:
+            raise FileError(v.path, f"sequence {name!r}: expected one 3D volume per file, got shape {v.array.shape}")
+        if v.shape3d != first.shape3d or float(np.abs(v.affine - first.affine).max()) > 1e-3:
+            raise FileError(v.path, f"sequence {name!r} is not on the grid of {first.path} (shape {v.shape3d} vs "
+                                    f"{first.shape3d}, or another affine): the sequences must be co-registered")
+    array = np.stack([volumes[name].array for name in order], axis=-1).astype(np.float32)
+    return Volume(array=array, spacing=first.spacing, affine=first.affine, path=first.path)
+
+
+def resample(volume: Volume, spacing: Sequence[float], *, mask: bool = False) -> Volume:
+    """``volume`` on a grid of ``spacing`` mm per axis over the same field of view (MONAI's ``Spacing``:
+    trilinear for images, nearest neighbour for masks, which keeps their labels); a 4D volume's
+    sequences are resampled alike. The affine keeps the orientation and origin."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    target = tuple(float(x) for x in spacing)
+    if len(target) != 3 or min(target) <= 0:
+        raise ValueError(f"spacing: three positive millimetre values, got {spacing!r}")
+    channels = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32)),
+                     affine=torch.from_numpy(volume.affine))
+    out = Spacing(pixdim=target, mode="nearest" if mask else "bilinear", align_corners=True)(img)
+    if not isinstance(out, MetaTensor):  # MONAI keeps the affine on its MetaTensor
+        raise TypeError(f"monai Spacing returned {type(out).__name__}, not a MetaTensor")
+    data = np.asarray(out.detach().cpu().numpy())
+    array = data[0] if volume.array.ndim == 3 else np.moveaxis(data, 0, -1)
+    if mask:
+        array = np.rint(array).astype(volume.array.dtype)
+    affine = np.asarray(out.affine.detach().cpu().numpy(), dtype=np.float64)
+    return Volume(array=array.astype(volume.array.dtype if mask else np.float32), spacing=spacing_of(affine),
+                  affine=affine, path=volume.path)
 
 
 # ---- intensity normalisation (pure) -------------------------------------------------------------------------------
