@@ -131,7 +131,7 @@ def page_overview(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
             "this page fills in as rounds finish."
         )
         return
-    live = round_in_progress(c)
+    live = bool((rounds["status"] == "running").any())  # main() already asked the round lock
     chart(charts.step_timeline(queries.with_shown_states(q(url, "round_steps"), "state", live)))
     chart(charts.pool_stack(q(url, "pool_composition")))
 

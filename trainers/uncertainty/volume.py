@@ -78,7 +78,6 @@ def score_volume(
         raise ValueError("passes must be >= 1")
     x = volume.unsqueeze(0).float()
     patch_cls: list[torch.Tensor] = []  # (T, n, K) per call
-    q_classes: list[int] = []
 
     def predictor(patch: torch.Tensor) -> torch.Tensor:
         # all T passes of these patches at once: the encoder once, the decoder on a T-times batch
@@ -87,7 +86,6 @@ def score_volume(
                       seg_head=seg_head, stochastic=passes > 1)
         patch_cls.append(s.cls_probs)
         t, n, q = s.seg_probs.shape[:3]
-        q_classes[:] = [q]
         return s.seg_probs.permute(1, 0, 2, 3, 4, 5).reshape(n, t * q, *s.seg_probs.shape[3:])
 
     generator_state = torch.random.get_rng_state()
@@ -99,7 +97,7 @@ def score_volume(
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
-    seg_t = blended.reshape(passes, q_classes[0], *blended.shape[1:])  # (T, Q, D, H, W)
+    seg_t = blended.reshape(passes, -1, *blended.shape[1:])  # (T, Q, D, H, W)
     cls_t = torch.cat(patch_cls, dim=1).mean(1)  # (T, K): each pass's mean over its patches
     seg_mean = seg_t.mean(0)
     pred = seg_mean.argmax(0)

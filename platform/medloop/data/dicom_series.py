@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -38,6 +39,7 @@ class _Slice:
     spacing: tuple[float, float]  # (between rows, between columns)
     shape: tuple[int, int]  # (rows, columns)
     series: str
+    dataset: Any  # the pydicom dataset, read once (pixels decoded when stacked)
 
 
 def _header(path: Path) -> _Slice | None:
@@ -46,7 +48,7 @@ def _header(path: Path) -> _Slice | None:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError) as e:
         raise FileError(str(path), f"not a readable DICOM file ({type(e).__name__}: {e})") from e
     if "Rows" not in ds or "Columns" not in ds:
@@ -57,18 +59,16 @@ def _header(path: Path) -> _Slice | None:
     return _Slice(path=path, position=np.asarray(ds.ImagePositionPatient, np.float64),
                   orientation=np.asarray(ds.ImageOrientationPatient, np.float64),
                   spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-                  shape=(int(ds.Rows), int(ds.Columns)), series=str(ds.get("SeriesInstanceUID", "")))
+                  shape=(int(ds.Rows), int(ds.Columns)), series=str(ds.get("SeriesInstanceUID", "")), dataset=ds)
 
 
-def _pixels(path: Path) -> np.ndarray:
-    import pydicom
+def _pixels(s: _Slice) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
-    ds = pydicom.dcmread(path)
     try:
-        return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+        return np.asarray(apply_modality_lut(s.dataset.pixel_array, s.dataset), dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - pydicom's pixel handlers raise many kinds (missing codec, bad length)
-        raise FileError(str(path), f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
+        raise FileError(str(s.path), f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
 
 
 def _same(values: list[np.ndarray] | list[tuple], what: str, folder: Path, atol: float = 1e-4) -> None:
@@ -121,7 +121,7 @@ def read_dicom_series(folder: str | Path) -> Volume:
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = x * dc, y * dr, step, slices[0].position
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     # pixel_array is (rows j, columns i): the volume is indexed [i, j, k]
-    array = np.stack([_pixels(s.path).T for s in slices], axis=-1)
+    array = np.stack([_pixels(s).T for s in slices], axis=-1)
     if not np.isfinite(array).all():
         raise FileError(str(root), "holds NaN or infinite values")
     canon = nib.as_closest_canonical(nib.Nifti1Image(array, ras))
