@@ -230,13 +230,15 @@ def heads_for(model: str, head: str | None = None) -> tuple[str, str]:
 def loop_settings(model: str, *, size: int, width: int, epochs: int, batch_size: int = 16, lr: float = 2e-3,
                   dropout: float = 0.2, seed: int = 0, patience: int = 100, augment: Sequence[str] = ("flip",),
                   cls_head: str | None = None, seg_head: str | None = None, depth: int | None = None,
-                  loss: str | None = None) -> Any:
+                  loss: str | None = None, dropout_placement: Sequence[str] | None = None) -> Any:
     from medloop.trainers.plain import LoopSettings
 
     ch, sh = heads_for(model)
     options: dict[str, Any] = {"in_channels": 1, "num_classes": len(CLASSES), "width": width, "dropout": dropout}
     if depth is not None:
         options["depth"] = depth
+    if dropout_placement is not None:
+        options["dropout_placement"] = list(dropout_placement)
     if model == "mttu":
         options["image_size"] = size
     return LoopSettings(

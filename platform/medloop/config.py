@@ -112,7 +112,8 @@ class ModelConfig(_Section):
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="MC-dropout rate")
     dropout_placement: list[str] = Field(
         default_factory=lambda: ["decoder", "classifier"],
-        description="where dropout sits: bottleneck, decoder, classifier",
+        description="where dropout sits: bottleneck, decoder (every level), last_decoder (the last level only: "
+        "MC passes cost little more than one on mtunet), classifier",
     )
     cls_head: Literal["softmax", "evidential"] | None = Field(
         None, description="classification head: softmax | evidential (unset: the model's own, evidential for uml)"

@@ -126,6 +126,8 @@ def test_dropout_placement(name: str) -> None:
     assert 1 <= n2d_one < n2d_all
     n1d, n2d = dropouts(tiny(name, dropout_placement=("bottleneck",)))
     assert (n1d, n2d) == (0, 1)
+    n1d, n2d = dropouts(tiny(name, dropout_placement=("last_decoder",)))
+    assert (n1d, n2d) == (0, 1)  # the last decoder level only
     assert dropouts(tiny(name, dropout=0.0, dropout_placement=("bottleneck", "decoder", "classifier"))) == (0, 0)
     with pytest.raises(ValueError, match="placement"):
         tiny(name, dropout_placement=("encoder",))
@@ -332,3 +334,48 @@ def test_campaign_heads_and_depth_override_the_model() -> None:
     assert (s.cls_head, s.seg_head) == ("softmax", "evidential")
     s = LoopSettings.from_campaign(Campaign.model_validate({"model": {"cls_head": "evidential"}}))
     assert (s.cls_head, s.seg_head) == ("evidential", "softmax")
+
+
+PLACEMENT_SETS = [("decoder", "classifier"), ("last_decoder", "classifier"), ("bottleneck", "decoder"),
+                  ("classifier",), ("decoder",)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("placement", PLACEMENT_SETS)
+def test_decode_prefix_then_rest_is_decode(name: str, placement: tuple[str, ...]) -> None:
+    """``decode_rest(decode_prefix(f)) == decode(f)`` in eval mode, and with the same dropout masks in MC mode."""
+    torch.manual_seed(1)
+    model = tiny(name, dropout=0.5, dropout_placement=placement)
+    model.train()
+    model(torch.rand(2, 1, HW, HW))
+    model.eval()
+    x = torch.rand(2, 1, HW, HW)
+    feats = model.encode(x)
+    full, split = model.decode(feats), model.decode_rest(model.decode_prefix(feats))
+    torch.testing.assert_close(split.cls_logits, full.cls_logits)
+    torch.testing.assert_close(split.seg_logits, full.seg_logits)
+    for m in model.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            m.train()
+    state = model.decode_prefix(feats)  # deterministic: draws no dropout mask
+    torch.manual_seed(5)
+    a = model.decode(feats)
+    torch.manual_seed(5)
+    b = model.decode_rest(state)
+    torch.testing.assert_close(b.seg_logits, a.seg_logits)
+    torch.testing.assert_close(b.cls_logits, a.cls_logits)
+
+
+def test_mtunet_prefix_stops_at_the_first_active_dropout() -> None:
+    """mtunet splits its decoder where the first active dropout sits: the last level for "last_decoder",
+    level 0 for "decoder", nothing after the encoder for "bottleneck"; inactive dropout does not count."""
+    x = torch.rand(1, 1, HW, HW)
+    for placement, start in ((("last_decoder", "classifier"), 2), (("decoder",), 0), (("classifier",), 2),
+                             (("bottleneck", "decoder"), None)):
+        model = tiny("mtunet", dropout=0.5, dropout_placement=placement).eval()
+        for m in model.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+                m.train()
+        assert model.decode_prefix(model.encode(x))["start"] == start, placement
+    model = tiny("mtunet", dropout=0.5, dropout_placement=("decoder",)).eval()  # dropout off: all deterministic
+    assert model.decode_prefix(model.encode(x))["start"] == 2

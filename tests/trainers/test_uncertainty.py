@@ -276,3 +276,24 @@ def test_auto_sampling_keeps_the_callers_random_stream():
     same = mc_sample(m, x, passes=5, cached=chosen)  # the probe drew no dropout mask of the caller's
     assert torch.equal(auto.cls_probs, same.cls_probs) and torch.equal(auto.seg_probs, same.seg_probs)
     assert auto.seg_probs.shape == (5, 3, 2, 8, 8)
+
+
+def test_cached_sampler_runs_the_deterministic_decoder_levels_once():
+    """With dropout only on mtunet's last decoder level (+ classifier), the cached sampler runs every up
+    block once on the B images and only the segmentation head on the T * B repeated rows; with dropout on
+    every level, level 0's up block runs once and the later ones on T * B rows. The samples still vary."""
+    from medloop.trainers.models import build
+
+    x = torch.rand(2, 1, 32, 32)
+    for placement, repeated_ups in ((("last_decoder", "classifier"), []), (("decoder", "classifier"), [1, 2])):
+        torch.manual_seed(0)
+        model = build("mtunet", width=4, depth=3, dropout=0.5, dropout_placement=placement).eval()
+        rows: dict[str, list[int]] = {}
+        for name, mod in [*((f"up{j}", u) for j, u in enumerate(model.ups)), ("seg_head", model.seg_head)]:
+            mod.register_forward_hook(lambda m, i, o, name=name, rows=rows: rows.setdefault(name, []).append(
+                i[0].shape[0]))
+        s = mc_sample(model, x, passes=5, cached=True)
+        assert rows["seg_head"] == [10]
+        for j in range(3):
+            assert rows[f"up{j}"] == ([10] if j in repeated_ups else [2]), (placement, j, rows)
+        assert s.seg_probs.std(0).max() > 0 and s.cls_probs.std(0).max() > 0

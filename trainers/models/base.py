@@ -4,12 +4,16 @@ Every model maps an image batch ``(B, C, H, W)`` (C = 1 or 3) to a :class:`Joint
 holding *raw* logits; a head (:mod:`medloop.trainers.heads`) turns logits into
 probabilities (softmax) or Dirichlet parameters (evidential).
 
-MC-dropout contract: ``forward(x) == decode(encode(x))``. ``encode`` holds the
-deterministic prefix of the network (everything before the first dropout layer for
-the configured dropout placement); ``decode`` holds the stochastic rest. The cached
-MC sampler runs ``encode`` once and ``decode`` T times on a batch repeated T times.
-``encode`` may return a tensor, or a tuple/list/dict of tensors (skip connections);
-every tensor in it has the batch on dimension 0.
+MC-dropout contract: ``forward(x) == decode(encode(x))``. ``encode`` is the whole
+encoder and holds no dropout module; ``decode`` holds every dropout module. A model may
+also split ``decode`` where its first *active* dropout module sits:
+``decode(f) == decode_rest(decode_prefix(f))``, with ``decode_prefix`` deterministic (by
+default it returns ``f`` and ``decode_rest`` is ``decode``). The cached MC sampler runs
+``decode_prefix(encode(x))`` once and ``decode_rest`` T times on a batch repeated T times,
+so with dropout only on the last decoder level (placement "last_decoder") T passes cost
+little more than one. ``encode`` and ``decode_prefix`` may return a tensor, or a
+tuple/list/dict of tensors (skip connections); every tensor in it has the batch on
+dimension 0.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ class JointModel(nn.Module):
 
     def decode(self, features: Any) -> JointOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def decode_prefix(self, features: Any) -> Any:
+        """The deterministic start of :meth:`decode` (before its first active dropout module)."""
+        return features
+
+    def decode_rest(self, state: Any) -> JointOutput:
+        """The rest of :meth:`decode` from :meth:`decode_prefix`'s state."""
+        return self.decode(state)
 
     def forward(self, x: torch.Tensor) -> JointOutput:
         return self.decode(self.encode(x))

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PLACEMENTS = ("bottleneck", "decoder", "classifier")
+#: where MC-dropout modules can sit (docs/models.md); "last_decoder" is the decoder's last level only, so
+#: the cached MC sampler runs everything before it once and only that level's dropout, the segmentation
+#: head and the classifier T times
+PLACEMENTS = ("bottleneck", "decoder", "last_decoder", "classifier")
 
 
 def conv_bn_act(
@@ -220,8 +223,9 @@ class DropoutPlan:
 
     ``placement``: any of "bottleneck" (one ``Dropout2d`` on the encoder output, first thing
     in ``decode``), "decoder" (a ``Dropout2d`` after each selected decoder level; level 0 is
-    the deepest) and "classifier" (``nn.Dropout`` in the classification head). ``levels``
-    restricts the decoder levels (None = all). With ``p == 0`` no module is created.
+    the deepest), "last_decoder" (a ``Dropout2d`` after the last, full-resolution decoder level
+    only) and "classifier" (``nn.Dropout`` in the classification head). ``levels`` restricts
+    the "decoder" levels (None = all). With ``p == 0`` no module is created.
     Models always put the whole encoder into ``encode``, so ``encode`` never holds dropout.
     """
 
@@ -252,13 +256,16 @@ class DropoutPlan:
     def classifier(self) -> nn.Module:
         return self._make("classifier", False)
 
-    def decoder(self, level: int) -> nn.Module:
+    def decoder(self, level: int, n: int | None = None) -> nn.Module:
+        """The module after decoder level ``level`` of ``n`` (``n`` needed for "last_decoder")."""
+        if n is not None and level == n - 1 and "last_decoder" in self.places:
+            return self._make("last_decoder", True)
         if self.levels is not None and level not in self.levels:
             return nn.Identity()
         return self._make("decoder", True)
 
     def decoders(self, n: int) -> nn.ModuleList:
-        return nn.ModuleList(self.decoder(i) for i in range(n))
+        return nn.ModuleList(self.decoder(i, n) for i in range(n))
 
 
 def check_input(x: torch.Tensor, in_channels: int, multiple: int) -> None:

@@ -2,14 +2,18 @@
 
 Only dropout modules are stochastic while sampling; BatchNorm and every other module stay
 in eval mode. The cached sampler exploits the model contract ``forward(x) ==
-decode(encode(x))``: the deterministic prefix ``encode`` runs once, its features are
-repeated T times along the batch dimension and ``decode`` runs on all T copies in one
-batch (optionally in chunks of at most ``max_batch`` rows). Each repeated row draws its
-own dropout mask, so the samples have the same distribution as T full forward passes.
+decode_rest(decode_prefix(encode(x)))`` (:mod:`medloop.trainers.models.base`): the deterministic
+prefix (the encoder, and the decoder levels before the first active dropout where the model
+splits its decoder) runs once, its output is repeated T times along the batch dimension and
+``decode_rest`` runs on all T copies in one batch (optionally in chunks of at most
+``max_batch`` rows). Each repeated row draws its own dropout mask, so the samples have the same
+distribution as T full forward passes.
 
-Caching saves the encoder's T - 1 repeats but runs the decoder on a T times larger batch, which
-on a CPU can be slower than T plain passes (memory-bound; bench/README.md measured 0.68x for a
-width-8 U-Net at 64 px). ``cached="auto"`` times both on a slice of the first batch
+Caching saves the prefix's T - 1 repeats but runs the rest on a T times larger batch. With
+dropout on every decoder level that rest is most of the network, and on a CPU it can be slower
+than T plain passes (memory-bound; bench/README.md measured 0.68x for a width-8 U-Net at 64 px);
+with dropout only on the last decoder level ("last_decoder") the rest is one dropout, a 1x1
+convolution and the classifier. ``cached="auto"`` times both on a slice of the first batch
 (:func:`probe_cached`) and keeps the faster one for that model, input shape and T.
 """
 
@@ -155,7 +159,7 @@ def mc_sample(
 ) -> MCSamples:
     """Draw ``passes`` MC-dropout predictions of ``model`` on ``x`` (B, C, H, W).
 
-    cached=True: ``encode`` once, ``decode`` on the features repeated along the batch
+    cached=True: ``encode`` (+ ``decode_prefix``) once, the rest on the features repeated along the batch
     (chunks of at most ``max_batch`` rows, whole passes per chunk); cached=False: T full
     ``model(x)`` passes; ``"auto"``: the faster of the two for this model (:func:`probe_cached`).
     Heads map logits to probabilities (``medloop.trainers.heads``).
@@ -174,11 +178,15 @@ def mc_sample(
         if cached:
             joint = cast("JointModel", model)  # encode / decode: a JointModel (unwrapped)
             features = joint.encode(x)
+            prefix = getattr(joint, "decode_prefix", None)  # JointModel; a bare encode / decode module: none
+            rest = joint.decode_rest if prefix is not None else joint.decode
+            if prefix is not None:
+                features = prefix(features)
             per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))
             done = 0
             while done < passes:
                 t = min(per_chunk, passes - done)
-                out = joint.decode(repeat_batch(features, t))
+                out = rest(repeat_batch(features, t))
                 cp, sp, ca, sa = _heads(out.cls_logits, out.seg_logits, cls_head, seg_head)
                 cls_p.append(cp.reshape(t, b, *cp.shape[1:]))
                 seg_p.append(sp.reshape(t, b, *sp.shape[1:]))
