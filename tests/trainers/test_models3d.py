@@ -97,6 +97,29 @@ def test_dropout_only_in_train_or_mc_mode_and_cached_sampler(name: str) -> None:
     assert torch.allclose(s.seg_probs[0], det, atol=1e-6) and torch.allclose(s.seg_probs[1], det, atol=1e-6)
 
 
+def test_mtunet3d_last_decoder_placement_repeats_only_the_head() -> None:
+    """"last_decoder" + "classifier": one Dropout3d; the cached sampler runs every up block once on the volume
+    and the rest on the T repeated rows; ``decode_rest(decode_prefix(f)) == decode(f)`` with the same masks."""
+    torch.manual_seed(0)
+    model = tiny3d("mtunet3d", dropout=0.5, dropout_placement=("last_decoder", "classifier")).eval()
+    assert sum(isinstance(m, nn.Dropout3d) for m in model.modules()) == 1
+    x = torch.rand(1, 1, S, S, S)
+    rows: list[int] = []
+    for up in model.ups:
+        up.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    s = mc_sample(model, x, passes=4, cached=True)
+    assert rows == [1] * len(model.ups) and s.seg_probs.std(0).max() > 0
+    with enable_mc_dropout(model):
+        feats = model.encode(x)
+        state = model.decode_prefix(feats)
+        torch.manual_seed(3)
+        a = model.decode(feats)
+        torch.manual_seed(3)
+        b = model.decode_rest(state)
+    torch.testing.assert_close(b.seg_logits, a.seg_logits)
+    torch.testing.assert_close(b.cls_logits, a.cls_logits)
+
+
 def test_mttu3d_tokens_are_the_bottleneck_voxels_and_classifier_is_gap_gmp() -> None:
     torch.manual_seed(0)
     model = tiny3d("mttu3d", in_channels=1, num_classes=2).eval()

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from . import MODELS
-from .base import JointModel, JointOutput
 from .blocks import BasicBlock, DropoutPlan, InvertedResidual, UpBlock, VGGBlock, check_input, conv_bn_act, gap
+from .unet_decoder import UNetDecoder
 from .weights import load_weights
 
 MOBILENET_MULT = (1, 1.5, 2, 4, 6, 10, 20)  # 16, 24, 32, 64, 96, 160, 320 at width 16
@@ -62,10 +62,11 @@ class Encoder(nn.Module):
         return feats
 
 
-class MTUNet(JointModel):
+class MTUNet(UNetDecoder):
     """U-Net + bottleneck classifier of the multi-task U-Net with VGG16 / MobileNetV2 encoders (MT-U-Net), Fig. 1-2."""
 
     default_loss = "mtunet"
+    pool = staticmethod(gap)
 
     def __init__(
         self, *, in_channels: int = 1, num_classes: int = 3, width: int = 16, depth: int = 4,
@@ -95,52 +96,6 @@ class MTUNet(JointModel):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.in_channels, 2**self.depth)
         return self.encoder(x)
-
-    def decode(self, features: list[torch.Tensor]) -> JointOutput:
-        feats = list(features)
-        x = self.bottleneck_drop(feats[-1])
-        return self._levels(feats, x, gap(x), start=0, up_done=False)
-
-    def _levels(self, feats: list[torch.Tensor], x: torch.Tensor, emb: torch.Tensor, *, start: int,
-                up_done: bool) -> JointOutput:
-        """Decoder levels ``start`` .. depth - 1 from ``x`` (``up_done``: level ``start``'s up block has run),
-        then the heads. Level j's skip is ``feats[depth - j - 1]``."""
-        for j in range(start, self.depth):
-            if not (up_done and j == start):
-                x = self.ups[j](x, feats[self.depth - j - 1])
-            x = self.dec_drops[j](x)
-        return JointOutput(cls_logits=self.classifier(emb), seg_logits=self.seg_head(x), aux={}, embedding=emb)
-
-    def _first_stochastic_level(self) -> int | None:
-        """The first decoder level whose dropout is active now; None when the bottleneck dropout is active
-        (nothing after the encoder is deterministic)."""
-        if _active(self.bottleneck_drop):
-            return None
-        return next((j for j, m in enumerate(self.dec_drops) if _active(m)), self.depth - 1)
-
-    def decode_prefix(self, features: list[torch.Tensor]) -> dict[str, Any]:
-        """The levels before the first active decoder dropout and that level's up block, run once: the
-        cached MC sampler repeats only the rest (for "last_decoder" + "classifier": one dropout, the 1x1
-        segmentation head and the classifier)."""
-        feats = list(features)
-        stop = self._first_stochastic_level()
-        if stop is None:
-            return {"feats": feats, "start": None}
-        x = feats[-1]  # the bottleneck dropout is inactive (identity)
-        for j in range(stop):
-            x = self.dec_drops[j](self.ups[j](x, feats[self.depth - j - 1]))  # inactive dropouts: identity
-        x = self.ups[stop](x, feats[self.depth - stop - 1])
-        return {"feats": feats[: self.depth - stop - 1], "x": x, "emb": gap(feats[-1]), "start": stop}
-
-    def decode_rest(self, state: dict[str, Any]) -> JointOutput:
-        if state["start"] is None:
-            return self.decode(state["feats"])
-        return self._levels(state["feats"], state["x"], state["emb"], start=state["start"], up_done=True)
-
-
-def _active(module: nn.Module) -> bool:
-    """A dropout module that drops now (train mode, p > 0); ``nn.Identity`` never."""
-    return isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0
 
 
 @MODELS.register("mtunet")

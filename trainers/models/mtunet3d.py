@@ -17,14 +17,15 @@ import torch
 from torch import nn
 
 from . import MODELS
-from .base import JointModel, JointOutput
 from .blocks3d import DoubleConv3d, DropoutPlan3d, UpBlock3d, check_volume, gap3
+from .unet_decoder import UNetDecoder
 
 
-class MTUNet3D(JointModel):
+class MTUNet3D(UNetDecoder):
     """3D U-Net + bottleneck classifier (multi-task U-Net baseline in 3D)."""
 
     default_loss = "mtunet"
+    pool = staticmethod(gap3)
     spatial_dims = 3
 
     def __init__(
@@ -61,14 +62,6 @@ class MTUNet3D(JointModel):
             x = stage(x)
             feats.append(x)
         return feats
-
-    def decode(self, features: list[torch.Tensor]) -> JointOutput:
-        feats = list(features)
-        x = self.bottleneck_drop(feats[-1])
-        emb = gap3(x)
-        for j, (up, drop) in enumerate(zip(self.ups, self.dec_drops)):
-            x = drop(up(x, feats[self.depth - j - 1]))
-        return JointOutput(cls_logits=self.classifier(emb), seg_logits=self.seg_head(x), aux={}, embedding=emb)
 
 
 @MODELS.register("mtunet3d")
