@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
@@ -139,3 +140,34 @@ def test_model_size_images_are_cached_per_size_and_rebuilt_for_a_new_size(tmp_pa
     assert other.shape == (1, 32, 32) and np.array_equal(other, fit_image(native, 32, 1))
     cache.write_bytes(b"broken")  # a damaged cache file is rebuilt
     assert np.array_equal(model_image(store, rel, 64, 1), first)
+
+
+def test_store_writes_are_atomic_and_a_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    """put_bytes / put_image create missing folders, leave no temporary file, and a write that fails midway
+    (a full disk: faked by making ``os.write`` fail after the first chunk, since a full disk cannot be
+    caused here) keeps the previous file whole and removes the temporary one."""
+    import errno
+    import os
+
+    store = ImageStore(tmp_path / "store")
+    rel = store.put_bytes("images/deep/a.bin", b"first version")
+    assert (tmp_path / "store" / rel).read_bytes() == b"first version"
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(store.load_image(store.put_image("b", img)), img)
+
+    real_write = os.write
+    calls = []
+
+    def failing_write(fd: int, data) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, bytes(data[:3]))  # a short write: the loop must go on
+
+    monkeypatch.setattr(os, "write", failing_write)
+    with pytest.raises(OSError, match="No space left") as err:
+        store.put_bytes(rel, b"second, longer version")
+    assert err.value.errno == errno.ENOSPC and len(calls) == 2
+    monkeypatch.undo()
+    assert (tmp_path / "store" / rel).read_bytes() == b"first version"
+    assert sorted(p.name for p in (tmp_path / "store" / "images" / "deep").iterdir()) == ["a.bin"]

@@ -13,6 +13,7 @@ requested size (nearest), ``prob_at`` / ``prob_mask`` resize a probability map (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -72,14 +73,36 @@ def prob_map_path(umap_path: str) -> str:
     return umap_path.replace("umap/", "prob/", 1)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, _CREATE, 0o666)
     try:
-        tmp.write_bytes(data)
-    except FileNotFoundError:  # the folder is made on first use (not checked before every file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it over ``path`` (a crash never leaves
+    half a file under the real name). Plain strings and ``os`` calls: ingest writes two files per case."""
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        try:
+            _write_file(tmp, data)
+        except FileNotFoundError:  # the folder is made on first use (not checked before every file)
+            os.makedirs(folder, exist_ok=True)
+            _write_file(tmp, data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a failed write (disk full, interrupted) leaves neither half a file nor a temporary
+        raise
 
 
 class ImageStore:
@@ -101,7 +124,7 @@ class ImageStore:
 
     def put_bytes(self, rel: str, data: bytes) -> str:
         """Store a file's bytes as they are (an image or mask PNG already in the store's form)."""
-        _atomic_write(self.root / rel, data)
+        _atomic_write(os.path.join(self.root, rel), data)
         return rel
 
     def put_image(self, uid: str, image: np.ndarray) -> str:
