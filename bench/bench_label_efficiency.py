@@ -17,6 +17,8 @@ Arms (``--arms``, comma list):
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
 * ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``;
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
+* ``hybrid_last_decoder``: ``hybrid`` with ``model.dropout_placement = ["last_decoder", "classifier"]``
+  (cheap MC sampling: does the acquisition still pick as well?);
 * ``entropy``, ``seg_uncertainty``: other acquisitions, no pseudo-label;
 * ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
   (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
@@ -61,6 +63,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
     "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
+    "hybrid_last_decoder": {"selection": {"acquisition": "hybrid", **NO_PSEUDO},
+                            "model": {"dropout_placement": ["last_decoder", "classifier"]}},
     "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},
     "seg_uncertainty": {"selection": {"acquisition": "seg_uncertainty", **NO_PSEUDO}},
     "pl": {"selection": {"policy": "pl", "budget": 0, "audit_fraction": 0.0}},
