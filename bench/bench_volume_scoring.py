@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--roi", type=int, action="append", default=None, help="patch side (repeatable; default 128, 64)")
     ap.add_argument("--models", default="mttu3d,mtunet3d")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--placement", action="append", default=None,
+                    help="model.dropout_placement as a comma list (repeatable; default decoder,classifier)")
+    ap.add_argument("--name", default="volume_scoring", help="results name (bench/results/<name>.json / .md)")
     args = ap.parse_args()
     import torch
     from common import machine, md_table, write_results
@@ -40,8 +43,8 @@ def main() -> None:
     device = torch.device(args.device)
     vol = torch.from_numpy(phantom3d(0, 0, "idh_wildtype", size=args.size).image).to(device)
     rows = []
-    for name in args.models.split(","):
-        options = {"in_channels": 4, "num_classes": 2, "seg_classes": 4}
+    for name, placement in [(n, p) for n in args.models.split(",") for p in args.placement or ["decoder,classifier"]]:
+        options = {"in_channels": 4, "num_classes": 2, "seg_classes": 4, "dropout_placement": placement.split(",")}
         if name == "mttu3d":
             options["image_size"] = args.size
         model = build(name, **options).to(device)
@@ -56,17 +59,19 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 timing[passes] = time.perf_counter() - t0
-            rows.append({"model": name, "params": params, "roi": roi, "one_pass_s": round(timing[1], 2),
+            rows.append({"model": name, "placement": placement.replace(",", " + "), "params": params, "roi": roi,
+                         "one_pass_s": round(timing[1], 2),
                          "mc_s": round(timing[args.passes], 2),
                          "mc_vs_one_pass": round(timing[args.passes] / timing[1], 2),
                          "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)})
             print(rows[-1], file=sys.stderr)
     payload = {"machine": machine(), "size": args.size, "passes": args.passes, "sequences": 4, "device": args.device,
                "rows": rows}
-    table = md_table(rows, ["model", "params", "roi", "one_pass_s", "mc_s", "mc_vs_one_pass", "peak_rss_gib"],
-                     ["model", "parameters", "patch side", "1 pass s", f"T = {args.passes} s", "T / 1", "peak RSS GiB"],
-                     digits=2)
-    write_results("volume_scoring", payload,
+    table = md_table(rows, ["model", "placement", "params", "roi", "one_pass_s", "mc_s", "mc_vs_one_pass",
+                            "peak_rss_gib"],
+                     ["model", "dropout placement", "parameters", "patch side", "1 pass s", f"T = {args.passes} s",
+                      "T / 1", "peak RSS GiB"], digits=2)
+    write_results(args.name, payload,
                   f"## One {args.size}^3 four-sequence volume, T = {args.passes} MC-dropout passes ({args.device})\n\n"
                   f"{table}\n")
 
