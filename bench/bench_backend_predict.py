@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,29 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, md_table, write_results  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def medloop_cli() -> list[str]:
     exe = Path(sys.executable).parent / "medloop"
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from medloop.cli import app; app()"]
 
 
 def wait_health(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300.0) -> None:
-    import requests
+    from medloop.labeling.server import healthy
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"the backend exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            requests.get(f"{url}/health", timeout=2).raise_for_status()
+        if healthy(url):
             return
-        except requests.RequestException:
-            time.sleep(0.5)
+        time.sleep(0.5)
     raise SystemExit(f"the backend did not answer {url}/health in {timeout:.0f} s")
 
 
@@ -95,6 +86,7 @@ def main() -> None:
 
     from medloop.config import parse_campaign
     from medloop.data.synthetic import generate
+    from medloop.labeling import server
     from medloop.trainers.checkpoints import build_model, model_spec, save_checkpoint
     from medloop.trainers.plain import LoopSettings
 
@@ -122,7 +114,7 @@ def main() -> None:
         tasks: list[dict[str, object]] = [{"id": i, "data": {"image": f"/data/local-files/?d={r}"}}
                                           for i, r in enumerate(rel)]
         for t in args.passes:
-            port = free_port()
+            port = server.free_port()
             url = f"http://127.0.0.1:{port}"
             log = work / f"backend-T{t}.log"
             with open(log, "w") as out:

@@ -48,16 +48,6 @@ PLACEMENTS = {"decoder+classifier": ("decoder", "classifier"),
 CURRENT_DEFAULT = "decoder+classifier"
 
 
-def duplicate_aware_split(data: C.Data, seed: int, threshold: float) -> dict[str, np.ndarray]:
-    from medloop.data.duplicates import near_duplicate_groups
-    from medloop.data.splits import assign_splits
-
-    groups = near_duplicate_groups([im[0] for im in data.images], threshold)
-    names = np.asarray(assign_splits([C.CLASSES[int(c)] for c in data.labels], (0.7, 0.15, 0.15), 0.0, seed,
-                                     [int(g) for g in groups]))
-    return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
-
-
 def score(model: Any, images: np.ndarray, passes: int, batch: int) -> dict[str, np.ndarray]:
     import torch
 
@@ -150,10 +140,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from medloop.config import DataConfig, SelectionConfig
+    from medloop.data.duplicates import near_duplicate_groups
 
     sel = SelectionConfig()
     data = C.load_data(args, args.size)
-    sp = duplicate_aware_split(data, args.seed, DataConfig().duplicate_threshold)
+    groups = near_duplicate_groups([im[0] for im in data.images], DataConfig().duplicate_threshold)
+    sp = C.split(data.labels, args.seed, groups=groups)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.placements:

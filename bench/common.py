@@ -196,12 +196,15 @@ def load_synthetic(n: int, size: int, seed: int = 0, difficulty: float = 0.3,
 
 
 def split(
-    labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    labels: np.ndarray, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    groups: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Stratified train / val / test index arrays (medloop.data.splits.assign_splits, seeded)."""
+    """Stratified train / val / test index arrays (medloop.data.splits.assign_splits, seeded); ``groups``
+    (e.g. ``medloop.data.duplicates.near_duplicate_groups``) keeps each group inside one split."""
     from medloop.data.splits import assign_splits
 
-    names = np.asarray(assign_splits([CLASSES[int(c)] for c in labels], fractions, 0.0, seed))
+    names = np.asarray(assign_splits([CLASSES[int(c)] for c in labels], fractions, 0.0, seed,
+                                     None if groups is None else [int(g) for g in groups]))
     return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
 
 

@@ -176,17 +176,13 @@ def mc_sample(
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
     with eval_mode(model, dropout_on=stochastic):
         if cached:
-            joint = cast("JointModel", model)  # encode / decode: a JointModel (unwrapped)
-            features = joint.encode(x)
-            prefix = getattr(joint, "decode_prefix", None)  # JointModel; a bare encode / decode module: none
-            rest = joint.decode_rest if prefix is not None else joint.decode
-            if prefix is not None:
-                features = prefix(features)
+            joint = cast("JointModel", model)  # encode / decode_prefix / decode_rest: a JointModel (unwrapped)
+            features = joint.decode_prefix(joint.encode(x))
             per_chunk = passes if max_batch is None else max(1, max_batch // max(b, 1))
             done = 0
             while done < passes:
                 t = min(per_chunk, passes - done)
-                out = rest(repeat_batch(features, t))
+                out = joint.decode_rest(repeat_batch(features, t))
                 cp, sp, ca, sa = _heads(out.cls_logits, out.seg_logits, cls_head, seg_head)
                 cls_p.append(cp.reshape(t, b, *cp.shape[1:]))
                 seg_p.append(sp.reshape(t, b, *sp.shape[1:]))
