@@ -79,6 +79,32 @@ class DataConfig(_Section):
     min_image_size: int = Field(
         32, ge=1, description="ingest warns about an image whose short side is below this (pixels), naming the file"
     )
+    # ---- volumes (NIfTI / DICOM series; detected from the files, docs/volumes.md) ----
+    sequences: list[str] | None = Field(
+        None, description="volumes: one file per sequence, images/<case>_<sequence>.nii.gz, stacked in this order "
+        "(e.g. [\"t1\", \"t1ce\", \"t2\", \"flair\"]); unset: one file (3D, or 4D with the sequences last) per case",
+    )
+    spacing: list[float] | None = Field(
+        None, description="volumes: resample every case to this voxel size in mm [x, y, z] (canonical RAS axes) "
+        "at ingest (unset: each keeps its own)",
+    )
+    intensity: Literal["auto", "ct", "mri", "none"] = Field(
+        "auto", description="volumes: ct = window data.ct_window to [0, 1]; mri = z-score within the body per "
+        "sequence; auto = ct when the volume holds Hounsfield units (a voxel below -500), else mri; none = as stored",
+    )
+    ct_window: list[float] = Field(
+        default_factory=lambda: [-600.0, 1500.0],
+        description="volumes, CT: [level, width] in HU (default the lung window; soft tissue is [40, 400])",
+    )
+    volume_size: list[int] = Field(
+        default_factory=lambda: [32, 64, 64],
+        description="volumes: [slices, rows, columns] the 3D model sees (each divisible by 2**model depth); "
+        "stored volumes keep their own size",
+    )
+    group_pattern: str | None = Field(
+        None, description="regular expression on a case's file name whose first group is its patient: cases of "
+        "one patient stay in one split (LIDC: '^(.+)_R_\\d+'); unset: no grouping by name",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -89,6 +115,21 @@ class DataConfig(_Section):
         window = self.intensity_window
         if window is not None and (len(window) != 2 or not window[0] < window[1]):
             raise ValueError(f"data.intensity_window: expected [lo, hi] with lo < hi (got {window})")
+        if len(self.volume_size) != 3 or min(self.volume_size) < 1:
+            raise ValueError(f"data.volume_size: expected [slices, rows, columns], each >= 1 (got {self.volume_size})")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError(f"data.spacing: expected [x, y, z] in mm, each > 0 (got {self.spacing})")
+        if len(self.ct_window) != 2 or self.ct_window[1] <= 0:
+            raise ValueError(f"data.ct_window: expected [level, width] with width > 0 (got {self.ct_window})")
+        if self.group_pattern is not None:
+            import re
+
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as err:
+                raise ValueError(f"data.group_pattern: not a regular expression ({err})") from None
+            if groups < 1:
+                raise ValueError("data.group_pattern: expected a group ( ... ) that captures the patient")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError("data.classes: expected at least two distinct class names")
         if self.no_lesion_class is not None and self.no_lesion_class not in self.classes:
@@ -103,7 +144,8 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Which joint model to train (by registry name) and its size."""
 
-    name: str = Field("mtunet", description="mtunet | jrl | mttu | tim_upa | uml")
+    name: str = Field("mtunet", description="mtunet | jrl | mttu | tim_upa | uml; volumes: mtunet3d | mttu3d "
+                      "(mtunet and mttu train as their 3D versions on volumes)")
     width: int = Field(16, ge=4, description="channels of the first encoder level")
     depth: int | None = Field(
         None, ge=2, le=6,
@@ -467,19 +509,24 @@ def model_depth(model: ModelConfig) -> tuple[int, str]:
 
 
 def check_model(campaign: Campaign) -> list[str]:
-    """Messages for a model name that is not registered, or a ``data.image_size`` the model's
-    down-sampling (2**depth) does not divide (empty: all fine). Imports the models (torch) lazily."""
-    from medloop.trainers.models import MODELS, model_class
+    """Messages for a model name that is not registered, or a model input size (``data.image_size``;
+    ``data.volume_size`` for a 3D model) its down-sampling (2**depth) does not divide (empty: all fine).
+    Imports the models (torch) lazily."""
+    from medloop.trainers.models import MODELS, is_volume_model
 
-    m, size = campaign.model, campaign.data.image_size
-    image_models = [n for n in MODELS.names() if getattr(model_class(n), "spatial_dims", 2) == 2]
+    m = campaign.model
     if m.name not in MODELS:
-        return [f'model.name = "{m.name}": unknown model; known: {", ".join(image_models)}']
-    if m.name not in image_models:  # mttu3d / mtunet3d: rounds on volumes are not wired yet
-        return [f'model.name = "{m.name}": a 3D (volume) model; campaigns train on 2D images for now '
-                f'(docs/volumes.md says what exists); 2D models: {", ".join(image_models)}']
+        return [f'model.name = "{m.name}": unknown model; known: {", ".join(MODELS.names())}']
     depth, where = model_depth(m)
     step = 2**depth
+    if is_volume_model(m.name):
+        sizes = campaign.data.volume_size
+        if all(s % step == 0 for s in sizes):
+            return []
+        fits = [max(step, round(s / step) * step) for s in sizes]
+        return [f'data.volume_size = {sizes} cannot be divided by 2**{depth} = {step} on every axis, the '
+                f'down-sampling of model "{m.name}" ({where}); use data.volume_size = {fits}, or a smaller model.depth']
+    size = campaign.data.image_size
     if size % step == 0:
         return []
     near = [s for s in (size // step * step, size // step * step + step) if 16 <= s <= 1024]

@@ -204,14 +204,17 @@ def test_synthetic_reingest_at_another_size_is_refused(tmp_path: Path) -> None:
 def test_unknown_model_name_is_refused_at_load() -> None:
     with pytest.raises(ConfigError) as exc:
         load_campaign(None, model={"name": "unet"})
-    assert 'model.name = "unet": unknown model; known: jrl, mttu, mtunet, tim_upa, uml' in str(exc.value)
+    assert ('model.name = "unet": unknown model; known: jrl, mttu, mttu3d, mtunet, mtunet3d, tim_upa, uml'
+            in str(exc.value))
 
 
-def test_a_volume_model_is_refused_for_an_image_campaign() -> None:
+def test_a_volume_model_checks_the_volume_size_against_its_down_sampling() -> None:
+    load_campaign(None, model={"name": "mttu3d"}, data={"volume_size": [16, 48, 48]})  # 2**3 divides each
     with pytest.raises(ConfigError) as exc:
-        load_campaign(None, model={"name": "mttu3d"})
-    assert ('model.name = "mttu3d": a 3D (volume) model; campaigns train on 2D images for now (docs/volumes.md '
-            "says what exists); 2D models: jrl, mttu, mtunet, tim_upa, uml") in str(exc.value)
+        load_campaign(None, model={"name": "mtunet3d"}, data={"volume_size": [20, 48, 64]})
+    assert ('data.volume_size = [20, 48, 64] cannot be divided by 2**4 = 16 on every axis, the down-sampling of '
+            'model "mtunet3d" (its own depth 4, model.depth unset); use data.volume_size = [16, 48, 64]'
+            in str(exc.value))
 
 
 @pytest.mark.parametrize(

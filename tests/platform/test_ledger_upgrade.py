@@ -29,7 +29,7 @@ def test_version_1_ledger_gets_the_quarantine_resolution_columns(tmp_path):
     Ledger.open(f"sqlite:///{db}").close()
     _as_version_1(db)
     ledger = Ledger.open(f"sqlite:///{db}")
-    assert SCHEMA_VERSION == 2 and ledger.get_meta("schema_version") == "2"
+    assert SCHEMA_VERSION == 3 and ledger.get_meta("schema_version") == "3"
     with ledger.reading() as s:
         row = s.scalars(select(Quarantine)).one()
         assert (row.ls_annotation_id, row.reason) == (70, "no class chosen")

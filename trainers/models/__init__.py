@@ -75,8 +75,29 @@ def resolve_heads(name: str, cls_head: str | None = None, seg_head: str | None =
     return cls_head or d_cls, seg_head or d_seg
 
 
+#: the 3D version a 2D model name trains as when the campaign's data are volumes
+VOLUME_COUNTERPARTS = {"mtunet": "mtunet3d", "mttu": "mttu3d"}
+
+
+def is_volume_model(name: str) -> bool:
+    """True for a registered 3D (volume) model (class attribute ``spatial_dims = 3``)."""
+    return getattr(model_class(name), "spatial_dims", 2) == 3
+
+
+def volume_model(name: str) -> str:
+    """The model a volume campaign trains: a 3D name as it is, ``mtunet`` / ``mttu`` as their 3D versions;
+    a 2D-only model (``jrl``, ``tim_upa``, ``uml``) is a ``ValueError`` naming ``model.name`` and the choices."""
+    if is_volume_model(name):
+        return name
+    if name in VOLUME_COUNTERPARTS:
+        return VOLUME_COUNTERPARTS[name]
+    choices = sorted({*VOLUME_COUNTERPARTS, *VOLUME_COUNTERPARTS.values()})
+    raise ValueError(f'model.name = "{name}" has no 3D version; the campaign holds volumes: use one of '
+                     f'{", ".join(choices)}')
+
+
 # register the model families (import order = registration order)
 from . import jrl, mttu, mttu3d, mtunet, mtunet3d, tim_upa, uml  # noqa: E402,F401
 
-__all__ = ["MODELS", "build", "model_class", "default_heads", "resolve_heads", "JointModel", "JointOutput",
-           "count_parameters"]
+__all__ = ["MODELS", "build", "model_class", "volume_model", "is_volume_model", "VOLUME_COUNTERPARTS",
+           "default_heads", "resolve_heads", "JointModel", "JointOutput", "count_parameters"]

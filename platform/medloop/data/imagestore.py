@@ -1,4 +1,4 @@
-"""The image store: normalised PNG images and masks, and arrays (uncertainty maps), in a folder.
+"""The image store: normalised PNG images and masks, volumes, and arrays (uncertainty maps), in a folder.
 
 Paths handed out are relative to the store's folder (``<campaign>/store``), so a ledger
 stays valid when the campaign folder moves. Images are uint8, (H, W) for grey or
@@ -9,6 +9,10 @@ Sizes: images, dataset (truth) masks and human masks are kept at the image's nat
 (predicted masks, pixel-uncertainty and lesion-probability maps) and pseudo-masks are at the
 model's input size (``data.image_size`` square). ``load_mask_at`` / ``mask_at`` read any mask at a
 requested size (nearest), ``prob_at`` / ``prob_mask`` resize a probability map (bilinear).
+
+Volumes (CT, MRI) are ``.npy`` files: ``volumes/<uid>.npy`` float32 ``(C, D, H, W)`` after ingest's
+orientation and intensity normalisation, and ``masks/<uid>.npy`` uint8 ``(D, H, W)`` label maps on the
+same grid (255 = voxel not annotated, e.g. the other slices of a partially labelled volume).
 """
 
 from __future__ import annotations
@@ -137,9 +141,25 @@ class ImageStore:
         return self.put_png(f"masks/{name}.png", binarise(mask) * 255)
 
     def put_array(self, name: str, array: np.ndarray) -> str:
+        return self._put_npy(f"arrays/{name}.npy", array)
+
+    def put_volume(self, uid: str, volume: np.ndarray) -> str:
+        """Store a normalised volume, float32 ``(C, D, H, W)`` (sequences, slices, rows, columns), as
+        ``volumes/<uid>.npy``."""
+        if volume.ndim != 4:
+            raise ValueError(f"volume {uid}: expected (C, D, H, W), got shape {volume.shape}")
+        return self._put_npy(f"volumes/{uid}.npy", np.ascontiguousarray(volume, dtype=np.float32))
+
+    def put_volume_mask(self, name: str, mask: np.ndarray) -> str:
+        """Store a volume's label map, uint8 ``(D, H, W)`` (0 background, region ids kept, 255 = not
+        annotated), as ``masks/<name>.npy``; :meth:`load_mask` reads it back binarised like every mask."""
+        if mask.ndim != 3:
+            raise ValueError(f"volume mask {name}: expected (D, H, W), got shape {mask.shape}")
+        return self._put_npy(f"masks/{name}.npy", np.ascontiguousarray(mask, dtype=np.uint8))
+
+    def _put_npy(self, rel: str, array: np.ndarray) -> str:
         buf = io.BytesIO()
         np.save(buf, array, allow_pickle=False)
-        rel = f"arrays/{name}.npy"
         _atomic_write(self.root / rel, buf.getvalue())
         return rel
 
@@ -149,8 +169,20 @@ class ImageStore:
         with Image.open(self.root / rel) as im:
             return np.asarray(im)
 
+    def load_volume(self, rel: str) -> np.ndarray:
+        """A stored volume as written: float32 (C, D, H, W)."""
+        return np.load(self.root / rel, allow_pickle=False)
+
+    def load_label_map(self, rel: str) -> np.ndarray:
+        """A stored volume mask with its values (region ids, 255 = not annotated): uint8 (D, H, W)."""
+        return np.load(self.root / rel, allow_pickle=False)
+
     def load_mask(self, rel: str) -> np.ndarray:
-        """A stored mask as uint8 {0, 1}."""
+        """A stored mask as uint8 {0, 1} (a PNG image mask; a ``.npy`` volume mask, 255 = not annotated
+        kept out: binarised as lesion only where a region id 1..254 is)."""
+        if rel.endswith(".npy"):
+            m = self.load_label_map(rel)
+            return ((m > 0) & (m != 255)).astype(np.uint8)
         with Image.open(self.root / rel) as im:
             return binarise(np.asarray(im))
 

@@ -62,10 +62,14 @@ class IngestReport:
     warnings: list[str] = field(default_factory=list)
     duplicate_groups: int = 0  # near-duplicate groups (>= 2 images) among the added cases and their matches
     duplicate_images: int = 0  # images in those groups
+    volumes: bool = False  # the dataset holds volumes (NIfTI / DICOM series), see volume_ingest
+    patient_groups: int = 0  # volumes with data.group_pattern: patients with several added cases
+    patient_cases: int = 0  # the cases of those patients
 
     def summary(self) -> str:
+        what = "volume(s)" if self.volumes else "case(s)"
         lines = [
-            f"{self.source}: {self.found} case(s) found, {self.added} added, {self.duplicates} already present, "
+            f"{self.source}: {self.found} {what} found, {self.added} added, {self.duplicates} already present, "
             f"{len(self.bad)} bad"
         ]
         if self.splits:
@@ -77,6 +81,9 @@ class IngestReport:
                 f"  near-duplicates: {self.duplicate_groups} groups, {self.duplicate_images} images, "
                 "each kept inside one split"
             )
+        if self.patient_groups:
+            lines.append(f"  patients with several cases: {self.patient_groups} ({self.patient_cases} cases), "
+                         "each patient inside one split")
         lines += [f"  skipped {b}" for b in self.bad]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -234,6 +241,12 @@ def ingest(
     if path is None and campaign.data.path:
         path = campaign.resolve_path(campaign.data.path)  # relative: from the campaign file's folder
     report = IngestReport(source=fmt, path=None if path is None else str(path))
+    if fmt == "generic" and path is not None and Path(path).is_dir():
+        from .volume_ingest import ingest_volumes, is_volume_folder
+
+        if is_volume_folder(path):
+            report.volumes = True
+            return ingest_volumes(campaign, path, source=fmt, skip_bad=skip_bad, report=report)
     with _progress(progress) as bar:
         prepared, bad = read_dataset(campaign, fmt, path, bar)
         report.found = len(prepared) + len(bad)
@@ -254,6 +267,9 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
         _check_synthetic(campaign, ledger, prepared)
     with ledger.reading() as s:
         known = set(s.scalars(select(Sample.content_hash)))
+        if prepared and s.scalar(select(Sample.id).where(Sample.depth.is_not(None)).limit(1)) is not None:
+            raise DataError("the campaign already holds volumes; 2D images need a campaign of their own "
+                            "(another campaign name or root)")
     new: dict[str, Prepared] = {}
     by_image: dict[str, Prepared] = {}
     for p in prepared:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # 2: quarantine.resolved_at / resolution
+SCHEMA_VERSION = 3  # 2: quarantine.resolved_at / resolution; 3: samples.depth / spacing (volumes)
 
 SPLITS = ("train", "val", "test", "pool")
 LABEL_KINDS = ("human", "pseudo", "truth")  # truth: hidden ground truth for benchmark oracles
@@ -50,7 +50,10 @@ class Meta(Base):
 
 
 class Sample(Base):
-    """One image in the image store."""
+    """One image (or volume) in the image store.
+
+    A volume (CT, MRI) has ``depth`` (slices, the array's first spatial axis) and ``spacing`` (mm per
+    stored axis: slice, row, column); a 2D image has neither (both NULL)."""
 
     __tablename__ = "samples"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -62,8 +65,10 @@ class Sample(Base):
     split: Mapped[str] = mapped_column(String(8), index=True)  # train / val / test / pool
     height: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
-    channels: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)  # volumes: the number of sequences
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    depth: Mapped[int | None] = mapped_column(Integer)  # volumes only: number of slices
+    spacing: Mapped[list[float] | None] = mapped_column(JSON)  # volumes only: mm (slice, row, column)
 
 
 class Label(Base):
