@@ -1,8 +1,10 @@
-"""Training data from the ledger: samples decoded once into in-memory uint8 arrays.
+"""Training data from the ledger: samples decoded once into in-memory arrays.
 
 :func:`load_arrays` reads the ledger and the image store and returns a :class:`SampleArrays`
 (images ``(N, C, S, S)`` uint8, masks ``(N, S, S)`` uint8 with {0, 1} and **255 = ignore**,
-labels ``(N,)`` int64 with **-1 = no class label**). :class:`JointDataset` turns it into the
+labels ``(N,)`` int64 with **-1 = no class label**). A volume campaign (samples with a ``depth``)
+gives images ``(N, C, D, H, W)`` float16 (the normalised intensities) and masks ``(N, D, H, W)`` at
+``data.volume_size`` (:func:`model_volume`, :func:`volume_mask`). :class:`JointDataset` turns it into the
 training batch of the contracts (``image`` float32 in [0, 1], ``label`` int64, ``mask`` int64),
 with augmentation (flips, 90-degree rotations, intensity) applied identically to image and mask.
 
@@ -36,8 +38,8 @@ class SampleArrays:
 
     sample_ids: np.ndarray  # int64 (N,)
     uids: list[str]
-    images: np.ndarray  # uint8 (N, C, S, S)
-    masks: np.ndarray  # uint8 (N, S, S): 0 / 1 / 255 (ignore)
+    images: np.ndarray  # uint8 (N, C, S, S); volumes: float16 (N, C, D, H, W)
+    masks: np.ndarray  # uint8 (N, S, S) / (N, D, H, W): 0 / 1 / 255 (ignore)
     labels: np.ndarray  # int64 (N,): class index, -1 = none
     kinds: list[str] = field(default_factory=list)  # "human" / "pseudo" / "" (unlabeled)
 
@@ -113,6 +115,49 @@ def model_image(store: ImageStore, image_path: str, size: int, channels: int) ->
     return arr
 
 
+def resize_volume(volume: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(C, D, H, W) -> (C, *size), trilinear (``torch.nn.functional.interpolate``, pixel centres aligned);
+    unchanged when the size already matches. Masks: :func:`medloop.data.imagestore.mask_at` (nearest)."""
+    target = tuple(int(x) for x in size)
+    if tuple(volume.shape[1:]) == target:
+        return volume
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+    return torch.nn.functional.interpolate(x, size=target, mode="trilinear", align_corners=False)[0].numpy()
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """A batch as the model takes it, float32: stored uint8 images / 255 (to [0, 1]); volumes (float16, already
+    normalised at ingest) as they are."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def model_volume(store: ImageStore, image_path: str, size: Sequence[int]) -> np.ndarray:
+    """A stored volume as the model sees it: (C, D, H, W) float16 at ``size`` = ``data.volume_size``."""
+    return resize_volume(store.load_volume(image_path), size).astype(np.float16)
+
+
+def volume_mask(store: ImageStore, label: Label | None, size: Sequence[int]) -> np.ndarray:
+    """A volume's label map at ``size`` (nearest) as the training target: 0 background, 1 lesion (any region id
+    1..254), 255 = not annotated (or no mask at all)."""
+    if label is None or not label.mask_path:
+        return np.full(tuple(size), IGNORE, np.uint8)
+    m = store.load_label_map(label.mask_path)
+    target = np.where(m == IGNORE, IGNORE, (m > 0).astype(np.uint8)).astype(np.uint8)
+    if label.ignore_path:  # a pseudo-mask's uncertain voxels
+        target[mask_at(store.load_ignore(label.ignore_path), target.shape) > 0] = IGNORE
+    return mask_at(target, (int(size[0]), int(size[1]), int(size[2])))
+
+
+def class_index(label: Label | None, classes: Sequence[str]) -> int:
+    """The label's class index in ``classes``, -1 when it has none; an unknown class is a ``ValueError``."""
+    if label is None or label.class_name is None:
+        return -1
+    if label.class_name not in classes:
+        raise ValueError(f"label {label.id}: class {label.class_name!r} is not in the campaign classes {list(classes)}")
+    return list(classes).index(label.class_name)
+
+
 def decode_sample(
     store: ImageStore,
     image_path: str,
@@ -129,14 +174,8 @@ def decode_sample(
     new ingest or re-annotation."""
     image = model_image(store, image_path, size, channels)
     mask = np.full((size, size), IGNORE, np.uint8)
-    cls = -1
+    cls = class_index(label, classes)
     if label is not None:
-        if label.class_name is not None:
-            if label.class_name not in classes:
-                raise ValueError(
-                    f"label {label.id}: class {label.class_name!r} is not in the campaign classes {list(classes)}"
-                )
-            cls = list(classes).index(label.class_name)
         if label.mask_path:
             mask = store.load_mask_at(label.mask_path, (size, size)).copy()
             if label.ignore_path:
@@ -148,9 +187,14 @@ def _stack(
     store: ImageStore, rows: Sequence[tuple[Sample, Label | None]], campaign: Campaign
 ) -> SampleArrays:
     size, channels = campaign.data.image_size, campaign.data.channels
+    volume_size = campaign.data.volume_size
     ids, uids, imgs, masks, labels, kinds = [], [], [], [], [], []
     for sample, label in rows:
-        img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels)
+        if sample.depth is not None:  # a volume
+            img = model_volume(store, sample.image_path, volume_size)
+            mask, cls = volume_mask(store, label, volume_size), class_index(label, campaign.data.classes)
+        else:
+            img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels)
         ids.append(sample.id)
         uids.append(sample.uid)
         imgs.append(img)
@@ -165,6 +209,13 @@ def _stack(
 
 
 # ---- from the ledger -------------------------------------------------------------------------------
+
+
+def volume_channels(ledger: Ledger) -> int | None:
+    """The number of sequences when the campaign holds volumes (ingest never mixes them with images), else None."""
+    with ledger.reading() as s:
+        return s.scalar(select(Sample.channels).where(Sample.depth.is_not(None)).limit(1))
+
 
 
 def labeled_rows(ledger: Ledger, part: str) -> list[tuple[Sample, Label]]:
@@ -236,22 +287,33 @@ class Augment:
         return cls(flip="flip" in names, rotate="rotate" in names, intensity="intensity" in names)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """image (C, H, W) float32 in [0, 1], mask (H, W): the same geometric change for both."""
+        """image (C, H, W) float32 in [0, 1], mask (H, W) -- or a volume (C, D, H, W), mask (D, H, W): the same
+        geometric change for both (flips of the columns and rows, and for a volume of the slices; 90-degree
+        rotations in the row / column plane, only by 180 degrees when it is not square). A volume whose
+        intensities are not in [0, 1] (an MRI z-score) gets contrast and brightness changes without gamma or clip."""
+        volume = image.ndim == 4
         if self.flip:
             if rng.random() < 0.5:
-                image, mask = image[:, :, ::-1], mask[:, ::-1]
+                image, mask = image[..., ::-1], mask[..., ::-1]
             if rng.random() < 0.5:
-                image, mask = image[:, ::-1, :], mask[::-1, :]
+                image, mask = image[..., ::-1, :], mask[..., ::-1, :]
+            if volume and rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[::-1]
         if self.rotate:
             k = int(rng.integers(0, 4))
+            if image.shape[-1] != image.shape[-2] and k != 2:
+                k = 0  # a quarter turn would change a non-square plane's shape
             if k:
-                image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
+                image, mask = np.rot90(image, k, axes=(-2, -1)), np.rot90(mask, k, axes=(-2, -1))
         if self.intensity:
             s = self.intensity_strength
             gamma = float(np.exp(rng.uniform(-s, s)))
             contrast = float(rng.uniform(1 - s, 1 + s))
             bright = float(rng.uniform(-s / 2, s / 2))
-            image = np.clip((image**gamma - 0.5) * contrast + 0.5 + bright, 0.0, 1.0)
+            if float(image.min()) >= 0.0 and float(image.max()) <= 1.0:
+                image = np.clip((image**gamma - 0.5) * contrast + 0.5 + bright, 0.0, 1.0)
+            else:
+                image = image * contrast + bright
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
 
 
@@ -282,7 +344,8 @@ class JointDataset(torch.utils.data.Dataset):
         if not 0 <= item < self.length:
             raise IndexError(item)
         i = item % len(self.arrays)
-        image = self.arrays.images[i].astype(np.float32) / 255.0
+        stored = self.arrays.images[i]
+        image = stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
         mask = self.arrays.masks[i]
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self._epoch, int(item)))

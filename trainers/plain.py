@@ -55,19 +55,26 @@ class LoopSettings:
     seed: int = 0
     image_size: int = 64
     channels: int = 1
+    volume_size: list[int] | None = None  # volumes: [slices, rows, columns] the 3D model sees (None: 2D images)
     semi: SemiOptions = field(default_factory=SemiOptions)
     no_lesion_class: str | None = None
     init_weights: str | None = None  # model.weights, resolved: where a round from scratch starts
 
     @classmethod
-    def from_campaign(cls, campaign: Campaign, **override: Any) -> LoopSettings:
+    def from_campaign(cls, campaign: Campaign, *, volume_channels: int | None = None, **override: Any) -> LoopSettings:
+        """The campaign's settings; ``volume_channels`` (the sequences of a volume campaign, see
+        :func:`medloop.trainers.dataset.volume_channels`) trains the model's 3D version on ``data.volume_size``."""
         c, m, t, sel = campaign.compute, campaign.model, campaign.training, campaign.selection
         opts = dict(m.options)
         loss = opts.pop("loss", None)
         loss_options = dict(opts.pop("loss_options", {}) or {})
         spec = model_spec(campaign)
         spec["options"] = {k: v for k, v in spec["options"].items() if k not in ("loss", "loss_options")}
-        cls_head, seg_head = resolve_heads(m.name, m.cls_head, m.seg_head)  # None: the model's own heads
+        volume_size = None
+        if volume_channels is not None:
+            spec = volume_spec(spec, volume_channels, list(campaign.data.volume_size))
+            volume_size = list(campaign.data.volume_size)
+        cls_head, seg_head = resolve_heads(spec["name"], m.cls_head, m.seg_head)  # None: the model's own heads
         base = cls(
             model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
             loss=loss, loss_options=loss_options, epochs=c.epochs, batch_size=c.batch_size,
@@ -75,8 +82,9 @@ class LoopSettings:
             weight_decay=c.weight_decay, patience=c.patience, keep=c.keep,
             lr_schedule=c.lr_schedule, warmup_epochs=c.warmup_epochs, augment=list(c.augment), amp=c.amp,
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
-            image_size=campaign.data.image_size, channels=campaign.data.channels,
-            no_lesion_class=campaign.data.no_lesion_class,
+            image_size=campaign.data.image_size,
+            channels=campaign.data.channels if volume_channels is None else volume_channels,
+            volume_size=volume_size, no_lesion_class=campaign.data.no_lesion_class,
             init_weights=str(campaign.resolve_path(m.weights)) if m.weights else None,
             semi=SemiOptions(
                 method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
@@ -91,11 +99,34 @@ class LoopSettings:
         return {
             "model": self.model, "classes": self.classes, "cls_head": self.cls_head, "seg_head": self.seg_head,
             "image_size": self.image_size, "channels": self.channels, "no_lesion_class": self.no_lesion_class,
+            **({"volume_size": self.volume_size} if self.volume_size is not None else {}),
         }
 
     @property
     def no_lesion_index(self) -> int | None:
         return no_lesion_index(self.classes, self.no_lesion_class)
+
+
+def volume_spec(spec: dict[str, Any], channels: int, volume_size: list[int]) -> dict[str, Any]:
+    """A model spec for volumes: the 3D version of the model (:func:`medloop.trainers.models.volume_model`)
+    with one input channel per sequence; a ``ValueError`` naming ``data.volume_size`` when the model's
+    down-sampling does not divide it."""
+    import inspect
+
+    from medloop.trainers.models import model_class, volume_model
+
+    name = volume_model(spec["name"])
+    params = inspect.signature(model_class(name)).parameters
+    options = {**spec["options"], "in_channels": channels}
+    if "image_size" in params:  # mttu3d: its learned position embedding is made for this grid
+        options.setdefault("image_size", list(volume_size))
+    depth = int(options.get("depth", params["depth"].default))
+    step = 2**depth
+    if any(int(s) % step for s in volume_size):
+        fits = [max(step, round(int(s) / step) * step) for s in volume_size]
+        raise ValueError(f"data.volume_size = {volume_size} cannot be divided by 2**{depth} = {step} on every axis, "
+                         f'the down-sampling of model "{name}"; use data.volume_size = {fits} or a smaller model.depth')
+    return {"name": name, "options": options}
 
 
 def no_lesion_index(classes: list[str], no_lesion_class: str | None) -> int | None:
@@ -201,6 +232,11 @@ def make_semi(settings: LoopSettings, unlabeled: SampleArrays | None, student: n
                        epochs=settings.epochs, seed=settings.seed + rank, teacher_state=teacher_state)
 
 
+def memory_format(ndim: int) -> torch.memory_format:
+    """channels_last for image batches (4D), channels_last_3d for volume batches (5D)."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
 def _autocast(device: torch.device, amp: bool):
     enabled = amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -209,7 +245,7 @@ def _autocast(device: torch.device, amp: bool):
 def _to(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     if channels_last and device.type == "cuda":
-        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        out["image"] = out["image"].contiguous(memory_format=memory_format(out["image"].ndim))
     return out
 
 
@@ -260,7 +296,7 @@ def train_epoch(
                 targets = semi.targets(weak)
             images = torch.cat([images, semi.strong_view(weak)])
             if channels_last and device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+                images = images.contiguous(memory_format=memory_format(images.ndim))
         with _autocast(device, amp):
             output = model(images)
         output = _float_output(output)
@@ -394,7 +430,8 @@ def prepare_for_device(model: nn.Module, settings: LoopSettings, device: torch.d
     model = model.to(device)
     if device.type == "cuda" and settings.channels_last:
         # Module.to takes memory_format at runtime; torch's overloads do not list it
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        fmt = memory_format(5 if settings.volume_size is not None else 4)
+        model = model.to(memory_format=fmt)  # type: ignore[call-overload]
     return model
 
 

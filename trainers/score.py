@@ -28,8 +28,8 @@ from medloop.data.imagestore import ImageStore, prob_map_path
 from medloop.ledger.schema import Prediction, Sample
 from medloop.ledger.store import Ledger
 
-from .dataset import model_image
-from .plain import no_lesion_index
+from .dataset import model_image, model_volume, to_model_input, volume_channels
+from .plain import memory_format, no_lesion_index
 
 SCORE_COLUMNS = (
     "confidence", "std", "entropy", "mutual_info", "vacuity", "margin",
@@ -54,10 +54,15 @@ class ScoreReport:
 # ---- the work inside Ray ---------------------------------------------------------------------------------
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, store_root: str, size: int, channels: int) -> dict[str, np.ndarray]:
-    """``map_batches`` task: image paths -> uint8 (B, C, S, S) arrays."""
+def decode_batch(batch: dict[str, np.ndarray], *, store_root: str, size: int, channels: int,
+                 volume_size: list[int] | None = None) -> dict[str, np.ndarray]:
+    """``map_batches`` task: image paths -> uint8 (B, C, S, S) arrays; with ``volume_size`` (a volume
+    campaign) volume paths -> float16 (B, C, D, H, W)."""
     store = ImageStore(store_root)
-    images = np.stack([model_image(store, str(p), size, channels) for p in batch["image_path"]])
+    if volume_size is not None:
+        images = np.stack([model_volume(store, str(p), volume_size) for p in batch["image_path"]])
+    else:
+        images = np.stack([model_image(store, str(p), size, channels) for p in batch["image_path"]])
     return {"sample_id": np.asarray(batch["sample_id"], np.int64), "uid": np.asarray(batch["uid"]), "image": images}
 
 
@@ -71,7 +76,8 @@ class Scorer:
         self.model, self.meta = load_model(checkpoint_path, device=self.device)
         if self.device.type == "cuda" and options.get("channels_last", True):
             # Module.to takes memory_format at runtime; torch's overloads do not list it
-            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            fmt = memory_format(5 if self.meta.get("volume_size") else 4)
+            self.model = self.model.to(memory_format=fmt)  # type: ignore[call-overload]
         self.store = ImageStore(store_root)
         self.version = model_version
         self.options = options
@@ -96,12 +102,13 @@ def score_arrays(
     channels_last: bool = True,
     mc_cache: str = "on",
 ) -> dict[str, np.ndarray]:
-    """Score one batch (``sample_id``, ``uid``, ``image`` uint8) and write its maps to the store."""
+    """Score one batch (``sample_id``, ``uid``, ``image`` uint8, or float16 volumes) and write its maps to the
+    store (a volume's predicted mask as a ``.npy`` label map)."""
     from medloop.trainers.uncertainty import score_batch
 
-    images = torch.from_numpy(np.asarray(batch["image"])).to(device, non_blocking=True).float().div_(255.0)
+    images = to_model_input(np.asarray(batch["image"])).to(device, non_blocking=True)
     if device.type == "cuda" and channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=memory_format(images.ndim))
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         s = score_batch(model, images, method=method, passes=passes, cls_head=meta.get("cls_head", "softmax"),
                         seg_head=meta.get("seg_head", "softmax"), boundary_band=boundary_band,
@@ -201,7 +208,8 @@ def score_samples(
     options = {"method": u.method, "passes": u.mc_passes, "boundary_band": u.boundary_band, "amp": c.amp,
                "channels_last": c.channels_last, "use_gpu": c.use_gpu, "mc_cache": u.mc_cache}
     items = [{"sample_id": sid, "uid": uid, "image_path": path} for sid, uid, path in todo]
-    decode_kw = {"store_root": store_root, "size": campaign.data.image_size, "channels": campaign.data.channels}
+    decode_kw = {"store_root": store_root, "size": campaign.data.image_size, "channels": campaign.data.channels,
+                 "volume_size": list(campaign.data.volume_size) if volume_channels(ledger) is not None else None}
     if not use_ray:
         return _score_local(ledger, report, items, checkpoint_path, store_root, options, decode_kw, c.score_batch_size)
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sqlalchemy import select
 from typer.testing import CliRunner
+from volume_files import ct_case, lidc_like, save  # tests/ is on sys.path
 
 from medloop.cli import app
 from medloop.config import load_campaign
@@ -29,37 +30,6 @@ from .conftest import make_campaign
 
 LIDC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lidc_nodules"
 runner = CliRunner()
-
-
-def save(path: Path, data: np.ndarray, spacing=(0.7, 0.8, 1.25)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), str(path))
-    return path
-
-
-def ct_case(seed: int, shape=(10, 12, 6)) -> tuple[np.ndarray, np.ndarray]:
-    """A CT crop in Hounsfield units (air -1000 around a soft-tissue nodule) and the nodule's mask."""
-    rng = np.random.default_rng(seed)
-    hu = np.full(shape, -1000.0, np.float32) + rng.normal(0, 20, shape).astype(np.float32)
-    mask = np.zeros(shape, np.uint8)
-    mask[3:7, 4:8, 2:4] = 1
-    hu[mask > 0] = 40.0
-    return hu.astype(np.int16).astype(np.float32), mask
-
-
-def lidc_like(root: Path, n: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """LIDC-style names <patient>_R_<nodule>: patients P0..P3 with two nodules each."""
-    cases = {}
-    rows = ["image,label"]
-    for i in range(n):
-        name = f"P{i // 2}_R_{i % 2 + 1}"
-        hu, mask = ct_case(i)
-        save(root / "images" / f"{name}.nii.gz", hu.astype(np.int16))
-        save(root / "masks" / f"{name}.nii.gz", mask)
-        rows.append(f"{name}.nii.gz,{'malignant' if i % 3 == 0 else 'benign'}")
-        cases[name] = (hu, mask)
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return cases
 
 
 def test_model_axes_puts_sequences_then_slices_rows_columns() -> None:

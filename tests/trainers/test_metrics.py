@@ -203,8 +203,10 @@ def test_pixel_predictions_flatten_and_drop_ignored_pixels():
     assert ece(p, y, n_bins=15) == pytest.approx((abs(1 - 0.8) + 2 * abs(0.5 - 0.9)) / 3)
     sub_p, sub_y = pixel_predictions(probs, masks, max_pixels=2, seed=1)
     assert len(sub_y) == 2 and set(sub_p[:, 1].tolist()) <= {0.9, 0.2, 0.1}
-    with pytest.raises(ValueError, match="N, Q, H, W"):
+    with pytest.raises(ValueError, match=r"N, Q, \[D,\] H, W"):
         pixel_predictions(probs[0], masks)
+    vp, vy = pixel_predictions(probs[:, :, None], masks[:, None])  # a volume of one slice: the same voxels
+    assert vy.tolist() == y.tolist() and vp.tolist() == p.tolist()
 
 
 # ---- validation / test Dice: mean per case over the cases with a lesion -----------------------------------

@@ -107,16 +107,18 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15)
 def pixel_predictions(
     seg_probs: np.ndarray, masks: np.ndarray, *, ignore: int = 255, max_pixels: int | None = 1_000_000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-level calibration input: seg probabilities (N, Q, H, W) and masks (N, H, W) ->
-    (P, Q) probabilities and (P,) labels of the pixels whose mask is not ``ignore``.
+    """Pixel-level calibration input: seg probabilities (N, Q, H, W) and masks (N, H, W) -- or volumes
+    (N, Q, D, H, W) and (N, D, H, W) -> (P, Q) probabilities and (P,) labels of the pixels (voxels) whose
+    mask is not ``ignore``.
 
     Every pixel counts as one prediction (the usual pixel-wise ECE of segmentation calibration).
     When more than ``max_pixels`` remain, a seeded uniform subsample keeps the cost bounded.
     """
     probs = np.asarray(seg_probs)
     masks = np.asarray(masks)
-    if probs.ndim != 4 or masks.shape != (probs.shape[0], *probs.shape[2:]):
-        raise ValueError(f"seg_probs (N, Q, H, W) and masks (N, H, W) expected; got {probs.shape} and {masks.shape}")
+    if probs.ndim not in (4, 5) or masks.shape != (probs.shape[0], *probs.shape[2:]):
+        raise ValueError(f"seg_probs (N, Q, [D,] H, W) and masks (N, [D,] H, W) expected; got {probs.shape} and "
+                         f"{masks.shape}")
     flat = np.moveaxis(probs, 1, -1).reshape(-1, probs.shape[1])
     labels = masks.reshape(-1)
     keep = np.flatnonzero(labels != ignore)

@@ -40,10 +40,25 @@ def content_hash(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def mask_at(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A mask (any integer values, e.g. {0, 1} or 255 = ignore) at ``shape`` = (height, width),
-    nearest-neighbour: the values are kept. Returned unchanged when the size already matches."""
+def nearest_resize(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` at ``shape`` (same number of axes) by nearest neighbour, values kept: output index ``j`` of an
+    axis of size ``n -> m`` reads ``floor((j + 0.5) * n / m)`` (PyTorch's ``nearest-exact``)."""
+    a = np.asarray(array)
+    if a.shape == tuple(shape):
+        return a
+    if a.ndim != len(shape):
+        raise ValueError(f"cannot resize an array of shape {a.shape} to {tuple(shape)}")
+    index = tuple(np.minimum(((np.arange(m) + 0.5) * (n / m)).astype(np.int64), n - 1) for n, m in zip(a.shape, shape))
+    return a[np.ix_(*index)]
+
+
+def mask_at(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask (any integer values, e.g. {0, 1} or 255 = ignore) at ``shape`` = (height, width), or
+    (slices, rows, columns) for a volume's mask, nearest-neighbour: the values are kept. Returned
+    unchanged when the size already matches."""
     m = np.asarray(mask)
+    if m.ndim == 3 and len(shape) == 3:
+        return nearest_resize(m, (int(shape[0]), int(shape[1]), int(shape[2])))
     h, w = int(shape[0]), int(shape[1])
     if m.shape[:2] == (h, w):
         return m
@@ -137,7 +152,10 @@ class ImageStore:
         return self.put_png(f"images/{uid}.png", image)
 
     def put_mask(self, name: str, mask: np.ndarray) -> str:
-        """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1})."""
+        """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1}); a volume's
+        mask (D, H, W) as a {0, 1} label map ``masks/<name>.npy`` (:meth:`put_volume_mask`)."""
+        if np.ndim(mask) == 3:
+            return self.put_volume_mask(name, binarise(mask))
         return self.put_png(f"masks/{name}.png", binarise(mask) * 255)
 
     def put_array(self, name: str, array: np.ndarray) -> str:
@@ -186,7 +204,7 @@ class ImageStore:
         with Image.open(self.root / rel) as im:
             return binarise(np.asarray(im))
 
-    def load_mask_at(self, rel: str, shape: tuple[int, int]) -> np.ndarray:
+    def load_mask_at(self, rel: str, shape: tuple[int, ...]) -> np.ndarray:
         """A stored mask of any size (a native human or truth mask, a model-size predicted or
         pseudo-mask) as uint8 {0, 1} at ``shape`` = (height, width), nearest-neighbour."""
         return mask_at(self.load_mask(rel), shape)

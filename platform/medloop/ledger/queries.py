@@ -39,6 +39,11 @@ def pool_sizes(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
+def holds_volumes(session: Session) -> bool:
+    """True when the campaign's samples are volumes (ingest never mixes them with 2D images)."""
+    return session.scalar(select(Sample.id).where(Sample.depth.is_not(None)).limit(1)) is not None
+
+
 def training_composition(session: Session, *, semi: bool) -> dict[str, int]:
     """What a round trains on, counted from the ledger: ``human`` (samples with an active human label
     outside val/test), ``pseudo`` (active pseudo-labels, never on a sample with a human label), ``val``

@@ -25,6 +25,9 @@ from medloop.config import Campaign, model_heads
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 NORMALISATION = ("float32 (N, C, S, S) in [0, 1]: the image converted to grey (C = 1) or RGB (C = 3), "
                  "resized bilinearly to S x S, uint8 / 255 (no mean/std shift)")
+VOLUME_NORMALISATION = ("float32 (N, C, D, H, W) = volume_size: canonical RAS+ volume as (sequences, slices, rows, "
+                        "columns), CT window to [0, 1] or MRI z-score within the body per sequence (data.intensity), "
+                        "resized trilinearly to volume_size")
 
 
 class _Encode(nn.Module):
@@ -81,16 +84,26 @@ def served_config(campaign: Campaign, meta: dict[str, Any], dropout: bool) -> di
         "no_lesion_class": no_lesion_index(classes, meta.get("no_lesion_class", campaign.data.no_lesion_class)),
         "uncertainty_measure": campaign.selection.measure,
         "model": str((meta.get("model") or {}).get("name", campaign.model.name)),
-        "normalisation": NORMALISATION,
+        "normalisation": NORMALISATION if not meta.get("volume_size") else VOLUME_NORMALISATION,
+        **({"volume_size": [int(v) for v in meta["volume_size"]]} if meta.get("volume_size") else {}),
     }
 
 
-def export_programs(model: nn.Module, channels: int, size: int, out: Path) -> dict[str, str]:
-    """Write ``encode.pt2``, ``decode.pt2`` and (when the model has dropout) ``decode_mc.pt2`` to ``out``."""
+def spatial_shape(config: dict[str, Any]) -> tuple[int, ...]:
+    """(S, S) for an image model, ``volume_size`` (D, H, W) for a volume model."""
+    if config.get("volume_size"):
+        return tuple(int(v) for v in config["volume_size"])
+    return (int(config["image_size"]), int(config["image_size"]))
+
+
+def export_programs(model: nn.Module, channels: int, size: int | tuple[int, ...], out: Path) -> dict[str, str]:
+    """Write ``encode.pt2``, ``decode.pt2`` and (when the model has dropout) ``decode_mc.pt2`` to ``out``.
+    ``size``: the image side, or a volume model's (D, H, W)."""
     from medloop.trainers.uncertainty.mc import eval_mode
 
     out.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    grid = (size, size) if isinstance(size, int) else tuple(size)
+    example = torch.rand(2, channels, *grid, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1)
     files: dict[str, str] = {}
     with torch.no_grad(), eval_mode(model):
@@ -118,7 +131,7 @@ def export_checkpoint(campaign: Campaign, checkpoint_path: str, out: Path) -> Se
     model, meta = load_model(checkpoint_path)
     dropout = has_dropout(model)
     config = served_config(campaign, meta, dropout)
-    files = export_programs(model, config["channels"], config["image_size"], out)
+    files = export_programs(model, config["channels"], spatial_shape(config), out)
     return ServedModel(files, config)
 
 
@@ -127,17 +140,17 @@ def signature(config: dict[str, Any]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    c, s, k = config["channels"], config["image_size"], len(config["classes"])
+    c, grid, k = config["channels"], spatial_shape(config), len(config["classes"])
     f32, i64, u8 = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.uint8)
     per_image = ("confidence", "uncertainty", "std", "entropy", "mutual_info", "vacuity", "margin",
                  "lesion_uncertainty", "lesion_fraction")
     outputs: list[ColSpec | TensorSpec] = [
         TensorSpec(f32, (-1, k), "class_probs"), TensorSpec(i64, (-1,), "pred_class"),
-        TensorSpec(f32, (-1, s, s), "mask_probs"), TensorSpec(u8, (-1, s, s), "mask"),
-        TensorSpec(f32, (-1, s, s), "pixel_uncertainty"),
+        TensorSpec(f32, (-1, *grid), "mask_probs"), TensorSpec(u8, (-1, *grid), "mask"),
+        TensorSpec(f32, (-1, *grid), "pixel_uncertainty"),
         *(TensorSpec(f32, (-1,), name) for name in per_image)]
     return ModelSignature(
-        inputs=Schema([TensorSpec(f32, (-1, c, s, s))]),
+        inputs=Schema([TensorSpec(f32, (-1, c, *grid))]),
         outputs=Schema(outputs),
         params=ParamSchema([ParamSpec("mc_passes", "integer", int(config["mc_passes"])),
                             ParamSpec("seed", "integer", -1)]),
@@ -145,9 +158,10 @@ def signature(config: dict[str, Any]) -> Any:
 
 
 def input_example(config: dict[str, Any]) -> np.ndarray:
-    """One image in the model's input form: a smooth blob on a darker background, float32 in [0, 1]."""
-    c, s = config["channels"], config["image_size"]
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / max(s - 1, 1)
-    blob = np.exp(-((yy - 0.5) ** 2 + (xx - 0.45) ** 2) / 0.02)
+    """One image (or volume) in the model's input form: a smooth blob on a darker background, float32 in [0, 1]."""
+    c, grid = config["channels"], spatial_shape(config)
+    axes = np.meshgrid(*[np.linspace(0.0, 1.0, n, dtype=np.float32) for n in grid], indexing="ij")
+    centre = [0.5] * (len(grid) - 1) + [0.45]
+    blob = np.exp(-sum((a - m) ** 2 for a, m in zip(axes, centre)) / 0.02)
     image = np.clip(0.2 + 0.6 * blob, 0.0, 1.0).astype(np.float32)
-    return np.broadcast_to(image, (1, c, s, s)).copy()
+    return np.broadcast_to(image, (1, c, *grid)).copy()

@@ -7,7 +7,9 @@ requirements are installed. The network is a set of ``torch.export`` programs wr
 ``decode_mc``: the decoder with its dropout layers sampling), plus the settings in ``model_config``.
 
 Input: float32 image batch ``(N, C, S, S)`` in [0, 1] (medloop's normalisation: the image converted
-to grey (C = 1) or RGB (C = 3), resized bilinearly to S x S, uint8 / 255; no mean/std shift).
+to grey (C = 1) or RGB (C = 3), resized bilinearly to S x S, uint8 / 255; no mean/std shift); a volume
+campaign's model takes ``(N, C, D, H, W)`` = ``volume_size``, normalised as ingest does (CT window to
+[0, 1] or MRI z-score within the body, docs/volumes.md).
 Params: ``mc_passes`` (T; 1 = one deterministic pass, dropout off) and ``seed`` (>= 0 makes the
 MC-dropout masks reproducible; -1 = unseeded). Output: a dict of arrays, the fields of medloop's
 ``score_batch`` (see ``docs/using-the-model.md``): ``class_probs``, ``mask_probs`` (lesion
@@ -57,7 +59,8 @@ def _dilate(mask: torch.Tensor, band: int) -> torch.Tensor:
     if band <= 0:
         return mask.bool()
     m = mask.float().unsqueeze(1)
-    return F.max_pool2d(m, kernel_size=2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
+    pool = F.max_pool3d if m.dim() == 5 else F.max_pool2d  # a volume's mask dilates in 3D
+    return pool(m, kernel_size=2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
 
 
 def _lesion_uncertainty(pixel: torch.Tensor, pred_mask: torch.Tensor, fg_prob: torch.Tensor, band: int,
@@ -79,7 +82,8 @@ def joint_outputs(cls_samples: torch.Tensor, seg_samples: torch.Tensor, cls_alph
     pred_class = probs.argmax(dim=1)
     pred_mask = seg_mean.argmax(dim=1)
     if no_lesion_class is not None:
-        pred_mask = pred_mask * (pred_class != no_lesion_class).view(-1, 1, 1).to(pred_mask.dtype)
+        keep = (pred_class != no_lesion_class).view(-1, *([1] * (pred_mask.dim() - 1)))
+        pred_mask = pred_mask * keep.to(pred_mask.dtype)
     fg_prob = 1.0 - seg_mean[:, 0]
     b = probs.shape[0]
     nan = torch.full((b,), float("nan"))
@@ -113,6 +117,13 @@ def joint_outputs(cls_samples: torch.Tensor, seg_samples: torch.Tensor, cls_alph
             for k in FIELDS}
 
 
+def spatial_shape(cfg: dict[str, Any]) -> tuple[int, ...]:
+    """The model's input grid: ``(S, S)`` for images, ``volume_size`` (D, H, W) for a volume campaign's model."""
+    if cfg.get("volume_size"):
+        return tuple(int(v) for v in cfg["volume_size"])
+    return (int(cfg["image_size"]), int(cfg["image_size"]))
+
+
 class JointModel(PythonModel):
     """Class probabilities, lesion-mask probabilities and uncertainty of a medloop round's model."""
 
@@ -128,11 +139,12 @@ class JointModel(PythonModel):
         if isinstance(model_input, dict) and len(model_input) == 1:
             model_input = next(iter(model_input.values()))
         x = np.asarray(model_input, dtype=np.float32)
-        c, s = int(self.cfg["channels"]), int(self.cfg["image_size"])
-        if x.ndim == 3:
+        c, size = int(self.cfg["channels"]), spatial_shape(self.cfg)
+        if x.ndim == len(size) + 1:
             x = x[None]
-        if x.shape[1:] != (c, s, s):
-            raise ValueError(f"expected an image batch of shape (N, {c}, {s}, {s}) in [0, 1], got {x.shape}")
+        if x.shape[1:] != (c, *size):
+            what = "volume batch" if len(size) == 3 else "image batch"
+            raise ValueError(f"expected a {what} of shape (N, {', '.join(map(str, (c, *size)))}), got {x.shape}")
         return torch.from_numpy(np.ascontiguousarray(x))
 
     # no type hints: MLflow would read them as the input schema; the logged signature is the schema

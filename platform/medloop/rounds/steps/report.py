@@ -89,7 +89,7 @@ def seg_calibration(ctx: StepContext, checkpoint_path: str | None, batch_size: i
     import torch
 
     from medloop.trainers.checkpoints import load_model
-    from medloop.trainers.dataset import load_arrays
+    from medloop.trainers.dataset import load_arrays, to_model_input
     from medloop.trainers.metrics import ece, pixel_predictions
     from medloop.trainers.uncertainty import measures as M
     from medloop.trainers.uncertainty.mc import mc_sample
@@ -97,14 +97,14 @@ def seg_calibration(ctx: StepContext, checkpoint_path: str | None, batch_size: i
     if not checkpoint_path:
         return {}
     val = load_arrays(ctx.campaign, ctx.ledger, "val")
-    has_mask = (val.masks != 255).any(axis=(1, 2))
+    has_mask = (val.masks != 255).reshape(len(val), -1).any(axis=1)
     if not has_mask.any():
         return {}
     images, masks = val.images[has_mask], val.masks[has_mask]
     model, meta = load_model(checkpoint_path)
     parts = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i:i + batch_size]).float().div_(255.0)
+        x = to_model_input(images[i:i + batch_size])
         with torch.no_grad():
             s = mc_sample(model, x, 1, cached=False, cls_head=meta.get("cls_head", "softmax"),
                           seg_head=meta.get("seg_head", "softmax"), stochastic=False)

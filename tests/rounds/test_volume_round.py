@@ -1,0 +1,89 @@
+"""A round on a volume campaign, for real: NIfTI ingest, the 3D model trained in-process
+(``compute.num_workers = 0``), the pool scored by Ray Data with MC dropout, UPS pseudo-labels per volume and
+per voxel, the oracle answering the queue, the report and the MLflow model registered with a volume
+signature. Label Studio is refused before anything starts (no slice push yet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import func, select
+from support import tiny_campaign
+from volume_files import lidc_like  # tests/ is on sys.path
+
+from medloop.data.imagestore import ImageStore
+from medloop.data.ingest import ingest
+from medloop.ledger import AnnotationTask, Label, Ledger, Prediction, Round
+from medloop.rounds.orchestrator import RoundRefused, run_round
+
+VOLUME = [8, 16, 16]
+
+
+def _campaign(root: Path, data: Path, **sections):
+    return tiny_campaign(
+        root, data={"source": "generic", "path": str(data), "classes": ["benign", "malignant"], "volume_size": VOLUME,
+                    "image_size": 16, "group_pattern": r"^(.+)_R_\d+$"},
+        model={"width": 4, "depth": 3}, uncertainty={"mc_passes": 3},
+        compute={"num_workers": 0, "epochs": 3, "batch_size": 4, "lr": 1e-2, "score_batch_size": 4},
+        selection={"budget": 2, "tau_c": 0.5, "tau_u": 0.5, "max_ece": 1.0, "min_val_dice": 0.0, "mask_gate": 1.0,
+                   "pixel_tau_u": 0.5}, **sections)
+
+
+def test_a_volume_round_runs_end_to_end(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lidc_like(tmp_path / "data", n=24)
+        c = _campaign(tmp_path / "camp", tmp_path / "data")
+        ingest(c, "generic")
+        out = run_round(c)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.status == "done", out
+    ledger = Ledger.open(c.ledger)
+    store = ImageStore(c.store)
+    with ledger.reading() as s:
+        rnd = s.get(Round, 1)
+        preds = list(s.scalars(select(Prediction)))
+        answered = s.scalar(select(func.count()).select_from(Label).where(Label.author == "oracle"))
+        completed = s.scalar(select(func.count()).select_from(AnnotationTask)
+                             .where(AnnotationTask.state == "completed"))
+        pseudo = list(s.scalars(select(Label).where(Label.kind == "pseudo")))
+    ledger.close()
+    assert rnd is not None and rnd.model_version == "round-1"
+    assert preds and all(p.mask_path.endswith(".npy") for p in preds)
+    assert store.load_mask(preds[0].mask_path).shape == tuple(VOLUME)
+    assert store.load_array(preds[0].umap_path).shape == tuple(VOLUME)
+    assert all(0.0 <= p.seg_uncertainty for p in preds if p.seg_uncertainty is not None)
+    assert answered == completed >= 2  # the budget (+ audit cases), answered from the dataset's labels
+    for label in pseudo:  # provenance, and voxel pseudo-masks on the model's grid
+        assert label.author.startswith("round-1/") and label.round_id == 1
+        if label.mask_path:
+            assert store.load_mask(label.mask_path).shape == tuple(VOLUME)
+    assert {"dice", "accuracy", "seg_ece"} <= set(out.metrics)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(c.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/medloop-{c.name}/1")
+    x = np.random.default_rng(0).random((2, 1, *VOLUME)).astype(np.float32)
+    served = model.predict(x, params={"mc_passes": 3, "seed": 0})
+    assert served["mask"].shape == (2, *VOLUME) and served["class_probs"].shape == (2, 2)
+    np.testing.assert_allclose(served["class_probs"].sum(1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match=r"does not match expected shape \(-1, 1, 8, 16, 16\)"):  # the signature
+        model.predict(np.zeros((1, 1, 16, 16), np.float32))
+
+
+def test_label_studio_is_refused_for_volumes_before_anything_starts(tmp_path: Path) -> None:
+    lidc_like(tmp_path / "data", n=4)
+    c = _campaign(tmp_path / "camp", tmp_path / "data", labeling={"enabled": True})
+    ingest(c, "generic")
+    with pytest.raises(RoundRefused, match="does not push volume slices to Label Studio yet"):
+        run_round(c)
+    ledger = Ledger.open(c.ledger)
+    with ledger.reading() as s:
+        assert s.scalar(select(func.count()).select_from(Round)) == 0
+    ledger.close()
