@@ -42,6 +42,7 @@ class SampleArrays:
     masks: np.ndarray  # uint8 (N, S, S) / (N, D, H, W): 0 / 1 / 255 (ignore)
     labels: np.ndarray  # int64 (N,): class index, -1 = none
     kinds: list[str] = field(default_factory=list)  # "human" / "pseudo" / "" (unlabeled)
+    spacing: np.ndarray | None = None  # volumes: float64 (N, 3) mm per voxel of the model's grid (D, H, W)
 
     def __len__(self) -> int:
         return int(self.sample_ids.shape[0])
@@ -55,6 +56,7 @@ class SampleArrays:
             self.masks[idx],
             self.labels[idx],
             [self.kinds[i] for i in idx] if self.kinds else [],
+            None if self.spacing is None else self.spacing[idx],
         )
 
     @property
@@ -188,11 +190,13 @@ def _stack(
 ) -> SampleArrays:
     size, channels = campaign.data.image_size, campaign.data.channels
     volume_size = campaign.data.volume_size
-    ids, uids, imgs, masks, labels, kinds = [], [], [], [], [], []
+    ids, uids, imgs, masks, labels, kinds, spacing = [], [], [], [], [], [], []
     for sample, label in rows:
         if sample.depth is not None:  # a volume
             img = model_volume(store, sample.image_path, volume_size)
             mask, cls = volume_mask(store, label, volume_size), class_index(label, campaign.data.classes)
+            stored = np.asarray((sample.depth, sample.height, sample.width), np.float64)
+            spacing.append(np.asarray(sample.spacing or (1.0, 1.0, 1.0), np.float64) * stored / np.asarray(volume_size))
         else:
             img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels)
         ids.append(sample.id)
@@ -204,7 +208,8 @@ def _stack(
     if not ids:
         return empty_arrays(size, channels)
     return SampleArrays(
-        np.asarray(ids, np.int64), uids, np.stack(imgs), np.stack(masks), np.asarray(labels, np.int64), kinds
+        np.asarray(ids, np.int64), uids, np.stack(imgs), np.stack(masks), np.asarray(labels, np.int64), kinds,
+        np.stack(spacing) if spacing else None,
     )
 
 

@@ -41,8 +41,10 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_names: Sequence[str]) -> dict[str, Any]:
-    """Test metrics of :func:`medloop.trainers.plain.predict` output (see the module docstring)."""
+def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_names: Sequence[str],
+                       spacing: np.ndarray | None = None) -> dict[str, Any]:
+    """Test metrics of :func:`medloop.trainers.plain.predict` output (see the module docstring); ``spacing``
+    (volumes: (N, 3) mm per voxel of each case's model grid) puts HD95 in millimetres, else it is in pixels."""
     from medloop.trainers import metrics as M
 
     if len(class_names) != num_classes:
@@ -61,8 +63,9 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
     if lesion.any():
         out["dice"] = _num(M.lesion_dice(pred_masks, masks, IGNORE))
         out["iou"] = _num(M.lesion_iou(pred_masks, masks, IGNORE))
-        out["hd95"] = _num(np.mean([M.hd95(pred_masks[i], masks[i], ignore_index=IGNORE)
-                                    for i in np.flatnonzero(lesion)]))
+        out["hd95"] = _num(np.mean([M.hd95(pred_masks[i], masks[i], None if spacing is None else spacing[i],
+                                            ignore_index=IGNORE) for i in np.flatnonzero(lesion)]))
+        out["hd95_unit"] = "pixel" if spacing is None else "mm"
     if no_lesion.any():
         out["empty_rate"] = _num(M.empty_mask_rate(pred_masks, masks, IGNORE))
     return out
@@ -146,9 +149,14 @@ def evaluate_checkpoint(
     device = _device(campaign)
     model, meta = load_model(checkpoint_path, device=device)
     d = campaign.data
-    for key, want in (("image_size", d.image_size), ("channels", d.channels)):
-        if meta.get(key) is not None and int(meta[key]) != int(want):
-            raise ValueError(f"checkpoint {checkpoint_path} has {key} {meta[key]}, the campaign {want}")
+    if meta.get("volume_size") is not None:  # a volume model: its grid must be the campaign's
+        if [int(v) for v in meta["volume_size"]] != [int(v) for v in d.volume_size]:
+            raise ValueError(f"checkpoint {checkpoint_path} has volume_size {meta['volume_size']}, the campaign "
+                             f"{list(d.volume_size)}")
+    else:
+        for key, want in (("image_size", d.image_size), ("channels", d.channels)):
+            if meta.get(key) is not None and int(meta[key]) != int(want):
+                raise ValueError(f"checkpoint {checkpoint_path} has {key} {meta[key]}, the campaign {want}")
     classes = list(meta.get("classes") or d.classes)
     if classes != list(d.classes):
         raise ValueError(f"checkpoint {checkpoint_path} classes {classes} differ from the campaign's {list(d.classes)}")
@@ -156,7 +164,8 @@ def evaluate_checkpoint(
     pred = predict(model, loader, device=device, cls_head=meta.get("cls_head") or "softmax",
                    amp=campaign.compute.amp, channels_last=campaign.compute.channels_last,
                    no_lesion=no_lesion_index(classes, meta.get("no_lesion_class")))
-    out = evaluation_metrics(pred, len(classes), classes)
+    spacing = None if arrays.spacing is None else arrays.spacing[np.asarray(pred["index"], np.int64)]
+    out = evaluation_metrics(pred, len(classes), classes, spacing)
     out["split"] = split
     out["device"] = device.type
     return out

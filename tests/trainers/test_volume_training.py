@@ -93,3 +93,17 @@ def test_a_volume_campaign_trains_the_3d_version_of_its_model(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"data.volume_size = \[8, 16, 16\] cannot be divided by 2\*\*4 = 16"):
         LoopSettings.from_campaign(volume_campaign(tmp_path / "c4", tmp_path, model={"depth": 4}), volume_channels=1)
     assert LoopSettings.from_campaign(c).model["name"] == "mtunet"  # an image campaign: unchanged
+
+
+def test_hd95_in_millimetres_on_volumes() -> None:
+    from medloop.trainers.metrics import hd95
+    from medloop.trainers.metrics.segmentation import surface
+
+    p, g = np.zeros((6, 4, 4), np.uint8), np.zeros((6, 4, 4), np.uint8)
+    p[0, 1, 1], g[3, 1, 1] = 1, 1
+    assert hd95(p, g, spacing=(2.0, 1.0, 1.0)) == pytest.approx(6.0)  # 3 slices of 2 mm
+    assert hd95(p, g) == pytest.approx(3.0)  # voxels
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True
+    assert int(surface(cube).sum()) == 26  # 6-connected erosion leaves only the centre inside
+    assert hd95(p, np.zeros_like(g), spacing=(2.0, 1.0, 1.0)) == pytest.approx(float(np.sqrt(12**2 + 4**2 + 4**2)))

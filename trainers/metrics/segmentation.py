@@ -1,4 +1,4 @@
-"""Binary segmentation metrics on numpy masks (H, W): Dice, IoU, ASSD, HD95.
+"""Binary segmentation metrics on numpy masks (H, W) or volumes (D, H, W): Dice, IoU, ASSD, HD95.
 
 Empty-mask conventions (both masks are compared after dropping ignored pixels):
 * both empty: Dice = IoU = 1, ASSD = HD95 = 0 (a correct "no lesion");
@@ -6,7 +6,7 @@ Empty-mask conventions (both masks are compared after dropping ignored pixels):
   the largest distance possible in the image, so averages stay finite and penalise the
   miss; pass ``empty_distance="nan"`` to get NaN instead (then use nanmean).
 Distances follow MedPy (``medpy.metric.binary``, connectivity 1): surfaces are the mask
-pixels removed by one erosion with the 4-connected cross (border counted as background);
+pixels removed by one erosion with the 4-connected cross (6-connected in 3D; border counted as background);
 ASSD = mean of the two mean directed surface distances; HD95 = the 95th percentile of both
 directed distance sets pooled (``percentile(hstack((d_pg, d_gp)), 95)``), not the max of
 the two directed percentiles.
@@ -44,33 +44,41 @@ def iou(pred: np.ndarray, target: np.ndarray, ignore_index: int | None = IGNORE)
     return 1.0 if union == 0 else float((p & g).sum() / union)
 
 
-_CROSS = ndimage.generate_binary_structure(2, 1)  # MedPy's default connectivity 1
-
-
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels: the mask minus its erosion by the 4-connected cross (outside the image is background)."""
-    eroded = ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
+    """Boundary pixels (voxels): the mask minus its erosion by the face-connected cross, MedPy's default
+    connectivity 1 (4-connected in 2D, 6-connected in 3D; outside the array is background)."""
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    eroded = ndimage.binary_erosion(mask, structure=cross, border_value=0)
     return mask & ~eroded
 
 
-def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
-    """Distance from every surface pixel of ``a`` to the nearest surface pixel of ``b``."""
+def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Distance from every surface pixel of ``a`` to the nearest surface pixel of ``b`` (``spacing`` per axis,
+    default 1)."""
     sb = surface(b)
-    dt = ndimage.distance_transform_edt(~sb, sampling=spacing)
+    dt = ndimage.distance_transform_edt(~sb, sampling=_spacing(spacing, a.ndim))
     return dt[surface(a)]
 
 
-def _empty_case(p: np.ndarray, g: np.ndarray, spacing: Sequence[float], empty_distance: str) -> float | None:
+def _spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    if len(spacing) != ndim:
+        raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {ndim}D mask")
+    return tuple(float(x) for x in spacing)
+
+
+def _empty_case(p: np.ndarray, g: np.ndarray, spacing: Sequence[float] | None, empty_distance: str) -> float | None:
     if not p.any() and not g.any():
         return 0.0
     if p.any() and g.any():
         return None
     if empty_distance == "nan":
         return float("nan")
-    return float(math.hypot(p.shape[0] * spacing[0], p.shape[1] * spacing[1]))
+    return float(math.hypot(*(n * d for n, d in zip(p.shape, _spacing(spacing, p.ndim)))))
 
 
-def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE,
+def assd(pred, target, spacing: Sequence[float] | None = None, ignore_index: int | None = IGNORE,
          empty_distance: str = "diagonal") -> float:
     """Average symmetric surface distance (MedPy ``assd``)."""
     p, g = _binary(pred, target, ignore_index)
@@ -80,7 +88,7 @@ def assd(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int 
     return float((directed_distances(p, g, spacing).mean() + directed_distances(g, p, spacing).mean()) / 2)
 
 
-def hd95(pred, target, spacing: Sequence[float] = (1.0, 1.0), ignore_index: int | None = IGNORE,
+def hd95(pred, target, spacing: Sequence[float] | None = None, ignore_index: int | None = IGNORE,
          empty_distance: str = "diagonal") -> float:
     """95th-percentile Hausdorff distance (MedPy ``hd95``): percentile of both directed sets pooled."""
     p, g = _binary(pred, target, ignore_index)
