@@ -75,7 +75,8 @@ DEFAULT_ARMS = "full,random,hybrid,hybrid_ups,hybrid_ups_semi"
 #: per-round summary keys: (name in the summary, where in a row)
 SUMMARY_KEYS = {
     "human_labels": ("human_labels",), "dice": ("test", "dice"), "accuracy": ("test", "accuracy"),
-    "iou": ("test", "iou"), "hd95": ("test", "hd95"), "f1": ("test", "f1"), "ece": ("test", "ece"),
+    "iou": ("test", "iou"), "hd95": ("test", "hd95"), "f1": ("test", "f1"), "auc": ("test", "auc"),
+    "ece": ("test", "ece"),
     "empty_rate": ("test", "empty_rate"), "pseudo_labels": ("pseudo_labels",), "pseudo_masks": ("pseudo_masks",),
     "pseudo_precision": ("pseudo_precision",), "pseudo_mask_dice": ("pseudo_mask_dice",),
 }
@@ -93,7 +94,7 @@ def arm_plan(arm: str, args: argparse.Namespace) -> tuple[dict[str, Any], int]:
 
 def plan_runs(args: argparse.Namespace, arms: list[str], seeds: list[int]) -> list[R.ArmRun]:
     out_dir, res_dir = R.folders(args, BENCH)
-    n_cases = R.count_cases(args.dataset, args.busi, args.n_synthetic)
+    n_cases = R.count_cases(args.dataset, args.lidc if args.dataset == "lidc" else args.busi, args.n_synthetic)
     train_count = R.expected_train_count(n_cases, args.split)
     runs = []
     for seed in seeds:
@@ -253,7 +254,8 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         full["seeds"] = last["seeds"]
     summary = {arm: arm_rounds(files, arm) for arm in arms if arm != FULL}
     campaigns = [f["campaign"] for f in files]
-    sizes = sorted({c["data"]["image_size"] for c in campaigns})
+    sizes = sorted({str(c["data"]["volume_size"]) if "volume_size" in c["data"] else c["data"]["image_size"]
+                    for c in campaigns}, key=str)
     dataset = files[0].get("dataset", args.dataset)
     payload = {
         "name": f"label_efficiency_{dataset}",

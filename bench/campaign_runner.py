@@ -45,6 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_ROOT = ROOT / "bench" / "out"
 RESULTS_ROOT = ROOT / "bench" / "results"
 DEFAULT_BUSI = ROOT.parent / "shared" / "data" / "busi"
+DEFAULT_LIDC = ROOT.parent / "shared" / "data" / "lidc_nodules"
+#: LIDC nodule crops: the generic volume layout, patients from the file names <patient>_R_<nodule>
+LIDC_DATA = {"source": "generic", "classes": ["benign", "malignant"], "group_pattern": r"^(.+)_R_\d+$"}
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +89,11 @@ def count_cases(dataset: str, busi: str | Path | None, n_synthetic: int) -> int:
     """Cases the ingest will find (BUSI: images in the folder, no decoding)."""
     if dataset == "synthetic":
         return int(n_synthetic)
+    if dataset == "lidc":
+        path = Path(busi or DEFAULT_LIDC)
+        if not (path / "images").is_dir():
+            raise SystemExit(f"LIDC nodules not found at {path}; pass --lidc PATH")
+        return sum(1 for p in (path / "images").iterdir() if p.name.endswith((".nii", ".nii.gz")))
     from medloop.config import CLASSES_DEFAULT
     from medloop.data.busi import busi_root, scan_busi
 
@@ -138,6 +146,8 @@ def base_settings(args: argparse.Namespace, seed: int, *, train_count: int, init
     }
     if args.dataset == "synthetic":
         data["n_samples"] = args.n_synthetic
+    elif args.dataset == "lidc":
+        data.update(LIDC_DATA, path=str(Path(args.lidc).resolve()), volume_size=list(args.volume_size))
     else:
         data["path"] = str(Path(args.busi).resolve())
     compute: dict[str, Any] = {"epochs": args.epochs, "seed": seed}
@@ -211,7 +221,7 @@ def ensure_ingested(campaign: Any, dataset: str, path: str | None) -> bool:
                     return False
         finally:
             led.close()
-    ingest(campaign, dataset, path)
+    ingest(campaign, "generic" if dataset == "lidc" else dataset, path)
     return True
 
 
@@ -383,8 +393,11 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 def add_common_args(ap: argparse.ArgumentParser, *, size: int, epochs: int, rounds: int, budget: int,
                     init_labels: int, split: str, seeds: str, n_synthetic: int) -> None:
-    ap.add_argument("--dataset", choices=["busi", "synthetic"], default="busi")
+    ap.add_argument("--dataset", choices=["busi", "synthetic", "lidc"], default="busi")
     ap.add_argument("--busi", default=str(DEFAULT_BUSI), help="BUSI folder (with Dataset_BUSI_with_GT/)")
+    ap.add_argument("--lidc", default=str(DEFAULT_LIDC), help="LIDC nodule crops (images/, masks/, labels.csv)")
+    ap.add_argument("--volume-size", default=[16, 48, 48], type=lambda s: [int(x) for x in s.split(",")],
+                    help="--dataset lidc: data.volume_size slices,rows,columns")
     ap.add_argument("--n-synthetic", type=int, default=n_synthetic, help="phantoms when --dataset synthetic")
     ap.add_argument("--seeds", default=seeds, help="comma list; a seed sets data/compute/selection seeds")
     ap.add_argument("--size", type=int, default=size, help="data.image_size")
@@ -407,7 +420,7 @@ def add_common_args(ap: argparse.ArgumentParser, *, size: int, epochs: int, roun
 def folders(args: argparse.Namespace, bench: str) -> tuple[Path, Path]:
     """(campaign folders, result folder): bench/out/<bench> and bench/results/<bench> for BUSI,
     with a ``_synthetic`` suffix for synthetic runs, unless --out / --results say otherwise."""
-    tag = bench if args.dataset == "busi" else f"{bench}_synthetic"
+    tag = bench if args.dataset == "busi" else f"{bench}_{args.dataset}"
     out = Path(args.out) if args.out else OUT_ROOT / tag
     res = Path(args.results) if args.results else RESULTS_ROOT / tag
     return out, res
