@@ -1,5 +1,5 @@
-"""Reading a folder of volumes in the generic layout: what volume ingest will register (not wired into
-``medloop ingest`` yet, see docs/volumes.md).
+"""Reading a folder of volumes in the generic layout: what volume ingest
+(:mod:`medloop.data.volume_ingest`, ``medloop ingest generic``) registers.
 
 Layout (detected from the files themselves)::
 

@@ -5,7 +5,7 @@ Arrays are in nibabel's canonical RAS+ voxel order after :func:`read_nifti`
 (``nibabel.as_closest_canonical``): increasing array index 0 / 1 / 2 goes towards the patient's
 Right / Anterior / Superior. A 4D file keeps its sequences on the last axis (the Medical
 Segmentation Decathlon layout). ``spacing`` is in mm along the three array axes.
-Not wired into ingest or rounds yet (see docs/volumes.md).
+Volume ingest (:mod:`medloop.data.volume_ingest`) builds on these; see docs/volumes.md.
 """
 
 from __future__ import annotations
