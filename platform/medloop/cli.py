@@ -130,7 +130,8 @@ def status(config: Path | None = ConfigOption) -> None:
 def demo(
     path: Path | None = typer.Argument(None, help="dataset folder for --dataset busi"),
     config: Path | None = ConfigOption,
-    dataset: str | None = typer.Option(None, "--dataset", help="synthetic | busi (default: data.source)"),
+    dataset: str | None = typer.Option(None, "--dataset",
+                                       help="synthetic | busi | volumes (3D phantoms) (default: data.source)"),
     rounds: int = typer.Option(3, "--rounds", min=0, help="self-training rounds to run after ingesting"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's and MLflow's log lines (default: a file)"),
 ) -> None:
@@ -139,8 +140,8 @@ def demo(
     from medloop.demo_output import run_demo_shown
 
     campaign = load_or_exit(config)
-    if dataset is not None and dataset not in ("synthetic", "busi"):
-        typer.echo(f"--dataset: expected synthetic or busi (got {dataset!r})", err=True)
+    if dataset is not None and dataset not in ("synthetic", "busi", "volumes"):
+        typer.echo(f"--dataset: expected synthetic, busi or volumes (got {dataset!r})", err=True)
         raise typer.Exit(2)
     try:
         report, failure = run_demo_shown(campaign, dataset=dataset, path=path, rounds=rounds, verbose=verbose)

@@ -1,6 +1,7 @@
 """``medloop demo``: the main job on the embedded defaults.
 
-Ingests the campaign's dataset (synthetic phantoms by default, or BUSI with ``--dataset busi``),
+Ingests the campaign's dataset (synthetic phantoms by default, BUSI with ``--dataset busi``, or 3D
+multimodal phantoms written as NIfTI files with ``--dataset volumes``),
 then runs ``rounds`` self-training rounds end to end with the oracle annotator answering each
 round's queue from the hidden ground truth (``labeling.oracle``, off by default, is turned on here
 unless the campaign file sets it), and reports what changed round by round.
@@ -57,6 +58,28 @@ def demo_campaign(campaign: Campaign) -> tuple[Campaign, list[str]]:
         campaign = campaign.model_copy(update={"labeling": labeling})
         notes.append("demo: labeling.oracle = true (queued cases answered from the hidden ground truth)")
     return campaign, notes
+
+
+#: ``medloop demo --dataset volumes``: phantoms (when ``data.n_samples`` is left unset) and their side
+VOLUME_PHANTOMS, VOLUME_SIDE = 80, 32
+
+
+def volume_demo(campaign: Campaign) -> tuple[Campaign, Path, list[str]]:
+    """The volume demo's data: synthetic 3D multimodal phantoms (``medloop.data.phantoms3d``) written as a
+    NIfTI folder in the campaign folder and ingested like any volume dataset; the campaign's classes become
+    the phantoms' genotypes, ``volume_size`` their grid, and Label Studio is off (no slice tasks yet)."""
+    from .data.phantoms3d import GENOTYPES, write_phantom_folder
+
+    d = campaign.data
+    n = d.n_samples if "n_samples" in d.model_fields_set else VOLUME_PHANTOMS
+    folder = write_phantom_folder(campaign.folder / "phantoms3d", n, seed=d.seed, size=VOLUME_SIDE)
+    data = d.model_copy(update={"source": "generic", "path": str(folder), "classes": list(GENOTYPES),
+                                "volume_size": [VOLUME_SIDE] * 3, "no_lesion_class": None})
+    labeling = campaign.labeling.model_copy(update={"enabled": False})
+    notes = [f"demo volumes: {n} synthetic phantoms of {VOLUME_SIDE}^3 voxels, four MRI sequences "
+             f"(t1, t1ce, t2, flair), classes {', '.join(GENOTYPES)}, written to {folder}",
+             "demo volumes: labeling.enabled = false (no Label Studio slice tasks for volumes yet)"]
+    return campaign.model_copy(update={"data": data, "labeling": labeling}), folder, notes
 
 
 def round_row(campaign: Campaign, outcome: Any) -> dict[str, Any]:
@@ -119,8 +142,13 @@ def prepare_demo(
 ) -> tuple[DemoReport, Campaign]:
     """The ingest and the demo's settings: the report so far and the campaign the rounds run with."""
     fmt = dataset or campaign.data.source
+    volume_notes: list[str] = []
+    if fmt == "volumes":
+        campaign, path, volume_notes = volume_demo(campaign)
+        fmt = "generic"
     report = DemoReport(ingest(campaign, fmt, path, progress=progress))
     campaign, report.notes = demo_campaign(campaign)
+    report.notes = volume_notes + report.notes
     if not campaign.labeling.enabled and not campaign.labeling.oracle:
         report.notes.append("labeling.oracle is off: queued cases stay unanswered")
     return report, campaign

@@ -56,3 +56,18 @@ def test_bad_arguments_are_named() -> None:
         phantom3d(0, 0, "grade4")
     with pytest.raises(ValueError, match="at least 16"):
         phantom3d(0, 0, "idh_mutant", size=8)
+
+
+def test_phantom_folder_reads_back_as_the_phantoms_own_arrays(tmp_path) -> None:
+    from medloop.data.phantoms3d import GENOTYPES, generate3d, write_phantom_folder
+    from medloop.data.volume_dataset import read_volume_folder
+    from medloop.data.volume_ingest import model_axes
+
+    folder = write_phantom_folder(tmp_path / "ph", 3, seed=5, size=16)
+    cases, bad = read_volume_folder(folder, list(GENOTYPES))
+    assert bad == [] and [c.case for c in cases] == ["phantom-0000", "phantom-0001", "phantom-0002"]
+    for case, p in zip(cases, generate3d(3, seed=5, size=16)):
+        assert case.label == p.label
+        np.testing.assert_array_equal(model_axes(case.image.array), p.image)  # (S, D, H, W) after ingest's layout
+        assert case.mask is not None
+        np.testing.assert_array_equal(model_axes(case.mask.array)[0], p.mask)

@@ -78,3 +78,27 @@ def test_demo_command_shows_steps_and_tables_and_keeps_log_lines_in_a_file(tmp_p
     verbose = demo("--verbose")
     assert "Started a local Ray instance" in verbose and NOISE.search(verbose)
     assert "round 2: train" in verbose and "round 2: done" in verbose
+
+
+def test_demo_on_volumes_writes_nifti_phantoms_and_runs_rounds(tmp_path: Path) -> None:
+    """``medloop demo --dataset volumes``: 3D phantoms written as NIfTI files, ingested as volumes, two real
+    rounds (in-process training, Ray Data scoring, MLflow) with the oracle answering each queue."""
+    import torch
+
+    c = tiny_campaign(tmp_path / "camp", data={"n_samples": 24, "split": [0.5, 0.25, 0.25]},
+                      model={"width": 4, "depth": 3}, uncertainty={"mc_passes": 2}, selection={"budget": 3},
+                      compute={"num_workers": 0, "epochs": 1, "batch_size": 4, "score_batch_size": 8},
+                      labeling={"enabled": True})  # the volume demo turns Label Studio off
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_demo(c, dataset="volumes", progress=False, rounds=2, echo=None)
+    finally:
+        torch.set_num_threads(threads)
+    folder = c.folder / "phantoms3d"
+    assert len(list((folder / "images").glob("*.nii.gz"))) == 24 and (folder / "labels.csv").is_file()
+    assert report.ingest.volumes and report.ingest.added == 24
+    assert [r["round"] for r in report.rounds] == [1, 2] and all(r["status"] == "done" for r in report.rounds)
+    assert report.rounds[0]["human"] < report.rounds[1]["human"]  # the oracle answered round 1's queue
+    assert any("labeling.enabled = false" in n for n in report.notes)
+    assert "24 volume(s) found, 24 added" in report.summary()

@@ -20,6 +20,7 @@ with a smooth bias field and Gaussian noise; spacing 1 mm isotropic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -102,3 +103,27 @@ def phantom3d(seed: int, index: int, label: str, size: int = 32, noise: float = 
 def generate3d(n: int, seed: int = 0, size: int = 32, noise: float = 0.04) -> list[Phantom3D]:
     """``n`` phantoms, genotypes alternating (half each, the first ``idh_mutant``)."""
     return [phantom3d(seed, i, GENOTYPES[i % 2], size=size, noise=noise) for i in range(n)]
+
+
+def write_phantom_folder(root: str | Path, n: int, seed: int = 0, size: int = 32) -> Path:
+    """Write ``n`` phantoms as a volume dataset in the generic layout (the input of ``medloop demo --dataset
+    volumes``): ``images/phantom-<i>.nii.gz`` 4D (the four sequences last), ``masks/phantom-<i>.nii.gz`` region
+    ids, ``labels.csv``; 1 mm RAS affine, so ingest's canonical (C, D, H, W) is the phantom's own array.
+    Files already written are kept (the same seed writes the same phantoms)."""
+    import nibabel as nib
+
+    out = Path(root)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rows = ["image,label"]
+    for i, p in enumerate(generate3d(n, seed=seed, size=size)):
+        name = f"phantom-{i:04d}.nii.gz"
+        rows.append(f"{name},{p.label}")
+        if (out / "masks" / name).exists():
+            continue
+        affine = np.diag([*p.spacing, 1.0])
+        image = np.ascontiguousarray(p.image.transpose(3, 2, 1, 0))  # (S, D, H, W) -> NIfTI (X, Y, Z, S)
+        nib.save(nib.Nifti1Image(image, affine), str(out / "images" / name))
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(p.mask.transpose(2, 1, 0)), affine), str(out / "masks" / name))
+    (out / "labels.csv").write_text("\n".join(rows) + "\n")
+    return out
