@@ -185,9 +185,11 @@ def backend(
 
     campaign = _campaign(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from medloop.trainers.inference import VolumeModelError
+
     try:
         ml, described = build_backend(campaign, model, passes=mc_passes)
-    except (ModelNotFound, CheckpointError) as err:
+    except (ModelNotFound, CheckpointError, VolumeModelError) as err:
         _fail(err)
     try:
         httpd = make_server(ml, host, port)

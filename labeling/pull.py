@@ -16,7 +16,9 @@ only triggers the same call) and makes the ledger equal to the current state of 
   pixel-wise vote (a pixel is lesion when at least half the annotators painted it);
 * the result becomes a human label through :func:`medloop.ledger.add_human_label` (author =
   annotator email, ``ls_task_id``, ``ls_annotation_id``; the annotation's time is
-  ``AnnotationTask.completed_at``); the mask is saved with ``ImageStore.put_mask``; an updated
+  ``AnnotationTask.completed_at``); the mask is saved with ``ImageStore.put_mask`` (a volume's task: the
+  annotated slice written into a label map of the volume, every other voxel 255 = not annotated,
+  ``ImageStore.put_volume_mask``: a partial label that training ignores outside the slice); an updated
   annotation replaces the earlier human label, which stays as history;
 * ``kept_prediction`` records whether the annotator kept the pre-annotated class.
 
@@ -53,6 +55,7 @@ from medloop.ledger.schema import utcnow
 from .client import LSClient, connect
 from .project import CLASS_FROM, ensure_project
 from .rle import RLEError, rle_to_mask
+from .volume_slices import partial_label_map
 
 
 @dataclass
@@ -379,7 +382,12 @@ def sync(
                 n = s.scalar(select(func.count()).select_from(Label).where(
                     Label.sample_id == smp.id, Label.ls_annotation_id == latest_id)) or 0
                 # an annotation edited again keeps its earlier mask file (the history row points at it)
-                mask_rel = store.put_mask(f"human/{smp.uid}-ls{latest_id}" + (f"-v{n + 1}" if n else ""), mask)
+                name_rel = f"human/{smp.uid}-ls{latest_id}" + (f"-v{n + 1}" if n else "")
+                if smp.depth is not None:  # a volume: the annotated slice, every other voxel not annotated
+                    index = t.slice_index if t.slice_index is not None else int(task["data"]["slice_index"])
+                    mask_rel = store.put_volume_mask(name_rel, partial_label_map(mask, index, smp.depth))
+                else:
+                    mask_rel = store.put_mask(name_rel, mask)
                 predicted = _predicted_class(task, row.round_id)
                 if predicted is None:
                     predicted = predicted_classes.get((smp.id, row.round_id))

@@ -1,4 +1,6 @@
-"""Push the annotation queue to Label Studio: one task per queued sample, pre-annotated.
+"""Push the annotation queue to Label Studio: one task per queued sample, pre-annotated (a volume as
+its most informative axial slice, ``labeling/volume_slices.py``; the slice is recorded in
+``AnnotationTask.slice_index``).
 
 The rounds step writes :class:`AnnotationTask` rows in state ``intent``; :func:`push_queue` turns
 them into Label Studio tasks with bulk imports (one call per chunk, predictions inline) and
@@ -211,6 +213,84 @@ def prediction_results(
     return result
 
 
+@dataclass
+class TaskView:
+    """What annotators see of a sample: the image and uncertainty image (store paths), the pre-annotated
+    mask at the image's size, a line before the summary and extra task fields."""
+
+    image: str
+    uncertainty: str
+    mask: np.ndarray | None
+    note: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def image_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> TaskView:
+    """A 2D image's task: the stored native image, its uncertainty image, the native-size pre-annotation."""
+    return TaskView(sample.image_path, uncertainty_image(campaign, store, pred, sample),
+                    preannotation_mask(store, pred, sample.height, sample.width))
+
+
+def _volume_maps(store: ImageStore, pred: Prediction | None,
+                 shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(voxel uncertainty, predicted mask, lesion probability) of a scored volume on its stored grid."""
+    from medloop.data.imagestore import mask_at
+
+    from .volume_slices import resize_map
+
+    if pred is None or not pred.umap_path or not pred.mask_path or not store.path(pred.umap_path).exists():
+        return None
+    umap = resize_map(store.load_array(pred.umap_path), shape)
+    mask = mask_at(store.load_mask(pred.mask_path), shape)
+    ppath = prob_map_path(pred.umap_path)
+    prob = resize_map(store.load_array(ppath), shape) if store.path(ppath).exists() else mask.astype(np.float32)
+    return umap, mask, prob
+
+
+def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> int:
+    """The axial slice of a queued volume that annotators get (stored grid): the most informative one
+    (``labeling/volume_slices.py``), the middle slice when the volume has no scores."""
+    from .volume_slices import most_informative_slice
+
+    depth = int(sample.depth or 1)
+    maps = _volume_maps(store, pred, (depth, sample.height, sample.width))
+    if maps is None:
+        return depth // 2
+    umap, mask, prob = maps
+    return most_informative_slice(umap, mask, prob, campaign.uncertainty.boundary_band)
+
+
+def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample,
+                index: int) -> TaskView:
+    """A volume's task: slice ``index`` of its first sequence, the slice of its uncertainty map, the model's
+    mask on that slice (lesion probability >= 0.5 where the prediction has a lesion)."""
+    from .volume_slices import slice_image
+
+    depth = int(sample.depth or 1)
+    shape = (depth, sample.height, sample.width)
+    image = f"images/slices/{sample.uid}/z{index:04d}.png"
+    if not store.path(image).exists():
+        store.put_png(image, slice_image(store.load_volume(sample.image_path), index))
+    maps = _volume_maps(store, pred, shape)
+    mask = None
+    uncertainty = "images/uncertainty/none.png"
+    if maps is None:
+        if not store.path(uncertainty).exists():
+            store.put_png(uncertainty, np.full((8, 8), 128, np.uint8))
+    else:
+        umap, pred_mask, prob = maps
+        if pred_mask.any():
+            mask = (prob[index] >= 0.5).astype(np.uint8)
+        assert pred is not None
+        uncertainty = f"images/uncertainty/{pred.model_version}/{sample.uid}-z{index:04d}.png"
+        if not store.path(uncertainty).exists():
+            vmax = max(float(np.nanmax(umap)) if umap.size else 0.0, 2 * campaign.selection.pixel_tau_u)
+            _put_palette_png(store, uncertainty, uncertainty_png(umap[index], sample.height, sample.width, vmax))
+    note = f"axial slice {index + 1} of {depth}" + (f", sequence 1 of {sample.channels}" if sample.channels > 1
+                                                     else "") + "; "
+    return TaskView(image, uncertainty, mask, note, {"slice_index": int(index), "slices": depth})
+
+
 def build_task(
     campaign: Campaign,
     store: ImageStore,
@@ -218,27 +298,35 @@ def build_task(
     task: AnnotationTask,
     sample: Sample,
     pred: Prediction | None,
+    slice_index: int | None = None,
 ) -> dict[str, Any]:
     """The Label Studio task (data + inline prediction) for one queued sample.
 
-    Data: the native image, the uncertainty image beside it, the sentence annotators read, and the
-    typed fields of :func:`task_fields`. Prediction: ``score`` = the model's confidence in [0, 1]
-    (Label Studio shows it as a percentage), the predicted class and the native-size brush mask."""
+    Data: the native image (a volume: its slice ``slice_index``, default :func:`volume_slice`), the
+    uncertainty image beside it, the sentence annotators read, and the typed fields of :func:`task_fields`.
+    Prediction: ``score`` = the model's confidence in [0, 1] (Label Studio shows it as a percentage), the
+    predicted class and the native-size brush mask."""
     classes = campaign.data.classes
     pred_class = None
     if pred is not None and 0 <= pred.pred_class < len(classes):
         pred_class = classes[pred.pred_class]
-    mask = preannotation_mask(store, pred, sample.height, sample.width)
+    if sample.depth is not None:
+        index = volume_slice(campaign, store, pred, sample) if slice_index is None else slice_index
+        view = volume_view(campaign, store, pred, sample, index)
+    else:
+        view = image_view(campaign, store, pred, sample)
+    mask = view.mask
     has_mask = mask is not None and bool(mask.any())
     data: dict[str, Any] = {
-        IMAGE_TO: image_url(store, sample.image_path, document_root),
-        UNCERTAINTY_TO: image_url(store, uncertainty_image(campaign, store, pred, sample), document_root),
+        IMAGE_TO: image_url(store, view.image, document_root),
+        UNCERTAINTY_TO: image_url(store, view.uncertainty, document_root),
         "sample_uid": sample.uid,
-        "summary": summary(pred_class, None if pred is None else pred.confidence,
-                           None if pred is None else pred.seg_uncertainty, has_mask, bool(task.is_audit),
-                           campaign.selection.mask_gate),
+        "summary": view.note + summary(pred_class, None if pred is None else pred.confidence,
+                                       None if pred is None else pred.seg_uncertainty, has_mask,
+                                       bool(task.is_audit), campaign.selection.mask_gate),
         "predicted_class": pred_class,
         **task_fields(task, pred),
+        **view.fields,
     }
     out: dict[str, Any] = {"data": data}
     result = prediction_results(pred_class, mask if has_mask else None, campaign.labeling.lesion_label, sample.id)
@@ -273,8 +361,9 @@ def _load_intents(ledger: Ledger) -> list[tuple[AnnotationTask, Sample, Predicti
         return [(t, smp, preds.get((t.sample_id, t.round_id))) for t, smp in rows]
 
 
-def _mark_pushed(ledger: Ledger, pairs: list[tuple[int, int]]) -> None:
-    """(annotation task row id, ls task id) -> state pushed, in one transaction (one executemany)."""
+def _mark_pushed(ledger: Ledger, pairs: list[tuple[int, int]], slices: dict[int, int] | None = None) -> None:
+    """(annotation task row id, ls task id) -> state pushed, in one transaction (one executemany);
+    ``slices``: row id -> the volume slice pushed (None for images)."""
     if not pairs:
         return
     now = utcnow()
@@ -282,10 +371,11 @@ def _mark_pushed(ledger: Ledger, pairs: list[tuple[int, int]]) -> None:
     stmt = (
         update(table)
         .where(table.c.id == bindparam("row_id"), table.c.state == "intent")
-        .values(state="pushed", ls_task_id=bindparam("ls_id"), pushed_at=now)
+        .values(state="pushed", ls_task_id=bindparam("ls_id"), pushed_at=now, slice_index=bindparam("slice"))
     )
+    slices = slices or {}
     with ledger.transaction() as s:
-        s.connection().execute(stmt, [{"row_id": r, "ls_id": i} for r, i in pairs])
+        s.connection().execute(stmt, [{"row_id": r, "ls_id": i, "slice": slices.get(r)} for r, i in pairs])
 
 
 def existing_tasks(client: LSClient, project_id: int) -> dict[str, int]:
@@ -337,7 +427,10 @@ def push_queue(
     present = existing_tasks(client, pid)
     done = [(t.id, present[smp.uid]) for t, smp, _ in intents if smp.uid in present]
     if done:
-        _mark_pushed(ledger, done)
+        # a volume's slice is a function of its scores: the one the lost import pushed
+        slices = {t.id: volume_slice(campaign, store, pred, smp) for t, smp, pred in intents
+                  if smp.uid in present and smp.depth is not None}
+        _mark_pushed(ledger, done, slices)
         report.reconciled = len(done)
         for _, smp, _ in intents:
             if smp.uid in present:
@@ -354,9 +447,12 @@ def push_queue(
         payload = build(chunks[0]) if chunks else []
         for k, chunk in enumerate(chunks):
             future = pool.submit(import_tasks, client, pid, payload)
+            payload_sent = payload
             payload = build(chunks[k + 1]) if k + 1 < len(chunks) else []
             ids = future.result()  # raises LabelStudioUnavailable: earlier chunks stay committed
-            _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)])
+            slices = {t.id: int(sent["data"]["slice_index"]) for (t, _, _), sent in zip(chunk, payload_sent)
+                      if "slice_index" in sent["data"]}
+            _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)], slices)
             for (_, smp, _), ls_id in zip(chunk, ids):
                 report.task_ids[smp.uid] = ls_id
             report.pushed += len(chunk)

@@ -102,6 +102,10 @@ def pick_device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
+class VolumeModelError(ValueError):
+    """A volume (3D) model given to an image command."""
+
+
 def load_inference_model(
     checkpoint: str | Path,
     *,
@@ -119,6 +123,11 @@ def load_inference_model(
     from medloop.trainers.plain import no_lesion_index
 
     model, meta = load_model(checkpoint, device=device)
+    if meta.get("volume_size"):
+        raise VolumeModelError(
+            f"checkpoint {checkpoint} is a volume model (input {meta['volume_size']} slices x rows x columns): "
+            "medloop predict and the Label Studio ML backend take 2D images; use the registered MLflow model "
+            "on volume batches (docs/volumes.md), and the slice tasks medloop pushes carry its pre-annotation")
     if device.type == "cuda" and channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     names = list(meta.get("classes") or classes)

@@ -67,7 +67,7 @@ VOLUME_PHANTOMS, VOLUME_SIDE = 80, 32
 def volume_demo(campaign: Campaign) -> tuple[Campaign, Path, list[str]]:
     """The volume demo's data: synthetic 3D multimodal phantoms (``medloop.data.phantoms3d``) written as a
     NIfTI folder in the campaign folder and ingested like any volume dataset; the campaign's classes become
-    the phantoms' genotypes, ``volume_size`` their grid, and Label Studio is off (no slice tasks yet)."""
+    the phantoms' genotypes and ``volume_size`` their grid."""
     from .data.phantoms3d import GENOTYPES, write_phantom_folder
 
     d = campaign.data
@@ -75,11 +75,9 @@ def volume_demo(campaign: Campaign) -> tuple[Campaign, Path, list[str]]:
     folder = write_phantom_folder(campaign.folder / "phantoms3d", n, seed=d.seed, size=VOLUME_SIDE)
     data = d.model_copy(update={"source": "generic", "path": str(folder), "classes": list(GENOTYPES),
                                 "volume_size": [VOLUME_SIDE] * 3, "no_lesion_class": None})
-    labeling = campaign.labeling.model_copy(update={"enabled": False})
     notes = [f"demo volumes: {n} synthetic phantoms of {VOLUME_SIDE}^3 voxels, four MRI sequences "
-             f"(t1, t1ce, t2, flair), classes {', '.join(GENOTYPES)}, written to {folder}",
-             "demo volumes: labeling.enabled = false (no Label Studio slice tasks for volumes yet)"]
-    return campaign.model_copy(update={"data": data, "labeling": labeling}), folder, notes
+             f"(t1, t1ce, t2, flair), classes {', '.join(GENOTYPES)}, written to {folder}"]
+    return campaign.model_copy(update={"data": data}), folder, notes
 
 
 def round_row(campaign: Campaign, outcome: Any) -> dict[str, Any]:

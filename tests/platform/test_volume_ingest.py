@@ -155,6 +155,7 @@ def test_version_2_ledger_gets_the_volume_columns(tmp_path: Path) -> None:
     con = sqlite3.connect(db)
     con.execute("ALTER TABLE samples DROP COLUMN depth")
     con.execute("ALTER TABLE samples DROP COLUMN spacing")
+    con.execute("ALTER TABLE annotation_tasks DROP COLUMN slice_index")
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.commit()
     con.close()
@@ -163,6 +164,8 @@ def test_version_2_ledger_gets_the_volume_columns(tmp_path: Path) -> None:
     ledger.close()
     cols = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(samples)")}
     assert {"depth", "spacing"} <= cols
+    task_cols = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(annotation_tasks)")}
+    assert "slice_index" in task_cols
 
 
 @pytest.mark.skipif(not (LIDC / "labels.csv").is_file(), reason=f"no LIDC data at {LIDC}")

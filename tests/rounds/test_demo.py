@@ -87,8 +87,7 @@ def test_demo_on_volumes_writes_nifti_phantoms_and_runs_rounds(tmp_path: Path) -
 
     c = tiny_campaign(tmp_path / "camp", data={"n_samples": 24, "split": [0.5, 0.25, 0.25]},
                       model={"width": 4, "depth": 3}, uncertainty={"mc_passes": 2}, selection={"budget": 3},
-                      compute={"num_workers": 0, "epochs": 1, "batch_size": 4, "score_batch_size": 8},
-                      labeling={"enabled": True})  # the volume demo turns Label Studio off
+                      compute={"num_workers": 0, "epochs": 1, "batch_size": 4, "score_batch_size": 8})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -100,5 +99,4 @@ def test_demo_on_volumes_writes_nifti_phantoms_and_runs_rounds(tmp_path: Path) -
     assert report.ingest.volumes and report.ingest.added == 24
     assert [r["round"] for r in report.rounds] == [1, 2] and all(r["status"] == "done" for r in report.rounds)
     assert report.rounds[0]["human"] < report.rounds[1]["human"]  # the oracle answered round 1's queue
-    assert any("labeling.enabled = false" in n for n in report.notes)
     assert "24 volume(s) found, 24 added" in report.summary()

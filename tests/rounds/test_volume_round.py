@@ -1,7 +1,7 @@
 """A round on a volume campaign, for real: NIfTI ingest, the 3D model trained in-process
 (``compute.num_workers = 0``), the pool scored by Ray Data with MC dropout, UPS pseudo-labels per volume and
 per voxel, the oracle answering the queue, the report and the MLflow model registered with a volume
-signature. Label Studio is refused before anything starts (no slice push yet)."""
+signature; and a round whose queue goes to a real Label Studio as slice tasks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from volume_files import lidc_like  # tests/ is on sys.path
 from medloop.data.imagestore import ImageStore
 from medloop.data.ingest import ingest
 from medloop.ledger import AnnotationTask, Label, Ledger, Prediction, Round
-from medloop.rounds.orchestrator import RoundRefused, run_round
+from medloop.rounds.orchestrator import run_round
 
 VOLUME = [8, 16, 16]
 
@@ -76,14 +76,43 @@ def test_a_volume_round_runs_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"does not match expected shape \(-1, 1, 8, 16, 16\)"):  # the signature
         model.predict(np.zeros((1, 1, 16, 16), np.float32))
 
+    from medloop.trainers.inference import VolumeModelError, load_inference_model
 
-def test_label_studio_is_refused_for_volumes_before_anything_starts(tmp_path: Path) -> None:
-    lidc_like(tmp_path / "data", n=4)
-    c = _campaign(tmp_path / "camp", tmp_path / "data", labeling={"enabled": True})
+    with pytest.raises(VolumeModelError, match=r"is a volume model \(input \[8, 16, 16\].*take 2D images"):
+        load_inference_model(rnd.checkpoint_path, device=torch.device("cpu"), classes=c.data.classes,
+                             image_size=16, channels=1, no_lesion_class=None)  # medloop predict, the ML backend
+
+
+@pytest.mark.labelstudio
+def test_a_volume_round_through_label_studio(labelstudio_server, tmp_path: Path) -> None:
+    """The queue goes to a real Label Studio as slice tasks; the oracle annotates them there, as an annotator
+    would (the truth on the pushed slice), and sync brings each back as a partial label of its volume."""
+    from medloop.labeling.volume_slices import NOT_ANNOTATED
+
+    lidc_like(tmp_path / "data", n=16)
+    name = f"volround-{np.random.default_rng().integers(1 << 30)}"
+    base = _campaign(tmp_path / "unused", tmp_path / "data")
+    c = labelstudio_server.campaign(name, data=base.data.model_dump(), model=base.model.model_dump(),
+                                    uncertainty=base.uncertainty.model_dump(), compute=base.compute.model_dump(),
+                                    selection=base.selection.model_dump(), labeling={"oracle": True})
     ingest(c, "generic")
-    with pytest.raises(RoundRefused, match="does not push volume slices to Label Studio yet"):
-        run_round(c)
-    ledger = Ledger.open(c.ledger)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_round(c)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.status == "done", out
+    ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
     with ledger.reading() as s:
-        assert s.scalar(select(func.count()).select_from(Round)) == 0
+        rows = s.execute(select(AnnotationTask, Label).join(Label, Label.sample_id == AnnotationTask.sample_id)
+                         .where(Label.kind == "human", Label.active.is_(True), Label.ls_task_id.is_not(None))).all()
+        truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
     ledger.close()
+    assert len(rows) >= 2  # the budget, annotated in Label Studio and synced
+    for task, label in rows:
+        assert task.state == "completed" and task.slice_index is not None
+        partial = store.load_label_map(label.mask_path)
+        k = task.slice_index
+        assert (np.delete(partial, k, axis=0) == NOT_ANNOTATED).all()
+        assert np.array_equal(partial[k], store.load_mask(truth[task.sample_id])[k])  # the truth on that slice

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3  # 2: quarantine.resolved_at / resolution; 3: samples.depth / spacing (volumes)
+SCHEMA_VERSION = 3  # 2: quarantine.resolved_at / resolution; 3: samples.depth / spacing, annotation_tasks.slice_index
 
 SPLITS = ("train", "val", "test", "pool")
 LABEL_KINDS = ("human", "pseudo", "truth")  # truth: hidden ground truth for benchmark oracles
@@ -179,6 +179,7 @@ class AnnotationTask(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     pushed_at: Mapped[datetime | None] = mapped_column(DateTime)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    slice_index: Mapped[int | None] = mapped_column(Integer)  # volumes: the axial slice pushed (stored grid)
 
 
 class Quarantine(Base):

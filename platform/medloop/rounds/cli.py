@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         """Run one round (sync -> train -> score -> select -> push -> report), or resume an interrupted one."""
         from medloop.campaign_folder import require_campaign_or_exit
         from medloop.rounds.lock import RoundLocked
-        from medloop.rounds.orchestrator import RoundRefused, RoundStepFailed, run_round
+        from medloop.rounds.orchestrator import RoundStepFailed, run_round
         from medloop.tracking.identity import CampaignMismatch
         from medloop.trainers.ray_local import shutdown_local_ray
 
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         except RoundLocked as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_LOCKED) from None
-        except (RoundStepFailed, CampaignMismatch, RoundRefused) as err:
+        except (RoundStepFailed, CampaignMismatch) as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(EXIT_FAILED) from None
         finally:

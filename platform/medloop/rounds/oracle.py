@@ -87,15 +87,17 @@ def answer_via_labelstudio(campaign: Campaign, ledger: Any, store: Any) -> dict[
     from medloop.labeling.pull import sync
 
     with ledger.reading() as s:
-        pairs = [(t.ls_task_id, truth.class_name, truth.mask_path)
+        pairs = [(t.ls_task_id, truth.class_name, truth.mask_path, t.slice_index)
                  for t, truth in truth_answers(s, open_tasks(s, ("pushed",))) if t.ls_task_id is not None]
     client = connect(campaign)
     posted = 0
-    for ls_task_id, class_name, mask_path in pairs:
+    for ls_task_id, class_name, mask_path, slice_index in pairs:
         existing = client.get(f"/api/tasks/{ls_task_id}/annotations/")
         if existing:  # answered already (a resumed push): never annotate twice
             continue
         mask = store.load_mask(mask_path) if mask_path else None
+        if mask is not None and mask.ndim == 3:  # a volume's task shows one slice: the truth on that slice
+            mask = mask[int(slice_index if slice_index is not None else len(mask) // 2)]
         client.post(f"/api/tasks/{ls_task_id}/annotations/",
                     json={"result": annotation_result(campaign, class_name, mask), "was_cancelled": False})
         posted += 1

@@ -48,10 +48,6 @@ class RoundStepFailed(RuntimeError):
         self.round_id, self.step, self.reason, self.unrecorded = round_id, step, reason, unrecorded
 
 
-class RoundRefused(RuntimeError):
-    """The round cannot run with these settings; nothing was started or changed."""
-
-
 StepFn = Callable[[StepContext], dict[str, Any] | None]
 
 
@@ -124,22 +120,6 @@ def run_round(
             ledger.close()
 
 
-def _check_volume_labeling(campaign: Campaign, ledger: Ledger) -> None:
-    """Volumes cannot go to Label Studio yet (it has no 3D editor and the slice push is not built, see
-    docs/volumes.md): refuse before anything starts, naming the setting."""
-    from medloop.ledger.queries import holds_volumes
-
-    if not campaign.labeling.enabled:
-        return
-    with ledger.reading() as s:
-        volumes = holds_volumes(s)
-    if volumes:
-        raise RoundRefused(
-            "this campaign holds volumes; medloop does not push volume slices to Label Studio yet "
-            "(docs/volumes.md): set labeling.enabled = false (the queue stays in the ledger; "
-            "labeling.oracle = true answers it from the dataset's labels in benchmarks)")
-
-
 def _run_locked(
     campaign: Campaign, ledger: Ledger, force: bool, steps: Mapping[str, StepFn], collaborators: Collaborators,
     on_step: Callable[[int, str], Any] | None = None, *, cold_start: bool = False,
@@ -148,7 +128,6 @@ def _run_locked(
         from medloop.tracking import check_campaign
 
         check_campaign(campaign, ledger)
-    _check_volume_labeling(campaign, ledger)
     round_id, resumed, early = _start_or_resume(campaign, ledger, force)
     if early is not None:
         return early

@@ -1,0 +1,81 @@
+"""Volumes in Label Studio: one axial slice per queued volume, and the annotated slice written back.
+
+Label Studio has no 3D editor, so a queued volume becomes a 2D task: its **most informative slice**
+(:func:`most_informative_slice`: the highest mean voxel uncertainty over the possible lesion and its
+boundary band, the 2D ``seg_uncertainty`` of each slice) shown as a PNG of the first sequence
+(:func:`slice_image`), the slice of the model's uncertainty map beside it, and the model's class and lesion
+mask on that slice as the pre-annotation (:func:`slice_probability`). Sync turns the annotated slice into a
+**partial label** of the volume (:func:`partial_label_map`): that slice holds the annotator's mask and every
+other voxel is 255 (not annotated), which training leaves out of the loss, as MTTU-Net (Cheng et al.,
+IEEE TMI 2022) ignores missing labels. Slice indices are on the stored grid (``Sample.depth`` slices); the
+model's maps are on ``data.volume_size`` and are resized to the stored grid first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NOT_ANNOTATED = 255
+
+
+def resize_map(volume_map: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A float map (D', H', W') on the stored grid ``shape`` (trilinear, pixel centres aligned)."""
+    if volume_map.shape == tuple(shape):
+        return np.asarray(volume_map, np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(volume_map, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def slice_scores(umap: np.ndarray, pred_mask: np.ndarray, fg_prob: np.ndarray, band: int) -> np.ndarray:
+    """(D,) the lesion uncertainty of every axial slice, each slice as a 2D image
+    (:func:`medloop.trainers.uncertainty.measures.lesion_uncertainty`: mean voxel uncertainty over the
+    possible lesion and a ``band``-pixel band around it; 0 where a slice may hold no lesion)."""
+    from medloop.trainers.uncertainty.measures import lesion_uncertainty
+
+    scores = lesion_uncertainty(torch.from_numpy(np.asarray(umap, np.float32)),
+                                torch.from_numpy(np.asarray(pred_mask, np.int64)), band,
+                                fg_prob=torch.from_numpy(np.asarray(fg_prob, np.float32)))
+    return scores.numpy()
+
+
+def most_informative_slice(umap: np.ndarray, pred_mask: np.ndarray, fg_prob: np.ndarray, band: int) -> int:
+    """The slice to annotate: the highest :func:`slice_scores`; when no slice may hold a lesion, the slice
+    with the highest lesion probability (the model's best guess of where a missed lesion would be)."""
+    scores = slice_scores(umap, pred_mask, fg_prob, band)
+    if float(scores.max()) > 0.0:
+        return int(np.argmax(scores))
+    return int(np.argmax(np.asarray(fg_prob).reshape(len(scores), -1).max(1)))
+
+
+def slice_image(volume: np.ndarray, index: int, sequence: int = 0) -> np.ndarray:
+    """Slice ``index`` of a stored volume (C, D, H, W) as an 8-bit image (H, W): intensities in [0, 1]
+    (a CT window) times 255; a z-scored MRI sequence clipped to [-3, 3] and mapped to 0..255."""
+    s = np.asarray(volume[sequence, index], np.float32)
+    if float(s.min()) >= 0.0 and float(s.max()) <= 1.0:
+        scaled = s
+    else:
+        scaled = (np.clip(s, -3.0, 3.0) + 3.0) / 6.0
+    return (scaled * 255.0 + 0.5).astype(np.uint8)
+
+
+def slice_probability(fg_prob: np.ndarray, shape: tuple[int, int, int], index: int) -> np.ndarray:
+    """The lesion probability of slice ``index`` of the stored grid ``shape`` from a model-grid map."""
+    return resize_map(fg_prob, shape)[index]
+
+
+def partial_label_map(mask: np.ndarray, index: int, depth: int) -> np.ndarray:
+    """A volume's label map from one annotated slice: slice ``index`` = ``mask`` (H, W) {0, 1}, every other
+    voxel :data:`NOT_ANNOTATED`."""
+    if not 0 <= index < depth:
+        raise ValueError(f"slice {index} is outside a volume of {depth} slices")
+    m = np.asarray(mask)
+    out = np.full((depth, *m.shape), NOT_ANNOTATED, np.uint8)
+    out[index] = (m > 0).astype(np.uint8)
+    return out
+
+
+def annotated_slice(label_map: np.ndarray, index: int) -> np.ndarray:
+    """Slice ``index`` of a volume's label map as a {0, 1} mask (255, not annotated, counts as background)."""
+    s = np.asarray(label_map)[index]
+    return ((s > 0) & (s != NOT_ANNOTATED)).astype(np.uint8)
