@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -373,11 +374,14 @@ def _load(loader: Any, rel: Any) -> Any:
 
 
 def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
-    image = _load(store.load_image, row.image_path)
     pred = classes[int(row.pred_class)] if row.pred_class is not None and not pd.isna(row.pred_class) else "—"
     title = (f"**{row.uid}** · {row.decision} · predicted {pred} ({fmt(row.confidence, '.2f')})  \n"
              f"human: {txt(row.human_class)} · pseudo: {txt(row.pseudo_class)} · std {fmt(row.std, '.3f')}")
     st.markdown(title)
+    if str(row.image_path).endswith(".npy"):  # a volume: one axial slice at a time
+        render_volume(store, row)
+        return
+    image = _load(store.load_image, row.image_path)
     if image is None:
         st.warning(f"Image missing in the store: {row.image_path}")
         return
@@ -392,6 +396,43 @@ def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
     if umap is not None:
         pics.append(charts.heatmap(umap, scale=scale))
         caps.append(f"pixel uncertainty (max {float(umap.max()):.3f})")
+    st.image(pics, caption=caps, width=150)
+
+
+def render_volume(store: ImageStore, row: Any) -> None:
+    """A volume case as a slice viewer: a slider over its axial slices (starting on the slice with the most
+    lesion voxels), the slice with the outlines of the human, pseudo and predicted masks on it (a partial
+    human label shows only on its annotated slice), and the slice of the voxel uncertainty."""
+    from medloop.data.imagestore import nearest_resize
+    from medloop.labeling.volume_slices import annotated_slice, slice_image
+
+    volume = _load(store.load_volume, row.image_path)
+    if volume is None:
+        st.warning(f"Volume missing in the store: {row.image_path}")
+        return
+    shape = tuple(int(n) for n in volume.shape[1:])
+    paths = {"human": row.human_mask, "pseudo": row.pseudo_mask, "predicted": row.pred_mask}
+    # masks come at the stored grid (human) or the model's (pseudo, predicted): shown at the stored grid
+    maps = {k: _load(store.load_label_map, rel) for k, rel in paths.items()}
+    maps = {k: None if m is None or m.ndim != 3 else nearest_resize(m, shape) for k, m in maps.items()}
+    lesion = np.zeros(shape[0])
+    for m in maps.values():
+        if m is not None:
+            lesion += ((m > 0) & (m != 255)).reshape(shape[0], -1).sum(1)
+    start = int(np.argmax(lesion)) if lesion.max() > 0 else shape[0] // 2
+    index = st.slider(f"axial slice (of {shape[0]})", 0, shape[0] - 1, start, key=f"slice-{row.uid}")
+    image = slice_image(volume, index)
+    masks = {k: None if m is None else annotated_slice(m, index) for k, m in maps.items()}
+    scale = max(1, 128 // max(image.shape[:2]))
+    pics = [charts.overlay(image, masks, scale=scale)]
+    human = maps["human"]
+    partial = human is not None and bool((human[index] == 255).all())
+    caps = [f"slice {index + 1} of {shape[0]} + masks" + (" (human: not annotated here)" if partial else "")]
+    umap = _load(store.load_array, row.umap_path)
+    if umap is not None and umap.ndim == 3:
+        u = nearest_resize(umap, shape)[index]
+        pics.append(charts.heatmap(u, scale=scale, vmax=float(umap.max()) if umap.max() > 0 else None))
+        caps.append(f"voxel uncertainty, slice {index + 1} (max {float(umap.max()):.3f})")
     st.image(pics, caption=caps, width=150)
 
 

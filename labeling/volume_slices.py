@@ -14,13 +14,14 @@ model's maps are on ``data.volume_size`` and are resized to the stored grid firs
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 NOT_ANNOTATED = 255
 
 
 def resize_map(volume_map: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """A float map (D', H', W') on the stored grid ``shape`` (trilinear, pixel centres aligned)."""
+    import torch
+
     if volume_map.shape == tuple(shape):
         return np.asarray(volume_map, np.float32)
     x = torch.from_numpy(np.ascontiguousarray(volume_map, dtype=np.float32))[None, None]
@@ -31,6 +32,8 @@ def slice_scores(umap: np.ndarray, pred_mask: np.ndarray, fg_prob: np.ndarray, b
     """(D,) the lesion uncertainty of every axial slice, each slice as a 2D image
     (:func:`medloop.trainers.uncertainty.measures.lesion_uncertainty`: mean voxel uncertainty over the
     possible lesion and a ``band``-pixel band around it; 0 where a slice may hold no lesion)."""
+    import torch
+
     from medloop.trainers.uncertainty.measures import lesion_uncertainty
 
     scores = lesion_uncertainty(torch.from_numpy(np.asarray(umap, np.float32)),
