@@ -19,6 +19,7 @@ from typing import cast
 import numpy as np
 from PIL import Image
 from sqlalchemy import Table, insert, select
+from sqlalchemy.orm import Session
 
 from ..config import Campaign
 from ..ledger import Label, Ledger, Sample
@@ -294,26 +295,32 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
              "channels": 1 if p.image.ndim == 2 else p.image.shape[2]}
             for p, split, (img_rel, _) in zip(cases, splits, paths)
         ]
-        # Core bulk inserts (executemany), the new ids returned in the order of the rows
-        samples_t, labels_t = cast(Table, Sample.__table__), cast(Table, Label.__table__)
-        ids = list(s.scalars(insert(samples_t).returning(samples_t.c.id, sort_by_parameter_order=True),
-                             sample_rows)) if sample_rows else []
-        # New samples have no labels yet, so the ledger rules (pseudo never replaces human, history)
-        # have nothing to supersede: the rows are added in bulk.
-        labels: list[dict] = []
-        for p, split, sample_id, (_, mask_rel) in zip(cases, splits, ids, paths):
-            if p.class_name is None and mask_rel is None:
-                continue  # unlabeled in the dataset itself
-            row = {"sample_id": sample_id, "class_name": p.class_name, "mask_path": mask_rel, "author": author,
-                   "active": True}
-            labels.append({**row, "kind": "truth"})
-            if split != "pool":
-                labels.append({**row, "kind": "human"})
-        if labels:
-            s.execute(insert(labels_t), labels)
+        insert_cases(s, sample_rows, [(p.class_name, mask_rel) for p, (_, mask_rel) in zip(cases, paths)], author)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
+
+
+def insert_cases(session: Session, sample_rows: list[dict], labels: list[tuple[str | None, str | None]],
+                 author: str) -> None:
+    """Bulk-insert new samples (Core executemany, ids returned in row order) and their dataset labels:
+    ``labels[i]`` = (class, mask path) of ``sample_rows[i]``; a labelled case gets a ``truth`` label, and a
+    ``human`` one too outside the pool. New samples have no labels yet, so the ledger rules (pseudo never
+    replaces human, history) have nothing to supersede."""
+    samples_t, labels_t = cast(Table, Sample.__table__), cast(Table, Label.__table__)
+    ids = list(session.scalars(insert(samples_t).returning(samples_t.c.id, sort_by_parameter_order=True),
+                               sample_rows)) if sample_rows else []
+    rows: list[dict] = []
+    for sample, sample_id, (class_name, mask_rel) in zip(sample_rows, ids, labels):
+        if class_name is None and mask_rel is None:
+            continue  # unlabeled in the dataset itself
+        row = {"sample_id": sample_id, "class_name": class_name, "mask_path": mask_rel, "author": author,
+               "active": True}
+        rows.append({**row, "kind": "truth"})
+        if sample["split"] != "pool":
+            rows.append({**row, "kind": "human"})
+    if rows:
+        session.execute(insert(labels_t), rows)
 
 
 def _store_case(store: ImageStore, p: Prepared) -> tuple[str, str | None]:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 
 from ..config import Campaign
-from ..ledger import Label, Ledger, Sample
+from ..ledger import Ledger, Sample
 from .errors import BadFile, DataError, IngestError
 from .imagestore import ImageStore, content_hash
 from .volumes import NIFTI_SUFFIXES, ct_window, zscore_within_body
@@ -215,6 +215,8 @@ def ingest_volumes(campaign: Campaign, path: str | Path, *, source: str = "gener
 
 
 def _write(campaign: Campaign, ledger: Ledger, prepared: list[PreparedVolume], report: IngestReport) -> None:
+    from .ingest import insert_cases
+
     with ledger.reading() as s:
         known = set(s.scalars(select(Sample.content_hash)))
     new: dict[str, PreparedVolume] = {}
@@ -236,20 +238,7 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[PreparedVolume], r
              "width": p.image.shape[3], "channels": p.image.shape[0], "spacing": list(p.spacing)}
             for p, split, (img, _) in zip(cases, splits, paths)
         ]
-        samples_t, labels_t = cast(Table, Sample.__table__), cast(Table, Label.__table__)
-        ids = list(s.scalars(insert(samples_t).returning(samples_t.c.id, sort_by_parameter_order=True), rows)) \
-            if rows else []
-        labels: list[dict] = []
-        for p, split, sample_id, (_, mask_rel) in zip(cases, splits, ids, paths):
-            if p.class_name is None and mask_rel is None:
-                continue
-            row = {"sample_id": sample_id, "class_name": p.class_name, "mask_path": mask_rel, "author": author,
-                   "active": True}
-            labels.append({**row, "kind": "truth"})
-            if split != "pool":
-                labels.append({**row, "kind": "human"})
-        if labels:
-            s.execute(insert(labels_t), labels)
+        insert_cases(s, rows, [(p.class_name, mask_rel) for p, (_, mask_rel) in zip(cases, paths)], author)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
