@@ -24,6 +24,7 @@ CLASS_FROM = "class"
 LESION_FROM = "lesion"
 IMAGE_TO = "image"
 UNCERTAINTY_TO = "uncertainty_map"  # the second, read-only image: the model's pixel uncertainty
+CONTEXT_TO = "context"  # volumes: the third, read-only image: neighbouring slices of every sequence
 VIEW_TITLE = "medloop: most informative first"
 
 # the typed task fields (labeling.push.task_fields) and their Data Manager column types
@@ -59,13 +60,22 @@ INSTRUCTIONS = (
 )
 
 
+def _holds_volumes(ledger: Ledger) -> bool:
+    from medloop.ledger.queries import holds_volumes
+
+    with ledger.reading() as s:
+        return holds_volumes(s)
+
+
 def project_title(campaign: Campaign) -> str:
     return campaign.labeling.project_title or f"medloop-{campaign.name}"
 
 
-def label_config(campaign: Campaign) -> str:
+def label_config(campaign: Campaign, volumes: bool = False) -> str:
     """The labeling interface: the model's sentence, the class choices, the lesion brush (above the
-    images, seen without scrolling), then the image (zoom) and the read-only uncertainty image beside it."""
+    images, seen without scrolling), then the image (zoom) and the read-only uncertainty image beside it;
+    for a volume campaign (``volumes``) a read-only context image below: the slices before, at and after the
+    task's slice, one row per sequence."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in campaign.data.classes)
     lesion = quoteattr(campaign.labeling.lesion_label)
     image_controls = 'zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"'
@@ -85,9 +95,18 @@ def label_config(campaign: Campaign) -> str:
       <Header value="Model's pixel uncertainty (read-only): bright = unsure" size="6"/>
       <Image name="{UNCERTAINTY_TO}" value="${UNCERTAINTY_TO}"/>
     </View>
-  </View>
+  </View>{context_view(volumes)}
 </View>
 """
+
+
+def context_view(volumes: bool) -> str:
+    """The volume campaigns' context image (read-only), or nothing."""
+    if not volumes:
+        return ""
+    return f"""
+  <Header value="Context (read-only): slices k-1, k, k+1 of the volume, one row per sequence" size="6"/>
+  <Image name="{CONTEXT_TO}" value="${CONTEXT_TO}" zoom="true" zoomControl="true"/>"""
 
 
 def view_data() -> dict:
@@ -101,7 +120,8 @@ def view_data() -> dict:
         "target": "tasks",
         "ordering": ["-tasks:data.acquisition_score"],
         "columnsDisplayType": display,
-        "hiddenColumns": {"explore": [f"tasks:data.{UNCERTAINTY_TO}", "tasks:data.model_version"]
+        "hiddenColumns": {"explore": [f"tasks:data.{UNCERTAINTY_TO}", f"tasks:data.{CONTEXT_TO}",
+                                      "tasks:data.model_version"]
                           + [f"tasks:{c}" for c in HIDDEN_SYSTEM_COLUMNS], "labeling": []},
         "filters": {"conjunction": "and", "items": []},
     }
@@ -191,7 +211,7 @@ def ensure_project(
             json={
                 "title": title,
                 "description": f"medloop campaign {campaign.name}: uncertain cases, pre-annotated by the model",
-                "label_config": label_config(campaign),
+                "label_config": label_config(campaign, volumes=_holds_volumes(ledger)),
                 "expert_instruction": INSTRUCTIONS,
                 "show_instruction": True,
                 "show_skip_button": True,

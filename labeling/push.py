@@ -35,7 +35,7 @@ from medloop.ledger.schema import utcnow
 from . import server
 from .client import LSClient, connect
 from .errors import LabelStudioError
-from .project import CLASS_FROM, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO, ensure_project
+from .project import CLASS_FROM, CONTEXT_TO, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO, ensure_project
 from .rle import mask_to_rle
 
 
@@ -223,6 +223,7 @@ class TaskView:
     mask: np.ndarray | None
     note: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+    context: str | None = None  # volumes: the context image (neighbouring slices, every sequence)
 
 
 def image_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> TaskView:
@@ -264,13 +265,16 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
                 index: int) -> TaskView:
     """A volume's task: slice ``index`` of its first sequence, the slice of its uncertainty map, the model's
     mask on that slice (lesion probability >= 0.5 where the prediction has a lesion)."""
-    from .volume_slices import slice_image
+    from .volume_slices import context_montage, slice_image
 
     depth = int(sample.depth or 1)
     shape = (depth, sample.height, sample.width)
     image = f"images/slices/{sample.uid}/z{index:04d}.png"
-    if not store.path(image).exists():
-        store.put_png(image, slice_image(store.load_volume(sample.image_path), index))
+    context = f"images/slices/{sample.uid}/z{index:04d}-context.png"
+    if not store.path(image).exists() or not store.path(context).exists():
+        volume = store.load_volume(sample.image_path)
+        store.put_png(image, slice_image(volume, index))
+        store.put_png(context, context_montage(volume, index))
     maps = _volume_maps(store, pred, shape)
     mask = None
     uncertainty = "images/uncertainty/none.png"
@@ -288,7 +292,7 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
             _put_palette_png(store, uncertainty, uncertainty_png(umap[index], sample.height, sample.width, vmax))
     note = f"axial slice {index + 1} of {depth}" + (f", sequence 1 of {sample.channels}" if sample.channels > 1
                                                      else "") + "; "
-    return TaskView(image, uncertainty, mask, note, {"slice_index": int(index), "slices": depth})
+    return TaskView(image, uncertainty, mask, note, {"slice_index": int(index), "slices": depth}, context)
 
 
 def build_task(
@@ -328,6 +332,8 @@ def build_task(
         **task_fields(task, pred),
         **view.fields,
     }
+    if view.context is not None:
+        data[CONTEXT_TO] = image_url(store, view.context, document_root)
     out: dict[str, Any] = {"data": data}
     result = prediction_results(pred_class, mask if has_mask else None, campaign.labeling.lesion_label, sample.id)
     if result:

@@ -62,6 +62,19 @@ def slice_image(volume: np.ndarray, index: int, sequence: int = 0) -> np.ndarray
     return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
+def context_montage(volume: np.ndarray, index: int, gap: int = 2) -> np.ndarray:
+    """The annotators' context for slice ``index`` of a stored volume (C, D, H, W): slices ``index - 1``,
+    ``index``, ``index + 1`` side by side (black beyond the volume), one row per sequence, each as
+    :func:`slice_image`, separated by ``gap`` grey pixels: an 8-bit image (C*H + (C-1)*gap, 3*W + 2*gap)."""
+    c, d, h, w = volume.shape
+    out = np.full((c * h + (c - 1) * gap, 3 * w + 2 * gap), 96, np.uint8)
+    for seq in range(c):
+        for col, k in enumerate((index - 1, index, index + 1)):
+            y, x = seq * (h + gap), col * (w + gap)
+            out[y:y + h, x:x + w] = slice_image(volume, k, seq) if 0 <= k < d else 0
+    return out
+
+
 def slice_probability(fg_prob: np.ndarray, shape: tuple[int, int, int], index: int) -> np.ndarray:
     """The lesion probability of slice ``index`` of the stored grid ``shape`` from a model-grid map."""
     return resize_map(fg_prob, shape)[index]

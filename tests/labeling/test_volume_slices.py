@@ -23,6 +23,7 @@ from medloop.labeling.rle import mask_to_rle, rle_to_mask
 from medloop.labeling.volume_slices import (
     NOT_ANNOTATED,
     annotated_slice,
+    context_montage,
     most_informative_slice,
     partial_label_map,
     slice_image,
@@ -57,6 +58,13 @@ def test_partial_label_maps_and_slice_images() -> None:
     assert np.array_equal(slice_image(ct, 1), (ct[0, 1] * 255 + 0.5).astype(np.uint8))
     z = np.array([[[[-4.0, -3.0, 0.0, 3.0, 5.0]]]], np.float32)  # a z-scored MRI slice: [-3, 3] -> 0..255
     assert slice_image(z, 0).tolist() == [[0, 0, 128, 255, 255]]
+    # the context: slices k-1, k, k+1 side by side (black beyond the volume), one row per sequence, 2 px gaps
+    montage = context_montage(ct, 0)
+    assert montage.shape == (2 * 4 + 2, 3 * 5 + 4)
+    assert (montage[:4, :5] == 0).all()  # slice -1 does not exist
+    assert np.array_equal(montage[:4, 7:12], slice_image(ct, 0, 0))
+    assert np.array_equal(montage[6:10, 14:19], slice_image(ct, 1, 1))
+    assert (montage[4:6] == 96).all()
 
 
 @pytest.mark.labelstudio
@@ -103,9 +111,11 @@ def test_volume_slice_round_trip(labelstudio_server, tmp_path: Path) -> None:
         row = s.scalars(select(AnnotationTask).where(AnnotationTask.sample_id == smp.id)).one()
     assert (row.state, row.slice_index) == ("pushed", k)
     headers = {"Authorization": f"Token {labelstudio_server.token}"}
-    for key in ("image", "uncertainty_map"):
+    for key, size in (("image", (10, 12)), ("uncertainty_map", (10, 12)), ("context", (3 * 10 + 4, 12))):
         r = requests.get(campaign.labeling.url + task_data[key], headers=headers, timeout=60)
-        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (10, 12), key
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == size, key
+    project = client.get(f"/api/projects/{client.get(f'/api/tasks/{tid}')['project']}")
+    assert '<Image name="context" value="$context"' in project["label_config"]  # a volume campaign's interface
     (pred,) = client.get("/api/predictions", params={"task": tid})
     brush = next(r for r in pred["result"] if r["type"] == "brushlabels")
     assert (brush["original_width"], brush["original_height"]) == (10, 12)
