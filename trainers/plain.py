@@ -111,16 +111,14 @@ def volume_spec(spec: dict[str, Any], channels: int, volume_size: list[int]) -> 
     """A model spec for volumes: the 3D version of the model (:func:`medloop.trainers.models.volume_model`)
     with one input channel per sequence; a ``ValueError`` naming ``data.volume_size`` when the model's
     down-sampling does not divide it."""
-    import inspect
-
-    from medloop.trainers.models import model_class, volume_model
+    from medloop.trainers.models import model_defaults, volume_model
 
     name = volume_model(spec["name"])
-    params = inspect.signature(model_class(name)).parameters
+    defaults = model_defaults(name)
     options = {**spec["options"], "in_channels": channels}
-    if "image_size" in params:  # mttu3d: its learned position embedding is made for this grid
+    if "image_size" in defaults:  # mttu3d: its learned position embedding is made for this grid
         options.setdefault("image_size", list(volume_size))
-    depth = int(options.get("depth", params["depth"].default))
+    depth = int(options.get("depth", defaults["depth"]))
     step = 2**depth
     if any(int(s) % step for s in volume_size):
         fits = [max(step, round(int(s) / step) * step) for s in volume_size]

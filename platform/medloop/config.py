@@ -496,15 +496,13 @@ def model_heads(model: ModelConfig) -> tuple[str, str]:
 def model_depth(model: ModelConfig) -> tuple[int, str]:
     """(depth, where it comes from) of the campaign's model: ``model.options.depth`` (passed to the
     builder last), else ``model.depth``, else the model class's own default. Needs a known name."""
-    import inspect
-
-    from medloop.trainers.models import model_class
+    from medloop.trainers.models import model_defaults
 
     if "depth" in model.options:
         return int(model.options["depth"]), f"model.options.depth = {model.options['depth']}"
     if model.depth is not None:
         return model.depth, f"model.depth = {model.depth}"
-    depth = inspect.signature(model_class(model.name)).parameters["depth"].default
+    depth = model_defaults(model.name)["depth"]
     return int(depth), f"its own depth {depth}, model.depth unset"
 
 

@@ -287,16 +287,16 @@ DEFAULTS = {  # name -> ((cls_head, seg_head), depth of the paper-sized model)
 
 
 def test_default_heads_and_depth_live_on_the_model_classes() -> None:
-    import inspect
-
-    from medloop.trainers.models import default_heads, model_class, resolve_heads
+    from medloop.trainers.models import default_heads, model_class, model_defaults, resolve_heads
 
     assert sorted(DEFAULTS) == MODELS.names()
     for name, (heads, depth) in DEFAULTS.items():
         cls = model_class(name)
         assert issubclass(cls, JointModel)
         assert default_heads(name) == heads == tuple(cls.default_heads)
-        assert inspect.signature(cls).parameters["depth"].default == depth
+        assert model_defaults(name)["depth"] == depth
+    assert model_defaults("mttu")["image_size"] == 256 and model_defaults("mttu3d")["image_size"] == 128
+    assert model_defaults("mttu3d")["transformer_layers"] == 4  # inherited from the 2D class
     assert resolve_heads("uml", "softmax", None) == ("softmax", "evidential")  # what the campaign sets wins
     assert resolve_heads("mtunet", None, "evidential") == ("softmax", "evidential")
     with pytest.raises(UnknownNameError):

@@ -57,6 +57,22 @@ def model_class(name: str) -> type[JointModel]:
     return cls
 
 
+def model_defaults(name: str) -> dict[str, Any]:
+    """The builder options of model ``name`` with their defaults (``depth``, ``image_size``, ...), the model
+    class's own first: a subclass that only changes some defaults (``mttu3d``) inherits the rest."""
+    import inspect
+
+    out: dict[str, Any] = {}
+    for cls in reversed(model_class(name).__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None or not issubclass(cls, JointModel):
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind is param.KEYWORD_ONLY:
+                out[param.name] = param.default
+    return out
+
+
 def default_heads(name: str) -> tuple[str, str]:
     """(cls_head, seg_head) of model ``name`` when the campaign leaves them unset (class attribute
     ``default_heads``: evidential for ``uml``, softmax for the others)."""
@@ -99,5 +115,5 @@ def volume_model(name: str) -> str:
 # register the model families (import order = registration order)
 from . import jrl, mttu, mttu3d, mtunet, mtunet3d, tim_upa, uml  # noqa: E402,F401
 
-__all__ = ["MODELS", "build", "model_class", "volume_model", "is_volume_model", "VOLUME_COUNTERPARTS",
+__all__ = ["MODELS", "build", "model_class", "model_defaults", "volume_model", "is_volume_model", "VOLUME_COUNTERPARTS",
            "default_heads", "resolve_heads", "JointModel", "JointOutput", "count_parameters"]
