@@ -76,15 +76,17 @@ class BasicBlock(nn.Module):
 
 
 class PreActResBlock(nn.Module):
-    """Residual block of Cheng et al., MTTU-Net, IEEE TMI 2022: two (BN, LeakyReLU, 3x3 conv) units plus a skip."""
+    """Residual block of Cheng et al., MTTU-Net, IEEE TMI 2022: two (BN, LeakyReLU, 3x3 conv) units plus a skip
+    (1x1 projection when the channels change); ``dims = 3``: the same with 3x3x3 convs on volumes."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, dims: int = 2) -> None:
         super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.LeakyReLU(0.01), nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout), nn.LeakyReLU(0.01), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            norm(cin), nn.LeakyReLU(0.01), conv(cin, cout, 3, padding=1, bias=False),
+            norm(cout), nn.LeakyReLU(0.01), conv(cout, cout, 3, padding=1, bias=False),
         )
-        self.short: nn.Module = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1, bias=False)
+        self.short: nn.Module = nn.Identity() if cin == cout else conv(cin, cout, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.short(x)

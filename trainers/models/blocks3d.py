@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DropoutPlan
+from .blocks import DropoutPlan, PreActResBlock
 
 
 def conv3_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, act: str = "relu") -> nn.Sequential:
@@ -34,20 +34,12 @@ class DoubleConv3d(nn.Sequential):
         super().__init__(conv3_bn_act(cin, cout), conv3_bn_act(cout, cout))
 
 
-class PreActResBlock3d(nn.Module):
-    """Residual block of Cheng et al., MTTU-Net, IEEE TMI 2022 (Sec. III-A-1): two (BN, LeakyReLU,
+class PreActResBlock3d(PreActResBlock):
+    """Residual block of Cheng et al., MTTU-Net, IEEE TMI 2022 (Sec. III-A-1) on volumes: two (BN, LeakyReLU,
     3x3x3 conv) units plus a skip (1x1x1 projection when the channels change)."""
 
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.BatchNorm3d(cin), nn.LeakyReLU(0.01), nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm3d(cout), nn.LeakyReLU(0.01), nn.Conv3d(cout, cout, 3, padding=1, bias=False),
-        )
-        self.short: nn.Module = nn.Identity() if cin == cout else nn.Conv3d(cin, cout, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.short(x)
+        super().__init__(cin, cout, dims=3)
 
 
 class UpBlock3d(nn.Module):
