@@ -107,3 +107,21 @@ def test_hd95_in_millimetres_on_volumes() -> None:
     cube[1:4, 1:4, 1:4] = True
     assert int(surface(cube).sum()) == 26  # 6-connected erosion leaves only the centre inside
     assert hd95(p, np.zeros_like(g), spacing=(2.0, 1.0, 1.0)) == pytest.approx(float(np.sqrt(12**2 + 4**2 + 4**2)))
+
+
+def test_evidential_voxel_uncertainty_on_a_volume_model() -> None:
+    """Subjective-logic vacuity per voxel (Ren, Zou et al., UML, MICCAI 2023, Eq. 1-2) on a 3D model:
+    Q / S with alpha = softplus(logits) + 1, the same formula as for pixels."""
+    from medloop.trainers.models import build
+    from medloop.trainers.uncertainty import score_batch
+
+    torch.manual_seed(0)
+    model = build("mtunet3d", width=4, depth=3, in_channels=2, num_classes=2).eval()
+    x = torch.rand(2, 2, 8, 16, 16)
+    s = score_batch(model, x, method="evidential", cls_head="evidential", seg_head="evidential")
+    with torch.no_grad():
+        alpha = torch.nn.functional.softplus(model(x).seg_logits) + 1.0
+    expected = (alpha.shape[1] / alpha.sum(1)).numpy()
+    assert s.pixel_uncertainty.shape == (2, 8, 16, 16)
+    np.testing.assert_allclose(s.pixel_uncertainty, expected, rtol=1e-5)
+    assert np.isnan(s.std).all() and (s.vacuity > 0).all()  # one pass: no MC std
