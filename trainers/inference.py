@@ -126,8 +126,9 @@ def load_inference_model(
     if meta.get("volume_size"):
         raise VolumeModelError(
             f"checkpoint {checkpoint} is a volume model (input {meta['volume_size']} slices x rows x columns): "
-            "medloop predict and the Label Studio ML backend take 2D images; use the registered MLflow model "
-            "on volume batches (docs/volumes.md), and the slice tasks medloop pushes carry its pre-annotation")
+            "medloop predict, medloop evaluate and the Label Studio ML backend take 2D images; use the registered "
+            "MLflow model on volume batches (docs/volumes.md); the slice tasks medloop pushes carry its "
+            "pre-annotation, and the round reports evaluate it on the campaign's own splits")
     if device.type == "cuda" and channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     names = list(meta.get("classes") or classes)
