@@ -3,8 +3,9 @@
 Label Studio has no 3D editor, so a queued volume becomes a 2D task: its **most informative slice**
 (:func:`most_informative_slice`: the highest mean voxel uncertainty over the possible lesion and its
 boundary band, the 2D ``seg_uncertainty`` of each slice) shown as a PNG of the first sequence
-(:func:`slice_image`), the slice of the model's uncertainty map beside it, and the model's class and lesion
-mask on that slice as the pre-annotation (:func:`slice_probability`). Sync turns the annotated slice into a
+(:func:`slice_image`), the slice of the model's uncertainty map beside it, the slices around it as context
+(:func:`context_montage`), and the model's class and lesion mask on that slice as the pre-annotation
+(``labeling.push.volume_view``). Sync turns the annotated slice into a
 **partial label** of the volume (:func:`partial_label_map`): that slice holds the annotator's mask and every
 other voxel is 255 (not annotated), which training leaves out of the loss, as MTTU-Net (Cheng et al.,
 IEEE TMI 2022) ignores missing labels. Slice indices are on the stored grid (``Sample.depth`` slices); the
@@ -19,13 +20,11 @@ NOT_ANNOTATED = 255
 
 
 def resize_map(volume_map: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """A float map (D', H', W') on the stored grid ``shape`` (trilinear, pixel centres aligned)."""
-    import torch
+    """A model-grid float map (D', H', W') on the stored grid ``shape``, float32, trilinear as training resizes
+    volumes (:func:`medloop.trainers.dataset.resize_volume`)."""
+    from medloop.trainers.dataset import resize_volume
 
-    if volume_map.shape == tuple(shape):
-        return np.asarray(volume_map, np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(volume_map, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+    return resize_volume(np.asarray(volume_map, np.float32)[None], shape)[0].astype(np.float32)
 
 
 def slice_scores(umap: np.ndarray, pred_mask: np.ndarray, fg_prob: np.ndarray, band: int) -> np.ndarray:
@@ -73,11 +72,6 @@ def context_montage(volume: np.ndarray, index: int, gap: int = 2) -> np.ndarray:
             y, x = seq * (h + gap), col * (w + gap)
             out[y:y + h, x:x + w] = slice_image(volume, k, seq) if 0 <= k < d else 0
     return out
-
-
-def slice_probability(fg_prob: np.ndarray, shape: tuple[int, int, int], index: int) -> np.ndarray:
-    """The lesion probability of slice ``index`` of the stored grid ``shape`` from a model-grid map."""
-    return resize_map(fg_prob, shape)[index]
 
 
 def partial_label_map(mask: np.ndarray, index: int, depth: int) -> np.ndarray:
