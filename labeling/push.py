@@ -248,13 +248,16 @@ def _volume_maps(store: ImageStore, pred: Prediction | None,
     return umap, mask, prob
 
 
-def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> int:
+def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample,
+                 maps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> int:
     """The axial slice of a queued volume that annotators get (stored grid): the most informative one
-    (``labeling/volume_slices.py``), the middle slice when the volume has no scores."""
+    (``labeling/volume_slices.py``), the middle slice when the volume has no scores. ``maps``: the volume's
+    :func:`_volume_maps` when the caller has read them already."""
     from .volume_slices import most_informative_slice
 
     depth = int(sample.depth or 1)
-    maps = _volume_maps(store, pred, (depth, sample.height, sample.width))
+    if maps is None:
+        maps = _volume_maps(store, pred, (depth, sample.height, sample.width))
     if maps is None:
         return depth // 2
     umap, mask, prob = maps
@@ -262,20 +265,23 @@ def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None,
 
 
 def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample,
-                index: int) -> TaskView:
-    """A volume's task: slice ``index`` of its first sequence, the slice of its uncertainty map, the model's
-    mask on that slice (lesion probability >= 0.5 where the prediction has a lesion)."""
+                index: int | None = None) -> TaskView:
+    """A volume's task: slice ``index`` (default :func:`volume_slice`) of its first sequence, the slice of its
+    uncertainty map, the model's mask on that slice (lesion probability >= 0.5 where the prediction has a
+    lesion). The model's maps are read and resized once for both."""
     from .volume_slices import context_montage, slice_image
 
     depth = int(sample.depth or 1)
     shape = (depth, sample.height, sample.width)
+    maps = _volume_maps(store, pred, shape)
+    if index is None:
+        index = volume_slice(campaign, store, pred, sample, maps)
     image = f"images/slices/{sample.uid}/z{index:04d}.png"
     context = f"images/slices/{sample.uid}/z{index:04d}-context.png"
     if not store.path(image).exists() or not store.path(context).exists():
         volume = store.load_volume(sample.image_path)
         store.put_png(image, slice_image(volume, index))
         store.put_png(context, context_montage(volume, index))
-    maps = _volume_maps(store, pred, shape)
     mask = None
     uncertainty = "images/uncertainty/none.png"
     if maps is None:
@@ -315,8 +321,7 @@ def build_task(
     if pred is not None and 0 <= pred.pred_class < len(classes):
         pred_class = classes[pred.pred_class]
     if sample.depth is not None:
-        index = volume_slice(campaign, store, pred, sample) if slice_index is None else slice_index
-        view = volume_view(campaign, store, pred, sample, index)
+        view = volume_view(campaign, store, pred, sample, slice_index)
     else:
         view = image_view(campaign, store, pred, sample)
     mask = view.mask

@@ -94,6 +94,14 @@ class LoopSettings:
         )
         return replace(base, **override)
 
+    @classmethod
+    def from_ledger(cls, campaign: Campaign, ledger: Any, **override: Any) -> LoopSettings:
+        """:meth:`from_campaign` for the data the campaign's ledger holds: a volume campaign trains the 3D
+        model (training rounds and tuning both come here)."""
+        from .dataset import volume_channels
+
+        return cls.from_campaign(campaign, volume_channels=volume_channels(ledger), **override)
+
     def meta(self) -> dict[str, Any]:
         """The checkpoint meta fields that describe the model."""
         return {

@@ -281,9 +281,7 @@ def train_round(
     ``num_workers``: override ``compute.num_workers``; 0 runs the plain single-process loop.
     ``settings_override``: fields of :class:`LoopSettings` (e.g. ``epochs=2``).
     """
-    from .dataset import volume_channels
-
-    settings = LoopSettings.from_campaign(campaign, volume_channels=volume_channels(ledger), **settings_override)
+    settings = LoopSettings.from_ledger(campaign, ledger, **settings_override)
     if settings.init_weights and not warm_start and not Path(settings.init_weights).is_file():
         raise TrainError(f"model.weights {settings.init_weights}: no such file (a relative path starts at the "
                          "campaign file's folder)")

@@ -97,7 +97,7 @@ def tune_campaign(
     from .train import ensure_ray, load_training_data
 
     max_epochs = max_epochs or campaign.compute.epochs
-    settings = LoopSettings.from_campaign(campaign, epochs=max_epochs, patience=max_epochs)
+    settings = LoopSettings.from_ledger(campaign, ledger, epochs=max_epochs, patience=max_epochs)
     train, val, _unlabeled = load_training_data(campaign, ledger)  # trials tune the supervised part
     data = (train, val)
     if len(data[1]) == 0:

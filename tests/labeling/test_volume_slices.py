@@ -19,7 +19,7 @@ from medloop.data.imagestore import ImageStore, prob_map_path
 from medloop.data.ingest import ingest
 from medloop.labeling.pull import sync
 from medloop.labeling.push import push_queue
-from medloop.labeling.rle import mask_to_rle, rle_to_mask
+from medloop.labeling.rle import rle_to_mask
 from medloop.labeling.volume_slices import (
     NOT_ANNOTATED,
     annotated_slice,
@@ -29,6 +29,7 @@ from medloop.labeling.volume_slices import (
     slice_image,
 )
 from medloop.ledger import AnnotationTask, Label, Ledger, Prediction, Sample
+from medloop.rounds.oracle import annotation_result  # what the labeling UI sends
 
 MODEL = (8, 16, 16)
 
@@ -123,11 +124,7 @@ def test_volume_slice_round_trip(labelstudio_server, tmp_path: Path) -> None:
 
     drawn = np.zeros((12, 10), np.uint8)
     drawn[4:9, 3:7] = 1
-    client.post(f"/api/tasks/{tid}/annotations", json={"result": [
-        {"from_name": "class", "to_name": "image", "type": "choices", "value": {"choices": ["benign"]}},
-        {"from_name": "lesion", "to_name": "image", "type": "brushlabels", "original_width": 10,
-         "original_height": 12, "image_rotation": 0,
-         "value": {"format": "rle", "rle": mask_to_rle(drawn), "brushlabels": ["Lesion"]}}]})
+    client.post(f"/api/tasks/{tid}/annotations", json={"result": annotation_result(campaign, "benign", drawn)})
     report = sync(campaign, ledger, store)
     assert report.labels_added == 1 and report.quarantined == 0, report
     with ledger.reading() as s:
