@@ -30,15 +30,19 @@ OVERALL = ("dice", "iou", "hd95", "empty_rate", "accuracy", "f1", "auc", "ece", 
 PER_CLASS = ("recall", "precision", "auc", "dice", "iou", "hd95", "empty_rate")
 
 
-def case_segmentation(pred_masks: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
-    """Per case, each at its own size: ``lesion`` / ``no_lesion`` (bool; a case without a mask, or with
-    ignored pixels for no_lesion, is neither), ``dice``, ``iou``, ``hd95`` (NaN off lesion cases) and
-    ``empty`` (the prediction has no lesion pixel)."""
+def case_segmentation(pred_masks: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                      spacings: Sequence[Sequence[float] | None] | None = None) -> dict[str, np.ndarray]:
+    """Per case, each at its own size (2D or 3D): ``lesion`` / ``no_lesion`` (bool; a case without a mask,
+    or with ignored pixels for no_lesion, is neither), ``dice``, ``iou``, ``hd95`` (NaN off lesion cases; in
+    pixels, or in mm with the case's ``spacings`` per axis) and ``empty`` (the prediction has no lesion
+    pixel)."""
     from medloop.trainers import metrics as M
 
     n = len(pred_masks)
     if len(masks) != n:
         raise ValueError(f"{n} predicted masks for {len(masks)} masks")
+    if spacings is not None and len(spacings) != n:
+        raise ValueError(f"{n} predicted masks for {len(spacings)} spacings")
     out = {k: np.zeros(n, bool) for k in ("lesion", "no_lesion", "empty")}
     out.update({k: np.full(n, np.nan) for k in ("dice", "iou", "hd95")})
     for i, (p, m) in enumerate(zip(pred_masks, masks)):
@@ -55,7 +59,7 @@ def case_segmentation(pred_masks: Sequence[np.ndarray], masks: Sequence[np.ndarr
         if lesion:
             out["dice"][i] = M.dice(p, m, IGNORE)
             out["iou"][i] = M.iou(p, m, IGNORE)
-            out["hd95"][i] = M.hd95(p, m, ignore_index=IGNORE)
+            out["hd95"][i] = M.hd95(p, m, None if spacings is None else spacings[i], ignore_index=IGNORE)
     return out
 
 

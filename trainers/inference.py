@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from medloop.data.imagestore import prob_at
-from medloop.trainers.dataset import fit_image
+from medloop.trainers.dataset import fit_image, resize_volume, to_model_input
 from medloop.trainers.uncertainty.scoring import BatchScores
 
 #: the per-image measures of a prediction, in the order of ``predictions.csv`` (names as the ledger's
@@ -51,6 +51,7 @@ class InferenceModel:
     no_lesion: int | None  # index of the no-lesion class (its cases get an empty mask), None: none
     device: torch.device
     meta: dict[str, Any] = field(default_factory=dict)
+    volume_size: tuple[int, int, int] | None = None  # a volume model's input grid (D, H, W); None: 2D images
 
 
 @dataclass
@@ -115,22 +116,29 @@ def load_inference_model(
     channels: int,
     no_lesion_class: str | None,
     channels_last: bool = True,
+    volumes: bool = False,
 ) -> InferenceModel:
     """Load a checkpoint folder (or URI) for inference. What its ``meta.json`` records (classes, image size,
-    channels, heads, no-lesion class) wins; the arguments (the campaign's values) fill what it lacks."""
+    channels, heads, no-lesion class, a volume model's grid) wins; the arguments (the campaign's values)
+    fill what it lacks. A volume model is a :class:`VolumeModelError` unless ``volumes`` (the caller takes
+    volume files)."""
     from medloop.trainers.checkpoints import load_model
     from medloop.trainers.models import resolve_heads
     from medloop.trainers.plain import no_lesion_index
 
     model, meta = load_model(checkpoint, device=device)
+    volume_size: tuple[int, int, int] | None = None
     if meta.get("volume_size"):
+        d, h, w = (int(v) for v in meta["volume_size"])
+        volume_size = (d, h, w)
+    if volume_size is not None and not volumes:
         raise VolumeModelError(
             f"checkpoint {checkpoint} is a volume model (input {meta['volume_size']} slices x rows x columns): "
-            "medloop predict, medloop evaluate and the Label Studio ML backend take 2D images; use the registered "
-            "MLflow model on volume batches (docs/volumes.md); the slice tasks medloop pushes carry its "
-            "pre-annotation, and the round reports evaluate it on the campaign's own splits")
+            "the Label Studio ML backend takes 2D images; medloop predict and medloop evaluate take its volume "
+            "files (docs/volumes.md), and the slice tasks medloop pushes carry its pre-annotation")
     if device.type == "cuda" and channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        fmt = torch.channels_last_3d if volume_size is not None else torch.channels_last
+        model = model.to(memory_format=fmt)  # type: ignore[call-overload]
     names = list(meta.get("classes") or classes)
     default_cls, default_seg = resolve_heads(str(meta["model"]["name"]), None, None)
     no_lesion = meta["no_lesion_class"] if "no_lesion_class" in meta else no_lesion_class
@@ -138,7 +146,7 @@ def load_inference_model(
         model=model, checkpoint=str(checkpoint), classes=names,
         image_size=int(meta.get("image_size") or image_size), channels=int(meta.get("channels") or channels),
         cls_head=str(meta.get("cls_head") or default_cls), seg_head=str(meta.get("seg_head") or default_seg),
-        no_lesion=no_lesion_index(names, no_lesion), device=device, meta=meta,
+        no_lesion=no_lesion_index(names, no_lesion), device=device, meta=meta, volume_size=volume_size,
     )
 
 
@@ -149,13 +157,14 @@ def model_batch(images: Sequence[np.ndarray], size: int, channels: int) -> np.nd
 
 @torch.no_grad()
 def score_images(im: InferenceModel, batch: np.ndarray, settings: Settings) -> BatchScores:
-    """Score a uint8 (B, C, S, S) batch with :func:`score_batch` (as the pool scoring does)."""
+    """Score a uint8 (B, C, S, S) image batch, or a float (B, C, D, H, W) volume batch, with
+    :func:`score_batch` (as the pool scoring does)."""
     from medloop.trainers.uncertainty import score_batch
 
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(im.device).float().div_(255.0)
+    x = to_model_input(batch).to(im.device)
     cuda = im.device.type == "cuda"
     if cuda and settings.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
     with torch.autocast(device_type=im.device.type, dtype=torch.bfloat16, enabled=settings.amp and cuda):
         return score_batch(im.model, x, method=settings.scoring_method(), passes=max(1, settings.passes),
                            cls_head=im.cls_head, seg_head=im.seg_head, boundary_band=settings.boundary_band,
@@ -198,3 +207,54 @@ def predict_images(im: InferenceModel, images: Sequence[np.ndarray], settings: S
         return []
     scores = score_images(im, model_batch(images, im.image_size, im.channels), settings)
     return to_native(scores, [tuple(np.asarray(x).shape[:2]) for x in images])  # type: ignore[misc]
+
+
+# ---- volumes ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VolumePrediction:
+    """One volume's prediction. Maps are on the volume's own grid, model axes (D, H, W)."""
+
+    probs: np.ndarray  # (K,) float32
+    pred_class: int
+    measures: dict[str, float]
+    mask: np.ndarray  # (D, H, W) uint8 {0, 1}
+    fg_prob: np.ndarray  # (D, H, W) float32
+    uncertainty: np.ndarray  # (D, H, W) float32
+
+    @property
+    def lesion_voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+def native_volume_maps(pred_mask: np.ndarray, fg_prob: np.ndarray, voxel_uncertainty: np.ndarray,
+                       shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model-grid outputs of one volume -> (mask, lesion probability, voxel uncertainty) on its own grid
+    ``shape`` (D, H, W): trilinear resize (:func:`medloop.trainers.dataset.resize_volume`, as the volume was
+    brought to the model's grid), then the probability thresholded at 0.5; an empty model-grid mask stays
+    empty (the 3D counterpart of :func:`native_maps`)."""
+    size = tuple(int(v) for v in shape)
+    prob = resize_volume(np.asarray(fg_prob, np.float32)[None], size)[0]
+    unc = resize_volume(np.nan_to_num(np.asarray(voxel_uncertainty, np.float32), nan=0.0)[None], size)[0]
+    if not np.asarray(pred_mask).any():
+        return np.zeros(size, np.uint8), prob, unc
+    return (prob >= 0.5).astype(np.uint8), prob, unc
+
+
+def predict_volume(im: InferenceModel, volume: np.ndarray, settings: Settings,
+                   shape: Sequence[int] | None = None) -> VolumePrediction:
+    """A normalised (C, D, H, W) volume (what volume ingest stores) -> its prediction on the grid ``shape``
+    (D, H, W; default the volume's own): the volume is resized to the model's grid ``im.volume_size`` as the
+    rounds do, scored, and the maps resized to ``shape`` (the same field of view)."""
+    if im.volume_size is None:
+        raise ValueError(f"checkpoint {im.checkpoint} is a 2D image model, not a volume model")
+    x = np.asarray(volume, np.float32)
+    if x.ndim != 4 or x.shape[0] != im.channels:
+        raise ValueError(f"expected a (C={im.channels}, D, H, W) volume for {im.checkpoint}, got shape {x.shape}")
+    s = score_images(im, resize_volume(x, im.volume_size)[None], settings)
+    grid = x.shape[1:] if shape is None else shape
+    mask, prob, unc = native_volume_maps(s.pred_mask[0], s.fg_prob[0], s.pixel_uncertainty[0], grid)
+    return VolumePrediction(probs=np.asarray(s.probs[0], np.float32), pred_class=int(s.pred_class[0]),
+                            measures={m: _value(getattr(s, m)[0]) for m in MEASURES}, mask=mask, fg_prob=prob,
+                            uncertainty=unc)

@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from medloop.config import Campaign
-from medloop.data.errors import BadFile, DataError
+from medloop.data.errors import BadFile, DataError, FileError
 
 FORMATS = ("busi", "generic")
 EVAL_TAG = "medloop.evaluation"
@@ -91,16 +92,21 @@ def campaign_hashes(campaign: Campaign) -> set[str]:
 def markdown(result: dict[str, Any]) -> str:
     """The report as markdown: headline table, per-class table, confusion matrix, notes."""
     m, info = result["metrics"], result["run"]
+    if info.get("volume_size"):
+        grid = "x".join(map(str, info["volume_size"]))
+        model_input, compared, hd_unit = f"{grid} voxels", "on each volume's own grid", "mm"
+    else:
+        model_input, compared, hd_unit = f"{info['image_size']} px", "at each image's own size", "px"
     lines = [
         f"# Evaluation of {info['model']}", "",
         f"Dataset `{info['dataset']}` ({info['format']}): {m['n']} case(s), {m['n_class']} with a class label, "
-        f"{m['n_lesion']} with a lesion, {m['n_no_lesion']} without. Model input {info['image_size']} px, "
-        f"{info['method']}, device {info['device']}. Masks compared at each image's own size.",
+        f"{m['n_lesion']} with a lesion, {m['n_no_lesion']} without. Model input {model_input}, "
+        f"{info['method']}, device {info['device']}. Masks compared {compared}.",
         "", f"95 % confidence intervals: percentile bootstrap over cases, {m['bootstrap']['n_boot']} resamples, "
         f"seed {m['bootstrap']['seed']}.", "",
         "| metric | value [95 % CI] | on |", "|---|---|---|",
     ]
-    on = {"dice": "lesion cases", "iou": "lesion cases", "hd95": "lesion cases (px)",
+    on = {"dice": "lesion cases", "iou": "lesion cases", "hd95": f"lesion cases ({hd_unit})",
           "empty_rate": "no-lesion cases"}
     for name, e in m["metrics"].items():
         lines.append(f"| {name} | {fmt_entry(e)} | {on.get(name, 'cases with a class label')} |")
@@ -210,6 +216,114 @@ def log_evaluation(campaign: Campaign, result: dict[str, Any], folder: Path) -> 
     return rid
 
 
+# ---- predicting the cases --------------------------------------------------------------------------------
+
+
+@dataclass
+class CasePredictions:
+    """What the evaluation needs of every labeled case: class probabilities and labels (-1: none),
+    per-case segmentation results (:func:`medloop.trainers.evaluate_ci.case_segmentation`, in parts), one
+    ``cases.csv`` row each, the case hashes (ingest's identity, to spot cases the campaign holds), and the
+    files left out and notes."""
+
+    probs: list[np.ndarray] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    segs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    bad: list[BadFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, files: Sequence[str | None], classes: list[str | None], has_mask: list[bool], preds: list[Any],
+            seg: dict[str, np.ndarray], names: list[str]) -> None:
+        """One chunk of cases: files, true classes, whether each has a mask, predictions (``probs``,
+        ``pred_class``, ``measures``) and their :func:`case_segmentation`."""
+        self.segs.append(seg)
+        for j, (f, cls, m, q) in enumerate(zip(files, classes, has_mask, preds)):
+            self.probs.append(q.probs)
+            self.labels.append(-1 if cls is None else names.index(cls))
+            self.rows.append({"file": f, "class": cls, "predicted": names[q.pred_class],
+                              "confidence": float(q.measures["confidence"]), "has_mask": m,
+                              "lesion": bool(seg["lesion"][j]), "predicted_empty": bool(seg["empty"][j]),
+                              **{k: None if np.isnan(seg[k][j]) else float(seg[k][j])
+                                 for k in ("dice", "iou", "hd95")}})
+
+
+def _no_case(path: str | Path, read_any: bool, bad: list[BadFile]) -> DataError:
+    listed = "".join(f"\n  {b}" for b in bad)
+    what = "labeled (no class and no mask)" if read_any else "readable"
+    return DataError(f"{path}: no {what} case to evaluate on{listed}")
+
+
+def _image_cases(campaign: Campaign, im: Any, path: str | Path, fmt: str, settings: Any, bar: Any) -> CasePredictions:
+    """Images of a BUSI or generic folder, read as ingest reads them and predicted as ``medloop predict`` does;
+    masks compared at each image's own size."""
+    from medloop.data.ingest import read_dataset
+    from medloop.trainers.evaluate_ci import case_segmentation
+    from medloop.trainers.inference import predict_images
+
+    prepared, bad = read_dataset(campaign, fmt, path, bar)
+    cases = [p for p in prepared if p.class_name is not None or p.mask is not None]
+    if not cases:
+        raise _no_case(path, bool(prepared), bad)
+    out = CasePredictions(bad=bad, warnings=[n for p in cases for n in p.notes], hashes=[p.case_hash for p in cases])
+    task = bar.add_task("predicting", total=len(cases)) if bar is not None else None
+    step = campaign.compute.score_batch_size
+    for start in range(0, len(cases), step):
+        chunk = cases[start:start + step]
+        preds = predict_images(im, [p.image for p in chunk], settings)
+        seg = case_segmentation([q.mask for q in preds], [p.mask for p in chunk])
+        out.add([p.original_path for p in chunk], [p.class_name for p in chunk], [p.mask is not None for p in chunk],
+                preds, seg, im.classes)
+        if bar is not None:
+            bar.advance(task, len(chunk))
+    return out
+
+
+def _volume_cases(campaign: Campaign, im: Any, path: str | Path, fmt: str, settings: Any, bar: Any
+                  ) -> CasePredictions:
+    """Volumes of a generic folder (:func:`medloop.data.volume_dataset.read_volume_folder`), predicted as
+    ``medloop predict`` does (:mod:`medloop.predict_volumes`); masks compared on each volume's own grid
+    (any region label counts as lesion), HD95 in millimetres from its voxel spacing."""
+    from medloop.data.volume_dataset import read_volume_folder
+    from medloop.data.volume_ingest import model_axes, volume_case_hash
+    from medloop.data.volumes import resample
+    from medloop.predict_volumes import model_input
+    from medloop.trainers.evaluate_ci import case_segmentation
+    from medloop.trainers.inference import predict_volume
+
+    d = campaign.data
+    cases, bad = read_volume_folder(path, d.classes, sequences=d.sequences)
+    labeled = [c for c in cases if c.label is not None or c.mask is not None]
+    if not labeled:
+        raise _no_case(path, bool(cases), bad)
+    out = CasePredictions(bad=bad)
+    task = bar.add_task("predicting volumes", total=len(labeled)) if bar is not None else None
+    for case in labeled:
+        try:
+            array, notes = model_input(case.image, campaign, im.channels)
+        except FileError as err:
+            out.bad.append(err.as_bad())
+            continue
+        x, y, z = case.image.shape3d
+        pred = predict_volume(im, array, settings, (z, y, x))
+        mask = None if case.mask is None else model_axes(case.mask.array)[0]
+        sx, sy, sz = case.image.spacing
+        seg = case_segmentation([pred.mask], [mask], spacings=[(sz, sy, sx)])
+        out.add([case.image.path], [case.label], [mask is not None], [pred], seg, im.classes)
+        stored_mask = None
+        if case.mask is not None:
+            stored_mask = model_axes((case.mask if d.spacing is None else resample(case.mask, d.spacing, mask=True))
+                                     .array)[0]
+        out.hashes.append(volume_case_hash(array, stored_mask))
+        out.warnings += notes
+        if bar is not None:
+            bar.advance(task, 1)
+    if not out.rows:
+        raise _no_case(path, False, out.bad)
+    return out
+
+
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
@@ -228,12 +342,11 @@ def run_evaluate(
     progress: bool = False,
 ) -> EvaluateReport:
     """Evaluate ``model`` on the dataset at ``path`` (see the module docstring)."""
-    from medloop.data.ingest import read_dataset
     from medloop.outdir import check_target, staged_output
     from medloop.predict import progress_bar, settings_for
     from medloop.tracking.resolve import resolve_model
-    from medloop.trainers.evaluate_ci import case_segmentation, concat_segmentation, evaluate_with_ci
-    from medloop.trainers.inference import load_inference_model, pick_device, predict_images
+    from medloop.trainers.evaluate_ci import concat_segmentation, evaluate_with_ci
+    from medloop.trainers.inference import load_inference_model, pick_device
 
     if fmt not in FORMATS:
         raise DataError(f"--format: expected one of {', '.join(FORMATS)} (got {fmt!r})")
@@ -243,47 +356,29 @@ def run_evaluate(
     d = campaign.data
     im = load_inference_model(source.checkpoint, device=pick_device(campaign.compute.use_gpu), classes=d.classes,
                               image_size=d.image_size, channels=d.channels, no_lesion_class=d.no_lesion_class,
-                              channels_last=campaign.compute.channels_last)
+                              channels_last=campaign.compute.channels_last, volumes=True)
     if list(im.classes) != list(d.classes):
         raise DataError(f"the model's classes {im.classes} differ from the campaign's data.classes {list(d.classes)}")
+    if im.volume_size is not None and fmt != "generic":
+        raise DataError(f"--format {fmt}: {source.describe()} is a volume model; it evaluates a generic-layout "
+                        "folder of volumes (--format generic: images/*.nii.gz or DICOM series, masks/, labels.csv)")
     settings = settings_for(campaign, passes)
     t0 = time.perf_counter()
     with progress_bar(progress) as bar:
-        prepared, bad = read_dataset(campaign, fmt, path, bar)
-        cases = [p for p in prepared if p.class_name is not None or p.mask is not None]
-        if not cases:
-            listed = "".join(f"\n  {b}" for b in bad)
-            what = "readable" if not prepared else "labeled (no class and no mask)"
-            raise DataError(f"{path}: no {what} case to evaluate on{listed}")
-        warnings = [n for p in cases for n in p.notes]
-        seen = sum(p.case_hash in known for p in cases)
-        if seen:
-            warnings.insert(0, f"{seen} of {len(cases)} case(s) are already in campaign {campaign.name!r}: "
-                               "these metrics are not on unseen data")
-        labels = np.array([-1 if p.class_name is None else im.classes.index(p.class_name) for p in cases], np.int64)
-        probs, segs, rows = [], [], []
-        task = bar.add_task("predicting", total=len(cases)) if bar is not None else None
-        step = campaign.compute.score_batch_size
-        for start in range(0, len(cases), step):
-            chunk = cases[start:start + step]
-            preds = predict_images(im, [p.image for p in chunk], settings)
-            seg = case_segmentation([q.mask for q in preds], [p.mask for p in chunk])
-            probs += [q.probs for q in preds]
-            segs.append(seg)
-            for j, (p, q) in enumerate(zip(chunk, preds)):
-                rows.append({"file": p.original_path, "class": p.class_name, "predicted": im.classes[q.pred_class],
-                             "confidence": float(q.measures["confidence"]), "has_mask": p.mask is not None,
-                             "lesion": bool(seg["lesion"][j]), "predicted_empty": bool(seg["empty"][j]),
-                             **{k: None if np.isnan(seg[k][j]) else float(seg[k][j]) for k in ("dice", "iou", "hd95")}})
-            if bar is not None:
-                bar.advance(task, len(chunk))
-        del prepared
-    metrics = evaluate_with_ci(np.stack(probs), labels, concat_segmentation(segs), im.classes, n_boot=n_boot,
-                               seed=seed)
+        predicted = (_volume_cases if im.volume_size is not None else _image_cases)(
+            campaign, im, path, fmt, settings, bar)
+    seen = sum(h in known for h in predicted.hashes)
+    if seen:
+        predicted.warnings.insert(0, f"{seen} of {len(predicted.rows)} case(s) are already in campaign "
+                                     f"{campaign.name!r}: these metrics are not on unseen data")
+    warnings, bad, rows = predicted.warnings, predicted.bad, predicted.rows
+    metrics = evaluate_with_ci(np.stack(predicted.probs), np.asarray(predicted.labels, np.int64),
+                               concat_segmentation(predicted.segs), im.classes, n_boot=n_boot, seed=seed)
     result: dict[str, Any] = {
         "run": {"model": source.describe(), "spec": source.spec, "registered_model": source.registered_model,
                 "version": source.version, "round": source.round_id, "checkpoint": source.checkpoint,
                 "dataset": str(Path(path).resolve()), "format": fmt, "image_size": im.image_size,
+                "volume_size": None if im.volume_size is None else list(im.volume_size),
                 "passes": settings.passes, "method": settings.label(), "device": im.device.type},
         "metrics": metrics, "warnings": warnings, "bad": [{"file": b.path, "reason": b.problem} for b in bad],
     }

@@ -56,6 +56,7 @@ class PredictReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     engine: str = "in-process"
+    unit: str = "image"  # what was predicted: image, or volume
 
     @property
     def images_per_s(self) -> float:
@@ -63,8 +64,8 @@ class PredictReport:
 
     def summary(self) -> str:
         how = self.method if self.engine == "in-process" else f"{self.method}; {self.engine}"
-        lines = [f"predicted {self.predicted} image(s) with {self.model} on {self.device} "
-                 f"({how}) in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
+        lines = [f"predicted {self.predicted} {self.unit}(s) with {self.model} on {self.device} "
+                 f"({how}) in {self.seconds:.1f} s ({self.images_per_s:.1f} {self.unit}s/s)",
                  f"wrote {self.out}"]
         if self.notes:
             lines.append(f"{len(self.notes)} note(s):")
@@ -270,6 +271,20 @@ def run_predict(
 
     check_target(Path(out), force)
     settings = settings_for(campaign, passes)
+    source = resolve_model(campaign, model)
+    d, c = campaign.data, campaign.compute
+    model_args: ModelArgs = {"classes": list(d.classes), "image_size": d.image_size, "channels": d.channels,
+                  "no_lesion_class": d.no_lesion_class, "channels_last": c.channels_last}
+    device = pick_device(c.use_gpu)
+    # with Ray the actors hold the model; the driver's copy (CPU) only says what the checkpoint records
+    im = load_inference_model(source.checkpoint, device=torch.device("cpu") if ray else device, volumes=True,
+                              **model_args)
+    if im.volume_size is not None:
+        if ray:
+            raise ValueError("--ray: a volume model predicts its volumes in-process, one at a time; "
+                             "leave out --ray")
+        return run_predict_volumes(campaign, inputs, im, source, settings, out=Path(out), overlays=overlays,
+                                   force=force, progress=progress)
     files, bad = list_inputs(inputs)
     target = Path(out).resolve()
     files = [f for f in files if not f.path.resolve().is_relative_to(target)]  # an earlier --out inside an input
@@ -277,13 +292,6 @@ def run_predict(
         listed = "".join(f"\n  {b}" for b in bad)
         raise NothingReadable(f"no image file in {', '.join(map(str, inputs))} (expected "
                               f"png, jpg, bmp, tif or dcm files){listed}")
-    source = resolve_model(campaign, model)
-    d, c = campaign.data, campaign.compute
-    model_args: ModelArgs = {"classes": list(d.classes), "image_size": d.image_size, "channels": d.channels,
-                  "no_lesion_class": d.no_lesion_class, "channels_last": c.channels_last}
-    device = pick_device(c.use_gpu)
-    # with Ray the actors hold the model; the driver's copy (CPU) only says what the checkpoint records
-    im = load_inference_model(source.checkpoint, device=torch.device("cpu") if ray else device, **model_args)
     report = PredictReport(out=Path(out), model=source.describe(), device=device.type, passes=settings.passes,
                            method=settings.label())
     n_actors = c.score_actors if actors is None else int(actors)
@@ -311,6 +319,48 @@ def run_predict(
         report.predicted, report.unreadable, report.notes = n, unreadable, notes
         write_unreadable(tmp / "unreadable.csv", unreadable)
         (tmp / "run.json").write_text(json.dumps(run_info(report, source, im, settings), indent=1))
+    return report
+
+
+def run_predict_volumes(
+    campaign: Campaign,
+    inputs: Sequence[str | Path],
+    im: InferenceModel,
+    source: Any,
+    settings: Settings,
+    *,
+    out: Path,
+    overlays: bool,
+    force: bool,
+    progress: bool,
+) -> PredictReport:
+    """:func:`run_predict` for a volume model (:mod:`medloop.predict_volumes`): NIfTI files and DICOM series."""
+    from medloop.outdir import staged_output
+    from medloop.predict_volumes import list_volume_inputs, predict_volume_files
+
+    cases, bad = list_volume_inputs(inputs, campaign.data.sequences)
+    target = out.resolve()
+    cases = [k for k in cases if not k.path.resolve().is_relative_to(target)]
+    if not cases:
+        listed = "".join(f"\n  {b}" for b in bad)
+        raise NothingReadable(f"no volume in {', '.join(map(str, inputs))} (the model {source.describe()} takes "
+                              f"volumes: .nii / .nii.gz files or DICOM series folders){listed}")
+    report = PredictReport(out=out, model=source.describe(), device=im.device.type, passes=settings.passes,
+                           method=settings.label(), unit="volume")
+    t0 = time.perf_counter()
+    with staged_output(out, force) as tmp, progress_bar(progress) as bar:
+        n, unreadable, notes = predict_volume_files(im, campaign, cases, settings, tmp, overlays=overlays,
+                                                    progress=bar)
+        unreadable = bad + unreadable
+        if n == 0:
+            listed = "".join(f"\n  {b}" for b in unreadable)
+            raise NothingReadable(f"none of the {len(cases)} volume(s) could be read; nothing was written{listed}")
+        report.seconds = time.perf_counter() - t0
+        report.predicted, report.unreadable, report.notes = n, unreadable, notes
+        write_unreadable(tmp / "unreadable.csv", unreadable)
+        info = run_info(report, source, im, settings)
+        info["volume_size"] = list(im.volume_size or ())
+        (tmp / "run.json").write_text(json.dumps(info, indent=1))
     return report
 
 

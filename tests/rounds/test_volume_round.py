@@ -78,9 +78,12 @@ def test_a_volume_round_runs_end_to_end(tmp_path: Path) -> None:
 
     from medloop.trainers.inference import VolumeModelError, load_inference_model
 
-    with pytest.raises(VolumeModelError, match=r"is a volume model \(input \[8, 16, 16\].*take 2D images"):
+    with pytest.raises(VolumeModelError, match=r"is a volume model \(input \[8, 16, 16\].*ML backend takes 2D"):
         load_inference_model(rnd.checkpoint_path, device=torch.device("cpu"), classes=c.data.classes,
-                             image_size=16, channels=1, no_lesion_class=None)  # medloop predict, the ML backend
+                             image_size=16, channels=1, no_lesion_class=None)  # as the ML backend loads it
+    volume_model = load_inference_model(rnd.checkpoint_path, device=torch.device("cpu"), classes=c.data.classes,
+                                        image_size=16, channels=1, no_lesion_class=None, volumes=True)
+    assert volume_model.volume_size == tuple(VOLUME)  # medloop predict / evaluate take its volume files
 
 
 @pytest.mark.labelstudio

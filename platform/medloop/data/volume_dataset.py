@@ -45,7 +45,7 @@ def nifti_stem(name: str) -> str:
     return Path(name).stem
 
 
-def _case_files(images: Path, sequences: Sequence[str] | None) -> dict[str, dict[str, Path] | Path]:
+def case_sources(images: Path, sequences: Sequence[str] | None) -> dict[str, dict[str, Path] | Path]:
     """case -> its file / DICOM folder, or -> {sequence: file} when ``sequences`` is given."""
     cases: dict[str, dict[str, Path] | Path] = {}
     for entry in sorted(images.iterdir()):
@@ -66,7 +66,9 @@ def _case_files(images: Path, sequences: Sequence[str] | None) -> dict[str, dict
     return cases
 
 
-def _read_image(source: dict[str, Path] | Path, sequences: Sequence[str] | None) -> Volume:
+def read_case_image(source: dict[str, Path] | Path, sequences: Sequence[str] | None) -> Volume:
+    """A case's image from :func:`case_sources`' entry: sequence files stacked, a DICOM series, or a NIfTI
+    file, in canonical RAS+; a :class:`FileError` naming the file otherwise."""
     if isinstance(source, dict):
         assert sequences is not None
         return stack_sequences({seq: read_nifti(path) for seq, path in source.items()}, sequences)
@@ -114,9 +116,9 @@ def read_volume_folder(
     bad: list[BadFile] = []
     labels = _labels(root, classes, bad)
     cases: list[VolumeCase] = []
-    for case, source in _case_files(images, sequences).items():
+    for case, source in case_sources(images, sequences).items():
         try:
-            image = _read_image(source, sequences)
+            image = read_case_image(source, sequences)
             mask_file = next((root / "masks" / f"{case}{s}" for s in NIFTI_SUFFIXES
                               if (root / "masks" / f"{case}{s}").is_file()), None)
             mask = read_mask(mask_file, image) if mask_file is not None else None

@@ -87,6 +87,21 @@ def model_axes(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(3, 2, 1, 0))
 
 
+def prepare_volume(array: np.ndarray, intensity: str, window: tuple[float, float]) -> tuple[np.ndarray, str]:
+    """A canonical (X, Y, Z) or (X, Y, Z, S) volume as the model takes it: intensities normalised
+    (:func:`intensity_kind` of the campaign's ``data.intensity`` setting, :func:`normalise_intensity`) and laid
+    out (C, D, H, W) (:func:`model_axes`); returns (array, the normalisation used). What ingest stores and what
+    ``medloop predict`` / ``evaluate`` give the model."""
+    kind = intensity_kind(array, intensity)
+    return model_axes(normalise_intensity(array, kind, window)), kind
+
+
+def volume_case_hash(image: np.ndarray, mask: np.ndarray | None) -> str:
+    """A case's identity: the hash of its stored (C, D, H, W) voxels and its (D, H, W) label map."""
+    mask_hash = "-" if mask is None else content_hash(mask)
+    return hashlib.sha256(f"{content_hash(image)}:{mask_hash}".encode()).hexdigest()
+
+
 def patient_of(name: str, pattern: str | None) -> str | None:
     """The patient a case file name belongs to: ``pattern``'s first group (None: no pattern or no match)."""
     if pattern is None:
@@ -126,14 +141,12 @@ def read_volumes(
     for case in cases:
         kind = intensity_kind(case.image.array, d.intensity)
         try:
-            image = model_axes(normalise_intensity(case.image.array, kind, window))
+            image, _ = prepare_volume(case.image.array, kind, window)
         except ValueError as err:  # e.g. an MRI sequence with no body (zero spread)
             bad.append(BadFile(case.image.path, f"intensity normalisation ({kind}) failed: {err}"))
             continue
         mask = None if case.mask is None else model_axes(case.mask.array)[0]
-        image_hash = content_hash(image)
-        mask_hash = "-" if mask is None else content_hash(mask)
-        case_hash = hashlib.sha256(f"{image_hash}:{mask_hash}".encode()).hexdigest()
+        case_hash = volume_case_hash(image, mask)
         sx, sy, sz = case.image.spacing
         prepared.append(PreparedVolume(
             uid=f"{source}-{case_hash[:16]}", case_hash=case_hash, image=image, mask=mask, class_name=case.label,
