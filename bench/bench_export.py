@@ -142,7 +142,7 @@ def _count(campaign: Any) -> int:
 
 def run(n: int, height: int, width: int, work: Path) -> dict[str, Any]:
     from medloop.config import parse_campaign
-    from medloop.data.ingest import ingest
+    from medloop.data.ingest import default_workers, ingest
     from medloop.export import export_campaign
 
     base = work / f"n{n}"
@@ -161,7 +161,7 @@ def run(n: int, height: int, width: int, work: Path) -> dict[str, Any]:
     load = os.getloadavg()[0]
     os.sync()
     t0, c0 = time.perf_counter(), time.process_time()
-    back = ingest(dst, "generic", base / "export")
+    back = ingest(dst, "generic", base / "export", workers=default_workers())  # as `medloop ingest` reads
     ingest_s, ingest_cpu = time.perf_counter() - t0, time.process_time() - c0
     if back.added != n or back.bad:
         raise SystemExit(f"re-ingest added {back.added} of {n} ({len(back.bad)} bad)")

@@ -61,14 +61,18 @@ def ingest(
     path: Path | None = typer.Argument(None, help="dataset folder (default: data.path of the campaign)"),
     config: Path | None = ConfigOption,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="ingest the good files and list the bad ones"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="reader processes for a folder of 2,000 "
+                                       "files or more (default: the CPUs, at most 8; 1 = read in this process)"),
 ) -> None:
     """Register a dataset in the ledger and image store (stratified splits, unlabeled pool)."""
     from medloop.data.errors import DataError
+    from medloop.data.ingest import default_workers
     from medloop.data.ingest import ingest as run_ingest
 
     campaign = load_or_exit(config)
     try:
-        report = run_ingest(campaign, fmt, path, skip_bad=skip_bad, progress=True)
+        report = run_ingest(campaign, fmt, path, skip_bad=skip_bad, progress=True,
+                            workers=default_workers() if workers is None else workers)
     except DataError as err:
         raise _data_error(err) from None
     typer.echo(report.summary())

@@ -283,3 +283,49 @@ def test_store_copies_png_files_that_already_hold_the_stored_pixels(lay, tmp_pat
         **{f"case{i}.png": True for i in range(7) if i != 5}, "case5.png": False, "case7.jpg": False}
     # masks: only the grey 0/255 ones (mode L: cases 1 and 5, and 5's image changed, not its mask)
     assert {k for k, v in copied.items() if k.startswith("mask") and v} == {"mask case1.png", "mask case5.png"}
+
+
+def test_reading_in_worker_processes_gives_what_one_process_gives(lay, tmp_path: Path, monkeypatch) -> None:
+    """`medloop ingest` reads a large folder in spawned worker processes (`workers`); the ledger, the store, the
+    bad files and the near-duplicate groups are those of a read in one process. The size from which workers
+    are used is lowered so that a small folder takes that path (the workers themselves are real processes)."""
+    import medloop.data.ingest as ingest_module
+    from medloop.data.duplicates import thumbnails
+
+    monkeypatch.setattr(ingest_module, "PARALLEL_MIN_FILES", 10)
+    root = lay.write_generic(tmp_path / "d", n=40)
+    (root / "images" / "case3.png").write_bytes((root / "images" / "case4.png").read_bytes())  # a duplicate pair
+    broken = (root / "images" / "case7.png").read_bytes()
+    (root / "images" / "case7.png").write_bytes(broken[: len(broken) // 2])
+
+    def run(workers: int, name: str):
+        campaign = make(name)
+        report = ingest(campaign, "generic", root, skip_bad=True, workers=workers)
+        ledger = Ledger.open(campaign.ledger)
+        with ledger.reading() as s:
+            rows = sorted(s.execute(select(Sample.uid, Sample.content_hash, Sample.split, Sample.height,
+                                           Sample.width)).all())
+            labels = sorted(s.execute(select(Sample.uid, Label.kind, Label.class_name)
+                                      .join(Label, Label.sample_id == Sample.id)).all())
+        ledger.close()
+        files = sorted(p.relative_to(campaign.store).as_posix() for p in campaign.store.rglob("*.png"))
+        return report, rows, labels, files, {f: (campaign.store / f).read_bytes() for f in files}
+
+    from medloop.config import parse_campaign
+
+    def make(name: str):
+        return parse_campaign({"name": name, "root": str(tmp_path / name), "data": {"source": "generic"}})
+
+    one, two = run(1, "one"), run(2, "two")
+    assert one[0].added == two[0].added == 39
+    assert [(b.path, b.problem) for b in one[0].bad] == [(b.path, b.problem) for b in two[0].bad]
+    assert len(one[0].bad) == 1 and "case7.png" in one[0].bad[0].path
+    assert (one[0].duplicate_groups, one[0].splits) == (two[0].duplicate_groups, two[0].splits)
+    assert one[0].duplicate_groups >= 1
+    assert one[1:4] == two[1:4] and one[4] == two[4]  # rows, labels, store files byte for byte
+
+    # the workers' thumbnails are the ones the parent would make
+    read, _ = ingest_module.read_dataset(make("three"), "generic", root, workers=2)
+    assert all(p.thumb is not None for p in read)
+    np.testing.assert_array_equal(np.stack([p.thumb for p in read]).astype(np.float64),
+                                  thumbnails([p.image for p in read]))

@@ -39,6 +39,7 @@ _DENSE_MAX = 4096  # up to this many images: the whole correlation matrix
 _TREE_DIMS = 8  # lowest-frequency DCT directions the k-d tree searches in (more: slower tree walks)
 _CHECK_DIMS = 16  # directions its candidates are checked in before the full correlation
 _MAX_CANDIDATES_PER_IMAGE = 64  # above this (estimated), the tree would list too many pairs: dense
+THUMB_SIZE = 32  # thumbnail side ingest compares images at
 
 
 def thumbnails(images: Sequence[np.ndarray], size: int = 32) -> np.ndarray:
@@ -126,16 +127,20 @@ def _tree_pairs(z: np.ndarray, flat: np.ndarray, threshold: float) -> np.ndarray
 
 
 def near_duplicate_pairs(
-    images: Sequence[np.ndarray], threshold: float = 0.99, size: int = 32, method: str = "auto"
+    images: Sequence[np.ndarray] | None = None, threshold: float = 0.99, size: int = THUMB_SIZE,
+    method: str = "auto", *, thumbs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Index pairs ``(i, j)``, ``i < j``, of near-duplicate images, as an int64 array (P, 2), sorted.
 
+    ``images``, or their :func:`thumbnails` when already made (``thumbs``, (N, size * size)).
     ``method``: ``dense`` (the whole correlation matrix), ``tree`` (candidates from a k-d tree, then
     checked; the matrix when the estimate says too many candidates) or ``auto`` (dense up to
     ``_DENSE_MAX`` images, else tree). Both find the same pairs (see the module docstring)."""
     if method not in ("auto", "dense", "tree"):
         raise ValueError(f"method: expected auto, dense or tree (got {method!r})")
-    thumbs = thumbnails(images, size)
+    if (images is None) == (thumbs is None):
+        raise ValueError("give images or thumbs")
+    thumbs = thumbnails(images, size) if images is not None else np.asarray(thumbs, np.float64)
     n = len(thumbs)
     if n < 2:
         return np.zeros((0, 2), np.int64)
@@ -178,9 +183,12 @@ def groups_from_pairs(n: int, pairs: np.ndarray) -> np.ndarray:
     return rank[inverse.ravel()]
 
 
-def near_duplicate_groups(images: Sequence[np.ndarray], threshold: float = 0.99, size: int = 32) -> np.ndarray:
-    """An int64 group id per image (0..G-1, numbered by first member); near-duplicates share an id."""
-    return groups_from_pairs(len(images), near_duplicate_pairs(images, threshold, size))
+def near_duplicate_groups(images: Sequence[np.ndarray] | None = None, threshold: float = 0.99,
+                          size: int = THUMB_SIZE, *, thumbs: np.ndarray | None = None) -> np.ndarray:
+    """An int64 group id per image (0..G-1, numbered by first member); near-duplicates share an id.
+    ``thumbs``: the images' :func:`thumbnails` instead of the images."""
+    n = len(images) if images is not None else len(thumbs) if thumbs is not None else 0
+    return groups_from_pairs(n, near_duplicate_pairs(images, threshold, size, thumbs=thumbs))
 
 
 def count_pairs(images: Sequence[np.ndarray], threshold: float = 0.99, size: int = 32) -> int:

@@ -141,9 +141,26 @@ class ImageStore:
         _atomic_write(self.root / rel, buf.getvalue())
         return rel
 
-    def put_bytes(self, rel: str, data: bytes) -> str:
-        """Store a file's bytes as they are (an image or mask PNG already in the store's form)."""
-        _atomic_write(os.path.join(self.root, rel), data)
+    def put_bytes(self, rel: str, data: bytes, *, unreferenced: bool = False) -> str:
+        """Store a file's bytes as they are (an image or mask PNG already in the store's form).
+
+        ``unreferenced``: ``rel`` is a new name that no ledger row points to yet (ingest writes a case's files
+        before its rows): written in place, without the temporary file and rename, as a crash can at worst
+        leave a partial file no row names, which the next ingest of that case overwrites."""
+        target = os.path.join(self.root, rel)
+        if not unreferenced:
+            _atomic_write(target, data)
+            return rel
+        try:
+            try:
+                _write_file(target, data)
+            except FileNotFoundError:  # the folder is made on first use
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_file(target, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(target)  # a failed write (disk full, interrupted) leaves no half file
+            raise
         return rel
 
     def put_image(self, uid: str, image: np.ndarray) -> str:

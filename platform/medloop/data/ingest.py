@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +46,22 @@ class Prepared:
     notes: list[str] = field(default_factory=list)  # warnings about this case, each naming the file
     image_png: SamePNG | None = None  # a PNG file holding ``image`` exactly: stored by copying its bytes
     mask_png: SamePNG | None = None  # a 0/255 grey PNG file holding ``mask`` exactly
+    thumb: np.ndarray | None = None  # the near-duplicate thumbnail (float32), when a reader worker made it
+
+
+#: below this many files ingest reads in its own process (starting workers costs about half a second each)
+PARALLEL_MIN_FILES = 2000
+
+
+def default_workers() -> int:
+    """Reader processes ``medloop ingest`` uses: the CPUs this process may run on, at most 8."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 @dataclass
@@ -192,9 +208,11 @@ def _read_item(item: Item, *, fmt: str, channels: int, window: tuple[float, floa
 
 
 def read_dataset(
-    campaign: Campaign, fmt: str, path: str | Path | None, progress=None
+    campaign: Campaign, fmt: str, path: str | Path | None, progress=None, workers: int = 1
 ) -> tuple[list[Prepared], list[BadFile]]:
-    """Read and normalise every case; nothing is written. Bad files are returned with their reason."""
+    """Read and normalise every case; nothing is written. Bad files are returned with their reason.
+    ``workers`` > 1 reads a folder of at least :data:`PARALLEL_MIN_FILES` files in that many processes
+    (same results, same order)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown dataset format {fmt!r} (expected one of {', '.join(FORMATS)})")
     d = campaign.data
@@ -207,16 +225,51 @@ def read_dataset(
     window = None if d.intensity_window is None else (d.intensity_window[0], d.intensity_window[1])
     read = partial(_read_item, fmt=fmt, channels=d.channels, window=window, min_size=d.min_image_size,
                    image_size=d.image_size)
-    # One thread. Decoding a small PNG is mostly Python code in PIL: reader threads contending for the GIL
-    # measured 2.2x slower than one (10,000 64x48 images + masks, 2-core machine: 5.7 s on 4 threads, 2.5 s
-    # on one; BUSI's 624 images: 0.53 s vs 0.62 s). Worker processes would need the caller's main module
-    # to be import-safe (spawn), which a user's script calling ingest need not be.
-    for out in _track(progress, map(read, items), len(items), f"reading {fmt}"):
+    if workers > 1 and len(items) >= PARALLEL_MIN_FILES:
+        results: Iterable[Prepared | BadFile] = _read_in_workers(items, read, workers, progress, fmt)
+    else:
+        # One thread. Decoding a small PNG is mostly Python code in PIL: reader threads contending for the GIL
+        # measured 2.2x slower than one (10,000 64x48 images + masks, 2-core machine: 5.7 s on 4 threads, 2.5 s
+        # on one; BUSI's 624 images: 0.53 s vs 0.62 s).
+        results = _track(progress, map(read, items), len(items), f"reading {fmt}")
+    for out in results:
         if isinstance(out, BadFile):
             bad.append(out)
         else:
             prepared.append(out)
     return prepared, bad
+
+
+def _read_chunk(items: list[Item], read: Callable[[Item], Prepared | BadFile], thumb_size: int
+                ) -> list[Prepared | BadFile]:
+    """A reader worker's share: each case read (:func:`_read_item`) with its near-duplicate thumbnail."""
+    from .duplicates import thumbnails
+
+    out = [read(item) for item in items]
+    for p in out:
+        if isinstance(p, Prepared):
+            p.thumb = thumbnails([p.image], thumb_size)[0].astype(np.float32)  # PIL "F": float32 exactly
+    return out
+
+
+def _read_in_workers(items: list[Item], read: Callable[[Item], Prepared | BadFile], workers: int, progress,
+                     fmt: str) -> Iterator[Prepared | BadFile]:
+    """The cases read by ``workers`` processes (``spawn``: nothing of this process is inherited), in order.
+    The caller's main module must be import-safe (``if __name__ == "__main__"``), as the ``medloop``
+    command is; the Python API reads in one process unless asked (``workers``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .duplicates import THUMB_SIZE
+
+    size = max(64, min(1000, len(items) // (workers * 8) or 1))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    task = progress.add_task(f"reading {fmt} ({workers} processes)", total=len(items)) if progress else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for chunk, out in zip(chunks, pool.map(partial(_read_chunk, read=read, thumb_size=THUMB_SIZE), chunks)):
+            yield from out
+            if progress is not None:
+                progress.advance(task, len(chunk))
 
 
 def _depth_warning(campaign: Campaign, prepared: list[Prepared]) -> list[str]:
@@ -237,8 +290,11 @@ def ingest(
     path: str | Path | None = None,
     skip_bad: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> IngestReport:
-    """Register a dataset in the campaign's ledger and image store (see module docstring)."""
+    """Register a dataset in the campaign's ledger and image store (see module docstring). ``workers``:
+    reader processes for a large folder (:func:`read_dataset`; ``medloop ingest`` uses
+    :func:`default_workers`)."""
     if path is None and campaign.data.path:
         path = campaign.resolve_path(campaign.data.path)  # relative: from the campaign file's folder
     report = IngestReport(source=fmt, path=None if path is None else str(path))
@@ -249,7 +305,7 @@ def ingest(
             report.volumes = True
             return ingest_volumes(campaign, path, source=fmt, skip_bad=skip_bad, report=report)
     with _progress(progress) as bar:
-        prepared, bad = read_dataset(campaign, fmt, path, bar)
+        prepared, bad = read_dataset(campaign, fmt, path, bar, workers=workers)
         report.found = len(prepared) + len(bad)
         report.bad = bad
         report.warnings += _depth_warning(campaign, prepared) + [n for p in prepared for n in p.notes]
@@ -327,11 +383,13 @@ def _store_case(store: ImageStore, p: Prepared) -> tuple[str, str | None]:
     """Write a case's image and mask to the store: the dataset's own PNG bytes when they already hold
     exactly the stored pixels (an 8-bit PNG of the campaign's channels, a 0/255 grey mask), else encoded."""
     data = None if p.image_png is None else p.image_png.read()
-    img_rel = store.put_image(p.uid, p.image) if data is None else store.put_bytes(f"images/{p.uid}.png", data)
+    img_rel = (store.put_image(p.uid, p.image) if data is None
+               else store.put_bytes(f"images/{p.uid}.png", data, unreferenced=True))
     if p.mask is None:
         return img_rel, None
     data = None if p.mask_png is None else p.mask_png.read()
-    mask_rel = store.put_mask(p.uid, p.mask) if data is None else store.put_bytes(f"masks/{p.uid}.png", data)
+    mask_rel = (store.put_mask(p.uid, p.mask) if data is None
+                else store.put_bytes(f"masks/{p.uid}.png", data, unreferenced=True))
     return img_rel, mask_rel
 
 
@@ -375,7 +433,7 @@ def _split_cases(
     group-wise by ``assign_splits``. Existing images are read from the store only when there is
     something new.
     """
-    from .duplicates import group_stats, near_duplicate_groups
+    from .duplicates import THUMB_SIZE, group_stats, near_duplicate_groups, thumbnails
     from .splits import assign_splits
 
     d = campaign.data
@@ -383,8 +441,14 @@ def _split_cases(
         return []
     with ledger.reading() as s:
         existing = s.execute(select(Sample.image_path, Sample.split).order_by(Sample.id)).all()
-    images = [p.image for p in cases] + [store.load_image(path) for path, _ in existing]
-    groups = near_duplicate_groups(images, d.duplicate_threshold)
+    made = [i for i, p in enumerate(cases) if p.thumb is not None]  # by the reader workers
+    thumbs = np.empty((len(cases) + len(existing), THUMB_SIZE * THUMB_SIZE), np.float64)
+    if made:
+        thumbs[made] = np.stack([cast(np.ndarray, cases[i].thumb) for i in made])
+    todo = [i for i, p in enumerate(cases) if p.thumb is None]
+    thumbs[todo] = thumbnails([cases[i].image for i in todo], THUMB_SIZE)
+    thumbs[len(cases):] = thumbnails([store.load_image(path) for path, _ in existing], THUMB_SIZE)
+    groups = near_duplicate_groups(thumbs=thumbs, threshold=d.duplicate_threshold)
     n = len(cases)
     known: dict[int, Counter] = {}
     for g, (_, split) in zip(groups[n:], existing):
