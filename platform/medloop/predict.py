@@ -311,15 +311,24 @@ def run_predict(
         else:
             n, unreadable, notes = predict_files(im, files, settings, tmp, batch_size=c.score_batch_size,
                                                  window=_window(campaign), overlays=overlays, progress=bar)
-        unreadable = bad + unreadable
-        if n == 0:
-            listed = "".join(f"\n  {b}" for b in unreadable)
-            raise NothingReadable(f"none of the {len(files)} image file(s) could be read; nothing was written{listed}")
-        report.seconds = time.perf_counter() - t0
-        report.predicted, report.unreadable, report.notes = n, unreadable, notes
-        write_unreadable(tmp / "unreadable.csv", unreadable)
-        (tmp / "run.json").write_text(json.dumps(run_info(report, source, im, settings), indent=1))
+        finish(tmp, report, t0, (n, bad + unreadable, notes), len(files), run_info(report, source, im, settings))
     return report
+
+
+def finish(tmp: Path, report: PredictReport, t0: float, done: tuple[int, list[BadFile], list[str]], total: int,
+           info: dict[str, Any]) -> None:
+    """Close a prediction run in its temporary folder: refuse a run that predicted nothing (nothing is written),
+    else fill the report and write ``unreadable.csv`` and ``run.json`` (``info``, counts and speed updated)."""
+    n, unreadable, notes = done
+    if n == 0:
+        listed = "".join(f"\n  {b}" for b in unreadable)
+        raise NothingReadable(f"none of the {total} {report.unit} file(s) could be read; nothing was written{listed}")
+    report.seconds = time.perf_counter() - t0
+    report.predicted, report.unreadable, report.notes = n, unreadable, notes
+    write_unreadable(tmp / "unreadable.csv", unreadable)
+    info.update(predicted=n, unreadable=len(unreadable), notes=len(notes), seconds=round(report.seconds, 3),
+                images_per_s=round(report.images_per_s, 3))
+    (tmp / "run.json").write_text(json.dumps(info, indent=1))
 
 
 def run_predict_volumes(
@@ -351,16 +360,8 @@ def run_predict_volumes(
     with staged_output(out, force) as tmp, progress_bar(progress) as bar:
         n, unreadable, notes = predict_volume_files(im, campaign, cases, settings, tmp, overlays=overlays,
                                                     progress=bar)
-        unreadable = bad + unreadable
-        if n == 0:
-            listed = "".join(f"\n  {b}" for b in unreadable)
-            raise NothingReadable(f"none of the {len(cases)} volume(s) could be read; nothing was written{listed}")
-        report.seconds = time.perf_counter() - t0
-        report.predicted, report.unreadable, report.notes = n, unreadable, notes
-        write_unreadable(tmp / "unreadable.csv", unreadable)
-        info = run_info(report, source, im, settings)
-        info["volume_size"] = list(im.volume_size or ())
-        (tmp / "run.json").write_text(json.dumps(info, indent=1))
+        info = {**run_info(report, source, im, settings), "volume_size": list(im.volume_size or ())}
+        finish(tmp, report, t0, (n, bad + unreadable, notes), len(cases), info)
     return report
 
 
