@@ -43,7 +43,7 @@ from PIL import Image
 from sqlalchemy import Engine, and_, func, select
 
 from .config import Campaign
-from .data.imagestore import ImageStore, binarise, mask_at
+from .data.imagestore import ImageStore, binarise, mask_at, read_file, write_file
 from .ledger import readonly
 from .ledger.schema import SCHEMA_VERSION, AnnotationTask, Label, Meta, Sample
 from .ledger.store import LedgerMissing, display_url, sqlite_file
@@ -275,8 +275,7 @@ def _encode_png(array: np.ndarray) -> bytes:
 
 def _read(store: ImageStore, rel: str, what: str, item: ExportLabel) -> bytes:
     try:
-        with open(os.path.join(store.root, rel), "rb") as fh:  # plain strings: this runs per file
-            return fh.read()
+        return read_file(os.path.join(store.root, rel))  # plain strings and os calls: this runs per file
     except OSError as err:
         raise ExportError(f"sample {item.uid}: {what} {store.path(rel)} cannot be read ({err.strerror or err}); "
                           "the store does not match the ledger") from None
@@ -335,24 +334,19 @@ class _Written:
     size: tuple[int, int]
 
 
-def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-
-
 def _write_files(store: ImageStore, tmp: Path, item: ExportLabel, masks: bool) -> _Written:
     """Write one label's image (and, for the generic layout, its mask and ignore map) under ``tmp``."""
     data, size = image_bytes(store, item)
     file = f"{item.name}.png"
-    _write(os.path.join(tmp, "images", file), data)
+    write_file(os.path.join(tmp, "images", file), data)
     wrote_mask = resized = ignore = False
     if masks and item.mask_path:
         mdata, resized = mask_bytes(store, item.mask_path, size, item, "mask")
-        _write(os.path.join(tmp, "masks", file), mdata)
+        write_file(os.path.join(tmp, "masks", file), mdata)
         wrote_mask = True
     if masks and item.ignore_path:
         idata, _ = mask_bytes(store, item.ignore_path, size, item, "ignore map")
-        _write(os.path.join(tmp, "ignore", file), idata)
+        write_file(os.path.join(tmp, "ignore", file), idata)
         ignore = True
     return _Written(item, wrote_mask, resized, ignore, size)
 

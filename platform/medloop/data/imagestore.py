@@ -95,6 +95,28 @@ def prob_map_path(umap_path: str) -> str:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
+def read_file(path: str) -> bytes:
+    """A whole file through ``os`` calls (no buffered file object: export and ingest read one per case)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        parts, got = [], 0
+        while True:
+            chunk = os.read(fd, max(size - got, 1 << 16))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Create or truncate ``path`` and write ``data`` through ``os`` calls (not atomic: see :func:`_atomic_write`)."""
+    _write_file(path, data)
+
+
 def _write_file(path: str, data: bytes) -> None:
     fd = os.open(path, _CREATE, 0o666)
     try:
