@@ -71,13 +71,24 @@ def project_title(campaign: Campaign) -> str:
     return campaign.labeling.project_title or f"medloop-{campaign.name}"
 
 
+#: brush colours: the lesion red, then one per further region
+BRUSH_COLOURS = ("#ff3b30", "#34c759", "#ffcc00", "#007aff", "#af52de", "#ff9500")
+
+
+def brush_labels(campaign: Campaign) -> list[str]:
+    """The BrushLabels labels, in label-id order (label ``i`` paints mask value ``i + 1``): one per region of
+    ``data.regions``, else the one lesion label ``labeling.lesion_label``."""
+    return list(campaign.data.regions) if campaign.data.regions else [campaign.labeling.lesion_label]
+
+
 def label_config(campaign: Campaign, volumes: bool = False) -> str:
     """The labeling interface: the model's sentence, the class choices, the lesion brush (above the
     images, seen without scrolling), then the image (zoom) and the read-only uncertainty image beside it;
     for a volume campaign (``volumes``) a read-only context image below: the slices before, at and after the
     task's slice, one row per sequence."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in campaign.data.classes)
-    lesion = quoteattr(campaign.labeling.lesion_label)
+    brushes = "\n".join(f"    <Label value={quoteattr(name)} background=\"{BRUSH_COLOURS[i % len(BRUSH_COLOURS)]}\"/>"
+                         for i, name in enumerate(brush_labels(campaign)))
     image_controls = 'zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"'
     return f"""<View>
   <Text name="summary" value="$summary"/>
@@ -85,7 +96,7 @@ def label_config(campaign: Campaign, volumes: bool = False) -> str:
 {choices}
   </Choices>
   <BrushLabels name="{LESION_FROM}" toName="{IMAGE_TO}">
-    <Label value={lesion} background="#ff3b30"/>
+{brushes}
   </BrushLabels>
   <View style="display: flex; gap: 12px; align-items: flex-start">
     <View style="flex: 3; min-width: 0">

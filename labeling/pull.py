@@ -39,6 +39,7 @@ and the webhook receiver call :func:`locked_sync`, which holds the campaign lock
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -53,7 +54,7 @@ from medloop.ledger import AnnotationTask, Label, Ledger, Prediction, Quarantine
 from medloop.ledger.schema import utcnow
 
 from .client import LSClient, connect
-from .project import CLASS_FROM, ensure_project
+from .project import CLASS_FROM, brush_labels, ensure_project
 from .rle import RLEError, rle_to_mask
 from .volume_slices import partial_label_map
 
@@ -102,11 +103,14 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def parse_annotation(ann: dict[str, Any], classes: list[str], height: int, width: int,
-                     lesion_label: str = "Lesion") -> tuple[str, np.ndarray]:
+                     lesion_label: str | Sequence[str] = "Lesion") -> tuple[str, np.ndarray]:
     """(class name, (H, W) mask) of one annotation, or :class:`BadAnnotation` saying what is wrong.
 
-    Every brush region must carry exactly the label ``lesion_label`` (``labeling.lesion_label``):
-    a region labelled otherwise is refused by name, never read as a lesion."""
+    Every brush region must carry exactly one of the brush labels: ``lesion_label`` (``labeling.lesion_label``;
+    mask value 1), or the labels of a multi-region campaign (``project.brush_labels``: label ``i`` paints
+    value ``i + 1``; where two regions overlap the higher value wins). A region labelled otherwise is refused
+    by name, never read as a lesion."""
+    labels = [lesion_label] if isinstance(lesion_label, str) else list(lesion_label)
     results = ann.get("result") or []
     chosen: list[str] = []
     for r in results:
@@ -124,20 +128,22 @@ def parse_annotation(ann: dict[str, Any], classes: list[str], height: int, width
         if r.get("type") != "brushlabels":
             continue
         value = r.get("value") or {}
-        labels = [str(x) for x in value.get("brushlabels") or []]
-        if labels != [lesion_label]:
-            got = f"labelled {', '.join(map(repr, labels))}" if labels else "has no label"
-            raise BadAnnotation(f"brush region {r.get('id')!r} {got}; expected {lesion_label!r} "
-                                "(labeling.lesion_label)")
+        got_labels = [str(x) for x in value.get("brushlabels") or []]
+        if len(got_labels) != 1 or got_labels[0] not in labels:
+            got = f"labelled {', '.join(map(repr, got_labels))}" if got_labels else "has no label"
+            want = (f"expected {labels[0]!r} (labeling.lesion_label)" if len(labels) == 1
+                    else f"expected one of {', '.join(map(repr, labels))} (data.regions)")
+            raise BadAnnotation(f"brush region {r.get('id')!r} {got}; {want}")
         ow, oh = r.get("original_width"), r.get("original_height")
         if ow is not None and oh is not None and (int(ow), int(oh)) != (width, height):
             raise BadAnnotation(f"brush mask is {ow}x{oh} (width x height), the image is {width}x{height}")
         if value.get("format", "rle") != "rle" or not value.get("rle"):
             raise BadAnnotation(f"brush region {r.get('id')!r} holds no RLE mask")
         try:
-            mask |= rle_to_mask(value["rle"], height, width)
+            painted = rle_to_mask(value["rle"], height, width) > 0
         except RLEError as err:
             raise BadAnnotation(str(err)) from None
+        mask[painted] = np.maximum(mask[painted], labels.index(got_labels[0]) + 1)
     return name, mask
 
 
@@ -224,7 +230,7 @@ def sync(
     if policy not in ("latest", "agreement"):
         raise ValueError(f"labeling.multi_annotation_policy: expected 'latest' or 'agreement', got {policy!r}")
     classes = list(campaign.data.classes)
-    lesion_label = campaign.labeling.lesion_label
+    lesion_label = brush_labels(campaign)
     report = SyncReport(project_id=pid)
     tasks = fetch_tasks(client, pid)
     users: dict[int, str] | None = None

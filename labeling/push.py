@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from medloop.ledger.schema import utcnow
 from . import server
 from .client import LSClient, connect
 from .errors import LabelStudioError
-from .project import CLASS_FROM, CONTEXT_TO, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO, ensure_project
+from .project import CLASS_FROM, CONTEXT_TO, IMAGE_TO, LESION_FROM, UNCERTAINTY_TO, brush_labels, ensure_project
 from .rle import mask_to_rle
 
 
@@ -189,7 +190,7 @@ def task_fields(task: AnnotationTask, pred: Prediction | None) -> dict[str, Any]
 def prediction_results(
     pred_class: str | None,
     mask: np.ndarray | None,
-    lesion_label: str,
+    lesion_label: str | Sequence[str],
     key: int | str,
     *,
     class_from: str = CLASS_FROM,
@@ -197,18 +198,26 @@ def prediction_results(
     image_to: str = IMAGE_TO,
 ) -> list[dict[str, Any]]:
     """The regions of a medloop pre-annotation: the class as a ``choices`` region and the native-size
-    lesion mask (``mask`` (H, W), None or empty: no brush region) as a ``brushlabels`` RLE region.
-    ``key`` makes the region ids (``c<key>``, ``m<key>``); the names default to medloop's labeling
-    interface. Shared by the pushed tasks and the ML backend (``labeling/ml_backend.py``)."""
+    lesion mask (``mask`` (H, W), None or empty: no brush region) as ``brushlabels`` RLE regions: one labelled
+    ``lesion_label``, or, given the brush labels of a multi-region campaign (``project.brush_labels``), one per
+    region present (mask value ``i`` -> label ``i - 1``). ``key`` makes the region ids (``c<key>``, ``m<key>``,
+    ``m<key>-<value>`` for a further region); the names default to medloop's labeling interface. Shared by
+    the pushed tasks and the ML backend (``labeling/ml_backend.py``)."""
+    labels = [lesion_label] if isinstance(lesion_label, str) else list(lesion_label)
     result: list[dict[str, Any]] = []
     if pred_class is not None:
         result.append({"id": f"c{key}", "from_name": class_from, "to_name": image_to, "type": "choices",
                        "value": {"choices": [pred_class]}})
-    if mask is not None and mask.any():
+    if mask is None or not mask.any():
+        return result
+    values = [1] if len(labels) == 1 else [int(v) for v in np.unique(mask) if 0 < v <= len(labels)]
+    for v in values:
+        part = mask > 0 if len(labels) == 1 else mask == v
         result.append({
-            "id": f"m{key}", "from_name": lesion_from, "to_name": image_to, "type": "brushlabels",
-            "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]), "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [lesion_label]},
+            "id": f"m{key}" if v == 1 else f"m{key}-{v}", "from_name": lesion_from, "to_name": image_to,
+            "type": "brushlabels", "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]),
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": mask_to_rle(part), "brushlabels": [labels[v - 1]]},
         })
     return result
 
@@ -242,7 +251,7 @@ def _volume_maps(store: ImageStore, pred: Prediction | None,
     if pred is None or not pred.umap_path or not pred.mask_path or not store.path(pred.umap_path).exists():
         return None
     umap = resize_map(store.load_array(pred.umap_path), shape)
-    mask = mask_at(store.load_mask(pred.mask_path), shape)
+    mask = mask_at(store.load_label_map(pred.mask_path), shape)  # region labels kept (data.regions)
     ppath = prob_map_path(pred.umap_path)
     prob = resize_map(store.load_array(ppath), shape) if store.path(ppath).exists() else mask.astype(np.float32)
     return umap, mask, prob
@@ -261,7 +270,7 @@ def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None,
     if maps is None:
         return depth // 2
     umap, mask, prob = maps
-    return most_informative_slice(umap, mask, prob, campaign.uncertainty.boundary_band)
+    return most_informative_slice(umap, (mask > 0).astype(np.uint8), prob, campaign.uncertainty.boundary_band)
 
 
 def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample,
@@ -289,8 +298,8 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
             store.put_png(uncertainty, np.full((8, 8), 128, np.uint8))
     else:
         umap, pred_mask, prob = maps
-        if pred_mask.any():
-            mask = (prob[index] >= 0.5).astype(np.uint8)
+        if pred_mask.any():  # the lesion where its probability is >= 0.5, each voxel with its predicted region
+            mask = np.where(prob[index] >= 0.5, np.maximum(pred_mask[index], 1), 0).astype(np.uint8)
         assert pred is not None
         uncertainty = f"images/uncertainty/{pred.model_version}/{sample.uid}-z{index:04d}.png"
         if not store.path(uncertainty).exists():
@@ -340,7 +349,7 @@ def build_task(
     if view.context is not None:
         data[CONTEXT_TO] = image_url(store, view.context, document_root)
     out: dict[str, Any] = {"data": data}
-    result = prediction_results(pred_class, mask if has_mask else None, campaign.labeling.lesion_label, sample.id)
+    result = prediction_results(pred_class, mask if has_mask else None, brush_labels(campaign), sample.id)
     if result:
         prediction: dict[str, Any] = {"model_version": f"round-{task.round_id}", "result": result}
         confidence = None if pred is None else _num(pred.confidence, 4)

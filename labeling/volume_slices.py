@@ -75,13 +75,13 @@ def context_montage(volume: np.ndarray, index: int, gap: int = 2) -> np.ndarray:
 
 
 def partial_label_map(mask: np.ndarray, index: int, depth: int) -> np.ndarray:
-    """A volume's label map from one annotated slice: slice ``index`` = ``mask`` (H, W) {0, 1}, every other
-    voxel :data:`NOT_ANNOTATED`."""
+    """A volume's label map from one annotated slice: slice ``index`` = ``mask`` (H, W): {0, 1}, or region
+    labels 1..254 of a multi-region campaign, kept; every other voxel :data:`NOT_ANNOTATED`."""
     if not 0 <= index < depth:
         raise ValueError(f"slice {index} is outside a volume of {depth} slices")
     m = np.asarray(mask)
     out = np.full((depth, *m.shape), NOT_ANNOTATED, np.uint8)
-    out[index] = (m > 0).astype(np.uint8)
+    out[index] = np.where(m == NOT_ANNOTATED, 0, m).astype(np.uint8)
     return out
 
 

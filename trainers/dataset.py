@@ -139,13 +139,14 @@ def model_volume(store: ImageStore, image_path: str, size: Sequence[int]) -> np.
     return resize_volume(store.load_volume(image_path), size).astype(np.float16)
 
 
-def volume_mask(store: ImageStore, label: Label | None, size: Sequence[int]) -> np.ndarray:
+def volume_mask(store: ImageStore, label: Label | None, size: Sequence[int], regions: bool = False) -> np.ndarray:
     """A volume's label map at ``size`` (nearest) as the training target: 0 background, 1 lesion (any region id
-    1..254), 255 = not annotated (or no mask at all)."""
+    1..254) or, with ``regions`` (``data.regions``), the region ids as they are; 255 = not annotated (or no mask
+    at all)."""
     if label is None or not label.mask_path:
         return np.full(tuple(size), IGNORE, np.uint8)
     m = store.load_label_map(label.mask_path)
-    target = np.where(m == IGNORE, IGNORE, (m > 0).astype(np.uint8)).astype(np.uint8)
+    target = m.astype(np.uint8) if regions else np.where(m == IGNORE, IGNORE, (m > 0).astype(np.uint8)).astype(np.uint8)
     if label.ignore_path:  # a pseudo-mask's uncertain voxels
         target[mask_at(store.load_ignore(label.ignore_path), target.shape) > 0] = IGNORE
     return mask_at(target, (int(size[0]), int(size[1]), int(size[2])))
@@ -194,7 +195,8 @@ def _stack(
     for sample, label in rows:
         if sample.depth is not None:  # a volume
             img = model_volume(store, sample.image_path, volume_size)
-            mask, cls = volume_mask(store, label, volume_size), class_index(label, campaign.data.classes)
+            mask = volume_mask(store, label, volume_size, campaign.data.regions is not None)
+            cls = class_index(label, campaign.data.classes)
             stored = np.asarray((sample.depth, sample.height, sample.width), np.float64)
             spacing.append(np.asarray(sample.spacing or (1.0, 1.0, 1.0), np.float64) * stored / np.asarray(volume_size))
         else:

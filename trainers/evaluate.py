@@ -42,9 +42,11 @@ def _num(x: Any) -> float | None:
 
 
 def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_names: Sequence[str],
-                       spacing: np.ndarray | None = None) -> dict[str, Any]:
+                       spacing: np.ndarray | None = None, regions: dict[str, list[int]] | None = None
+                       ) -> dict[str, Any]:
     """Test metrics of :func:`medloop.trainers.plain.predict` output (see the module docstring); ``spacing``
-    (volumes: (N, 3) mm per voxel of each case's model grid) puts HD95 in millimetres, else it is in pixels."""
+    (volumes: (N, 3) mm per voxel of each case's model grid) puts HD95 in millimetres, else it is in pixels.
+    ``regions`` (a multi-region campaign: name -> labels) adds ``regions``: per region, :func:`region_summary`."""
     from medloop.trainers import metrics as M
 
     if len(class_names) != num_classes:
@@ -68,6 +70,26 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
         out["hd95_unit"] = "pixel" if spacing is None else "mm"
     if no_lesion.any():
         out["empty_rate"] = _num(M.empty_mask_rate(pred_masks, masks, IGNORE))
+    if regions:
+        out["regions"] = region_summary(pred_masks, masks, regions, spacing)
+    return out
+
+
+def region_summary(pred_masks: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
+                   regions: dict[str, list[int]],
+                   spacing: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Per region (or composite), over the cases whose target holds it: ``n``, mean ``dice`` and mean ``hd95``
+    (mm with ``spacing``; :func:`medloop.trainers.metrics.regions.region_metrics`, ignored voxels left out)."""
+    from medloop.trainers.metrics.regions import region_metrics
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, labels in regions.items():
+        cases = [i for i in range(len(masks)) if np.isin(masks[i], labels).any()]
+        per = [region_metrics(pred_masks[i], masks[i], None if spacing is None else spacing[i],
+                              regions={name: list(labels)})[name] for i in cases]
+        hd = np.asarray([c["hd95"] for c in per], np.float64)
+        out[name] = {"n": len(cases), "dice": _num(np.mean([c["dice"] for c in per])) if per else None,
+                     "hd95": _num(np.nanmean(hd)) if np.isfinite(hd).any() else None}
     return out
 
 
@@ -165,7 +187,7 @@ def evaluate_checkpoint(
                    amp=campaign.compute.amp, channels_last=campaign.compute.channels_last,
                    no_lesion=no_lesion_index(classes, meta.get("no_lesion_class")))
     spacing = None if arrays.spacing is None else arrays.spacing[np.asarray(pred["index"], np.int64)]
-    out = evaluation_metrics(pred, len(classes), classes, spacing)
+    out = evaluation_metrics(pred, len(classes), classes, spacing, meta.get("regions"))
     out["split"] = split
     out["device"] = device.type
     return out

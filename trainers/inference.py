@@ -233,12 +233,19 @@ def native_volume_maps(pred_mask: np.ndarray, fg_prob: np.ndarray, voxel_uncerta
     """Model-grid outputs of one volume -> (mask, lesion probability, voxel uncertainty) on its own grid
     ``shape`` (D, H, W): trilinear resize (:func:`medloop.trainers.dataset.resize_volume`, as the volume was
     brought to the model's grid), then the probability thresholded at 0.5; an empty model-grid mask stays
-    empty (the 3D counterpart of :func:`native_maps`)."""
+    empty (the 3D counterpart of :func:`native_maps`). A multi-region label map keeps each lesion voxel's
+    region (nearest neighbour) where the lesion probability is >= 0.5."""
     size = tuple(int(v) for v in shape)
     prob = resize_volume(np.asarray(fg_prob, np.float32)[None], size)[0]
     unc = resize_volume(np.nan_to_num(np.asarray(voxel_uncertainty, np.float32), nan=0.0)[None], size)[0]
-    if not np.asarray(pred_mask).any():
+    labels = np.asarray(pred_mask)
+    if not labels.any():
         return np.zeros(size, np.uint8), prob, unc
+    if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion voxel keeps its region
+        from medloop.data.imagestore import nearest_resize
+
+        regions = nearest_resize(labels.astype(np.uint8), (size[0], size[1], size[2]))
+        return np.where(prob >= 0.5, regions, 0).astype(np.uint8), prob, unc
     return (prob >= 0.5).astype(np.uint8), prob, unc
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -59,6 +59,7 @@ class LoopSettings:
     semi: SemiOptions = field(default_factory=SemiOptions)
     no_lesion_class: str | None = None
     init_weights: str | None = None  # model.weights, resolved: where a round from scratch starts
+    regions: dict[str, list[int]] = field(default_factory=dict)  # volumes: data.regions + groups (metrics)
 
     @classmethod
     def from_campaign(cls, campaign: Campaign, *, volume_channels: int | None = None, **override: Any) -> LoopSettings:
@@ -74,6 +75,11 @@ class LoopSettings:
         if volume_channels is not None:
             spec = volume_spec(spec, volume_channels, list(campaign.data.volume_size))
             volume_size = list(campaign.data.volume_size)
+        if campaign.data.regions is not None:
+            if volume_channels is None:
+                raise ValueError(f"data.regions = {campaign.data.regions}: multi-region masks need a volume "
+                                 "campaign (2D masks are one lesion)")
+            spec["options"]["seg_classes"] = campaign.data.seg_classes
         cls_head, seg_head = resolve_heads(spec["name"], m.cls_head, m.seg_head)  # None: the model's own heads
         base = cls(
             model=spec, classes=list(campaign.data.classes), cls_head=cls_head, seg_head=seg_head,
@@ -86,6 +92,7 @@ class LoopSettings:
             channels=campaign.data.channels if volume_channels is None else volume_channels,
             volume_size=volume_size, no_lesion_class=campaign.data.no_lesion_class,
             init_weights=str(campaign.resolve_path(m.weights)) if m.weights else None,
+            regions=campaign.data.region_sets(),
             semi=SemiOptions(
                 method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
                 ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),
@@ -108,6 +115,7 @@ class LoopSettings:
             "model": self.model, "classes": self.classes, "cls_head": self.cls_head, "seg_head": self.seg_head,
             "image_size": self.image_size, "channels": self.channels, "no_lesion_class": self.no_lesion_class,
             **({"volume_size": self.volume_size} if self.volume_size is not None else {}),
+            **({"regions": self.regions} if self.regions else {}),
         }
 
     @property
@@ -379,8 +387,11 @@ def predict(
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
-def validation_metrics(pred: dict[str, np.ndarray], num_classes: int) -> dict[str, float]:
-    """``val_*`` metrics (contract names) from :func:`predict` output, plus :data:`SCORE_METRIC`."""
+def validation_metrics(pred: dict[str, np.ndarray], num_classes: int,
+                       regions: dict[str, list[int]] | None = None) -> dict[str, float]:
+    """``val_*`` metrics (contract names) from :func:`predict` output, plus :data:`SCORE_METRIC`. With
+    ``regions`` (a multi-region campaign) also ``val_dice_<region>``: the mean Dice of each region (or
+    composite) over the cases that hold it; ``val_dice`` stays the Dice of the whole lesion (any region)."""
     from medloop.trainers import metrics as M
 
     out: dict[str, float] = {}
@@ -403,9 +414,24 @@ def validation_metrics(pred: dict[str, np.ndarray], num_classes: int) -> dict[st
             out["val_iou"] = M.lesion_iou(pred["pred_mask"], pred["mask"], IGNORE)
         if M.no_lesion_cases(pred["mask"], IGNORE).any():
             out["val_empty_rate"] = M.empty_mask_rate(pred["pred_mask"], pred["mask"], IGNORE)
+        out.update({f"val_dice_{name}": value for name, value in region_dice_means(pred, regions or {}).items()})
     out = {k: float(v) for k, v in out.items()}
     terms = [out[k] for k in ("val_dice", "val_accuracy") if k in out and math.isfinite(out[k])]
     out[SCORE_METRIC] = float(np.mean(terms)) if terms else 0.0
+    return out
+
+
+def region_dice_means(pred: Mapping[str, np.ndarray | Sequence[np.ndarray]], regions: dict[str, list[int]]
+                      ) -> dict[str, float]:
+    """Per region (name -> labels): the mean Dice over the cases whose target holds that region
+    (:func:`medloop.trainers.metrics.regions.region_dice`; ignored voxels left out); NaN when no case does."""
+    from medloop.trainers.metrics.regions import region_dice
+
+    out: dict[str, float] = {}
+    for name, labels in regions.items():
+        values = [region_dice(p, t, {name: labels})[name] for p, t in zip(pred["pred_mask"], pred["mask"])
+                  if np.isin(t, labels).any()]
+        out[name] = float(np.mean(values)) if values else float("nan")
     return out
 
 
@@ -495,7 +521,7 @@ def train_plain(
         if val_loader is not None:
             pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
                            channels_last=settings.channels_last, no_lesion=settings.no_lesion_index)
-            metrics = validation_metrics(pred, len(settings.classes))
+            metrics = validation_metrics(pred, len(settings.classes), settings.regions)
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)
         improved = stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1)

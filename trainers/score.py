@@ -8,6 +8,7 @@
 * per image into the image store: the predicted mask ``masks/pred/<model_version>/<uid>.png`` and the
   pixel-uncertainty map ``arrays/umap/<model_version>/<uid>.npy`` and the lesion-probability map
   ``arrays/prob/<model_version>/<uid>.npy`` (float16; :func:`prob_map_path` derives it from the umap path);
+  a multi-region model also ``arrays/region_prob/...``: the probability of each voxel's predicted region;
 * ``Prediction`` rows into the ledger, one bulk insert and one transaction per batch.
 """
 
@@ -24,7 +25,7 @@ import torch
 from sqlalchemy import Table, insert, select
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore, prob_map_path
+from medloop.data.imagestore import ImageStore, prob_map_path, region_prob_path
 from medloop.ledger.schema import Prediction, Sample
 from medloop.ledger.store import Ledger
 
@@ -119,6 +120,8 @@ def score_arrays(
         mask_paths.append(store.put_mask(f"pred/{model_version}/{uid}", s.pred_mask[i]))
         umap_paths.append(store.put_array(f"umap/{model_version}/{uid}", s.pixel_uncertainty[i].astype(np.float32)))
         store.put_array(prob_map_path(f"umap/{model_version}/{uid}"), s.fg_prob[i].astype(np.float16))
+        if s.region_prob is not None:  # multi-region: the UPS confidence of each voxel's region
+            store.put_array(region_prob_path(f"umap/{model_version}/{uid}"), s.region_prob[i].astype(np.float16))
     out: dict[str, np.ndarray] = {
         "sample_id": np.asarray(batch["sample_id"], np.int64),
         "probs": s.probs.astype(np.float32),

@@ -217,7 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if len(val_arrays):
             pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
                            channels_last=settings.channels_last, no_lesion=settings.no_lesion_index)
-            metrics = validation_metrics(_gather(pred), len(settings.classes))
+            metrics = validation_metrics(_gather(pred), len(settings.classes), settings.regions)
         images = float(stats.pop("images")) * world
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), "images": images,
                **stats, **metrics}

@@ -101,10 +101,32 @@ class DataConfig(_Section):
         description="volumes: [slices, rows, columns] the 3D model sees (each divisible by 2**model depth); "
         "stored volumes keep their own size",
     )
+    regions: list[str] | None = Field(
+        None, description="volumes: names of the mask's region labels 1..R (e.g. [\"oedema\", \"core\", "
+        "\"enhancing\"]): the model segments each region (R + 1 classes with the background) and reports Dice / "
+        "HD95 per region; unset: every label > 0 is one lesion",
+    )
+    region_groups: dict[str, list[int]] | None = Field(
+        None, description="volumes with data.regions: composite regions reported beside each region, name -> "
+        "labels (BraTS: {whole_tumour = [1, 2, 3], tumour_core = [2, 3], enhancing_tumour = [3]})",
+    )
     group_pattern: str | None = Field(
         None, description="regular expression on a case's file name whose first group is its patient: cases of "
         "one patient stay in one split (LIDC: '^(.+)_R_\\d+'); unset: no grouping by name",
     )
+
+    @property
+    def seg_classes(self) -> int:
+        """Segmentation classes of the model: background + one per region (2 without ``regions``)."""
+        return 2 if self.regions is None else len(self.regions) + 1
+
+    def region_sets(self) -> dict[str, list[int]]:
+        """What per-region metrics report: each named region, then each composite of ``region_groups``."""
+        if self.regions is None:
+            return {}
+        out = {name: [i + 1] for i, name in enumerate(self.regions)}
+        out.update({name: [int(v) for v in labels] for name, labels in (self.region_groups or {}).items()})
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -130,6 +152,16 @@ class DataConfig(_Section):
                 raise ValueError(f"data.group_pattern: not a regular expression ({err})") from None
             if groups < 1:
                 raise ValueError("data.group_pattern: expected a group ( ... ) that captures the patient")
+        if self.regions is not None:
+            if not self.regions or len(set(self.regions)) != len(self.regions) or len(self.regions) > 254:
+                raise ValueError(f"data.regions: expected 1 to 254 distinct region names (got {self.regions})")
+        if self.region_groups is not None:
+            if self.regions is None:
+                raise ValueError("data.region_groups: needs data.regions (the labels it combines)")
+            for name, labels in self.region_groups.items():
+                if not labels or any(not 1 <= int(v) <= len(self.regions) for v in labels):
+                    raise ValueError(f"data.region_groups.{name}: expected region labels 1..{len(self.regions)} "
+                                     f"(data.regions = {self.regions}), got {labels}")
         if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
             raise ValueError("data.classes: expected at least two distinct class names")
         if self.no_lesion_class is not None and self.no_lesion_class not in self.classes:

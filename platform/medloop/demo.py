@@ -68,15 +68,18 @@ def volume_demo(campaign: Campaign) -> tuple[Campaign, Path, list[str]]:
     """The volume demo's data: synthetic 3D multimodal phantoms (``medloop.data.phantoms3d``) written as a
     NIfTI folder in the campaign folder and ingested like any volume dataset; the campaign's classes become
     the phantoms' genotypes and ``volume_size`` their grid."""
-    from .data.phantoms3d import GENOTYPES, write_phantom_folder
+    from .data.phantoms3d import GENOTYPES, REGION_NAMES, REGIONS, write_phantom_folder
 
     d = campaign.data
     n = d.n_samples if "n_samples" in d.model_fields_set else VOLUME_PHANTOMS
     folder = write_phantom_folder(campaign.folder / "phantoms3d", n, seed=d.seed, size=VOLUME_SIDE)
     data = d.model_copy(update={"source": "generic", "path": str(folder), "classes": list(GENOTYPES),
-                                "volume_size": [VOLUME_SIDE] * 3, "no_lesion_class": None})
+                                "volume_size": [VOLUME_SIDE] * 3, "no_lesion_class": None,
+                                "regions": list(REGION_NAMES),
+                                "region_groups": {k: list(v) for k, v in REGIONS.items()}})
     notes = [f"demo volumes: {n} synthetic phantoms of {VOLUME_SIDE}^3 voxels, four MRI sequences "
-             f"(t1, t1ce, t2, flair), classes {', '.join(GENOTYPES)}, written to {folder}"]
+             f"(t1, t1ce, t2, flair), classes {', '.join(GENOTYPES)}, regions {', '.join(REGION_NAMES)} "
+             f"(reported also as {', '.join(REGIONS)}), written to {folder}"]
     return campaign.model_copy(update={"data": data}), folder, notes
 
 

@@ -116,6 +116,11 @@ def markdown(result: dict[str, Any]) -> str:
     for name, e in m["per_class"].items():
         cells = " | ".join(fmt_entry(e[k]) for k in ("recall", "precision", "auc", "dice", "iou", "hd95", "empty_rate"))
         lines.append(f"| {name} | {e['n']} | {e['n_lesion']} / {e['n_no_lesion']} | {cells} |")
+    if m.get("regions"):
+        lines += ["", "## Per region (cases holding the region; HD95 in mm)", "", "| region | n | Dice | HD95 |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {e['n']} | {_fixed(e['dice'], 3)} | {_fixed(e['hd95'], 2)} |"
+                  for name, e in m["regions"].items()]
     if m.get("confusion"):
         classes = list(m["per_class"])
         lines += ["", "## Confusion matrix (rows true, columns predicted)", "",
@@ -127,6 +132,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"- {w}" for w in result.get("warnings", [])]
         lines += [f"- left out: {b['file']}: {b['reason']}" for b in result.get("bad", [])]
     return "\n".join(lines) + "\n"
+
+
+def _fixed(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> list[Path]:
@@ -233,6 +242,8 @@ class CasePredictions:
     hashes: list[str] = field(default_factory=list)
     bad: list[BadFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # a multi-region volume model: (predicted label map, true label map, spacing) of each case with a mask
+    region_maps: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] = field(default_factory=list)
 
     def add(self, files: Sequence[str | None], classes: list[str | None], has_mask: list[bool], preds: list[Any],
             seg: dict[str, np.ndarray], names: list[str]) -> None:
@@ -311,6 +322,8 @@ def _volume_cases(campaign: Campaign, im: Any, path: str | Path, fmt: str, setti
         sx, sy, sz = case.image.spacing
         seg = case_segmentation([pred.mask], [mask], spacings=[(sz, sy, sx)])
         out.add([case.image.path], [case.label], [mask is not None], [pred], seg, im.classes)
+        if mask is not None and im.meta.get("regions"):
+            out.region_maps.append((pred.mask, mask, (sz, sy, sx)))
         stored_mask = None
         if case.mask is not None:
             stored_mask = model_axes((case.mask if d.spacing is None else resample(case.mask, d.spacing, mask=True))
@@ -374,6 +387,11 @@ def run_evaluate(
     warnings, bad, rows = predicted.warnings, predicted.bad, predicted.rows
     metrics = evaluate_with_ci(np.stack(predicted.probs), np.asarray(predicted.labels, np.int64),
                                concat_segmentation(predicted.segs), im.classes, n_boot=n_boot, seed=seed)
+    if predicted.region_maps:  # data.regions: Dice / HD95 (mm) per region over the cases holding it
+        from medloop.trainers.evaluate import region_summary
+
+        preds, truths, spacings = zip(*predicted.region_maps)
+        metrics["regions"] = region_summary(list(preds), list(truths), im.meta["regions"], np.asarray(spacings))
     result: dict[str, Any] = {
         "run": {"model": source.describe(), "spec": source.spec, "registered_model": source.registered_model,
                 "version": source.version, "round": source.round_id, "checkpoint": source.checkpoint,

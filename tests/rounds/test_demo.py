@@ -100,3 +100,10 @@ def test_demo_on_volumes_writes_nifti_phantoms_and_runs_rounds(tmp_path: Path) -
     assert [r["round"] for r in report.rounds] == [1, 2] and all(r["status"] == "done" for r in report.rounds)
     assert report.rounds[0]["human"] < report.rounds[1]["human"]  # the oracle answered round 1's queue
     assert "24 volume(s) found, 24 added" in report.summary()
+    from medloop.ledger import Ledger, Round
+
+    led = Ledger.open(c.ledger)
+    with led.reading() as s:
+        metrics = s.get(Round, 2).metrics or {}
+    led.close()
+    assert {"dice_whole_tumour", "dice_tumour_core"} <= set(metrics)  # the BraTS regions, per round

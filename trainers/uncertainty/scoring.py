@@ -54,6 +54,8 @@ class BatchScores:
     pred_mask: np.ndarray  # (B, H, W) uint8
     pixel_uncertainty: np.ndarray  # (B, H, W) float32
     fg_prob: np.ndarray  # (B, H, W) float32: mean probability of lesion (any foreground class)
+    # multi-region segmentation (more than two classes): the mean probability of each pixel's predicted class
+    region_prob: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.probs.shape[0])
@@ -124,4 +126,5 @@ def score_batch(
         pred_mask=_np(pred_mask, np.uint8),
         pixel_uncertainty=_np(pixel),
         fg_prob=_np(fg_prob),
+        region_prob=_np(seg_mean.max(1).values) if q > 2 else None,
     )

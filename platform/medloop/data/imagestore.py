@@ -92,6 +92,14 @@ def prob_map_path(umap_path: str) -> str:
     return umap_path.replace("umap/", "prob/", 1)
 
 
+def region_prob_path(umap_path: str) -> str:
+    """Where a multi-region prediction's per-voxel probability of its predicted region lives
+    (``umap/<version>/<uid>`` -> ``region_prob/<version>/<uid>``)."""
+    if umap_path.startswith("arrays/"):
+        return "arrays/" + region_prob_path(umap_path[len("arrays/"):])
+    return umap_path.replace("umap/", "region_prob/", 1)
+
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -192,9 +200,10 @@ class ImageStore:
 
     def put_mask(self, name: str, mask: np.ndarray) -> str:
         """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1}); a volume's
-        mask (D, H, W) as a {0, 1} label map ``masks/<name>.npy`` (:meth:`put_volume_mask`)."""
-        if np.ndim(mask) == 3:
-            return self.put_volume_mask(name, binarise(mask))
+        mask (D, H, W) as a label map ``masks/<name>.npy`` (:meth:`put_volume_mask`: 0 / 1, or region labels)."""
+        if np.ndim(mask) == 3:  # region labels 1..254 are kept (data.regions); a 0/255 mask is binarised
+            m = np.asarray(mask)
+            return self.put_volume_mask(name, m.astype(np.uint8) if int(m.max(initial=0)) < 255 else binarise(m))
         return self.put_png(f"masks/{name}.png", binarise(mask) * 255)
 
     def put_array(self, name: str, array: np.ndarray) -> str:

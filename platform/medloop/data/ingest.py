@@ -304,6 +304,9 @@ def ingest(
         if is_volume_folder(path):
             report.volumes = True
             return ingest_volumes(campaign, path, source=fmt, skip_bad=skip_bad, report=report)
+    if campaign.data.regions is not None:
+        raise DataError(f"data.regions = {campaign.data.regions}: multi-region masks are read from volumes (NIfTI, "
+                        "DICOM series); 2D masks are one lesion (leave data.regions unset for images)")
     with _progress(progress) as bar:
         prepared, bad = read_dataset(campaign, fmt, path, bar, workers=workers)
         report.found = len(prepared) + len(bad)

@@ -28,6 +28,8 @@ from scipy.ndimage import gaussian_filter
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 GENOTYPES = ("idh_mutant", "idh_wildtype")
 OEDEMA, CORE, ENHANCING = 1, 2, 3
+#: the mask's labels 1, 2, 3 by name (a campaign's ``data.regions``)
+REGION_NAMES = ("oedema", "core", "enhancing")
 REGIONS = {"whole_tumour": (OEDEMA, CORE, ENHANCING), "tumour_core": (CORE, ENHANCING),
            "enhancing_tumour": (ENHANCING,)}
 

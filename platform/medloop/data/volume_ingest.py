@@ -146,6 +146,14 @@ def read_volumes(
             bad.append(BadFile(case.image.path, f"intensity normalisation ({kind}) failed: {err}"))
             continue
         mask = None if case.mask is None else model_axes(case.mask.array)[0]
+        if mask is not None and d.regions is not None:
+            labels = sorted(int(v) for v in np.unique(mask) if v not in (0, 255))
+            unknown = [v for v in labels if v > len(d.regions)]
+            if unknown:
+                bad.append(BadFile(case.mask.path if case.mask is not None else case.image.path,
+                                   f"mask holds label(s) {unknown}; data.regions names {len(d.regions)} region(s), "
+                                   f"labels 1..{len(d.regions)} ({', '.join(d.regions)})"))
+                continue
         case_hash = volume_case_hash(image, mask)
         sx, sy, sz = case.image.spacing
         prepared.append(PreparedVolume(

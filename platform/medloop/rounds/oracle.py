@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -64,20 +65,26 @@ def truth_answers(session: Session, tasks: list[AnnotationTask]) -> list[tuple[A
 
 
 def annotation_result(campaign: Campaign, class_name: str | None, mask: Any | None) -> list[dict[str, Any]]:
-    """A Label Studio annotation result (class choice + brush mask), as the labeling UI would send."""
-    from medloop.labeling.project import CLASS_FROM, IMAGE_TO, LESION_FROM
+    """A Label Studio annotation result (class choice + brush mask), as the labeling UI would send: one brush
+    region labelled ``labeling.lesion_label``, or one per region of a multi-region campaign (``data.regions``;
+    mask value ``i`` is label ``i - 1``)."""
+    from medloop.labeling.project import CLASS_FROM, IMAGE_TO, LESION_FROM, brush_labels
     from medloop.labeling.rle import mask_to_rle
 
+    labels = brush_labels(campaign)
     result: list[dict[str, Any]] = []
     if class_name is not None:  # a mask-only truth: no choice (sync then quarantines it: no class)
         result.append({"from_name": CLASS_FROM, "to_name": IMAGE_TO, "type": "choices",
                        "value": {"choices": [class_name]}})
-    if mask is not None and mask.any():
+    if mask is None or not mask.any():
+        return result
+    values = [1] if len(labels) == 1 else [int(v) for v in np.unique(mask) if 0 < v <= len(labels)]
+    for v in values:
+        part = (mask > 0) if len(labels) == 1 else (mask == v)
         result.append({"from_name": LESION_FROM, "to_name": IMAGE_TO, "type": "brushlabels",
                        "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]),
                        "image_rotation": 0,
-                       "value": {"format": "rle", "rle": mask_to_rle(mask),
-                                 "brushlabels": [campaign.labeling.lesion_label]}})
+                       "value": {"format": "rle", "rle": mask_to_rle(part), "brushlabels": [labels[v - 1]]}})
     return result
 
 
@@ -95,9 +102,12 @@ def answer_via_labelstudio(campaign: Campaign, ledger: Any, store: Any) -> dict[
         existing = client.get(f"/api/tasks/{ls_task_id}/annotations/")
         if existing:  # answered already (a resumed push): never annotate twice
             continue
-        mask = store.load_mask(mask_path) if mask_path else None
-        if mask is not None and mask.ndim == 3:  # a volume's task shows one slice: the truth on that slice
-            mask = mask[int(slice_index if slice_index is not None else len(mask) // 2)]
+        mask = None
+        if mask_path and mask_path.endswith(".npy"):  # a volume's task shows one slice: the truth on that slice
+            truth = store.load_label_map(mask_path)  # region labels kept (data.regions); 255 is no lesion here
+            mask = np.where(truth == 255, 0, truth)[int(slice_index if slice_index is not None else len(truth) // 2)]
+        elif mask_path:
+            mask = store.load_mask(mask_path)
         client.post(f"/api/tasks/{ls_task_id}/annotations/",
                     json={"result": annotation_result(campaign, class_name, mask), "was_cancelled": False})
         posted += 1

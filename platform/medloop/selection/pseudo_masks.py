@@ -25,21 +25,29 @@ def pseudo_mask(
     pixel_tau_u: float,
     fg_prob: np.ndarray | None = None,
     tau_c: float | None = None,
+    region_prob: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(mask uint8, ignore bool)``: a pixel is kept only when it is certain AND confident.
 
     The UPS rule (Rizve et al., ICLR 2021; Cheng et al., MTTU-Net, IEEE TMI 2022, Eq. 19) per pixel:
     kept iff ``pixel_uncertainty <= pixel_tau_u`` and, when ``fg_prob`` (mean lesion probability)
-    and ``tau_c`` are given, ``max(fg_prob, 1 - fg_prob) >= tau_c``. Every other pixel (NaN
-    included) is ignored. Works on one image ``(H, W)`` or a batch ``(B, H, W)``; the mask keeps the
-    predicted values everywhere -- use :func:`training_target` to write 255 at ignored pixels.
+    and ``tau_c`` are given, ``max(fg_prob, 1 - fg_prob) >= tau_c``; a multi-region mask (label map) gives
+    ``region_prob``, the mean probability of each pixel's predicted class, and the rule is
+    ``region_prob >= tau_c`` (the same rule: for two classes it equals ``max(fg_prob, 1 - fg_prob)``).
+    Every other pixel (NaN included) is ignored. Works on one image ``(H, W)`` or a batch ``(B, H, W)``;
+    the mask keeps the predicted values everywhere -- use :func:`training_target` to write 255 at ignored pixels.
     """
     mask = np.asarray(pred_mask)
     unc = np.asarray(pixel_uncertainty)
     if mask.shape != unc.shape:
         raise ValueError(f"pred_mask shape {mask.shape} != pixel_uncertainty shape {unc.shape}")
     keep = unc <= pixel_tau_u  # NaN -> not kept
-    if fg_prob is not None and tau_c is not None:
+    if region_prob is not None and tau_c is not None:
+        conf = np.asarray(region_prob, dtype=np.float32)
+        if conf.shape != mask.shape:
+            raise ValueError(f"pred_mask shape {mask.shape} != region_prob shape {conf.shape}")
+        keep &= conf >= tau_c
+    elif fg_prob is not None and tau_c is not None:
         prob = np.asarray(fg_prob, dtype=np.float32)
         if prob.shape != mask.shape:
             raise ValueError(f"pred_mask shape {mask.shape} != fg_prob shape {prob.shape}")

@@ -80,6 +80,15 @@ def seg_metrics(ctx: StepContext, val: ScoreTable) -> dict[str, float]:
     pred, truth = np.stack(preds), np.stack(truths)
     values = {"dice": lesion_dice(pred, truth), "iou": lesion_iou(pred, truth),
               "empty_rate": empty_mask_rate(pred, truth)}
+    regions = ctx.campaign.data.region_sets()
+    if regions:  # per region on the label maps (data.regions): the masks above are the whole lesion
+        from medloop.data.imagestore import mask_at
+        from medloop.trainers.plain import region_dice_means
+
+        maps = [(store.load_label_map(p_rel), store.load_label_map(t_rel))
+                for p_rel, t_rel in zip(val.mask_paths, val.human_mask) if p_rel and t_rel]
+        labelled = {"pred_mask": [p for p, _ in maps], "mask": [mask_at(t, p.shape) for p, t in maps]}
+        values.update({f"dice_{k}": v for k, v in region_dice_means(labelled, regions).items()})
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
@@ -274,7 +283,8 @@ def _track(ctx: StepContext, metrics: dict[str, Any], cm: np.ndarray | None, poo
               "threshold.pixel_tau_u": sel.pixel_tau_u, "threshold.mask_gate": sel.mask_gate,
               "threshold.max_ece": sel.max_ece}
     scalar = {f"val_{k}": v for k, v in metrics.items()
-              if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece")}
+              if k in ("dice", "iou", "accuracy", "f1", "auc", "ece", "adaptive_ece", "brier", "nll", "seg_ece")
+              or k.startswith("dice_")}  # dice_<region> of a multi-region campaign
     select_metrics = {"queue_size": select_d.get("queue_size", 0), "audit_size": select_d.get("audit_size", 0),
                       "pseudo_labels": select_d.get("pseudo_labels", 0),
                       "pseudo_masks": select_d.get("pseudo_masks", 0),

@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 from sqlalchemy import Table, insert, select
 
-from medloop.data.imagestore import prob_map_path
+from medloop.data.imagestore import prob_map_path, region_prob_path
 from medloop.ledger.schema import AnnotationTask, Selection
 from medloop.ledger.store import PseudoLabelRow, add_pseudo_labels, retire_pseudo_labels
 from medloop.selection import (
@@ -44,10 +44,14 @@ def _pseudo_mask_files(ctx: StepContext, table: ScoreTable, idx: np.ndarray) -> 
         mpath, upath = table.mask_paths[i], table.umap_paths[i]
         if not mpath or not upath:
             continue
-        ppath = prob_map_path(upath)
+        ppath, rpath = prob_map_path(upath), region_prob_path(upath)
         prob = store.load_array(ppath).astype(np.float32) if store.path(ppath).exists() else None
-        mask, ignore = pseudo_mask(store.load_mask(mpath), store.load_array(upath), sel.pixel_tau_u,
-                                   fg_prob=prob, tau_c=sel.tau_c)
+        if store.path(rpath).exists():  # a multi-region model (data.regions): its label map and region confidence
+            mask, ignore = pseudo_mask(store.load_label_map(mpath), store.load_array(upath), sel.pixel_tau_u,
+                                       tau_c=sel.tau_c, region_prob=store.load_array(rpath).astype(np.float32))
+        else:
+            mask, ignore = pseudo_mask(store.load_mask(mpath), store.load_array(upath), sel.pixel_tau_u,
+                                       fg_prob=prob, tau_c=sel.tau_c)
         uid = table.uids[i]
         out[i] = (store.put_mask(f"pseudo/round-{ctx.round_id}/{uid}", mask),
                   store.put_array(f"ignore/round-{ctx.round_id}/{uid}", ignore))
