@@ -149,3 +149,44 @@ def test_regions_are_refused_for_images_and_unknown_labels(tmp_path: Path) -> No
                                                                       "region_groups": None})})
     with pytest.raises(IngestError, match=r"mask holds label\(s\) \[3\]; data.regions names 2 region"):
         ingest(two, "generic")
+
+
+@pytest.mark.labelstudio
+def test_a_multi_region_round_through_label_studio(labelstudio_server, tmp_path: Path) -> None:
+    """A real Label Studio project with one brush label per region: the oracle paints the truth's regions on
+    each pushed slice there, and sync brings back each slice's region labels as a partial label map."""
+    from medloop.labeling.volume_slices import NOT_ANNOTATED
+
+    write_phantom_folder(tmp_path / "data", n=16, size=16)
+    name = f"regions-{np.random.default_rng().integers(1 << 30)}"
+    base = _campaign(tmp_path / "unused", tmp_path / "data")
+    c = labelstudio_server.campaign(name, data=base.data.model_dump(), model=base.model.model_dump(),
+                                    uncertainty=base.uncertainty.model_dump(), compute=base.compute.model_dump(),
+                                    selection={**base.selection.model_dump(), "budget": 4, "tau_c": 0.999,
+                                               "tau_u": 0.0}, labeling={"oracle": True})  # no pseudo-label
+    ingest(c, "generic")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_round(c)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.status == "done", out
+    from medloop.ledger import AnnotationTask
+
+    ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
+    with ledger.reading() as s:
+        rows = s.execute(select(AnnotationTask, Label).join(Label, Label.sample_id == AnnotationTask.sample_id)
+                         .where(Label.kind == "human", Label.active.is_(True), Label.ls_task_id.is_not(None))).all()
+        truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
+        states = [(t.state, t.slice_index, t.sample_id) for t in s.scalars(select(AnnotationTask))]
+    ledger.close()
+    assert len(rows) >= 3, states  # the budget, annotated in Label Studio and synced
+    labels_seen = set()
+    for task, label in rows:
+        partial = store.load_label_map(label.mask_path)
+        k = task.slice_index
+        assert (np.delete(partial, k, axis=0) == NOT_ANNOTATED).all()
+        assert np.array_equal(partial[k], store.load_label_map(truth[task.sample_id])[k])  # regions, not 0/1
+        labels_seen |= set(np.unique(partial[k]).tolist())
+    assert labels_seen & {2, 3}  # a slice with core or enhancing tumour came back with its region
