@@ -152,3 +152,32 @@ def checkpoint_train_round(val_accuracy: list[float]):
         return TinyTrainResult(str(folder), {"val_accuracy": acc}, hist, 2 * round_id, f"round-{round_id}")
 
     return train
+
+
+def run_round_on_one_thread(campaign: Campaign, **kwargs: Any) -> Any:
+    """``run_round`` with torch on one thread (the test machine's 2 cores are shared with Ray), restored after."""
+    import torch
+
+    from medloop.rounds.orchestrator import run_round
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_round(campaign, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def synced_slice_labels(campaign: Campaign) -> tuple[list[tuple[Any, Any]], dict[int, str]]:
+    """The volume tasks annotated in Label Studio and synced: (AnnotationTask, its active human Label) pairs,
+    and the truth mask path of every sample."""
+    from medloop.ledger import AnnotationTask
+
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        rows = [tuple(r) for r in s.execute(
+            select(AnnotationTask, Label).join(Label, Label.sample_id == AnnotationTask.sample_id)
+            .where(Label.kind == "human", Label.active.is_(True), Label.ls_task_id.is_not(None))).all()]
+        truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
+    ledger.close()
+    return rows, truth

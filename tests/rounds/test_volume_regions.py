@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sqlalchemy import select
-from support import tiny_campaign
+from support import run_round_on_one_thread, synced_slice_labels, tiny_campaign
 
 from medloop.data.imagestore import ImageStore, region_prob_path
 from medloop.data.ingest import ingest
 from medloop.data.phantoms3d import write_phantom_folder
 from medloop.ledger import Label, Ledger, Prediction, Round
-from medloop.rounds.orchestrator import run_round
 
 REGIONS = ["oedema", "core", "enhancing"]
 GROUPS = {"whole_tumour": [1, 2, 3], "tumour_core": [2, 3], "enhancing_tumour": [3]}
@@ -41,12 +39,7 @@ def test_a_multi_region_volume_round(tmp_path: Path) -> None:
     write_phantom_folder(tmp_path / "data", n=24, size=16)
     c = _campaign(tmp_path / "camp", tmp_path / "data")
     ingest(c, "generic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = run_round(c)
-    finally:
-        torch.set_num_threads(threads)
+    out = run_round_on_one_thread(c)
     assert out.status == "done", out
     ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
     with ledger.reading() as s:
@@ -165,23 +158,11 @@ def test_a_multi_region_round_through_label_studio(labelstudio_server, tmp_path:
                                     selection={**base.selection.model_dump(), "budget": 4, "tau_c": 0.999,
                                                "tau_u": 0.0}, labeling={"oracle": True})  # no pseudo-label
     ingest(c, "generic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = run_round(c)
-    finally:
-        torch.set_num_threads(threads)
+    out = run_round_on_one_thread(c)
     assert out.status == "done", out
-    from medloop.ledger import AnnotationTask
-
-    ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
-    with ledger.reading() as s:
-        rows = s.execute(select(AnnotationTask, Label).join(Label, Label.sample_id == AnnotationTask.sample_id)
-                         .where(Label.kind == "human", Label.active.is_(True), Label.ls_task_id.is_not(None))).all()
-        truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
-        states = [(t.state, t.slice_index, t.sample_id) for t in s.scalars(select(AnnotationTask))]
-    ledger.close()
-    assert len(rows) >= 3, states  # the budget, annotated in Label Studio and synced
+    rows, truth = synced_slice_labels(c)
+    store = ImageStore(c.store)
+    assert len(rows) >= 3  # the budget, annotated in Label Studio and synced
     labels_seen = set()
     for task, label in rows:
         partial = store.load_label_map(label.mask_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import func, select
-from support import tiny_campaign
+from support import run_round_on_one_thread, synced_slice_labels, tiny_campaign
 from volume_files import lidc_like  # tests/ is on sys.path
 
 from medloop.data.imagestore import ImageStore
@@ -99,19 +99,10 @@ def test_a_volume_round_through_label_studio(labelstudio_server, tmp_path: Path)
                                     uncertainty=base.uncertainty.model_dump(), compute=base.compute.model_dump(),
                                     selection=base.selection.model_dump(), labeling={"oracle": True})
     ingest(c, "generic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = run_round(c)
-    finally:
-        torch.set_num_threads(threads)
+    out = run_round_on_one_thread(c)
     assert out.status == "done", out
-    ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
-    with ledger.reading() as s:
-        rows = s.execute(select(AnnotationTask, Label).join(Label, Label.sample_id == AnnotationTask.sample_id)
-                         .where(Label.kind == "human", Label.active.is_(True), Label.ls_task_id.is_not(None))).all()
-        truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
-    ledger.close()
+    rows, truth = synced_slice_labels(c)
+    store = ImageStore(c.store)
     assert len(rows) >= 2  # the budget, annotated in Label Studio and synced
     for task, label in rows:
         assert task.state == "completed" and task.slice_index is not None
