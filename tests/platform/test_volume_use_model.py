@@ -215,3 +215,23 @@ def test_evaluate_volumes_agrees_with_predict_and_reports_mm(trained, tmp_path: 
     refused = runner.invoke(app, ["evaluate", str(data), "--format", "busi", "--config", str(cfg), "--out",
                                   str(tmp_path / "r2"), "--no-mlflow"])
     assert refused.exit_code == 1 and "is a volume model" in refused.output and "--format generic" in refused.output
+
+
+def test_predict_a_dicom_series(trained, tmp_path: Path) -> None:
+    """A DICOM series folder (one slice per file) is one volume: its mask lies on the series' canonical grid."""
+    from dicom_files import series
+
+    from medloop.data.dicom_series import read_dicom_series
+
+    _, cfg, _ = trained
+    folder = series(tmp_path / "scans" / "series1", n=6)
+    result = runner.invoke(app, ["predict", str(folder), "--config", str(cfg), "--out", str(tmp_path / "o"),
+                                 "--mc-passes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "predicted 1 volume(s)" in result.output
+    volume = read_dicom_series(folder)
+    written = nib.load(str(tmp_path / "o" / "masks" / "series1.nii.gz"))
+    assert written.shape == volume.shape3d
+    np.testing.assert_allclose(written.affine, volume.affine, atol=1e-5)
+    assert _rows(tmp_path / "o" / "predictions.csv")["series1"]["spacing_mm"] == "x".join(
+        f"{s:g}" for s in volume.spacing)
