@@ -29,7 +29,7 @@ import numpy as np
 from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
-from medloop.data.imagestore import ImageStore, prob_at, prob_map_path, prob_mask
+from medloop.data.imagestore import ImageStore, mask_at, prob_at, prob_map_path, prob_mask
 from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 from medloop.ledger.schema import utcnow
 
@@ -75,17 +75,24 @@ def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, 
     the mask follows the lesion boundary instead of the blocks of an upscaled model-size mask. The
     predicted mask decides whether there is a lesion at all (scoring empties it when the predicted
     class has none): an empty predicted mask gives no brush region. A prediction without a
-    probability map (scored before the maps were written) falls back to its mask, nearest-resized."""
+    probability map (scored before the maps were written) falls back to its mask, nearest-resized. A
+    multi-region prediction (``data.regions``) gives each lesion pixel its region (nearest)."""
     if pred is None or not pred.mask_path or not store.path(pred.mask_path).exists():
         return None
-    mask = store.load_mask(pred.mask_path)
-    if not mask.any():
+    labels = store.load_label_map(pred.mask_path)
+    if not labels.any():
         return None
+    native = None
     if pred.umap_path:
         ppath = prob_map_path(pred.umap_path)
         if store.path(ppath).exists():
-            return prob_mask(store.load_array(ppath), (height, width))
-    return store.load_mask_at(pred.mask_path, (height, width))
+            native = prob_mask(store.load_array(ppath), (height, width))
+    regions = mask_at(labels, (height, width))
+    if native is None:
+        return regions
+    if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion pixel keeps its region
+        return np.where(native > 0, np.maximum(regions, 1), 0).astype(np.uint8)
+    return native
 
 
 def _num(v: Any, digits: int) -> float | None:

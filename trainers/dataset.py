@@ -168,19 +168,21 @@ def decode_sample(
     classes: Sequence[str],
     size: int,
     channels: int,
+    regions: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One sample -> (image (C,S,S) uint8, mask (S,S) uint8 with 255 = ignore, class index or -1).
 
     The store keeps images and human / truth masks at the image's native size and pseudo-masks at
     the model size of the round that made them: every one is read at the requested size ``S``
     (image bilinear, masks and ignore maps nearest), so ``data.image_size`` can change without a
-    new ingest or re-annotation."""
+    new ingest or re-annotation. ``regions`` (``data.regions``): the mask keeps its region labels."""
     image = model_image(store, image_path, size, channels)
     mask = np.full((size, size), IGNORE, np.uint8)
     cls = class_index(label, classes)
     if label is not None:
         if label.mask_path:
-            mask = store.load_mask_at(label.mask_path, (size, size)).copy()
+            mask = (mask_at(store.load_label_map(label.mask_path), (size, size)).copy() if regions
+                    else store.load_mask_at(label.mask_path, (size, size)).copy())
             if label.ignore_path:
                 mask[mask_at(store.load_ignore(label.ignore_path), (size, size)) > 0] = IGNORE
     return image, mask, cls
@@ -200,7 +202,8 @@ def _stack(
             stored = np.asarray((sample.depth, sample.height, sample.width), np.float64)
             spacing.append(np.asarray(sample.spacing or (1.0, 1.0, 1.0), np.float64) * stored / np.asarray(volume_size))
         else:
-            img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels)
+            img, mask, cls = decode_sample(store, sample.image_path, label, campaign.data.classes, size, channels,
+                                           campaign.data.regions is not None)
         ids.append(sample.id)
         uids.append(sample.uid)
         imgs.append(img)

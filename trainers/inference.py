@@ -176,11 +176,18 @@ def native_maps(pred_mask: np.ndarray, fg_prob: np.ndarray, pixel_uncertainty: n
     """Model-size outputs of one image -> (mask, lesion probability, pixel uncertainty) at ``shape``.
 
     The probability is resized bilinearly, then thresholded at 0.5; an empty model-size mask (no lesion,
-    or the no-lesion class predicted) stays empty at every size."""
+    or the no-lesion class predicted) stays empty at every size. A multi-region label map gives each lesion
+    pixel its region (nearest)."""
     prob = prob_at(fg_prob, shape)
     unc = prob_at(np.nan_to_num(pixel_uncertainty, nan=0.0), shape)
-    if not np.asarray(pred_mask).any():
+    labels = np.asarray(pred_mask)
+    if not labels.any():
         return np.zeros(shape, np.uint8), prob, unc
+    if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion pixel keeps its region
+        from medloop.data.imagestore import mask_at
+
+        return np.where(prob >= 0.5, np.maximum(mask_at(labels.astype(np.uint8), shape), 1), 0).astype(np.uint8), \
+            prob, unc
     return (prob >= 0.5).astype(np.uint8), prob, unc
 
 
@@ -245,7 +252,7 @@ def native_volume_maps(pred_mask: np.ndarray, fg_prob: np.ndarray, voxel_uncerta
         from medloop.data.imagestore import nearest_resize
 
         regions = nearest_resize(labels.astype(np.uint8), (size[0], size[1], size[2]))
-        return np.where(prob >= 0.5, regions, 0).astype(np.uint8), prob, unc
+        return np.where(prob >= 0.5, np.maximum(regions, 1), 0).astype(np.uint8), prob, unc
     return (prob >= 0.5).astype(np.uint8), prob, unc
 
 

@@ -76,9 +76,6 @@ class LoopSettings:
             spec = volume_spec(spec, volume_channels, list(campaign.data.volume_size))
             volume_size = list(campaign.data.volume_size)
         if campaign.data.regions is not None:
-            if volume_channels is None:
-                raise ValueError(f"data.regions = {campaign.data.regions}: multi-region masks need a volume "
-                                 "campaign (2D masks are one lesion)")
             spec["options"]["seg_classes"] = campaign.data.seg_classes
         cls_head, seg_head = resolve_heads(spec["name"], m.cls_head, m.seg_head)  # None: the model's own heads
         base = cls(

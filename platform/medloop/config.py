@@ -102,12 +102,12 @@ class DataConfig(_Section):
         "stored volumes keep their own size",
     )
     regions: list[str] | None = Field(
-        None, description="volumes: names of the mask's region labels 1..R (e.g. [\"oedema\", \"core\", "
-        "\"enhancing\"]): the model segments each region (R + 1 classes with the background) and reports Dice / "
-        "HD95 per region; unset: every label > 0 is one lesion",
+        None, description="names of the mask's region labels 1..R (images: grey PNG label masks; volumes), e.g. "
+        "[\"oedema\", \"core\", \"enhancing\"]: the model segments each region (R + 1 classes with the background) "
+        "and reports Dice / HD95 per region; unset: every label > 0 is one lesion",
     )
     region_groups: dict[str, list[int]] | None = Field(
-        None, description="volumes with data.regions: composite regions reported beside each region, name -> "
+        None, description="with data.regions: composite regions reported beside each region, name -> "
         "labels (BraTS: {whole_tumour = [1, 2, 3], tumour_core = [2, 3], enhancing_tumour = [3]})",
     )
     group_pattern: str | None = Field(

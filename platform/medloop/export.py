@@ -297,16 +297,18 @@ def image_bytes(store: ImageStore, item: ExportLabel) -> tuple[bytes, tuple[int,
 
 
 def load_mask(store: ImageStore, rel: str, size: tuple[int, int], item: ExportLabel, what: str,
-              data: bytes | None = None) -> tuple[np.ndarray, bool]:
+              data: bytes | None = None, labels: bool = False) -> tuple[np.ndarray, bool]:
     """A stored mask (PNG, or a ``.npy`` ignore map) as uint8 {0, 1} at ``size`` = (height, width), the
-    image's (nearest; pseudo-masks are stored at the model's size), and whether it was resized."""
+    image's (nearest; pseudo-masks are stored at the model's size), and whether it was resized. ``labels``:
+    a multi-region label map keeps its labels (255, the binary masks' lesion, reads as 1)."""
     data = _read(store, rel, what, item) if data is None else data
     try:
         if rel.endswith(".npy"):
             mask = binarise(np.load(io.BytesIO(data), allow_pickle=False))
         else:
             with Image.open(io.BytesIO(data)) as im:
-                mask = binarise(np.asarray(im))
+                raw = np.asarray(im)
+            mask = np.where(raw == 255, 1, raw).astype(np.uint8) if labels and raw.ndim == 2 else binarise(raw)
     except Exception as err:  # noqa: BLE001 - any decoder error names the file
         raise ExportError(f"sample {item.uid}: {what} {store.path(rel)} cannot be decoded ({err})") from None
     if mask.ndim != 2:
@@ -316,13 +318,13 @@ def load_mask(store: ImageStore, rel: str, size: tuple[int, int], item: ExportLa
 
 def mask_bytes(store: ImageStore, rel: str, size: tuple[int, int], item: ExportLabel, what: str) -> tuple[bytes, bool]:
     """A stored mask as a PNG at ``size`` (the image's): the stored bytes when they already are a PNG of
-    that size (human and dataset masks: 0/255), else decoded, resized (nearest) and encoded as 0/255.
-    Returns (PNG bytes, resized)."""
+    that size (human and dataset masks: 0/255, or region labels), else decoded, resized (nearest) and encoded
+    as 0/255, or as its region labels 1..R (``data.regions``). Returns (PNG bytes, resized)."""
     data = _read(store, rel, what, item)
     if png_size(data) == size:
         return data, False
-    mask, resized = load_mask(store, rel, size, item, what, data)
-    return _encode_png(mask * np.uint8(255)), resized
+    mask, resized = load_mask(store, rel, size, item, what, data, labels=True)
+    return _encode_png(mask if int(mask.max(initial=0)) > 1 else mask * np.uint8(255)), resized
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Output folder (written to a temporary sibling, then renamed):
 
-* ``masks/<name>.png``: the lesion mask at the input's own size, 0 / 255;
+* ``masks/<name>.png``: the lesion mask at the input's own size, 0 / 255 (a multi-region model: the region
+  labels 1..R);
 * ``predictions.csv``: one row per image (columns :data:`CSV_COLUMNS` with ``p_<class>`` for each class);
 * ``unreadable.csv``: ``file, reason`` for every input that could not be used;
 * ``overlays/<name>.png`` with ``--overlays``: the image with the mask outline | the pixel uncertainty;
@@ -121,6 +122,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray, vmax: 
     return np.concatenate([rgb, heat], axis=1)
 
 
+def mask_picture(mask: np.ndarray) -> np.ndarray:
+    """What ``masks/<name>.png`` holds: 0 / 255 for a lesion mask, the labels 1..R of a multi-region model."""
+    m = np.asarray(mask, np.uint8)
+    return m if int(m.max(initial=0)) > 1 else m * np.uint8(255)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """The PNG file of an image (what :func:`_save_png` writes; the Ray path encodes in its workers)."""
     buf = io.BytesIO()
@@ -226,7 +233,7 @@ def predict_files(
             unreadable += bad
             preds = predict_images(im, [g.image for g in good], settings)
             for inp, pred in zip(good, preds):
-                _save_png(out / "masks" / f"{inp.file.name}.png", pred.mask * 255)
+                _save_png(out / "masks" / f"{inp.file.name}.png", mask_picture(pred.mask))
                 if overlays:
                     picture = overlay(inp.image, pred.mask, pred.uncertainty)
                     _save_png(out / "overlays" / f"{inp.file.name}.png", picture)

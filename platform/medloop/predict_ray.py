@@ -48,7 +48,7 @@ class Predictor:
         self.settings, self.window, self.overlays = settings, window, overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from medloop.predict import _read_batch, csv_row, overlay, png_bytes
+        from medloop.predict import _read_batch, csv_row, mask_picture, overlay, png_bytes
         from medloop.trainers.inference import predict_images
 
         files = [InputFile(Path(str(p)), str(n)) for p, n in zip(batch["path"], batch["name"])]
@@ -62,7 +62,7 @@ class Predictor:
             out["reason"].append("")
             out["row"].append(json.dumps(csv_row(inp, pred, self.im.classes)))
             out["notes"].append(json.dumps(inp.notes))
-            out["mask"].append(png_bytes(pred.mask * 255))
+            out["mask"].append(png_bytes(mask_picture(pred.mask)))
             out["overlay"].append(png_bytes(overlay(inp.image, pred.mask, pred.uncertainty)) if self.overlays
                                   else b"")
         for b in bad:

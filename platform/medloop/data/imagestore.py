@@ -199,12 +199,17 @@ class ImageStore:
         return self.put_png(f"images/{uid}.png", image)
 
     def put_mask(self, name: str, mask: np.ndarray) -> str:
-        """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1}); a volume's
-        mask (D, H, W) as a label map ``masks/<name>.npy`` (:meth:`put_volume_mask`: 0 / 1, or region labels)."""
-        if np.ndim(mask) == 3:  # region labels 1..254 are kept (data.regions); a 0/255 mask is binarised
-            m = np.asarray(mask)
-            return self.put_volume_mask(name, m.astype(np.uint8) if int(m.max(initial=0)) < 255 else binarise(m))
-        return self.put_png(f"masks/{name}.png", binarise(mask) * 255)
+        """Store a binary mask as a 0/255 PNG under ``masks/<name>.png`` (read back as {0, 1}), a 2D region label
+        map (labels up to 254, some above 1: ``data.regions``) as a grey PNG of its labels; a volume's mask
+        (D, H, W) as a label map ``masks/<name>.npy`` (:meth:`put_volume_mask`: 0 / 1, or region labels).
+        :meth:`load_mask` reads every form back as {0, 1}, :meth:`load_label_map` with its labels."""
+        m = np.asarray(mask)
+        top = int(m.max(initial=0))
+        if m.ndim == 3:  # region labels 1..254 are kept (data.regions); a 0/255 mask is binarised
+            return self.put_volume_mask(name, m.astype(np.uint8) if top < 255 else binarise(m))
+        if 1 < top < 255 and m.dtype != bool:  # a 2D region label map (data.regions): values 2..254 kept as they are
+            return self.put_png(f"masks/{name}.png", m.astype(np.uint8))
+        return self.put_png(f"masks/{name}.png", binarise(m) * 255)
 
     def put_array(self, name: str, array: np.ndarray) -> str:
         return self._put_npy(f"arrays/{name}.npy", array)
@@ -240,8 +245,13 @@ class ImageStore:
         return np.load(self.root / rel, allow_pickle=False)
 
     def load_label_map(self, rel: str) -> np.ndarray:
-        """A stored volume mask with its values (region ids, 255 = not annotated): uint8 (D, H, W)."""
-        return np.load(self.root / rel, allow_pickle=False)
+        """A stored mask with its labels: a volume's ``.npy`` as written (region ids, 255 = not annotated),
+        uint8 (D, H, W); a 2D PNG (H, W) with 255 (the binary masks' lesion) read as label 1."""
+        if rel.endswith(".npy"):
+            return np.load(self.root / rel, allow_pickle=False)
+        with Image.open(self.root / rel) as im:
+            m = np.asarray(im.convert("L") if im.mode not in ("L", "P") else im).astype(np.uint8)
+        return np.where(m == 255, 1, m).astype(np.uint8)
 
     def load_mask(self, rel: str) -> np.ndarray:
         """A stored mask as uint8 {0, 1} (a PNG image mask; a ``.npy`` volume mask, 255 = not annotated

@@ -192,10 +192,10 @@ def _track(progress, items: Iterable, total: int, description: str) -> Iterator:
 
 
 def _read_item(item: Item, *, fmt: str, channels: int, window: tuple[float, float] | None, min_size: int,
-               image_size: int) -> Prepared | BadFile:
+               image_size: int, regions: int | None = None) -> Prepared | BadFile:
     """One case read and normalised (:func:`prepare`), or the bad file with its reason."""
     try:
-        rec = item.load(channels, window)
+        rec = item.load(channels, window, regions)
     except FileError as err:
         return err.as_bad()
     h, w = rec.image.shape[:2]
@@ -224,7 +224,7 @@ def read_dataset(
     items, bad = _scan(campaign, fmt, path)
     window = None if d.intensity_window is None else (d.intensity_window[0], d.intensity_window[1])
     read = partial(_read_item, fmt=fmt, channels=d.channels, window=window, min_size=d.min_image_size,
-                   image_size=d.image_size)
+                   image_size=d.image_size, regions=None if d.regions is None else len(d.regions))
     if workers > 1 and len(items) >= PARALLEL_MIN_FILES:
         results: Iterable[Prepared | BadFile] = _read_in_workers(items, read, workers, progress, fmt)
     else:
@@ -304,9 +304,6 @@ def ingest(
         if is_volume_folder(path):
             report.volumes = True
             return ingest_volumes(campaign, path, source=fmt, skip_bad=skip_bad, report=report)
-    if campaign.data.regions is not None:
-        raise DataError(f"data.regions = {campaign.data.regions}: multi-region masks are read from volumes (NIfTI, "
-                        "DICOM series); 2D masks are one lesion (leave data.regions unset for images)")
     with _progress(progress) as bar:
         prepared, bad = read_dataset(campaign, fmt, path, bar, workers=workers)
         report.found = len(prepared) + len(bad)

@@ -155,6 +155,30 @@ def read_mask(path: Path) -> np.ndarray:
     return _read_mask(path)[0]
 
 
+def read_region_mask(path: Path, regions: int) -> tuple[np.ndarray, bool]:
+    """A region label mask (``data.regions``: one grey / palette channel, labels 0..``regions``) as uint8, and
+    whether the file holds exactly what the store writes for it (a grey PNG of the labels when some label is
+    above 1); a :class:`FileError` naming the file for colour masks or labels above ``regions``."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, fmt = im.mode, im.format
+            arr = np.asarray(im)
+    except Image.DecompressionBombError as err:
+        raise FileError(str(path), f"mask too large to decode safely (decompression-bomb limit: {err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise FileError(str(path), f"unreadable or truncated mask ({err})") from None
+    if arr.ndim != 2:
+        raise FileError(str(path), f"a region mask must be one channel of labels (data.regions), got mode {mode}")
+    labels = sorted(int(v) for v in np.unique(arr) if v != 0)
+    unknown = [v for v in labels if v > regions]
+    if unknown:
+        raise FileError(str(path), f"mask holds label(s) {unknown[:5]}; data.regions names {regions} region(s), "
+                                   f"labels 1..{regions}")
+    mask = arr.astype(np.uint8)
+    return mask, fmt == "PNG" and mode == "L" and bool(labels) and labels[-1] > 1
+
+
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
     """:func:`read_mask`, and whether the file is a grey PNG holding only 0 and 255 (the store's form)."""
     try:
@@ -193,16 +217,18 @@ class Item:
     class_name: str | None
     resolved: Path | None = None  # ``image`` with symlinks resolved, when the walk knows it (else resolved here)
 
-    def load(self, channels: int = 1, window: tuple[float, float] | None = None) -> Record:
+    def load(self, channels: int = 1, window: tuple[float, float] | None = None, regions: int | None = None
+             ) -> Record:
         """Read the image and the union of its masks; raises :class:`FileError` naming the bad file.
-        ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`)."""
+        ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`);
+        ``regions``: the number of ``data.regions``, whose labels the masks keep (:func:`read_region_mask`)."""
         stat = _stat(self.image)
         image, mode, notes, fmt = _decode_image(self.image, channels, window)
         mask = None
         mask_png = None
         for mpath in self.masks:
             mstat = _stat(mpath)
-            m, stored_form = _read_mask(mpath)
+            m, stored_form = _read_mask(mpath) if regions is None else read_region_mask(mpath, regions)
             check_mask_size(mpath, m, image)
             mask = m if mask is None else np.maximum(mask, m)
             mask_png = mstat if stored_form and len(self.masks) == 1 else None

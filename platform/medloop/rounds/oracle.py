@@ -102,12 +102,9 @@ def answer_via_labelstudio(campaign: Campaign, ledger: Any, store: Any) -> dict[
         existing = client.get(f"/api/tasks/{ls_task_id}/annotations/")
         if existing:  # answered already (a resumed push): never annotate twice
             continue
-        mask = None
-        if mask_path and mask_path.endswith(".npy"):  # a volume's task shows one slice: the truth on that slice
-            truth = store.load_label_map(mask_path)  # region labels kept (data.regions); 255 is no lesion here
-            mask = np.where(truth == 255, 0, truth)[int(slice_index if slice_index is not None else len(truth) // 2)]
-        elif mask_path:
-            mask = store.load_mask(mask_path)
+        mask = store.load_label_map(mask_path) if mask_path else None  # region labels kept (data.regions)
+        if mask is not None and mask.ndim == 3:  # a volume's task shows one slice: the truth on that slice
+            mask = np.where(mask == 255, 0, mask)[int(slice_index if slice_index is not None else len(mask) // 2)]
         client.post(f"/api/tasks/{ls_task_id}/annotations/",
                     json={"result": annotation_result(campaign, class_name, mask), "was_cancelled": False})
         posted += 1

@@ -1,9 +1,10 @@
-"""Multi-region masks (``data.regions``) on volumes, for real: 3D phantoms whose masks hold oedema (1), core (2)
+"""Multi-region masks (``data.regions``), for real. Volumes: 3D phantoms whose masks hold oedema (1), core (2)
 and enhancing tumour (3) are ingested with their labels, a round trains a model with one segmentation class per
 region (in-process), Ray Data scores the pool into region label maps with each voxel's region probability, UPS
 keeps a voxel in a pseudo-mask only when its region is confident and certain, and the report gives Dice per
 region and per BraTS composite. The Label Studio pieces (one brush label per region) are checked against their
-definitions: a pre-annotation, an annotator's answer and the partial label sync makes of it."""
+definitions: a pre-annotation, an annotator's answer and the partial label sync makes of it, then through a real
+Label Studio. Images: label PNG masks through a round, ``medloop predict`` and export + re-ingest."""
 
 from __future__ import annotations
 
@@ -130,18 +131,100 @@ def test_region_brushes_round_trip_through_label_studio_results() -> None:
         parse_annotation({"result": wrong}, ["a", "b"], 12, 10, brush_labels(c))
 
 
-def test_regions_are_refused_for_images_and_unknown_labels(tmp_path: Path) -> None:
-    from medloop.data.errors import DataError, IngestError
+def test_unknown_region_labels_and_colour_masks_are_bad_files(tmp_path: Path) -> None:
+    from PIL import Image
 
-    c = tiny_campaign(tmp_path / "img", data={"regions": REGIONS})
-    with pytest.raises(DataError, match="multi-region masks are read from volumes"):
-        ingest(c, "synthetic")
+    from medloop.data.errors import IngestError
+
     write_phantom_folder(tmp_path / "data", n=6, size=16)
-    two = _campaign(tmp_path / "two", tmp_path / "data", )
+    two = _campaign(tmp_path / "two", tmp_path / "data")
     two = two.model_copy(update={"data": two.data.model_copy(update={"regions": ["oedema", "core"],
                                                                       "region_groups": None})})
     with pytest.raises(IngestError, match=r"mask holds label\(s\) \[3\]; data.regions names 2 region"):
         ingest(two, "generic")
+    images = _disk_folder(tmp_path / "img", 4)
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8), "RGB").save(images / "masks" / "case1.png")
+    c = tiny_campaign(tmp_path / "c2d", data={"source": "generic", "path": str(images), "regions": ["rim", "core"],
+                                              "classes": ["small", "large"]})
+    with pytest.raises(IngestError, match=r"case1.png.*a region mask must be one channel of labels"):
+        ingest(c, "generic")
+
+
+def _disk_folder(root: Path, n: int, size: int = 24) -> Path:
+    """A 2D generic folder: grey images of a bright disk (rim, label 1) around a brighter core (label 2), label
+    PNG masks, classes by the disk's size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image,label"]
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        r = int(rng.integers(5, 9))
+        cy, cx = rng.integers(r + 1, size - r - 1, 2)
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        mask = np.where(d2 <= (r // 2) ** 2, 2, np.where(d2 <= r * r, 1, 0)).astype(np.uint8)
+        image = np.clip(40 + 80 * (mask == 1) + 170 * (mask == 2) + rng.normal(0, 8, mask.shape), 0, 255)
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"case{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+        rows.append(f"case{i}.png,{'large' if r >= 7 else 'small'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_a_multi_region_round_on_images_and_the_export_round_trip(tmp_path: Path) -> None:
+    """2D too: label PNG masks are ingested with their labels, a round trains a three-class head, pseudo-masks
+    and predictions keep the regions, `medloop predict` writes label PNGs and export + re-ingest gives the
+    same labels back."""
+    from PIL import Image
+
+    from medloop.export import export_campaign
+    from medloop.predict import run_predict
+
+    data = _disk_folder(tmp_path / "img", 40)
+    c = tiny_campaign(tmp_path / "c2d", data={"source": "generic", "path": str(data), "regions": ["rim", "core"],
+                                              "classes": ["small", "large"], "image_size": 24,
+                                              "unlabeled_fraction": 0.3, "no_lesion_class": None},
+                      model={"width": 8, "depth": 2}, uncertainty={"mc_passes": 3},
+                      compute={"num_workers": 0, "epochs": 15, "batch_size": 8, "lr": 3e-3, "score_batch_size": 8},
+                      selection={"budget": 2, "tau_c": 0.5, "tau_u": 0.5, "max_ece": 1.0, "min_val_dice": 0.0,
+                                 "mask_gate": 1.0, "pixel_tau_u": 0.5})
+    ingest(c, "generic")
+    out = run_round_on_one_thread(c)
+    assert out.status == "done", out
+    assert {"dice_rim", "dice_core"} <= set(out.metrics)
+    ledger, store = Ledger.open(c.ledger), ImageStore(c.store)
+    with ledger.reading() as s:
+        truth = [store.load_label_map(lab.mask_path) for lab in s.scalars(select(Label).where(Label.kind == "truth"))]
+        preds = list(s.scalars(select(Prediction)))
+        ckpt = s.get(Round, 1).checkpoint_path
+    ledger.close()
+    assert all(set(np.unique(t)) == {0, 1, 2} for t in truth)  # the labels, kept at ingest
+    assert max(int(store.load_label_map(p.mask_path).max()) for p in preds) == 2
+    assert all(store.path(region_prob_path(p.umap_path)).exists() for p in preds)
+
+    run_predict(c, [data / "images"], model=ckpt, out=tmp_path / "pred", passes=1)
+    written = [np.asarray(Image.open(f)) for f in sorted((tmp_path / "pred" / "masks").glob("*.png"))]
+    assert len(written) == 40 and max(int(w.max()) for w in written) == 2  # label PNGs, not 0 / 255
+
+    export_campaign(c, tmp_path / "export")
+    again = tiny_campaign(tmp_path / "again", data={**c.data.model_dump(), "path": str(tmp_path / "export"),
+                                                    "unlabeled_fraction": 0.0},
+                          model={"width": 8, "depth": 2})
+    ingest(again, "generic")
+    led2, store2 = Ledger.open(again.ledger), ImageStore(again.store)
+    with led2.reading() as s:
+        back = sorted(store2.load_label_map(lab.mask_path).tobytes()
+                      for lab in s.scalars(select(Label).where(Label.kind == "human", Label.mask_path.is_not(None))))
+    led2.close()
+    ledger = Ledger.open(c.ledger)
+    with ledger.reading() as s:
+        human = sorted(store.load_label_map(lab.mask_path).tobytes()
+                       for lab in s.scalars(select(Label).where(Label.kind == "human", Label.active.is_(True),
+                                                                Label.mask_path.is_not(None))))
+    ledger.close()
+    assert back == human and human
 
 
 @pytest.mark.labelstudio
