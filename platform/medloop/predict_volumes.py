@@ -90,6 +90,15 @@ def list_volume_inputs(paths: Sequence[str | Path], sequences: Sequence[str] | N
     cases: dict[str, VolumeInput] = {}
     bad: list[BadFile] = []
     loose: list[Path] = []
+
+    def add(case: VolumeInput) -> None:
+        other = cases.get(case.name)
+        if other is None:
+            cases[case.name] = case
+        elif other.source != case.source:  # the same name twice: its outputs would overwrite each other
+            bad.append(BadFile(str(case.path), f"another input is also named {case.name!r} ({other.path}); "
+                                               "predict them in separate runs"))
+
     for raw in paths:
         p = Path(raw)
         if p.is_file():
@@ -101,12 +110,12 @@ def list_volume_inputs(paths: Sequence[str | Path], sequences: Sequence[str] | N
         elif p.is_dir():
             folder = p / "images" if (p / "images").is_dir() else p
             if not _is_case_folder(folder):
-                cases.setdefault(folder.name, VolumeInput(folder.name, folder))
+                add(VolumeInput(folder.name, folder))
                 continue
             for name, source in case_sources(folder, sequences).items():
                 if isinstance(source, Path) and source.is_file() and not is_nifti(source):
                     continue
-                cases.setdefault(name, VolumeInput(name, source))
+                add(VolumeInput(name, source))
         else:
             bad.append(BadFile(str(p), "no such file or folder"))
     if loose:  # files named one by one: grouped per case like a folder's
@@ -117,9 +126,9 @@ def list_volume_inputs(paths: Sequence[str | Path], sequences: Sequence[str] | N
             if sequences and case and seq in sequences:
                 by_seq.setdefault(case, {})[seq] = f
             else:
-                cases.setdefault(stem, VolumeInput(stem, f))
+                add(VolumeInput(stem, f))
         for case, files in by_seq.items():
-            cases.setdefault(case, VolumeInput(case, files))
+            add(VolumeInput(case, files))
     return list(cases.values()), bad
 
 

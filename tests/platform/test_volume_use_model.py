@@ -163,6 +163,13 @@ def test_predict_volume_refusals(trained, tmp_path: Path) -> None:
                                  "--out", str(tmp_path / "o3")])
     assert result.exit_code == 1 and "leave out --ray" in result.output
 
+    from medloop.predict_volumes import list_volume_inputs
+
+    for site in ("a", "b"):  # the same case name in two folders: the second is named, not dropped silently
+        save(tmp_path / site / "case1.nii.gz", hu.astype(np.int16))
+    cases, bad = list_volume_inputs([tmp_path / "a", tmp_path / "b"], None)
+    assert [k.name for k in cases] == ["case1"] and "another input is also named 'case1'" in bad[0].problem
+
 
 def test_evaluate_volumes_agrees_with_predict_and_reports_mm(trained, tmp_path: Path) -> None:
     from medloop.trainers import metrics as M
