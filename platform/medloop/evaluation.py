@@ -117,8 +117,8 @@ def markdown(result: dict[str, Any]) -> str:
         cells = " | ".join(fmt_entry(e[k]) for k in ("recall", "precision", "auc", "dice", "iou", "hd95", "empty_rate"))
         lines.append(f"| {name} | {e['n']} | {e['n_lesion']} / {e['n_no_lesion']} | {cells} |")
     if m.get("regions"):
-        lines += ["", "## Per region (cases holding the region; HD95 in mm)", "", "| region | n | Dice | HD95 |",
-                  "|---|---|---|---|"]
+        lines += ["", f"## Per region (cases holding the region; HD95 in {hd_unit})", "",
+                  "| region | n | Dice | HD95 |", "|---|---|---|---|"]
         lines += [f"| {name} | {e['n']} | {_fixed(e['dice'], 3)} | {_fixed(e['hd95'], 2)} |"
                   for name, e in m["regions"].items()]
     if m.get("confusion"):
@@ -242,8 +242,8 @@ class CasePredictions:
     hashes: list[str] = field(default_factory=list)
     bad: list[BadFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # a multi-region volume model: (predicted label map, true label map, spacing) of each case with a mask
-    region_maps: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] = field(default_factory=list)
+    # a multi-region model: (predicted label map, true label map, spacing or None) of each case with a mask
+    region_maps: list[tuple[np.ndarray, np.ndarray, tuple[float, float, float] | None]] = field(default_factory=list)
 
     def add(self, files: Sequence[str | None], classes: list[str | None], has_mask: list[bool], preds: list[Any],
             seg: dict[str, np.ndarray], names: list[str]) -> None:
@@ -286,6 +286,8 @@ def _image_cases(campaign: Campaign, im: Any, path: str | Path, fmt: str, settin
         seg = case_segmentation([q.mask for q in preds], [p.mask for p in chunk])
         out.add([p.original_path for p in chunk], [p.class_name for p in chunk], [p.mask is not None for p in chunk],
                 preds, seg, im.classes)
+        if im.meta.get("regions"):  # label maps at each image's own size; HD95 in pixels
+            out.region_maps += [(q.mask, p.mask, None) for p, q in zip(chunk, preds) if p.mask is not None]
         if bar is not None:
             bar.advance(task, len(chunk))
     return out
@@ -387,11 +389,12 @@ def run_evaluate(
     warnings, bad, rows = predicted.warnings, predicted.bad, predicted.rows
     metrics = evaluate_with_ci(np.stack(predicted.probs), np.asarray(predicted.labels, np.int64),
                                concat_segmentation(predicted.segs), im.classes, n_boot=n_boot, seed=seed)
-    if predicted.region_maps:  # data.regions: Dice / HD95 (mm) per region over the cases holding it
+    if predicted.region_maps:  # data.regions: Dice / HD95 (mm, or px for images) per region over the cases holding it
         from medloop.trainers.evaluate import region_summary
 
         preds, truths, spacings = zip(*predicted.region_maps)
-        metrics["regions"] = region_summary(list(preds), list(truths), im.meta["regions"], np.asarray(spacings))
+        metrics["regions"] = region_summary(list(preds), list(truths), im.meta["regions"],
+                                            None if spacings[0] is None else np.asarray(spacings))
     result: dict[str, Any] = {
         "run": {"model": source.describe(), "spec": source.spec, "registered_model": source.registered_model,
                 "version": source.version, "round": source.round_id, "checkpoint": source.checkpoint,

@@ -205,6 +205,14 @@ def test_a_multi_region_round_on_images_and_the_export_round_trip(tmp_path: Path
     assert all(store.path(region_prob_path(p.umap_path)).exists() for p in preds)
 
     run_predict(c, [data / "images"], model=ckpt, out=tmp_path / "pred", passes=1)
+    from medloop.evaluation import run_evaluate
+
+    run_evaluate(c, data, "generic", model=ckpt, out=tmp_path / "eval", n_boot=20, log_mlflow=False)
+    import json
+
+    regions = json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["regions"]
+    assert set(regions) == {"rim", "core"} and regions["rim"]["n"] == 40 and regions["rim"]["dice"] is not None
+    assert "HD95 in px" in (tmp_path / "eval" / "report.md").read_text()
     written = [np.asarray(Image.open(f)) for f in sorted((tmp_path / "pred" / "masks").glob("*.png"))]
     assert len(written) == 40 and max(int(w.max()) for w in written) == 2  # label PNGs, not 0 / 255
 
