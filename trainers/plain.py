@@ -94,6 +94,7 @@ class LoopSettings:
                 method=t.semi, weight=t.semi_weight, ramp_up=t.ramp_up, unlabeled_ratio=t.unlabeled_ratio,
                 ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),
                 tau_c=sel.tau_c, tau_u=sel.tau_u, pixel_tau_u=sel.pixel_tau_u,
+                distribution_alignment=t.distribution_alignment,
             ),
         )
         return replace(base, **override)
@@ -233,13 +234,25 @@ def make_unlabeled_loader(arrays: SampleArrays, settings: LoopSettings, *, rank:
     )
 
 
+def class_ratio(labels: np.ndarray, num_classes: int) -> tuple[float, ...]:
+    """The share of each class among the labels (``-1``, no class, left out); uniform without any label."""
+    y = np.asarray(labels, np.int64)
+    counts = np.bincount(y[y >= 0], minlength=num_classes).astype(np.float64)
+    return tuple((counts / counts.sum()).tolist()) if counts.sum() else (1.0 / num_classes,) * num_classes
+
+
 def make_semi(settings: LoopSettings, unlabeled: SampleArrays | None, student: nn.Module, *, rank: int = 0,
-              pin_memory: bool = False, teacher_state: dict[str, torch.Tensor] | None = None) -> SemiTrainer | None:
-    """The round's semi-supervised part, or None (``semi = "none"`` or an empty pool)."""
+              pin_memory: bool = False, teacher_state: dict[str, torch.Tensor] | None = None,
+              labels: np.ndarray | None = None) -> SemiTrainer | None:
+    """The round's semi-supervised part, or None (``semi = "none"`` or an empty pool). ``labels``: the labeled
+    set's classes, whose ratio distribution alignment aims at."""
     if settings.semi.method == "none" or unlabeled is None or len(unlabeled) == 0:
         return None
     loader = make_unlabeled_loader(unlabeled, settings, rank=rank, pin_memory=pin_memory)
-    return SemiTrainer(settings.semi, loader, unwrap(student), cls_head=settings.cls_head, seg_head=settings.seg_head,
+    options = settings.semi
+    if options.distribution_alignment and labels is not None:
+        options = replace(options, class_prior=class_ratio(labels, len(settings.classes)))
+    return SemiTrainer(options, loader, unwrap(student), cls_head=settings.cls_head, seg_head=settings.seg_head,
                        epochs=settings.epochs, seed=settings.seed + rank, teacher_state=teacher_state)
 
 
@@ -503,7 +516,7 @@ def train_plain(
     pin = device.type == "cuda"
     train_loader = make_loader(train, settings, train=True, pin_memory=pin)
     val_loader = make_loader(val, settings, train=False, pin_memory=pin) if len(val) else None
-    semi = make_semi(settings, unlabeled, model, pin_memory=pin)
+    semi = make_semi(settings, unlabeled, model, pin_memory=pin, labels=train.labels)
     stopper = EarlyStop(settings.patience)
     history: list[dict[str, float]] = []
     best_state, best_metrics = None, {}

@@ -68,6 +68,15 @@ class Targets:
     kept_pixels: float
 
 
+def align_distribution(cls_samples: torch.Tensor, prior: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020, Eq. 1): every pass's class
+    probabilities ``cls_samples`` (T, B, K) scaled by ``prior / running`` (the labeled class ratio over the
+    running mean of the teacher's predictions on unlabeled data, both (K,)) and renormalised, so that
+    pseudo-targets follow the labeled class ratio instead of drifting to the majority class."""
+    scaled = cls_samples * (prior.clamp_min(1e-6) / running.clamp_min(1e-6)).to(cls_samples)
+    return scaled / scaled.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def ups_targets(
     cls_samples: torch.Tensor,
     seg_samples: torch.Tensor,
@@ -222,6 +231,9 @@ class SemiOptions:
     tau_c: float = 0.9
     tau_u: float = 0.05
     pixel_tau_u: float = 0.1
+    distribution_alignment: bool = False
+    class_prior: tuple[float, ...] | None = None  # the labeled class ratio (distribution alignment)
+    alignment_momentum: float = 0.99  # running mean of the teacher's class probabilities on the pool
 
 
 class SemiTrainer:
@@ -255,6 +267,7 @@ class SemiTrainer:
         self._iter: Iterator[dict[str, torch.Tensor]] | None = None
         self._epoch, self._batch, self._batches = 0, 0, 1
         self.student = student
+        self.running: torch.Tensor | None = None  # distribution alignment: the pool's mean prediction so far
         self.teacher: nn.Module = student
         if options.method == "mean_teacher":
             self.teacher = copy.deepcopy(student)
@@ -288,8 +301,14 @@ class SemiTrainer:
         passes = max(1, o.teacher_passes)
         s = mc_sample(self.teacher, weak, passes, cached=True, cls_head=self.cls_head, seg_head=self.seg_head,
                       stochastic=passes > 1)
-        return ups_targets(s.cls_probs.float(), s.seg_probs.float(), tau_c=o.tau_c, tau_u=o.tau_u,
-                           pixel_tau_u=o.pixel_tau_u)
+        cls = s.cls_probs.float()
+        if o.distribution_alignment and o.class_prior is not None:
+            batch_mean = M.mean_probs(cls).mean(dim=0)
+            m = o.alignment_momentum
+            self.running = batch_mean if self.running is None else m * self.running + (1.0 - m) * batch_mean
+            cls = align_distribution(cls, torch.tensor(o.class_prior, dtype=cls.dtype, device=cls.device),
+                                     self.running)
+        return ups_targets(cls, s.seg_probs.float(), tau_c=o.tau_c, tau_u=o.tau_u, pixel_tau_u=o.pixel_tau_u)
 
     def strong_view(self, weak: torch.Tensor) -> torch.Tensor:
         return self.strong(weak, self.generator)

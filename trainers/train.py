@@ -199,7 +199,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_loader = ray.train.torch.prepare_data_loader(make_loader(train_arrays, settings, train=True, pin_memory=pin))
     val_shard = val_arrays.subset(np.arange(rank, len(val_arrays), world))
     val_loader = make_loader(val_shard, settings, train=False, pin_memory=pin)
-    semi = make_semi(settings, unlabeled_arrays, model, rank=rank, pin_memory=pin, teacher_state=ts.get("teacher"))
+    semi = make_semi(settings, unlabeled_arrays, model, rank=rank, pin_memory=pin, teacher_state=ts.get("teacher"),
+                     labels=train_arrays.labels)
 
     for epoch in range(epoch0, settings.epochs):
         if stopped:

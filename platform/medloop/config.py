@@ -417,6 +417,10 @@ class TrainingConfig(_Section):
         default_factory=lambda: list(STRONG_AUGMENTATIONS),
         description="strong view: intensity, gamma, speckle, blur, cutout",
     )
+    distribution_alignment: bool = Field(
+        False, description="align the teacher's class probabilities on the pool to the labeled class ratio before "
+        "the UPS rule (ReMixMatch's distribution alignment), against a drift to the majority class",
+    )
 
     @field_validator("strong_augment")
     @classmethod

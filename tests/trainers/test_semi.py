@@ -126,6 +126,54 @@ def test_mean_teacher_ema_update_closed_form():
     assert not any(p.requires_grad for p in semi.teacher.parameters())
 
 
+# ---- distribution alignment (Berthelot et al., ReMixMatch 2020) ---------------------------------------------
+
+
+@given(st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3), st.lists(st.floats(0.05, 1.0), min_size=3, max_size=3))
+def test_align_distribution_closed_form(prior, running):
+    from medloop.trainers.semi import align_distribution
+
+    samples = torch.softmax(torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    p, r = torch.tensor(prior) / sum(prior), torch.tensor(running) / sum(running)
+    out = align_distribution(samples, p, r)
+    want = samples * p / r
+    assert torch.allclose(out, want / want.sum(-1, keepdim=True), atol=1e-6)
+    assert torch.allclose(out.sum(-1), torch.ones(2, 4), atol=1e-6)
+    assert torch.allclose(align_distribution(samples, p, p), samples, atol=1e-6)  # nothing to correct
+
+
+def test_distribution_alignment_stops_the_majority_class_taking_every_target():
+    """A teacher that calls every pool image class 0 with 0.92 confidence: without alignment each one becomes a
+    class-0 target (tau_c 0.9); aligned to a labeled ratio of 1/3 each, none passes the confidence threshold."""
+    from medloop.trainers.semi import SemiTrainer
+
+    def majority() -> torch.nn.Module:  # a real model whose classifier answers (0.92, 0.05, 0.03) for any image
+        model = build("mtunet", width=4, depth=2, num_classes=3)
+        last = model.classifier[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(torch.log(torch.tensor([0.92, 0.05, 0.03])))
+        return model.eval()
+
+    loader = torch.utils.data.DataLoader([{"image": torch.zeros(1, 16, 16)}] * 4, batch_size=4)
+    weak = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = SemiTrainer(SemiOptions(method="fixmatch", teacher_passes=1, tau_c=0.9, tau_u=1.0), loader, majority(),
+                        cls_head="softmax", seg_head="softmax", epochs=1)
+    assert (plain.targets(weak).label == 0).all()
+    aligned = SemiTrainer(SemiOptions(method="fixmatch", teacher_passes=1, tau_c=0.9, tau_u=1.0,
+                                      distribution_alignment=True, class_prior=(1 / 3, 1 / 3, 1 / 3)),
+                          loader, majority(), cls_head="softmax", seg_head="softmax", epochs=1)
+    assert (aligned.targets(weak).label == -1).all()
+    assert torch.allclose(aligned.running, torch.tensor([0.92, 0.05, 0.03]), atol=1e-6)
+
+
+def test_class_ratio_of_the_labeled_set():
+    from medloop.trainers.plain import class_ratio
+
+    assert class_ratio(np.array([0, 0, 1, -1, 2, 0]), 3) == pytest.approx((0.6, 0.2, 0.2))
+    assert class_ratio(np.array([-1, -1]), 2) == (0.5, 0.5)
+
+
 # ---- the loops ----------------------------------------------------------------------------------------------
 
 
@@ -143,6 +191,19 @@ def test_unlabeled_part_is_the_pool_without_labels(toy_pool):
     unlabeled = load_arrays(campaign, ledger, "unlabeled")
     assert len(unlabeled) == 24
     assert (unlabeled.labels == -1).all() and (unlabeled.masks == IGNORE).all()
+
+
+def test_distribution_alignment_aims_at_the_labeled_ratio(toy_pool):
+    from dataclasses import replace
+
+    from medloop.trainers.plain import class_ratio
+
+    campaign, ledger = toy_pool
+    train, unlabeled = load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "unlabeled")
+    settings = LoopSettings.from_campaign(campaign)
+    settings = replace(settings, semi=replace(settings.semi, distribution_alignment=True))
+    semi = make_semi(settings, unlabeled, build("mtunet", width=4, depth=2), labels=train.labels)
+    assert semi is not None and semi.options.class_prior == class_ratio(train.labels, len(settings.classes))
 
 
 @pytest.mark.parametrize("method", ["fixmatch", "mean_teacher"])
