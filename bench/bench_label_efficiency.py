@@ -63,6 +63,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
     "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
+    "hybrid_ups_semi_da": {"selection": {"acquisition": "hybrid", "policy": "ups"},
+                           "training": {"semi": "fixmatch", "distribution_alignment": True}},
     "hybrid_last_decoder": {"selection": {"acquisition": "hybrid", **NO_PSEUDO},
                             "model": {"dropout_placement": ["last_decoder", "classifier"]}},
     "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},
