@@ -122,10 +122,6 @@ def read_file(path: str) -> bytes:
 
 def write_file(path: str, data: bytes) -> None:
     """Create or truncate ``path`` and write ``data`` through ``os`` calls (not atomic: see :func:`_atomic_write`)."""
-    _write_file(path, data)
-
-
-def _write_file(path: str, data: bytes) -> None:
     fd = os.open(path, _CREATE, 0o666)
     try:
         view = memoryview(data)
@@ -143,10 +139,10 @@ def _atomic_write(path: str | Path, data: bytes) -> None:
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
         try:
-            _write_file(tmp, data)
+            write_file(tmp, data)
         except FileNotFoundError:  # the folder is made on first use (not checked before every file)
             os.makedirs(folder, exist_ok=True)
-            _write_file(tmp, data)
+            write_file(tmp, data)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -183,10 +179,10 @@ class ImageStore:
             return rel
         try:
             try:
-                _write_file(target, data)
+                write_file(target, data)
             except FileNotFoundError:  # the folder is made on first use
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _write_file(target, data)
+                write_file(target, data)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(target)  # a failed write (disk full, interrupted) leaves no half file
