@@ -181,3 +181,14 @@ def synced_slice_labels(campaign: Campaign) -> tuple[list[tuple[Any, Any]], dict
         truth = {lab.sample_id: lab.mask_path for lab in s.scalars(select(Label).where(Label.kind == "truth"))}
     ledger.close()
     return rows, truth
+
+
+def on_labelstudio(server: Any, prefix: str, base: Campaign, **sections: dict[str, Any]) -> Campaign:
+    """``base`` (a tiny campaign) as a campaign of the test Label Studio server, under a fresh project name, with
+    the oracle answering there; ``sections`` override parts of base's sections (e.g. ``selection={"budget": 4}``)."""
+    parts = {k: getattr(base, k).model_dump() for k in ("data", "model", "uncertainty", "compute", "selection")}
+    for key, over in sections.items():
+        parts[key] = {**parts.get(key, {}), **over}
+    parts.setdefault("labeling", {"oracle": True})
+    name = f"{prefix}-{np.random.default_rng().integers(1 << 30)}"
+    return server.campaign(name, **parts)

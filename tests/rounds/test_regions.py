@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import select
-from support import run_round_on_one_thread, synced_slice_labels, tiny_campaign
+from support import on_labelstudio, run_round_on_one_thread, synced_slice_labels, tiny_campaign
 
 from medloop.data.imagestore import ImageStore, region_prob_path
 from medloop.data.ingest import ingest
@@ -242,12 +242,8 @@ def test_a_multi_region_round_through_label_studio(labelstudio_server, tmp_path:
     from medloop.labeling.volume_slices import NOT_ANNOTATED
 
     write_phantom_folder(tmp_path / "data", n=16, size=16)
-    name = f"regions-{np.random.default_rng().integers(1 << 30)}"
-    base = _campaign(tmp_path / "unused", tmp_path / "data")
-    c = labelstudio_server.campaign(name, data=base.data.model_dump(), model=base.model.model_dump(),
-                                    uncertainty=base.uncertainty.model_dump(), compute=base.compute.model_dump(),
-                                    selection={**base.selection.model_dump(), "budget": 4, "tau_c": 0.999,
-                                               "tau_u": 0.0}, labeling={"oracle": True})  # no pseudo-label
+    c = on_labelstudio(labelstudio_server, "regions", _campaign(tmp_path / "unused", tmp_path / "data"),
+                       selection={"budget": 4, "tau_c": 0.999, "tau_u": 0.0})  # no pseudo-label: the whole budget
     ingest(c, "generic")
     out = run_round_on_one_thread(c)
     assert out.status == "done", out

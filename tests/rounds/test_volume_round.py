@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import func, select
-from support import run_round_on_one_thread, synced_slice_labels, tiny_campaign
+from support import on_labelstudio, run_round_on_one_thread, synced_slice_labels, tiny_campaign
 from volume_files import lidc_like  # tests/ is on sys.path
 
 from medloop.data.imagestore import ImageStore
@@ -93,11 +93,7 @@ def test_a_volume_round_through_label_studio(labelstudio_server, tmp_path: Path)
     from medloop.labeling.volume_slices import NOT_ANNOTATED
 
     lidc_like(tmp_path / "data", n=16)
-    name = f"volround-{np.random.default_rng().integers(1 << 30)}"
-    base = _campaign(tmp_path / "unused", tmp_path / "data")
-    c = labelstudio_server.campaign(name, data=base.data.model_dump(), model=base.model.model_dump(),
-                                    uncertainty=base.uncertainty.model_dump(), compute=base.compute.model_dump(),
-                                    selection=base.selection.model_dump(), labeling={"oracle": True})
+    c = on_labelstudio(labelstudio_server, "volround", _campaign(tmp_path / "unused", tmp_path / "data"))
     ingest(c, "generic")
     out = run_round_on_one_thread(c)
     assert out.status == "done", out
