@@ -87,11 +87,10 @@ def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, 
         ppath = prob_map_path(pred.umap_path)
         if store.path(ppath).exists():
             native = prob_mask(store.load_array(ppath), (height, width))
-    regions = mask_at(labels, (height, width))
     if native is None:
-        return regions
+        return mask_at(labels, (height, width))
     if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion pixel keeps its region
-        return np.where(native > 0, np.maximum(regions, 1), 0).astype(np.uint8)
+        return np.where(native > 0, np.maximum(mask_at(labels, (height, width)), 1), 0).astype(np.uint8)
     return native
 
 

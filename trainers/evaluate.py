@@ -76,21 +76,14 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
 
 
 def region_summary(pred_masks: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
-                   regions: dict[str, list[int]],
-                   spacing: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+                   regions: dict[str, list[int]], spacing: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Per region (or composite), over the cases whose target holds it: ``n``, mean ``dice`` and mean ``hd95``
-    (mm with ``spacing``; :func:`medloop.trainers.metrics.regions.region_metrics`, ignored voxels left out)."""
-    from medloop.trainers.metrics.regions import region_metrics
+    (mm with ``spacing``) as JSON numbers, None where undefined
+    (:func:`medloop.trainers.metrics.regions.mean_over_holding_cases`)."""
+    from medloop.trainers.metrics.regions import mean_over_holding_cases
 
-    out: dict[str, dict[str, Any]] = {}
-    for name, labels in regions.items():
-        cases = [i for i in range(len(masks)) if np.isin(masks[i], labels).any()]
-        per = [region_metrics(pred_masks[i], masks[i], None if spacing is None else spacing[i],
-                              regions={name: list(labels)})[name] for i in cases]
-        hd = np.asarray([c["hd95"] for c in per], np.float64)
-        out[name] = {"n": len(cases), "dice": _num(np.mean([c["dice"] for c in per])) if per else None,
-                     "hd95": _num(np.nanmean(hd)) if np.isfinite(hd).any() else None}
-    return out
+    per = mean_over_holding_cases(list(pred_masks), list(masks), regions, None if spacing is None else list(spacing))
+    return {name: {"n": int(v["n"]), "dice": _num(v["dice"]), "hd95": _num(v["hd95"])} for name, v in per.items()}
 
 
 def classification_summary(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:

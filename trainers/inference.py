@@ -183,12 +183,13 @@ def native_maps(pred_mask: np.ndarray, fg_prob: np.ndarray, pixel_uncertainty: n
     labels = np.asarray(pred_mask)
     if not labels.any():
         return np.zeros(shape, np.uint8), prob, unc
+    lesion = prob >= 0.5
     if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion pixel keeps its region
         from medloop.data.imagestore import mask_at
 
-        return np.where(prob >= 0.5, np.maximum(mask_at(labels.astype(np.uint8), shape), 1), 0).astype(np.uint8), \
-            prob, unc
-    return (prob >= 0.5).astype(np.uint8), prob, unc
+        regions = np.maximum(mask_at(labels.astype(np.uint8), shape), 1)
+        return np.where(lesion, regions, 0).astype(np.uint8), prob, unc
+    return lesion.astype(np.uint8), prob, unc
 
 
 def _value(x: Any) -> float:

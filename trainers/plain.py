@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -424,24 +424,14 @@ def validation_metrics(pred: dict[str, np.ndarray], num_classes: int,
             out["val_iou"] = M.lesion_iou(pred["pred_mask"], pred["mask"], IGNORE)
         if M.no_lesion_cases(pred["mask"], IGNORE).any():
             out["val_empty_rate"] = M.empty_mask_rate(pred["pred_mask"], pred["mask"], IGNORE)
-        out.update({f"val_dice_{name}": value for name, value in region_dice_means(pred, regions or {}).items()})
+        if regions:
+            from medloop.trainers.metrics.regions import mean_over_holding_cases
+
+            per = mean_over_holding_cases(pred["pred_mask"], pred["mask"], regions, distances=False)
+            out.update({f"val_dice_{name}": v["dice"] for name, v in per.items()})
     out = {k: float(v) for k, v in out.items()}
     terms = [out[k] for k in ("val_dice", "val_accuracy") if k in out and math.isfinite(out[k])]
     out[SCORE_METRIC] = float(np.mean(terms)) if terms else 0.0
-    return out
-
-
-def region_dice_means(pred: Mapping[str, np.ndarray | Sequence[np.ndarray]], regions: dict[str, list[int]]
-                      ) -> dict[str, float]:
-    """Per region (name -> labels): the mean Dice over the cases whose target holds that region
-    (:func:`medloop.trainers.metrics.regions.region_dice`; ignored voxels left out); NaN when no case does."""
-    from medloop.trainers.metrics.regions import region_dice
-
-    out: dict[str, float] = {}
-    for name, labels in regions.items():
-        values = [region_dice(p, t, {name: labels})[name] for p, t in zip(pred["pred_mask"], pred["mask"])
-                  if np.isin(t, labels).any()]
-        out[name] = float(np.mean(values)) if values else float("nan")
     return out
 
 

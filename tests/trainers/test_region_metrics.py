@@ -122,3 +122,25 @@ def test_bad_input_is_clear_and_mean_over_cases() -> None:
     cases = mean_region_metrics([p, g], [g, g], [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)], num_classes=2)
     assert cases["1"]["hd95"] == pytest.approx((5.0 + 0.0) / 2)
     assert cases["1"]["dice"] == pytest.approx(0.5)
+
+
+def test_region_means_count_only_the_cases_holding_the_region():
+    """Per-region means are over the cases whose target holds the region: an absent region adds no trivial 1."""
+    from medloop.trainers.metrics.regions import mean_over_holding_cases, region_metrics
+
+    t1 = np.zeros((6, 6), np.uint8)
+    t1[1:4, 1:4], t1[2, 2] = 1, 2
+    p1 = np.zeros((6, 6), np.uint8)
+    p1[1:4, 1:5] = 1
+    t2 = np.zeros((6, 6), np.uint8)
+    t2[3:5, 3:5] = 1
+    p2 = t2.copy()
+    regions = {"outer": [1], "inner": [2], "any": [1, 2]}
+    got = mean_over_holding_cases([p1, p2], [t1, t2], regions)
+    one = region_metrics(p1, t1, regions=regions)
+    assert got["inner"]["n"] == 1 and got["inner"]["dice"] == one["inner"]["dice"] == 0.0
+    assert got["outer"]["n"] == 2 and got["outer"]["dice"] == pytest.approx((one["outer"]["dice"] + 1.0) / 2)
+    assert got["any"]["hd95"] == pytest.approx((one["any"]["hd95"] + 0.0) / 2)
+    fast = mean_over_holding_cases([p1, p2], [t1, t2], regions, distances=False)
+    assert fast["outer"]["dice"] == got["outer"]["dice"] and math.isnan(fast["outer"]["hd95"])
+    assert math.isnan(mean_over_holding_cases([p2], [t2], {"inner": [2]})["inner"]["dice"])

@@ -169,3 +169,33 @@ def mean_region_metrics(
             vals = np.asarray([c[str(name)][metric] for c in per_case], dtype=np.float64)
             out[str(name)][metric] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
     return out
+
+
+def mean_over_holding_cases(
+    preds: Sequence[np.ndarray] | np.ndarray,
+    targets: Sequence[np.ndarray] | np.ndarray,
+    regions: Regions,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    distances: bool = True,
+    ignore_index: int | None = IGNORE,
+) -> dict[str, dict[str, float]]:
+    """Per region: ``n`` (the cases whose target holds it), their mean ``dice`` and, with ``distances``, mean
+    ``hd95`` (mm with ``spacings``); NaN where no case holds the region (or HD95 is not asked). The mean over
+    the cases holding a region is how the papers report per-region Dice (an absent region would otherwise
+    add a trivial 1). Validation (every epoch: ``distances=False``), round reports and evaluation use it."""
+    out: dict[str, dict[str, float]] = {}
+    for name, classes in regions.items():
+        cases = [i for i, t in enumerate(targets) if region_mask(np.asarray(t), classes).any()]
+        dice, hd = [], []
+        for i in cases:
+            if distances:
+                m = region_metrics(preds[i], targets[i], None if spacings is None else spacings[i],
+                                   regions={name: classes}, ignore_index=ignore_index)[str(name)]
+                dice.append(m["dice"])
+                hd.append(m["hd95"])
+            else:
+                dice.append(region_dice(preds[i], targets[i], {name: classes}, ignore_index=ignore_index)[str(name)])
+        finite = [v for v in hd if math.isfinite(v)]
+        out[str(name)] = {"n": float(len(cases)), "dice": float(np.mean(dice)) if dice else math.nan,
+                          "hd95": float(np.mean(finite)) if finite else math.nan}
+    return out

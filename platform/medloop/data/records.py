@@ -170,13 +170,20 @@ def read_region_mask(path: Path, regions: int) -> tuple[np.ndarray, bool]:
         raise FileError(str(path), f"unreadable or truncated mask ({err})") from None
     if arr.ndim != 2:
         raise FileError(str(path), f"a region mask must be one channel of labels (data.regions), got mode {mode}")
-    labels = sorted(int(v) for v in np.unique(arr) if v != 0)
-    unknown = [v for v in labels if v > regions]
-    if unknown:
-        raise FileError(str(path), f"mask holds label(s) {unknown[:5]}; data.regions names {regions} region(s), "
-                                   f"labels 1..{regions}")
+    problem = region_label_problem(arr, regions)
+    if problem:
+        raise FileError(str(path), problem)
     mask = arr.astype(np.uint8)
-    return mask, fmt == "PNG" and mode == "L" and bool(labels) and labels[-1] > 1
+    return mask, fmt == "PNG" and mode == "L" and int(mask.max(initial=0)) > 1
+
+
+def region_label_problem(mask: np.ndarray, regions: int, ignore: int | None = None) -> str | None:
+    """What is wrong with a region mask's labels (``data.regions`` names ``regions`` of them: labels
+    1..``regions``; ``ignore``, e.g. a volume's 255 = not annotated, is allowed too), or None."""
+    unknown = [int(v) for v in np.unique(mask) if v != 0 and v != ignore and v > regions]
+    if not unknown:
+        return None
+    return f"mask holds label(s) {unknown[:5]}; data.regions names {regions} region(s), labels 1..{regions}"
 
 
 def _read_mask(path: Path) -> tuple[np.ndarray, bool]:

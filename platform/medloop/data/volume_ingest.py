@@ -30,6 +30,7 @@ from ..config import Campaign
 from ..ledger import Ledger, Sample
 from .errors import BadFile, DataError, IngestError
 from .imagestore import ImageStore, content_hash
+from .records import region_label_problem
 from .volumes import NIFTI_SUFFIXES, ct_window, zscore_within_body
 
 if TYPE_CHECKING:
@@ -146,14 +147,10 @@ def read_volumes(
             bad.append(BadFile(case.image.path, f"intensity normalisation ({kind}) failed: {err}"))
             continue
         mask = None if case.mask is None else model_axes(case.mask.array)[0]
-        if mask is not None and d.regions is not None:
-            labels = sorted(int(v) for v in np.unique(mask) if v not in (0, 255))
-            unknown = [v for v in labels if v > len(d.regions)]
-            if unknown:
-                bad.append(BadFile(case.mask.path if case.mask is not None else case.image.path,
-                                   f"mask holds label(s) {unknown}; data.regions names {len(d.regions)} region(s), "
-                                   f"labels 1..{len(d.regions)} ({', '.join(d.regions)})"))
-                continue
+        problem = None if mask is None or d.regions is None else region_label_problem(mask, len(d.regions), 255)
+        if problem is not None and case.mask is not None:
+            bad.append(BadFile(case.mask.path, f"{problem} ({', '.join(d.regions or [])})"))
+            continue
         case_hash = volume_case_hash(image, mask)
         sx, sy, sz = case.image.spacing
         prepared.append(PreparedVolume(

@@ -64,31 +64,32 @@ def class_metrics(val: ScoreTable, classes: list[str]) -> tuple[dict[str, Any], 
 
 def seg_metrics(ctx: StepContext, val: ScoreTable) -> dict[str, float]:
     """Validation Dice / IoU as training defines them (``lesion_dice``: mean per case over the cases
-    with a lesion) and the share of no-lesion cases predicted empty, from the scored masks."""
+    with a lesion) and the share of no-lesion cases predicted empty, from the scored masks; with
+    ``data.regions`` also ``dice_<region>`` from the same label maps."""
+    from medloop.data.imagestore import mask_at
     from medloop.trainers.metrics import empty_mask_rate, lesion_dice, lesion_iou
 
     store = store_of(ctx)
     preds, truths = [], []
     for pred_rel, true_rel in zip(val.mask_paths, val.human_mask):
         if pred_rel and true_rel:
-            p = store.load_mask(pred_rel)  # model size; the human mask is native: read at the same size
+            p = store.load_label_map(pred_rel)  # model size; the human mask is native: read at the same size
             preds.append(p)
-            truths.append(store.load_mask_at(true_rel, p.shape))
+            truths.append(mask_at(store.load_label_map(true_rel), p.shape))
     if not preds:
         return {}
-    # every predicted mask has the model size, and each truth was read at it: one batch
+    # every predicted mask has the model size, and each truth was read at it: one batch (255 = not annotated)
     pred, truth = np.stack(preds), np.stack(truths)
-    values = {"dice": lesion_dice(pred, truth), "iou": lesion_iou(pred, truth),
-              "empty_rate": empty_mask_rate(pred, truth)}
+    lesion_pred = ((pred > 0) & (pred != 255)).astype(np.uint8)
+    lesion_truth = ((truth > 0) & (truth != 255)).astype(np.uint8)
+    values = {"dice": lesion_dice(lesion_pred, lesion_truth), "iou": lesion_iou(lesion_pred, lesion_truth),
+              "empty_rate": empty_mask_rate(lesion_pred, lesion_truth)}
     regions = ctx.campaign.data.region_sets()
-    if regions:  # per region on the label maps (data.regions): the masks above are the whole lesion
-        from medloop.data.imagestore import mask_at
-        from medloop.trainers.plain import region_dice_means
+    if regions:  # per region on the same label maps: the figures above are the whole lesion
+        from medloop.trainers.metrics.regions import mean_over_holding_cases
 
-        maps = [(store.load_label_map(p_rel), store.load_label_map(t_rel))
-                for p_rel, t_rel in zip(val.mask_paths, val.human_mask) if p_rel and t_rel]
-        labelled = {"pred_mask": [p for p, _ in maps], "mask": [mask_at(t, p.shape) for p, t in maps]}
-        values.update({f"dice_{k}": v for k, v in region_dice_means(labelled, regions).items()})
+        per = mean_over_holding_cases(preds, truths, regions, distances=False)
+        values.update({f"dice_{k}": v["dice"] for k, v in per.items()})
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
