@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "labeling"))
 
-from conftest import build_queue  # noqa: E402  (test fixture builder: ledger rows + images + predictions)
+from labeling_queue import build_queue  # noqa: E402  (the tests' queue builder: ledger rows + images + predictions)
 
 from medloop.config import Campaign  # noqa: E402
 from medloop.labeling import push as push_module  # noqa: E402

@@ -59,18 +59,32 @@ def start(
         help="port on 127.0.0.1; must agree with labeling.url (the one address push and sync use)"),
     venv: Path | None = VenvOption,
     timeout: float = typer.Option(240.0, help="seconds to wait for /health"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, max=64,
+        help="processes serving it (default labeling.server_workers; more than 1 runs it under gunicorn)"),
+    database: str | None = typer.Option(
+        None, "--database",
+        help="its PostgreSQL database, postgresql://user@host:port/name (default labeling.server_database, else "
+             "SQLite); the password from MEDLOOP_LS_DB_PASSWORD or PGPASSWORD / ~/.pgpass"),
 ) -> None:
     """Start the campaign's Label Studio on 127.0.0.1 and wait until it answers."""
     from . import server
     from .errors import LabelStudioInstallError
 
     campaign = _campaign(config)
+    if database is not None:  # the same checks as labeling.server_database (no password here either)
+        from medloop.config import ConfigError, with_labeling
+
+        try:
+            campaign = with_labeling(campaign, "--database", server_database=database)
+        except ConfigError as err:
+            _fail(err)
     if port is not None and port != campaign.labeling.server_port:
         _fail(ValueError(f"--port {port} contradicts labeling.url = {campaign.labeling.url} (port "
                          f"{campaign.labeling.server_port}): rounds push to and sync from labeling.url; set "
                          "labeling.url (or labeling.port) in the campaign file instead"))
     try:
-        info = server.start(campaign, port=port, venv=venv, timeout=timeout)
+        info = server.start(campaign, port=port, venv=venv, timeout=timeout, workers=workers)
     except LabelStudioInstallError as err:
         _fail(err)
     typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}); log: {info.log}")

@@ -4,7 +4,8 @@ its most informative axial slice, ``labeling/volume_slices.py``; the slice is re
 
 The rounds step writes :class:`AnnotationTask` rows in state ``intent``; :func:`push_queue` turns
 them into Label Studio tasks with bulk imports (one call per chunk, predictions inline) and
-records ``ls_task_id`` + state ``pushed`` in one transaction per chunk.
+records ``ls_task_id`` + state ``pushed`` in one transaction per chunk. ``labeling.push_concurrency``
+chunks are imported at once (for a server of several workers, ``labeling.server_workers``).
 
 A sample is never pushed twice, also across crashes: before importing, the project's tasks are
 listed and matched on ``data.sample_uid``; intents already present in Label Studio (a crash
@@ -18,8 +19,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -468,21 +470,39 @@ def push_queue(
     def build(chunk: list) -> list[dict[str, Any]]:
         return [build_task(campaign, store, root, t, smp, pred) for t, smp, pred in chunk]
 
-    # pipeline: the next chunk's payload is built while Label Studio imports the current one
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-import") as pool:
-        payload = build(chunks[0]) if chunks else []
-        for k, chunk in enumerate(chunks):
-            future = pool.submit(import_tasks, client, pid, payload)
-            payload_sent = payload
-            payload = build(chunks[k + 1]) if k + 1 < len(chunks) else []
-            ids = future.result()  # raises LabelStudioUnavailable: earlier chunks stay committed
-            slices = {t.id: int(sent["data"]["slice_index"]) for (t, _, _), sent in zip(chunk, payload_sent)
-                      if "slice_index" in sent["data"]}
-            _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)], slices)
-            for (_, smp, _), ls_id in zip(chunk, ids):
-                report.task_ids[smp.uid] = ls_id
-            report.pushed += len(chunk)
-            report.remaining -= len(chunk)
-            report.chunks += 1
+    # pipeline: the next chunk's payload is built while Label Studio imports the ones in flight
+    # (labeling.push_concurrency imports at once; more than one pays with a server of several workers)
+    concurrency = max(1, int(campaign.labeling.push_concurrency))
+    in_flight: deque[tuple[list, list[dict[str, Any]], Future[list[int]]]] = deque()
+
+    def record(chunk: list, payload_sent: list[dict[str, Any]], ids: list[int]) -> None:
+        slices = {t.id: int(sent["data"]["slice_index"]) for (t, _, _), sent in zip(chunk, payload_sent)
+                  if "slice_index" in sent["data"]}
+        _mark_pushed(ledger, [(t.id, ls_id) for (t, _, _), ls_id in zip(chunk, ids)], slices)
+        for (_, smp, _), ls_id in zip(chunk, ids):
+            report.task_ids[smp.uid] = ls_id
+        report.pushed += len(chunk)
+        report.remaining -= len(chunk)
+        report.chunks += 1
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
+        try:
+            for chunk in chunks:
+                payload = build(chunk)
+                if len(in_flight) >= concurrency:
+                    done_chunk, sent, future = in_flight.popleft()
+                    record(done_chunk, sent, future.result())  # raises LabelStudioUnavailable
+                in_flight.append((chunk, payload, pool.submit(import_tasks, client, pid, payload)))
+            while in_flight:
+                done_chunk, sent, future = in_flight.popleft()
+                record(done_chunk, sent, future.result())
+        except BaseException:
+            # every import that did succeed is recorded before the error goes up (the rest stay intents)
+            for done_chunk, sent, future in in_flight:
+                try:
+                    record(done_chunk, sent, future.result())
+                except Exception:  # noqa: BLE001 - the first error is the one raised
+                    pass
+            raise
     report.seconds = time.perf_counter() - t0
     return report

@@ -33,6 +33,7 @@ import requests
 
 from medloop.config import Campaign
 
+from . import server_launch
 from .errors import LabelStudioInstallError
 
 LS_REQUIREMENT = "label-studio==1.23.*"
@@ -106,6 +107,23 @@ def install(venv: str | Path | None = None, *, quiet: bool = True) -> Path:
         raise LabelStudioInstallError(f"could not install {LS_REQUIREMENT} into {root}: {err}") from err
     if not exe.exists():
         raise LabelStudioInstallError(f"{LS_REQUIREMENT} installed into {root} but {exe} is missing")
+    return exe
+
+
+def install_gunicorn(venv: str | Path | None = None, *, quiet: bool = True) -> Path:
+    """gunicorn in Label Studio's venv (for a server of several workers), installed when missing."""
+    root = venv_path(venv)
+    exe = server_launch.gunicorn_path(root)
+    if exe.exists():
+        return exe
+    q = ["-q"] if quiet else []
+    try:
+        subprocess.run([str(root / "bin" / "python"), "-m", "pip", "install", *q,
+                        server_launch.GUNICORN_REQUIREMENT], check=True)
+    except (subprocess.CalledProcessError, OSError) as err:
+        raise LabelStudioInstallError(
+            f"could not install {server_launch.GUNICORN_REQUIREMENT} into {root} (needed for "
+            f"labeling.server_workers > 1): {err}") from err
     return exe
 
 
@@ -301,8 +319,14 @@ def start(
     venv: str | Path | None = None,
     timeout: float = 240.0,
     install_missing: bool = True,
+    workers: int | None = None,
+    database: str | None = None,
 ) -> ServerInfo:
-    """Start the campaign's Label Studio server (or return the running one) and wait for ``/health``."""
+    """Start the campaign's Label Studio server (or return the running one) and wait for ``/health``.
+
+    ``workers`` / ``database`` (default ``labeling.server_workers`` / ``labeling.server_database``): more
+    than one worker serves it under gunicorn, a PostgreSQL URL keeps its data there
+    (:mod:`labeling.server_launch`)."""
     current = status(campaign)
     if current.running:
         if current.healthy or _wait_health(current.url, current.pid, timeout):
@@ -321,6 +345,10 @@ def start(
         raise LabelStudioInstallError(
             f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`"
         )
+    workers = workers or campaign.labeling.server_workers
+    database = database or campaign.labeling.server_database
+    if workers > 1:
+        install_gunicorn(venv)
     port = port or campaign.labeling.server_port  # one address: the port of labeling.url
     if not port_free(port):
         raise LabelStudioInstallError(f"port {port} on 127.0.0.1 is taken; choose another with --port")
@@ -348,17 +376,14 @@ def start(
             "ML_TIMEOUT_HEALTH": "15",
             "ML_TIMEOUT_SETUP": "30",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-            "DJANGO_DB": "sqlite",
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(server_launch.database_env(database, os.environ))
     for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL", "ALL_PROXY", "all_proxy"):
         env.pop(key, None)
     env.update(NO_OUTBOUND_ENV)
-    cmd = [
-        str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-        "--data-dir", str(f.folder), "--enable-legacy-api-token", "--log-level", "WARNING",
-    ]
+    cmd = server_launch.server_command(venv_path(venv), port=port, data_dir=f.folder, workers=workers)
     with os.fdopen(os.open(f.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors that name the key and the expected type.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -302,6 +303,42 @@ class LabelingConfig(_Section):
         None,
         description="the server's LOCAL_FILES_DOCUMENT_ROOT; image URLs are relative to it (default: campaign folder)",
     )
+    server_workers: int = Field(
+        1, ge=1, le=64,
+        description="processes serving `medloop labelstudio start`'s server: 1 is Label Studio's own one-process "
+        "server; more runs it under gunicorn with that many workers (give it labeling.server_database too)",
+    )
+    server_database: str | None = Field(
+        None,
+        description="PostgreSQL database of `medloop labelstudio start`'s server, e.g. postgresql://ls@db-host:5432/"
+        "labelstudio (default: SQLite in <campaign>/labelstudio); the password comes from MEDLOOP_LS_DB_PASSWORD or "
+        "libpq's PGPASSWORD / ~/.pgpass, never from this file",
+    )
+    push_concurrency: int = Field(
+        1, ge=1, le=16,
+        description="bulk imports in flight at once when pushing the queue (more than 1 pays only with a server of "
+        "several workers, labeling.server_workers)",
+    )
+
+    @field_validator("server_database")
+    @classmethod
+    def _postgres_without_password(cls, value: str | None) -> str | None:
+        """A PostgreSQL URL (``postgresql://`` or ``postgres://``) with no password in it: secrets come from the
+        environment or libpq's password file, never from the campaign file."""
+        if value is None:
+            return value
+        parsed = urlsplit(value)
+        if parsed.scheme.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"labeling.server_database: expected a PostgreSQL URL such as postgresql://ls@127.0.0.1:5432/"
+                f"labelstudio, got scheme {parsed.scheme or '(none)'!r}"
+            )
+        if parsed.password is not None:
+            raise ValueError(
+                "labeling.server_database holds a password: remove it from the campaign file and put it in "
+                "MEDLOOP_LS_DB_PASSWORD (or PGPASSWORD / ~/.pgpass)"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -610,6 +647,14 @@ class ConfigError(ValueError):
     """A campaign file is invalid; the message names the key and what was expected."""
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@]+):[^@/]+@")
+
+
+def mask_url_password(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` (for messages, logs and MLflow params)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 def _describe(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid campaign configuration"]
     for e in err.errors():
@@ -620,8 +665,8 @@ def _describe(err: ValidationError, source: str) -> str:
             lines.append(f"  {key}: unknown key")
         else:
             expected = e["msg"]
-            got = e.get("input")
-            lines.append(f"  {key}: {expected} (got {got!r})")
+            got = mask_url_password(repr(e.get("input")))
+            lines.append(f"  {key}: {expected} (got {got})")
     return "\n".join(lines)
 
 
@@ -631,6 +676,16 @@ def parse_campaign(data: dict[str, Any], source: str = "<config>") -> Campaign:
         return Campaign.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err, source)) from None
+
+
+def with_labeling(campaign: Campaign, source: str, **changes: Any) -> Campaign:
+    """``campaign`` with ``[labeling]`` keys changed (a command-line option), checked as the campaign file
+    is: a :class:`ConfigError` names the key (with any password in a URL masked)."""
+    try:
+        labeling = LabelingConfig.model_validate({**campaign.labeling.model_dump(exclude_unset=True), **changes})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+    return campaign.model_copy(update={"labeling": labeling})
 
 
 #: the campaign file every command uses when it is given none (``--config`` wins)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medloop.config import Campaign, flatten
+from medloop.config import Campaign, flatten, mask_url_password
 from medloop.ledger.store import Ledger, sqlite_file
 
 from .identity import CAMPAIGN_TAG, CampaignMismatch, ledger_campaign_id, mismatch_message
@@ -41,7 +41,6 @@ CHECKPOINT_TAG = "medloop.checkpoint"
 PARENT_TAG = "mlflow.parentRunId"
 CRASH_ENV = "MEDLOOP_TEST_CRASH_AT"  # test hook, as in medloop.rounds.orchestrator
 SECRET_KEYS = re.compile(r"(token|secret|password|api_key)", re.I)
-_URL_PASSWORD = re.compile(r"(://[^:/@]+):[^@/]+@")
 
 __all__ = ["CampaignMismatch", "RoundRecord", "Tracker", "check_campaign", "manifest_hash", "model_name",
            "safe_params"]
@@ -57,7 +56,7 @@ def safe_params(campaign: Campaign) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in flatten(campaign).items():
         text = "" if value is None else str(value)
-        text = _URL_PASSWORD.sub(r"\1:***@", text)
+        text = mask_url_password(text)
         leaf = key.rsplit(".", 1)[-1]
         if SECRET_KEYS.search(leaf) and leaf not in ("token_env", "token_file"):
             text = "***"
