@@ -8,8 +8,9 @@ gives the earlier square 64x64 images and masks without maps.
 
     .venv/bin/python bench/bench_ls_push.py --n 2000            # starts (and stops) its own server
     .venv/bin/python bench/bench_ls_push.py --n 2000 --root DIR # reuse a server started for campaign root DIR
+    .venv/bin/python bench/bench_ls_push.py --n 2000 --workers 4 --postgres --concurrency 4  # a team's setup
 
-Prints one JSON line and a markdown table; target: at least 250 tasks/s, predictions included.
+Prints one JSON line and a markdown table; target: at least 500 tasks/s, predictions included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "labeling"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # ledger_backends (throwaway PostgreSQL)
 
 from labeling_queue import build_queue  # noqa: E402  (the tests' queue builder: ledger rows + images + predictions)
 
@@ -30,7 +32,7 @@ from medloop.labeling import push as push_module  # noqa: E402
 from medloop.labeling import server  # noqa: E402
 from medloop.labeling.push import existing_tasks, push_queue  # noqa: E402
 
-TARGET = 250
+TARGET = 500  # the performance issue's figure (tasks/s, predictions included)
 
 
 def _timed(name: str, totals: dict[str, float]) -> None:
@@ -57,11 +59,23 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--model-size", type=int, default=64)
     ap.add_argument("--root", help="campaign root of an already running server (medloop labelstudio start)")
+    ap.add_argument("--workers", type=int, default=1, help="labeling.server_workers of the server it starts")
+    ap.add_argument("--postgres", action="store_true",
+                    help="the server's database on a throwaway PostgreSQL 15 (tests/ledger_backends.py), not SQLite")
+    ap.add_argument("--concurrency", type=int, default=1, help="labeling.push_concurrency (imports in flight)")
     args = ap.parse_args()
 
     own = args.root is None
     root = Path(args.root or tempfile.mkdtemp(prefix="medloop-lsbench-")).resolve()
-    srv = Campaign(name="lsbench", root=str(root))
+    pg = None
+    labeling: dict[str, object] = {"server_workers": args.workers}
+    if args.postgres:
+        from ledger_backends import PORT, start_postgres
+
+        pg = start_postgres()
+        labeling["server_database"] = f"postgresql://postgres@/{pg.create_database('labelstudio')}" \
+                                      f"?host={pg.socket_dir}&port={PORT}"
+    srv = Campaign.model_validate({"name": "lsbench", "root": str(root), "labeling": labeling})
     t0 = time.perf_counter()
     info = server.start(srv, port=None if not own else server.free_port())
     start_s = time.perf_counter() - t0
@@ -70,7 +84,8 @@ def main() -> None:
         campaign = Campaign.model_validate({
             "name": name, "root": str(root / "campaigns" / name),
             "labeling": {"url": info.url, "token_env": "MEDLOOP_BENCH_NO_TOKEN", "token_file": str(info.token_file),
-                         "project_title": f"bench-{name}", "document_root": str(root)},
+                         "project_title": f"bench-{name}", "document_root": str(root),
+                         "push_concurrency": args.concurrency},
         })
         native = (args.height, args.width) if args.native else None
         q = build_queue(campaign, args.n, size=args.size, audit_every=20, native=native, model_size=args.model_size)
@@ -91,10 +106,14 @@ def main() -> None:
     finally:
         if own:
             server.stop(srv)
+        if pg is not None:
+            pg.stop()
     mask = (f"native {args.width}x{args.height} (maps {args.model_size}x{args.model_size})" if args.native
             else f"{args.size}x{args.size}")
     out = {
-        "n": args.n, "chunk": args.chunk, "mask": mask, "pushed": report.pushed,
+        "n": args.n, "chunk": args.chunk, "mask": mask, "server_workers": args.workers,
+        "database": "postgresql" if args.postgres else "sqlite", "push_concurrency": args.concurrency,
+        "pushed": report.pushed,
         "tasks_in_project": in_ls, "push_s": round(push_s, 3), "tasks_per_s": round(report.pushed / push_s, 1),
         "build_s": round(totals.get("build_task", 0.0), 3), "import_s": round(totals.get("import_tasks", 0.0), 3),
         "second_push_pushed": again.pushed, "second_push_s": round(again_s, 3), "server_start_s": round(start_s, 1),
@@ -102,11 +121,12 @@ def main() -> None:
     }
     print(json.dumps(out))
     print()
-    print("| tasks | chunk | images, masks | push (s) | tasks/s | target | build (s) | LS import (s) | re-push (s) "
-          "| duplicates |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.n} | {args.chunk} | {mask} | {out['push_s']} | {out['tasks_per_s']} | {TARGET} | "
-          f"{out['build_s']} | {out['import_s']} | {out['second_push_s']} | {in_ls - args.n} |")
+    print("| tasks | chunk | images, masks | server | imports in flight | push (s) | tasks/s | target | build (s) "
+          "| LS import (s, summed) | re-push (s) | duplicates |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {args.n} | {args.chunk} | {mask} | {args.workers} worker(s), {out['database']} | {args.concurrency} | "
+          f"{out['push_s']} | {out['tasks_per_s']} | {TARGET} | {out['build_s']} | {out['import_s']} | "
+          f"{out['second_push_s']} | {in_ls - args.n} |")
 
 
 if __name__ == "__main__":
