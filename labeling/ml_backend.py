@@ -17,13 +17,14 @@ Label Studio 1.23 talks to an ML backend over HTTP (its ``ml/api_connector.py``)
   ``POST /train`` (the older training call) is acknowledged the same way.
 
 A prediction has the regions of medloop's own pre-annotations (:func:`medloop.labeling.push.prediction_results`):
-the predicted class as a ``choices`` region and the lesion mask as a ``brushlabels`` RLE at the image's own
-size, ``score`` = the model's confidence in its class (as for pushed tasks) and ``model_version`` =
-``round-<n>`` of the model's round (the version pushed tasks carry), so Label Studio does not ask again for
-tasks that already have this model's prediction. The uncertainty measures ride along under ``medloop``
-(Label Studio keeps only ``result``, ``score`` and ``model_version``; a direct caller of ``/predict`` sees
-them). The image goes through the same steps as ``medloop predict`` (:mod:`medloop.trainers.inference`:
-the MC-dropout sampler and measures of the pool scoring, the mask resized to the image's own size).
+the predicted class as a ``choices`` region and the lesion mask as a ``brushlabels`` RLE at the image's own size (a
+multi-region model, ``data.regions``: one RLE per region present, each with its region's label, when the project's
+BrushLabels has a label for every region), ``score`` = the model's confidence in its class (as for pushed tasks)
+and ``model_version`` = ``round-<n>`` of the model's round (the version pushed tasks carry), so Label Studio does
+not ask again for tasks that already have this model's prediction. The uncertainty measures ride along under
+``medloop`` (Label Studio keeps only ``result``, ``score`` and ``model_version``; a direct caller of ``/predict``
+sees them). The image goes through the same steps as ``medloop predict`` (:mod:`medloop.trainers.inference`: the
+MC-dropout sampler and measures of the pool scoring, the mask resized to the image's own size).
 
 The server is the standard library's :class:`~http.server.ThreadingHTTPServer`, as the webhook receiver's
 (``labeling/webhook.py``): Label Studio's ``label-studio-ml`` package (1.0.9 on PyPI) pins Flask 1.1.2,
@@ -75,6 +76,7 @@ class Targets:
     class_values: tuple[str, ...] = ()
     lesion_from: str | None = LESION_FROM
     lesion_label: str | None = None
+    region_labels: tuple[str, ...] = ()  # a multi-region model's brush label per region (value i -> [i - 1])
 
 
 def _prefer(items: list[Any], name: str) -> Any:
@@ -92,8 +94,10 @@ def _match(value: str, options: Sequence[str]) -> str | None:
     return folded.get(value.casefold())
 
 
-def targets_from_config(config: str, lesion_label: str) -> Targets:
-    """The :class:`Targets` of a labeling config (medloop's names preferred when present).
+def targets_from_config(config: str, lesion_label: str, regions: Sequence[str] = ()) -> Targets:
+    """The :class:`Targets` of a labeling config (medloop's names preferred when present). A multi-region
+    model (``regions``, the campaign's ``data.regions``) paints one brush label per region when the BrushLabels
+    has a label for every region (matched ignoring case); otherwise the whole lesion with one label.
 
     :class:`BackendRequestError` when the config cannot be parsed or has no Image that a Choices or
     BrushLabels control labels."""
@@ -116,13 +120,17 @@ def targets_from_config(config: str, lesion_label: str) -> Targets:
     cls = _prefer([c for c in choices if image.name in c.to_name], CLASS_FROM)
     brush = _prefer([c for c in brushes if image.name in c.to_name], LESION_FROM)
     label = None
+    region_labels: tuple[str, ...] = ()
     if brush is not None:
         labels = list(brush.labels or [])
         label = _match(lesion_label, labels) or (labels[0] if labels else lesion_label)
+        matched = [_match(r, labels) for r in regions]
+        if regions and all(m is not None for m in matched):
+            region_labels = tuple(m for m in matched if m is not None)
     return Targets(
         image_to=image.name, image_key=image.value_name or image.name,
         class_from=cls.name if cls is not None else None, class_values=tuple(cls.labels or []) if cls else (),
-        lesion_from=brush.name if brush is not None else None, lesion_label=label,
+        lesion_from=brush.name if brush is not None else None, lesion_label=label, region_labels=region_labels,
     )
 
 
@@ -159,15 +167,17 @@ def prediction_for(
     key: int | str,
 ) -> dict[str, Any]:
     """One task's prediction in Label Studio's format (pure): class choice + native-size brush RLE (the regions
-    of :func:`prediction_results`), ``score`` = confidence in [0, 1], ``model_version``, and medloop's
-    measures under ``medloop``. A class the project's Choices lack gives no choice region; an empty mask (or a
-    config without BrushLabels) gives no brush region."""
+    of :func:`prediction_results`: one per region present with ``targets.region_labels``, else the whole
+    lesion), ``score`` = confidence in [0, 1], ``model_version``, and medloop's measures under ``medloop``. A
+    class the project's Choices lack gives no choice region; an empty mask (or a config without BrushLabels)
+    gives no brush region."""
     name = classes[pred_class] if 0 <= pred_class < len(classes) else None
     choice = None
     if name is not None and targets.class_from is not None:
         choice = _match(name, targets.class_values) if targets.class_values else name
+    brush: str | list[str] = list(targets.region_labels) if targets.region_labels else targets.lesion_label or ""
     result = prediction_results(
-        choice, mask if targets.lesion_from is not None else None, targets.lesion_label or "", key,
+        choice, mask if targets.lesion_from is not None else None, brush, key,
         class_from=targets.class_from or CLASS_FROM, lesion_from=targets.lesion_from or LESION_FROM,
         image_to=targets.image_to,
     )
@@ -179,7 +189,7 @@ def prediction_for(
         "class": name,
         "probs": {c: _finite(p) for c, p in zip(classes, np.asarray(probs, np.float64))},
         **{k: _finite(v) for k, v in measures.items()},
-        "lesion_pixels": int(np.asarray(mask).sum()),
+        "lesion_pixels": int(np.count_nonzero(mask)),
         "height": int(mask.shape[0]), "width": int(mask.shape[1]),
     }
     return out
@@ -203,6 +213,7 @@ class Backend:
         classes: Sequence[str],
         model_version: str,
         lesion_label: str,
+        regions: Sequence[str] = (),
         description: str = "",
         batch_size: int = 8,
     ) -> None:
@@ -211,6 +222,7 @@ class Backend:
         self.classes = list(classes)
         self.model_version = model_version
         self.lesion_label = lesion_label
+        self.regions = tuple(regions)
         self.description = description
         self.batch_size = max(1, int(batch_size))
         self._model_lock = threading.Lock()
@@ -249,11 +261,11 @@ class Backend:
     def targets(self, config: str | None) -> Targets:
         """The targets of ``config`` (cached per config); medloop's own names without one."""
         if not config:
-            return Targets(lesion_label=self.lesion_label)
+            return Targets(lesion_label=self.lesion_label, region_labels=self.regions)
         with self._state_lock:
             hit = self._targets.get(config)
         if hit is None:
-            hit = targets_from_config(config, self.lesion_label)
+            hit = targets_from_config(config, self.lesion_label, self.regions)
             with self._state_lock:
                 self._targets[config] = hit
         return hit
@@ -425,6 +437,6 @@ def build_backend(campaign: Any, model: str = "champion", *, passes: int | None 
     backend = Backend(
         predict_images=lambda images: predict_images(im, images, settings), read_image=reader.read,
         classes=im.classes, model_version=version, lesion_label=campaign.labeling.lesion_label,
-        description=src.describe(), batch_size=batch_size,
+        regions=campaign.data.regions, description=src.describe(), batch_size=batch_size,
     )
     return backend, f"{version}: {src.describe()}; T = {settings.passes} passes ({settings.scoring_method()})"

@@ -84,18 +84,18 @@ class ImagePrediction:
     probs: np.ndarray  # (K,) float32, mean class probabilities
     pred_class: int
     measures: dict[str, float]  # MEASURES -> value (NaN where undefined)
-    mask: np.ndarray  # (H, W) uint8 {0, 1}
+    mask: np.ndarray  # (H, W) uint8 {0, 1}; a multi-region model (data.regions): its region label 1..R
     fg_prob: np.ndarray  # (H, W) float32, lesion probability
     uncertainty: np.ndarray  # (H, W) float32, pixel uncertainty
 
     @property
     def lesion_area(self) -> int:
-        """Lesion pixels at the image's own size."""
-        return int(self.mask.sum())
+        """Lesion pixels (any region) at the image's own size."""
+        return int(np.count_nonzero(self.mask))
 
     @property
     def lesion_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        return self.lesion_area / self.mask.size if self.mask.size else 0.0
 
 
 def pick_device(use_gpu: bool) -> torch.device:

@@ -150,6 +150,48 @@ def test_prediction_format_is_medloops_preannotation(tmp_path):
     assert prediction_for(2, probs, {"confidence": 1.0000002}, mask, CLASSES, targets, "v", 1)["score"] == 1.0
 
 
+def test_a_multi_region_model_paints_one_brush_per_region_when_the_project_has_their_labels(tmp_path):
+    from label_studio_sdk.label_interface import LabelInterface
+
+    regions = ["oedema", "core"]
+    campaign = tiny_campaign(tmp_path / "c", data={"regions": regions})
+    config = label_config(campaign)  # medloop's interface: one brush label per region
+    targets = targets_from_config(config, "Lesion", regions)
+    assert targets.region_labels == ("oedema", "core")
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:30, 5:45] = 1
+    labels[12:20, 15:30] = 2
+    p = prediction_for(1, np.array([0.1, 0.8, 0.1]), {"confidence": 0.8}, labels, CLASSES, targets, "round-2", 9)
+    brushes = {r["value"]["brushlabels"][0]: r for r in p["result"] if r["type"] == "brushlabels"}
+    assert sorted(brushes) == ["core", "oedema"] and brushes["core"]["id"] == "m9-2"
+    for value, name in ((1, "oedema"), (2, "core")):
+        np.testing.assert_array_equal(rle_to_mask(brushes[name]["value"]["rle"], 40, 50), labels == value)
+    assert p["medloop"]["lesion_pixels"] == int((labels > 0).sum())  # pixels, not the sum of region labels
+    assert LabelInterface(config).validate_prediction({"result": p["result"]}) is True
+    # a team's project without a label per region: the whole lesion under its lesion label
+    team = targets_from_config(TEAM_CONFIG, "Lesion", regions)
+    assert team.region_labels == ()
+    q = prediction_for(1, np.array([0.1, 0.8, 0.1]), {"confidence": 0.8}, labels, CLASSES, team, "round-2", 9)
+    (brush,) = [r for r in q["result"] if r["type"] == "brushlabels"]
+    assert brush["value"]["brushlabels"] == ["lesion"]
+    np.testing.assert_array_equal(rle_to_mask(brush["value"]["rle"], 40, 50), labels > 0)
+    # labels matched ignoring case, in region order whatever the config's order
+    shuffled = TEAM_CONFIG.replace('<Label value="Cyst"/><Label value="lesion"/>',
+                                   '<Label value="CORE"/><Label value="Oedema"/>')
+    assert targets_from_config(shuffled, "Lesion", regions).region_labels == ("Oedema", "CORE")
+
+
+def test_lesion_area_of_a_region_label_map_counts_pixels():
+    from medloop.trainers.inference import ImagePrediction
+
+    labels = np.zeros((10, 10), np.uint8)
+    labels[:2, :5] = 3
+    labels[5, :4] = 1
+    pred = ImagePrediction(probs=np.ones(3) / 3, pred_class=1, measures={}, mask=labels,
+                           fg_prob=np.zeros((10, 10), np.float32), uncertainty=np.zeros((10, 10), np.float32))
+    assert (pred.lesion_area, pred.lesion_fraction) == (14, 0.14)
+
+
 def test_model_version_names():
     assert model_version_of(4, {"model_version": "x"}, "/c/ck") == "round-4"
     assert model_version_of(None, {"model_version": "round-2"}, "/c/ck") == "round-2"
