@@ -361,7 +361,7 @@ def page_explorer(c: Campaign, url: str, rounds: pd.DataFrame) -> None:
     grid = st.columns(3)
     for i, row in enumerate(rows.itertuples(index=False)):
         with grid[i % 3]:
-            render_sample(store, row, classes)
+            render_sample(store, row, classes, c.data.regions)
 
 
 def _load(loader: Any, rel: Any) -> Any:
@@ -373,25 +373,27 @@ def _load(loader: Any, rel: Any) -> Any:
         return None
 
 
-def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
+def render_sample(store: ImageStore, row: Any, classes: list[str], regions: list[str] | None = None) -> None:
     pred = classes[int(row.pred_class)] if row.pred_class is not None and not pd.isna(row.pred_class) else "—"
     title = (f"**{row.uid}** · {row.decision} · predicted {pred} ({fmt(row.confidence, '.2f')})  \n"
              f"human: {txt(row.human_class)} · pseudo: {txt(row.pseudo_class)} · std {fmt(row.std, '.3f')}")
     st.markdown(title)
     if str(row.image_path).endswith(".npy"):  # a volume: one axial slice at a time
-        render_volume(store, row)
+        render_volume(store, row, regions)
         return
     image = _load(store.load_image, row.image_path)
     if image is None:
         st.warning(f"Image missing in the store: {row.image_path}")
         return
-    masks = {"human": _load(store.load_mask, row.human_mask), "pseudo": _load(store.load_mask, row.pseudo_mask),
-             "predicted": _load(store.load_mask, row.pred_mask)}
+    # label maps: a multi-region campaign's masks keep their region labels (one outline per region)
+    load = store.load_label_map if regions else store.load_mask
+    masks = {"human": _load(load, row.human_mask), "pseudo": _load(load, row.pseudo_mask),
+             "predicted": _load(load, row.pred_mask)}
     # the image and human masks are native, predicted and pseudo-masks at the model size: outline at the image's
     masks = {k: None if m is None else mask_at(m, image.shape[:2]) for k, m in masks.items()}
     scale = max(1, 128 // max(image.shape[:2]))
     pics = [charts.overlay(image, masks, scale=scale)]
-    caps = ["image + masks"]
+    caps = ["image + masks" + charts.region_note(masks, regions)]
     umap = _load(store.load_array, row.umap_path)
     if umap is not None:
         pics.append(charts.heatmap(umap, scale=scale))
@@ -399,7 +401,7 @@ def render_sample(store: ImageStore, row: Any, classes: list[str]) -> None:
     st.image(pics, caption=caps, width=150)
 
 
-def render_volume(store: ImageStore, row: Any) -> None:
+def render_volume(store: ImageStore, row: Any, regions: list[str] | None = None) -> None:
     """A volume case as a slice viewer: a slider over its axial slices (starting on the slice with the most
     lesion voxels), the slice with the outlines of the human, pseudo and predicted masks on it (a partial
     human label shows only on its annotated slice), and the slice of the voxel uncertainty."""
@@ -422,12 +424,13 @@ def render_volume(store: ImageStore, row: Any) -> None:
     start = int(np.argmax(lesion)) if lesion.max() > 0 else shape[0] // 2
     index = st.slider(f"axial slice (of {shape[0]})", 0, shape[0] - 1, start, key=f"slice-{row.uid}")
     image = slice_image(volume, index)
-    masks = {k: None if m is None else annotated_slice(m, index) for k, m in maps.items()}
+    masks = {k: None if m is None else annotated_slice(m, index, regions=bool(regions)) for k, m in maps.items()}
     scale = max(1, 128 // max(image.shape[:2]))
     pics = [charts.overlay(image, masks, scale=scale)]
     human = maps["human"]
     partial = human is not None and bool((human[index] == 255).all())
-    caps = [f"slice {index + 1} of {shape[0]} + masks" + (" (human: not annotated here)" if partial else "")]
+    caps = [f"slice {index + 1} of {shape[0]} + masks" + (" (human: not annotated here)" if partial else "")
+            + charts.region_note(masks, regions)]
     umap = _load(store.load_array, row.umap_path)
     if umap is not None and umap.ndim == 3:
         u = nearest_resize(umap, shape)[index]

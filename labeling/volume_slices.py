@@ -85,7 +85,10 @@ def partial_label_map(mask: np.ndarray, index: int, depth: int) -> np.ndarray:
     return out
 
 
-def annotated_slice(label_map: np.ndarray, index: int) -> np.ndarray:
-    """Slice ``index`` of a volume's label map as a {0, 1} mask (255, not annotated, counts as background)."""
+def annotated_slice(label_map: np.ndarray, index: int, *, regions: bool = False) -> np.ndarray:
+    """Slice ``index`` of a volume's label map as a {0, 1} mask (255, not annotated, counts as background);
+    ``regions``: with its region labels 1..254 kept instead."""
     s = np.asarray(label_map)[index]
+    if regions:
+        return np.where(s == NOT_ANNOTATED, 0, s).astype(np.uint8)
     return ((s > 0) & (s != NOT_ANNOTATED)).astype(np.uint8)

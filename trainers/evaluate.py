@@ -76,14 +76,29 @@ def evaluation_metrics(pred: dict[str, np.ndarray], num_classes: int, class_name
 
 
 def region_summary(pred_masks: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray,
-                   regions: dict[str, list[int]], spacing: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+                   regions: dict[str, list[int]], spacing: np.ndarray | None = None, *, n_boot: int = 0,
+                   level: float = 0.95, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per region (or composite), over the cases whose target holds it: ``n``, mean ``dice`` and mean ``hd95``
     (mm with ``spacing``) as JSON numbers, None where undefined
-    (:func:`medloop.trainers.metrics.regions.mean_over_holding_cases`)."""
-    from medloop.trainers.metrics.regions import mean_over_holding_cases
+    (:func:`medloop.trainers.metrics.regions.mean_over_holding_cases`). ``n_boot`` > 0 adds ``dice_ci`` and
+    ``hd95_ci``: percentile bootstrap intervals, resampling cases (those holding the region in a resample)."""
+    from functools import partial
 
-    per = mean_over_holding_cases(list(pred_masks), list(masks), regions, None if spacing is None else list(spacing))
-    return {name: {"n": int(v["n"]), "dice": _num(v["dice"]), "hd95": _num(v["hd95"])} for name, v in per.items()}
+    from medloop.trainers.metrics.bootstrap import bootstrap_cis
+    from medloop.trainers.metrics.regions import mean_of_holding, per_case_regions
+
+    per = per_case_regions(list(pred_masks), list(masks), regions, None if spacing is None else list(spacing))
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in per.items():
+        point = mean_of_holding(values)
+        out[name] = {"n": int(point["n"]), "dice": _num(point["dice"]), "hd95": _num(point["hd95"])}
+        if n_boot > 0:
+            cis = bootstrap_cis(partial(mean_of_holding, values), len(values["holds"]), n_boot=n_boot,
+                                level=level, seed=seed)
+            for metric in ("dice", "hd95"):
+                ci = cis.get(metric)
+                out[name][f"{metric}_ci"] = None if ci is None else [_num(ci[0]), _num(ci[1])]
+    return out
 
 
 def classification_summary(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def markdown(result: dict[str, Any]) -> str:
     if m.get("regions"):
         lines += ["", f"## Per region (cases holding the region; HD95 in {hd_unit})", "",
                   "| region | n | Dice | HD95 |", "|---|---|---|---|"]
-        lines += [f"| {name} | {e['n']} | {_fixed(e['dice'], 3)} | {_fixed(e['hd95'], 2)} |"
+        lines += [f"| {name} | {e['n']} | {_with_ci(e, 'dice', 3)} | {_with_ci(e, 'hd95', 2)} |"
                   for name, e in m["regions"].items()]
     if m.get("confusion"):
         classes = list(m["per_class"])
@@ -132,6 +132,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"- {w}" for w in result.get("warnings", [])]
         lines += [f"- left out: {b['file']}: {b['reason']}" for b in result.get("bad", [])]
     return "\n".join(lines) + "\n"
+
+
+def _with_ci(e: dict[str, Any], metric: str, digits: int) -> str:
+    """``0.812 [0.776, 0.845]`` (the bootstrap interval when there is one)."""
+    ci = e.get(f"{metric}_ci")
+    tail = f" [{_fixed(ci[0], digits)}, {_fixed(ci[1], digits)}]" if ci else ""
+    return _fixed(e[metric], digits) + tail
 
 
 def _fixed(v: float | None, digits: int) -> str:
@@ -394,7 +401,8 @@ def run_evaluate(
 
         preds, truths, spacings = zip(*predicted.region_maps)
         metrics["regions"] = region_summary(list(preds), list(truths), im.meta["regions"],
-                                            None if spacings[0] is None else np.asarray(spacings))
+                                            None if spacings[0] is None else np.asarray(spacings), n_boot=n_boot,
+                                            seed=seed)
     result: dict[str, Any] = {
         "run": {"model": source.describe(), "spec": source.spec, "registered_model": source.registered_model,
                 "version": source.version, "round": source.round_id, "checkpoint": source.checkpoint,

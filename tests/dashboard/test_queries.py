@@ -236,6 +236,26 @@ def test_overlay_shows_all_three_outlines_when_masks_agree() -> None:
     assert {tuple(c) for c in plain.reshape(-1, 3)} == {(100, 100, 100)}
 
 
+def test_overlay_outlines_each_region_of_a_label_map() -> None:
+    img = np.full((16, 16), 100, np.uint8)
+    labels = np.zeros((16, 16), np.uint8)
+    labels[2:14, 2:14] = 1  # oedema around
+    labels[6:10, 6:10] = 2  # a core inside it
+    blue = charts.OVERLAY_RGB["predicted"]
+    whole = charts.overlay(img, {"predicted": (labels > 0).astype(np.uint8)}, scale=1)
+    per_region = charts.overlay(img, {"predicted": labels}, scale=1)
+    inner = np.zeros((16, 16), bool)
+    inner[6:10, 6:10] = True
+    core_edge = inner & ~np.pad(inner[1:-1, 1:-1], 1)  # the core's outermost ring of pixels
+    assert not (whole[core_edge] == blue).all(axis=1).any()  # one outline: nothing at the core
+    assert (per_region[core_edge] == blue).all(axis=1).all()  # per region: the core's border is drawn
+    # a partial volume label (255: not annotated) is no region
+    assert charts.region_values(np.array([[0, 1, 255], [3, 3, 0]])) == [1, 3]
+    note = charts.region_note({"predicted": labels, "human": None}, ["oedema", "core"])
+    assert note == f" · predicted regions (one outline each): oedema {int((labels == 1).sum())} px, core 16 px"
+    assert charts.region_note({"predicted": labels}, None) == ""
+
+
 def test_class_colours_are_the_same_on_every_chart() -> None:
     import pandas as pd
 

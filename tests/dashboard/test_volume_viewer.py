@@ -86,3 +86,68 @@ def test_explorer_shows_volumes_as_a_slice_viewer(volume_campaign: Path, monkeyp
     assert not at.exception, [e.value for e in at.exception]
     assert at.get("image")[0].proto.imgs[0].caption.startswith(f"slice {other + 1} of 6")
     assert file_fingerprint(ledger_file) == before  # the dashboard only reads
+
+
+@pytest.fixture(scope="module")
+def region_campaign(tmp_path_factory) -> Path:
+    """A multi-region volume campaign (3D phantoms: oedema, core, enhancing) after one real round."""
+    import tomllib
+
+    from medloop.data.phantoms3d import write_phantom_folder
+
+    root = tmp_path_factory.mktemp("region-dashboard")
+    write_phantom_folder(root / "data", n=16, size=16)
+    text = f"""name = "regiondash"
+root = "{root / 'camp'}"
+[data]
+source = "generic"
+path = "{root / 'data'}"
+classes = ["idh_mutant", "idh_wildtype"]
+volume_size = [16, 16, 16]
+regions = ["oedema", "core", "enhancing"]
+unlabeled_fraction = 0.5
+[model]
+width = 8
+depth = 2
+[uncertainty]
+mc_passes = 3
+[compute]
+num_workers = 0
+epochs = 10
+batch_size = 4
+lr = 3e-3
+score_batch_size = 8
+[selection]
+budget = 2
+tau_c = 0.5
+tau_u = 0.5
+max_ece = 1.0
+min_val_dice = 0.0
+mask_gate = 1.0
+[labeling]
+oracle = true
+"""
+    config = root / "campaign.toml"
+    config.write_text(text)
+    campaign = parse_campaign(tomllib.loads(text))
+    ingest(campaign, "generic")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_round(campaign).status == "done"
+    finally:
+        torch.set_num_threads(threads)
+    return config
+
+
+def test_explorer_outlines_each_region_and_names_them(region_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDLOOP_CONFIG", str(region_campaign))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.sidebar.radio(key="page").set_value("Sample explorer").run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    named = [c for c in captions if "regions (one outline each): " in c]
+    assert named, captions  # the slice on which a case's masks have the most lesion voxels shows its regions
+    for caption in named:
+        listed = caption.split("regions (one outline each): ", 1)[1].split(", ")
+        assert all(part.split(" ")[0] in ("oedema", "core", "enhancing") and part.endswith(" px") for part in listed)

@@ -212,7 +212,10 @@ def test_a_multi_region_round_on_images_and_the_export_round_trip(tmp_path: Path
 
     regions = json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["regions"]
     assert set(regions) == {"rim", "core"} and regions["rim"]["n"] == 40 and regions["rim"]["dice"] is not None
-    assert "HD95 in px" in (tmp_path / "eval" / "report.md").read_text()
+    lo, hi = regions["rim"]["dice_ci"]  # a bootstrap interval per region, as for the whole lesion
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert lo <= regions["rim"]["dice"] <= hi and f"[{lo:.3f}, {hi:.3f}]" in report
+    assert "HD95 in px" in report
     written = [np.asarray(Image.open(f)) for f in sorted((tmp_path / "pred" / "masks").glob("*.png"))]
     assert len(written) == 40 and max(int(w.max()) for w in written) == 2  # label PNGs, not 0 / 255
 

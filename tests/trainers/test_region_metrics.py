@@ -144,3 +144,34 @@ def test_region_means_count_only_the_cases_holding_the_region():
     fast = mean_over_holding_cases([p1, p2], [t1, t2], regions, distances=False)
     assert fast["outer"]["dice"] == got["outer"]["dice"] and math.isnan(fast["outer"]["hd95"])
     assert math.isnan(mean_over_holding_cases([p2], [t2], {"inner": [2]})["inner"]["dice"])
+
+
+def test_region_intervals_resample_cases_and_average_those_holding_the_region():
+    """The bootstrap interval of a region's Dice: each resample (Efron & Tibshirani's percentile interval) averages
+    the resampled cases whose target holds the region, repeats counted."""
+    from medloop.trainers.evaluate import region_summary
+    from medloop.trainers.metrics.bootstrap import bootstrap_indices, percentile_interval
+    from medloop.trainers.metrics.regions import region_metrics
+
+    rng = np.random.default_rng(3)
+    preds, targets = [], []
+    for i in range(12):
+        t = np.zeros((12, 12), np.uint8)
+        t[2:9, 2:9] = 1
+        if i % 3:
+            t[4:6, 4:7] = 2  # 8 of the 12 cases hold the core
+        p = t.copy()
+        p[rng.integers(0, 12, 6), rng.integers(0, 12, 6)] = rng.integers(0, 3, 6)
+        preds.append(p)
+        targets.append(t)
+    regions = {"outer": [1], "core": [2], "whole": [1, 2]}
+    got = region_summary(preds, targets, regions, n_boot=300, seed=7)
+    assert got["core"]["n"] == 8
+    dice = np.array([region_metrics(p, t, regions={"core": [2]})["core"]["dice"] for p, t in zip(preds, targets)])
+    holds = np.array([bool((t == 2).any()) for t in targets])
+    means = [dice[row[holds[row]]].mean() for row in bootstrap_indices(12, 300, 7) if holds[row].any()]
+    expected = percentile_interval(np.asarray(means))
+    assert expected is not None and got["core"]["dice_ci"] == pytest.approx(list(expected))
+    assert got["core"]["dice_ci"][0] <= got["core"]["dice"] <= got["core"]["dice_ci"][1]
+    assert got["whole"]["hd95_ci"][0] <= got["whole"]["hd95"] <= got["whole"]["hd95_ci"][1]
+    assert "dice_ci" not in region_summary(preds, targets, regions)["core"]  # no bootstrap asked

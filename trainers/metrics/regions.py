@@ -171,6 +171,44 @@ def mean_region_metrics(
     return out
 
 
+def per_case_regions(
+    preds: Sequence[np.ndarray] | np.ndarray,
+    targets: Sequence[np.ndarray] | np.ndarray,
+    regions: Regions,
+    spacings: Sequence[Sequence[float] | None] | None = None,
+    distances: bool = True,
+    ignore_index: int | None = IGNORE,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per region, one value per case: ``holds`` (bool: the case's target holds the region), ``dice`` and, with
+    ``distances``, ``hd95`` (mm with ``spacings``); NaN where the target does not hold the region."""
+    n = len(targets)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, classes in regions.items():
+        holds = np.array([region_mask(np.asarray(t), classes).any() for t in targets], bool)
+        dice, hd = np.full(n, np.nan), np.full(n, np.nan)
+        for i in np.flatnonzero(holds):
+            if distances:
+                m = region_metrics(preds[i], targets[i], None if spacings is None else spacings[i],
+                                   regions={name: classes}, ignore_index=ignore_index)[str(name)]
+                dice[i], hd[i] = m["dice"], m["hd95"]
+            else:
+                dice[i] = region_dice(preds[i], targets[i], {name: classes}, ignore_index=ignore_index)[str(name)]
+        out[str(name)] = {"holds": holds, "dice": dice, "hd95": hd}
+    return out
+
+
+def mean_of_holding(per_case: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, float]:
+    """``n``, mean ``dice`` and mean finite ``hd95`` over the cases (of ``index``, a bootstrap resample: repeats
+    count) that hold the region; NaN where none does."""
+    idx = np.arange(len(per_case["holds"])) if index is None else np.asarray(index)
+    keep = idx[per_case["holds"][idx]]
+    dice = per_case["dice"][keep]
+    hd = per_case["hd95"][keep]
+    hd = hd[np.isfinite(hd)]
+    return {"n": float(len(keep)), "dice": float(dice.mean()) if len(keep) else math.nan,
+            "hd95": float(hd.mean()) if hd.size else math.nan}
+
+
 def mean_over_holding_cases(
     preds: Sequence[np.ndarray] | np.ndarray,
     targets: Sequence[np.ndarray] | np.ndarray,
@@ -183,19 +221,5 @@ def mean_over_holding_cases(
     ``hd95`` (mm with ``spacings``); NaN where no case holds the region (or HD95 is not asked). The mean over
     the cases holding a region is how the papers report per-region Dice (an absent region would otherwise
     add a trivial 1). Validation (every epoch: ``distances=False``), round reports and evaluation use it."""
-    out: dict[str, dict[str, float]] = {}
-    for name, classes in regions.items():
-        cases = [i for i, t in enumerate(targets) if region_mask(np.asarray(t), classes).any()]
-        dice, hd = [], []
-        for i in cases:
-            if distances:
-                m = region_metrics(preds[i], targets[i], None if spacings is None else spacings[i],
-                                   regions={name: classes}, ignore_index=ignore_index)[str(name)]
-                dice.append(m["dice"])
-                hd.append(m["hd95"])
-            else:
-                dice.append(region_dice(preds[i], targets[i], {name: classes}, ignore_index=ignore_index)[str(name)])
-        finite = [v for v in hd if math.isfinite(v)]
-        out[str(name)] = {"n": float(len(cases)), "dice": float(np.mean(dice)) if dice else math.nan,
-                          "hd95": float(np.mean(finite)) if finite else math.nan}
-    return out
+    per = per_case_regions(preds, targets, regions, spacings, distances, ignore_index)
+    return {name: mean_of_holding(values) for name, values in per.items()}
