@@ -165,9 +165,16 @@ def load_state(checkpoint_path: str | Path, *, with_train_state: bool = False) -
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_model(checkpoint_path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint (eval mode, on ``device``) and return it with its meta."""
+def load_model(checkpoint_path: str | Path, *, device: str | torch.device = "cpu",
+               windowed: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (eval mode, on ``device``) and return it with its meta. A volume model
+    trained on patches (meta ``patch_size``) comes inside :class:`medloop.trainers.windowed.SlidingWindow`, so it
+    takes the whole ``volume_size`` grid (``windowed=False``: the patch model itself)."""
+    from .windowed import windowed as window
+
     state, meta, _ = load_state(checkpoint_path)
     model = build_model(meta["model"])
     model.load_state_dict(state)
+    if windowed:
+        model = window(model, meta.get("patch_size"))
     return model.to(device).eval(), meta

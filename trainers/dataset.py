@@ -327,20 +327,42 @@ class Augment:
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
 
 
+#: share of training patches centred on a lesion voxel (nnU-Net's foreground oversampling is a third; lesions
+#: in a large volume are small, so half)
+LESION_PATCHES = 0.5
+
+
+def patch_corner(mask: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
+                 lesion_share: float = LESION_PATCHES) -> tuple[int, ...]:
+    """Where a training patch starts in a (D, H, W) grid: with probability ``lesion_share`` centred on a voxel
+    drawn among the lesion voxels (labels 1..254; 255 is not annotated), else anywhere; always inside."""
+    shape = mask.shape
+    top = [max(0, int(n) - int(p)) for n, p in zip(shape, patch)]
+    if rng.random() < lesion_share:
+        lesion = np.flatnonzero((mask > 0) & (mask != IGNORE))
+        if lesion.size:
+            centre = np.unravel_index(int(lesion[int(rng.integers(lesion.size))]), shape)
+            return tuple(int(np.clip(c - int(p) // 2, 0, t)) for c, p, t in zip(centre, patch, top))
+    return tuple(int(rng.integers(0, t + 1)) for t in top)
+
+
 class JointDataset(torch.utils.data.Dataset):
     """Items are dicts: ``image`` float32 (C,H,W) in [0,1], ``label`` int64, ``mask`` int64 (H,W), ``index``.
 
     ``length`` > ``len(arrays)`` repeats the samples (item ``i`` is sample ``i % len(arrays)``); every
-    item draws its own augmentation, so the repeats of a sample differ. ``index`` is the sample's."""
+    item draws its own augmentation, so the repeats of a sample differ. ``index`` is the sample's.
+    ``patch`` (volumes, ``data.patch_size``): each item is a random patch of that size (:func:`patch_corner`),
+    cut before the augmentation."""
 
     def __init__(self, arrays: SampleArrays, augment: Augment | None = None, seed: int = 0,
-                 length: int | None = None) -> None:
+                 length: int | None = None, patch: Sequence[int] | None = None) -> None:
         if length is not None and length < len(arrays):
             raise ValueError(f"length {length} is below the {len(arrays)} samples")
         self.arrays = arrays
         self.augment = augment
         self.seed = seed
         self.length = len(arrays) if length is None else length
+        self.patch = None if patch is None else tuple(int(p) for p in patch)
         self._epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -357,8 +379,12 @@ class JointDataset(torch.utils.data.Dataset):
         stored = self.arrays.images[i]
         image = stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
         mask = self.arrays.masks[i]
+        rng = np.random.default_rng((self.seed, self._epoch, int(item)))
+        if self.patch is not None and image.ndim == 4:
+            corner = patch_corner(mask, self.patch, rng)
+            box = tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
+            image, mask = image[(slice(None), *box)], mask[box]
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self._epoch, int(item)))
             image, mask = self.augment(image, mask, rng)
         return {
             "image": torch.from_numpy(image),

@@ -24,6 +24,7 @@ from .checkpoints import build_model, model_spec, unwrap
 from .dataset import IGNORE, Augment, JointDataset, SampleArrays
 from .models import resolve_heads
 from .semi import SemiOptions, SemiTrainer, split_output, unlabeled_batch_size, unlabeled_loss
+from .windowed import windowed
 
 #: the validation metric that picks the best epoch and drives early stopping / ASHA
 SCORE_METRIC = "val_score"
@@ -56,6 +57,7 @@ class LoopSettings:
     image_size: int = 64
     channels: int = 1
     volume_size: list[int] | None = None  # volumes: [slices, rows, columns] the 3D model sees (None: 2D images)
+    patch_size: list[int] | None = None  # volumes: trained on patches of this size (data.patch_size), else the grid
     semi: SemiOptions = field(default_factory=SemiOptions)
     no_lesion_class: str | None = None
     init_weights: str | None = None  # model.weights, resolved: where a round from scratch starts
@@ -71,10 +73,12 @@ class LoopSettings:
         loss_options = dict(opts.pop("loss_options", {}) or {})
         spec = model_spec(campaign)
         spec["options"] = {k: v for k, v in spec["options"].items() if k not in ("loss", "loss_options")}
-        volume_size = None
+        volume_size = patch_size = None
         if volume_channels is not None:
-            spec = volume_spec(spec, volume_channels, list(campaign.data.volume_size))
             volume_size = list(campaign.data.volume_size)
+            patch_size = None if campaign.data.patch_size is None else list(campaign.data.patch_size)
+            spec = volume_spec(spec, volume_channels, patch_size or volume_size,
+                               "patch_size" if patch_size else "volume_size")
         if campaign.data.regions is not None:
             spec["options"]["seg_classes"] = campaign.data.seg_classes
         cls_head, seg_head = resolve_heads(spec["name"], m.cls_head, m.seg_head)  # None: the model's own heads
@@ -87,7 +91,7 @@ class LoopSettings:
             channels_last=c.channels_last, compile=c.compile, seed=c.seed,
             image_size=campaign.data.image_size,
             channels=campaign.data.channels if volume_channels is None else volume_channels,
-            volume_size=volume_size, no_lesion_class=campaign.data.no_lesion_class,
+            volume_size=volume_size, patch_size=patch_size, no_lesion_class=campaign.data.no_lesion_class,
             init_weights=str(campaign.resolve_path(m.weights)) if m.weights else None,
             regions=campaign.data.region_sets(),
             semi=SemiOptions(
@@ -113,6 +117,7 @@ class LoopSettings:
             "model": self.model, "classes": self.classes, "cls_head": self.cls_head, "seg_head": self.seg_head,
             "image_size": self.image_size, "channels": self.channels, "no_lesion_class": self.no_lesion_class,
             **({"volume_size": self.volume_size} if self.volume_size is not None else {}),
+            **({"patch_size": self.patch_size} if self.patch_size is not None else {}),
             **({"regions": self.regions} if self.regions else {}),
         }
 
@@ -121,10 +126,11 @@ class LoopSettings:
         return no_lesion_index(self.classes, self.no_lesion_class)
 
 
-def volume_spec(spec: dict[str, Any], channels: int, volume_size: list[int]) -> dict[str, Any]:
+def volume_spec(spec: dict[str, Any], channels: int, volume_size: list[int], key: str = "volume_size"
+                ) -> dict[str, Any]:
     """A model spec for volumes: the 3D version of the model (:func:`medloop.trainers.models.volume_model`)
-    with one input channel per sequence; a ``ValueError`` naming ``data.volume_size`` when the model's
-    down-sampling does not divide it."""
+    with one input channel per sequence, made for the grid ``volume_size`` (the patch grid with
+    ``data.patch_size``); a ``ValueError`` naming ``data.<key>`` when the model's down-sampling does not divide it."""
     from medloop.trainers.models import model_defaults, volume_model
 
     name = volume_model(spec["name"])
@@ -136,8 +142,8 @@ def volume_spec(spec: dict[str, Any], channels: int, volume_size: list[int]) -> 
     step = 2**depth
     if any(int(s) % step for s in volume_size):
         fits = [max(step, round(int(s) / step) * step) for s in volume_size]
-        raise ValueError(f"data.volume_size = {volume_size} cannot be divided by 2**{depth} = {step} on every axis, "
-                         f'the down-sampling of model "{name}"; use data.volume_size = {fits} or a smaller model.depth')
+        raise ValueError(f"data.{key} = {volume_size} cannot be divided by 2**{depth} = {step} on every axis, "
+                         f'the down-sampling of model "{name}"; use data.{key} = {fits} or a smaller model.depth')
     return {"name": name, "options": options}
 
 
@@ -214,7 +220,8 @@ def make_loader(
     labeled set repeated); evaluation: each sample once, in order."""
     augment = Augment.from_names(settings.augment) if train else None
     length = max(len(arrays), settings.min_epoch_samples) if train and len(arrays) else None
-    dataset = JointDataset(arrays, augment, seed=settings.seed, length=length)
+    dataset = JointDataset(arrays, augment, seed=settings.seed, length=length,
+                           patch=settings.patch_size if train else None)
     generator = torch.Generator().manual_seed(settings.seed)
     return DataLoader(
         dataset, batch_size=settings.batch_size, shuffle=train, drop_last=False, pin_memory=pin_memory,
@@ -226,7 +233,8 @@ def make_unlabeled_loader(arrays: SampleArrays, settings: LoopSettings, *, rank:
                           pin_memory: bool = False) -> DataLoader:
     """Weakly augmented unlabeled images, ``unlabeled_ratio`` times the labeled batch size, shuffled
     with a stream of its own per worker (``rank``)."""
-    dataset = JointDataset(arrays, Augment.from_names(settings.augment), seed=settings.seed + 1000 * (rank + 1))
+    dataset = JointDataset(arrays, Augment.from_names(settings.augment), seed=settings.seed + 1000 * (rank + 1),
+                           patch=settings.patch_size)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + rank + 17)
     return DataLoader(
         dataset, batch_size=unlabeled_batch_size(settings.batch_size, settings.semi.unlabeled_ratio), shuffle=True,
@@ -519,8 +527,9 @@ def train_plain(
         )
         metrics: dict[str, float] = {}
         if val_loader is not None:
-            pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
-                           channels_last=settings.channels_last, no_lesion=settings.no_lesion_index)
+            pred = predict(windowed(run_model, settings.patch_size), val_loader, device=device,
+                           cls_head=settings.cls_head, amp=settings.amp, channels_last=settings.channels_last,
+                           no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(pred, len(settings.classes), settings.regions)
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)

@@ -147,9 +147,11 @@ def split_output(output: JointOutput, n: int) -> tuple[JointOutput, JointOutput]
 
 @dataclass
 class StrongAugment:
-    """Photometric strong view + cut-out on a batch (B, C, H, W) in [0, 1], each op with probability ``p``:
-    contrast / brightness, gamma, multiplicative speckle-like noise, Gaussian blur, and one cut-out
-    rectangle (up to half the side) filled with the image mean. Geometry is left to the weak view."""
+    """Photometric strong view + cut-out on a batch (B, C, H, W) in [0, 1], or of volumes (B, C, D, H, W), each
+    op with probability ``p``: contrast / brightness, gamma, multiplicative speckle-like noise, Gaussian blur
+    (in the row / column plane, each slice of a volume alike), and one cut-out box (up to half of each side)
+    filled with the image mean. Geometry is left to the weak view. A batch whose intensities are not in [0, 1]
+    (MRI volumes, z-scored at ingest) gets no gamma and no clipping."""
 
     ops: Sequence[str] = ("intensity", "gamma", "speckle", "blur", "cutout")
     p: float = 0.8
@@ -158,59 +160,74 @@ class StrongAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b = x.shape[0]
         dev = x.device
+        ones = (1,) * (x.dim() - 1)  # per-case factors broadcast over channels and the spatial axes
+        unit = bool(float(x.min()) >= 0.0 and float(x.max()) <= 1.0)
 
         def draw(*shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=generator).to(dev)
 
         def on() -> torch.Tensor:
-            return (draw(b, 1, 1, 1) < self.p).to(x.dtype)
+            return (draw(b, *ones) < self.p).to(x.dtype)
 
         s = self.strength
         if "intensity" in self.ops:
-            contrast = 1.0 + s * (2 * draw(b, 1, 1, 1) - 1)
-            bright = 0.5 * s * (2 * draw(b, 1, 1, 1) - 1)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            contrast = 1.0 + s * (2 * draw(b, *ones) - 1)
+            bright = 0.5 * s * (2 * draw(b, *ones) - 1)
+            mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
             x = x + on() * ((x - mean) * contrast + mean + bright - x)
         if "gamma" in self.ops:
-            gamma = torch.exp(s * 1.5 * (2 * draw(b, 1, 1, 1) - 1))
-            x = x + on() * (x.clamp(0, 1) ** gamma - x)
+            gamma = torch.exp(s * 1.5 * (2 * draw(b, *ones) - 1))
+            switch = on()
+            if unit:
+                x = x + switch * (x.clamp(0, 1) ** gamma - x)
         if "speckle" in self.ops:
-            sigma = 0.25 * draw(b, 1, 1, 1)
+            sigma = 0.25 * draw(b, *ones)
             noise = torch.randn(x.shape, generator=generator).to(dev)
             x = x + on() * (x * sigma * noise)
         if "blur" in self.ops:
             x = self._blur(x, on(), draw(b))
         if "cutout" in self.ops:
-            x = self._cutout(x, on(), draw(b, 4))
-        return x.clamp(0.0, 1.0)
+            x = self._cutout(x, on(), draw(b, 2 * (x.dim() - 2)))
+        return x.clamp(0.0, 1.0) if unit else x
 
     @staticmethod
     def _blur(x: torch.Tensor, on: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         radius = 3
         r = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        h, w = x.shape[-2:]
         for i in range(x.shape[0]):
-            if on[i] == 0:
+            if on.flatten()[i] == 0:
                 continue
             sigma = 0.3 + 1.2 * float(u[i])
             k = torch.exp(-(r**2) / (2 * sigma**2))
             k = k / k.sum()
-            img = x[i : i + 1].transpose(0, 1)  # (C, 1, H, W): channels blurred alike
+            img = x[i].reshape(-1, 1, h, w)  # every channel (and slice) blurred alike
             img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
             img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
-            out[i] = img.transpose(0, 1)[0]
+            out[i] = img.reshape(x[i].shape)
         return out
 
     @staticmethod
     def _cutout(x: torch.Tensor, on: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One box per switched-on case: ``u`` holds, per spatial axis, the box's size and start draws (in [0, 1]):
+        (rows, columns, row start, column start) for images, then (slices, slice start) for volumes."""
         out = x.clone()
-        h, w = x.shape[-2:]
+        sides = x.shape[2:]
         for i in range(x.shape[0]):
-            if on[i] == 0:
+            if on.flatten()[i] == 0:
                 continue
+            box: list[slice] = []
+            h, w = sides[-2:]
             ch, cw = max(1, int(h * (0.1 + 0.4 * float(u[i, 0])))), max(1, int(w * (0.1 + 0.4 * float(u[i, 1]))))
             top, left = int((h - ch) * float(u[i, 2])), int((w - cw) * float(u[i, 3]))
-            out[i, :, top : top + ch, left : left + cw] = x[i].mean()
+            if len(sides) == 3:
+                d = sides[0]
+                cd = max(1, int(d * (0.1 + 0.4 * float(u[i, 4]))))
+                front = int((d - cd) * float(u[i, 5]))
+                box.append(slice(front, front + cd))
+            box += [slice(top, top + ch), slice(left, left + cw)]
+            out[i][(slice(None), *box)] = x[i].mean()
         return out
 
 

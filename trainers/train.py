@@ -48,6 +48,7 @@ from .plain import (
     validation_metrics,
 )
 from .ray_local import ensure_ray
+from .windowed import windowed
 
 
 class TrainError(RuntimeError):
@@ -216,8 +217,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         metrics: dict[str, float] = {}
         if len(val_arrays):
-            pred = predict(run_model, val_loader, device=device, cls_head=settings.cls_head, amp=settings.amp,
-                           channels_last=settings.channels_last, no_lesion=settings.no_lesion_index)
+            pred = predict(windowed(run_model, settings.patch_size), val_loader, device=device,
+                           cls_head=settings.cls_head, amp=settings.amp, channels_last=settings.channels_last,
+                           no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(_gather(pred), len(settings.classes), settings.regions)
         images = float(stats.pop("images")) * world
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), "images": images,

@@ -102,6 +102,12 @@ class DataConfig(_Section):
         description="volumes: [slices, rows, columns] the 3D model sees (each divisible by 2**model depth); "
         "stored volumes keep their own size",
     )
+    patch_size: list[int] | None = Field(
+        None,
+        description="volumes: [slices, rows, columns] of the patches the 3D model trains on, cut at random from "
+        "the data.volume_size grid (half of them centred on a lesion voxel); validation, scoring and evaluation "
+        "cover the whole grid with a sliding window (MONAI, overlapping patches); unset: the model sees the grid",
+    )
     regions: list[str] | None = Field(
         None, description="names of the mask's region labels 1..R (images: grey PNG label masks; volumes), e.g. "
         "[\"oedema\", \"core\", \"enhancing\"]: the model segments each region (R + 1 classes with the background) "
@@ -140,6 +146,11 @@ class DataConfig(_Section):
             raise ValueError(f"data.intensity_window: expected [lo, hi] with lo < hi (got {window})")
         if len(self.volume_size) != 3 or min(self.volume_size) < 1:
             raise ValueError(f"data.volume_size: expected [slices, rows, columns], each >= 1 (got {self.volume_size})")
+        patch = self.patch_size
+        if patch is not None and (len(patch) != 3 or min(patch) < 1
+                                  or any(p > v for p, v in zip(patch, self.volume_size))):
+            raise ValueError(f"data.patch_size: expected [slices, rows, columns], each >= 1 and at most "
+                             f"data.volume_size = {self.volume_size} (got {patch})")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ValueError(f"data.spacing: expected [x, y, z] in mm, each > 0 (got {self.spacing})")
         if len(self.ct_window) != 2 or self.ct_window[1] <= 0:
@@ -591,12 +602,13 @@ def check_model(campaign: Campaign) -> list[str]:
     depth, where = model_depth(m)
     step = 2**depth
     if is_volume_model(m.name):
-        sizes = campaign.data.volume_size
+        key = "patch_size" if campaign.data.patch_size is not None else "volume_size"
+        sizes = campaign.data.patch_size or campaign.data.volume_size
         if all(s % step == 0 for s in sizes):
             return []
         fits = [max(step, round(s / step) * step) for s in sizes]
-        return [f'data.volume_size = {sizes} cannot be divided by 2**{depth} = {step} on every axis, the '
-                f'down-sampling of model "{m.name}" ({where}); use data.volume_size = {fits}, or a smaller model.depth']
+        return [f'data.{key} = {sizes} cannot be divided by 2**{depth} = {step} on every axis, the '
+                f'down-sampling of model "{m.name}" ({where}); use data.{key} = {fits}, or a smaller model.depth']
     size = campaign.data.image_size
     if size % step == 0:
         return []

@@ -106,6 +106,25 @@ def test_cutout_fills_a_rectangle_with_the_image_mean():
     assert torch.allclose(box, x.mean().expand_as(box))
 
 
+def test_strong_augment_on_volumes_keeps_cases_apart_and_z_scores_unclipped():
+    """A volume batch (B, C, D, H, W): each case gets its own factors (none leak across the batch or mix
+    channels), the cut-out is a box through slices too, and z-scored MRI intensities are not clipped."""
+    x = 0.4 + 0.2 * torch.rand(3, 2, 6, 12, 12)  # no clipping after contrast and brightness
+    intensity = StrongAugment(ops=("intensity",), p=1.0, strength=0.4)
+    out = intensity(x, torch.Generator().manual_seed(1))
+    for i in range(3):  # one contrast / brightness per case: an affine map of that case's voxels
+        a, b = np.polyfit(x[i].flatten().numpy(), out[i].flatten().numpy(), 1)
+        np.testing.assert_allclose(out[i].numpy(), a * x[i].numpy() + b, atol=1e-5)
+    box = StrongAugment(ops=("cutout",), p=1.0)(x[:1], torch.Generator().manual_seed(0))
+    changed = (box != x[:1])[0, 0]
+    d, r, c = torch.nonzero(changed, as_tuple=True)
+    assert changed.sum() == (d.max() - d.min() + 1) * (r.max() - r.min() + 1) * (c.max() - c.min() + 1)
+    assert 0 < int(d.max() - d.min() + 1) < 6  # a box through some slices, not all
+    z = torch.randn(2, 1, 4, 8, 8) * 2.0
+    strong = StrongAugment(p=1.0)(z, torch.Generator().manual_seed(2))
+    assert strong.shape == z.shape and (float(strong.min()) < 0.0 or float(strong.max()) > 1.0)
+
+
 # ---- EMA teacher --------------------------------------------------------------------------------------------
 
 

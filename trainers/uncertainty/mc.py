@@ -172,6 +172,8 @@ def mc_sample(
         raise ValueError("passes must be >= 1")
     if cached == "auto":
         cached = stochastic and probe_cached(model, x, passes)
+    elif cached and not (hasattr(model, "encode") and hasattr(model, "decode")):
+        cached = False  # e.g. a patch model over a whole volume (SlidingWindow): full passes
     b = x.shape[0]
     cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
     with eval_mode(model, dropout_on=stochastic):

@@ -86,6 +86,7 @@ def served_config(campaign: Campaign, meta: dict[str, Any], dropout: bool) -> di
         "model": str((meta.get("model") or {}).get("name", campaign.model.name)),
         "normalisation": NORMALISATION if not meta.get("volume_size") else VOLUME_NORMALISATION,
         **({"volume_size": [int(v) for v in meta["volume_size"]]} if meta.get("volume_size") else {}),
+        **({"patch_size": [int(v) for v in meta["patch_size"]]} if meta.get("patch_size") else {}),
     }
 
 
@@ -128,10 +129,11 @@ def export_checkpoint(campaign: Campaign, checkpoint_path: str, out: Path) -> Se
     """Rebuild the round's model from its checkpoint and export it for the pyfunc model."""
     from medloop.trainers.checkpoints import load_model
 
-    model, meta = load_model(checkpoint_path)
+    model, meta = load_model(checkpoint_path, windowed=False)  # a patch model: exported at its patch grid
     dropout = has_dropout(model)
     config = served_config(campaign, meta, dropout)
-    files = export_programs(model, config["channels"], spatial_shape(config), out)
+    grid = tuple(config["patch_size"]) if config.get("patch_size") else spatial_shape(config)
+    files = export_programs(model, config["channels"], grid, out)
     return ServedModel(files, config)
 
 

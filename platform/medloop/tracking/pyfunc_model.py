@@ -9,7 +9,10 @@ requirements are installed. The network is a set of ``torch.export`` programs wr
 Input: float32 image batch ``(N, C, S, S)`` in [0, 1] (medloop's normalisation: the image converted
 to grey (C = 1) or RGB (C = 3), resized bilinearly to S x S, uint8 / 255; no mean/std shift); a volume
 campaign's model takes ``(N, C, D, H, W)`` = ``volume_size``, normalised as ingest does (CT window to
-[0, 1] or MRI z-score within the body, docs/volumes.md).
+[0, 1] or MRI z-score within the body, docs/volumes.md). A model trained on patches (``patch_size`` in the
+config) is exported at the patch grid and covers ``volume_size`` with a sliding window (:func:`window_starts`,
+:func:`gaussian_weight`: overlapping patches, each pass's probabilities blended with Gaussian weights, the class
+probabilities the mean over the patches), as medloop's own ``SlidingWindow`` does with MONAI.
 Params: ``mc_passes`` (T; 1 = one deterministic pass, dropout off) and ``seed`` (>= 0 makes the
 MC-dropout masks reproducible; -1 = unseeded). Output: a dict of arrays, the fields of medloop's
 ``score_batch`` (see ``docs/using-the-model.md``): ``class_probs``, ``mask_probs`` (lesion
@@ -117,6 +120,30 @@ def joint_outputs(cls_samples: torch.Tensor, seg_samples: torch.Tensor, cls_alph
             for k in FIELDS}
 
 
+def window_starts(size: int, patch: int, overlap: float = 0.25) -> list[int]:
+    """Where the patches start along one axis: every ``patch * (1 - overlap)`` voxels, the last one moved back
+    so that it ends on the grid's edge (MONAI's ``dense_patch_slices`` layout)."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    starts = list(range(0, size - patch + 1, step))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def gaussian_weight(patch: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
+    """Blending weights of a patch: a Gaussian with sigma = ``sigma_scale`` x the side on each axis, centre 1."""
+    axes = []
+    for n in patch:
+        x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0
+        axes.append(torch.exp(-0.5 * (x / max(sigma_scale * n, 1e-6)) ** 2))
+    w = axes[0]
+    for a in axes[1:]:
+        w = w[..., None] * a
+    return w.clamp_min(1e-4)
+
+
 def spatial_shape(cfg: dict[str, Any]) -> tuple[int, ...]:
     """The model's input grid: ``(S, S)`` for images, ``volume_size`` (D, H, W) for a volume campaign's model."""
     if cfg.get("volume_size"):
@@ -147,6 +174,50 @@ class JointModel(PythonModel):
             raise ValueError(f"expected a {what} of shape (N, {', '.join(map(str, (c, *size)))}), got {x.shape}")
         return torch.from_numpy(np.ascontiguousarray(x))
 
+    def _passes(self, x: torch.Tensor, passes: int, mc: bool) -> tuple[torch.Tensor, ...]:
+        """Class / segmentation probabilities (and alphas or None) of T passes, rows ordered pass-major."""
+        leaves = tuple(self.encode(x))
+        if mc:
+            assert self.decode_mc is not None
+            repeated = tuple(t.repeat(passes, *([1] * (t.dim() - 1))) for t in leaves)
+            cls_logits, seg_logits = self.decode_mc(repeated)
+        else:
+            cls_logits, seg_logits = self.decode(leaves)
+        cp, ca = _probs(cls_logits, self.cfg["cls_head"])
+        sp, sa = _probs(seg_logits, self.cfg["seg_head"])
+        return cp, sp, ca, sa  # type: ignore[return-value]
+
+    def _windows(self, x: torch.Tensor, patch: tuple[int, ...], passes: int, mc: bool) -> tuple[torch.Tensor, ...]:
+        """:meth:`_passes` over overlapping patches of a larger grid: segmentation blended with Gaussian weights,
+        class probabilities (and alphas) the mean over the patches."""
+        grid = tuple(x.shape[2:])
+        weight = gaussian_weight(patch)
+        seg_sum: torch.Tensor | None = None
+        seg_alpha_sum: torch.Tensor | None = None
+        norm = torch.zeros(grid)
+        cls_parts: list[torch.Tensor] = []
+        cls_alpha_parts: list[torch.Tensor] = []
+        starts = [window_starts(n, p) for n, p in zip(grid, patch)]
+        for d in starts[0]:
+            for h in starts[1]:
+                for w in starts[2]:
+                    box = (slice(d, d + patch[0]), slice(h, h + patch[1]), slice(w, w + patch[2]))
+                    cp, sp, ca, sa = self._passes(x[(slice(None), slice(None), *box)].contiguous(), passes, mc)
+                    if seg_sum is None:
+                        seg_sum = torch.zeros(*sp.shape[:2], *grid)
+                        seg_alpha_sum = None if sa is None else torch.zeros(*sa.shape[:2], *grid)
+                    seg_sum[(slice(None), slice(None), *box)] += sp * weight
+                    if sa is not None and seg_alpha_sum is not None:
+                        seg_alpha_sum[(slice(None), slice(None), *box)] += sa * weight
+                    norm[box] += weight
+                    cls_parts.append(cp)
+                    if ca is not None:
+                        cls_alpha_parts.append(ca)
+        assert seg_sum is not None
+        cls_alpha = torch.stack(cls_alpha_parts).mean(0) if cls_alpha_parts else None
+        seg_alpha = None if seg_alpha_sum is None else seg_alpha_sum / norm
+        return torch.stack(cls_parts).mean(0), seg_sum / norm, cls_alpha, seg_alpha  # type: ignore[return-value]
+
     # no type hints: MLflow would read them as the input schema; the logged signature is the schema
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         params = params or {}
@@ -157,22 +228,16 @@ class JointModel(PythonModel):
         mc = passes > 1
         if mc and self.decode_mc is None:
             raise ValueError("this model has no dropout layers: mc_passes must be 1")
-        cls_head, seg_head = cfg["cls_head"], cfg["seg_head"]
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             if seed >= 0:
                 torch.manual_seed(seed)
-            leaves = tuple(self.encode(x))
             b = x.shape[0]
-            if mc:
-                assert self.decode_mc is not None
-                repeated = tuple(t.repeat(passes, *([1] * (t.dim() - 1))) for t in leaves)
-                cls_logits, seg_logits = self.decode_mc(repeated)
-                t = passes
+            t = passes if mc else 1
+            patch = tuple(int(v) for v in cfg["patch_size"]) if cfg.get("patch_size") else None
+            if patch is None or tuple(x.shape[2:]) == patch:
+                cp, sp, ca, sa = self._passes(x, passes, mc)
             else:
-                cls_logits, seg_logits = self.decode(leaves)
-                t = 1
-            cp, ca = _probs(cls_logits, cls_head)
-            sp, sa = _probs(seg_logits, seg_head)
+                cp, sp, ca, sa = self._windows(x, patch, passes, mc)
 
             def per_pass(v: torch.Tensor | None) -> torch.Tensor | None:
                 return None if v is None else v.reshape(t, b, *v.shape[1:])
