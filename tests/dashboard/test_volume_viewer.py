@@ -16,6 +16,35 @@ from medloop.config import parse_campaign
 from medloop.data.ingest import ingest
 from medloop.rounds.orchestrator import run_round
 
+#: the selection and labeling sections both campaigns below share (every gate open, the oracle answers)
+OPEN_GATES = """[selection]
+budget = 3
+tau_c = 0.5
+tau_u = 0.5
+max_ece = 1.0
+min_val_dice = 0.0
+mask_gate = 1.0
+[labeling]
+oracle = true
+"""
+
+
+def _after_one_round(root: Path, text: str) -> Path:
+    """Write the campaign file, ingest its data and run one real round (torch on one thread); its path."""
+    import tomllib
+
+    config = root / "campaign.toml"
+    config.write_text(text)
+    campaign = parse_campaign(tomllib.loads(text))
+    ingest(campaign, "generic")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_round(campaign).status == "done"
+    finally:
+        torch.set_num_threads(threads)
+    return config
+
 
 @pytest.fixture(scope="module")
 def volume_campaign(tmp_path_factory) -> Path:
@@ -39,29 +68,8 @@ num_workers = 0
 epochs = 2
 batch_size = 4
 score_batch_size = 8
-[selection]
-budget = 3
-tau_c = 0.5
-tau_u = 0.5
-max_ece = 1.0
-min_val_dice = 0.0
-mask_gate = 1.0
-[labeling]
-oracle = true
-"""
-    config = root / "campaign.toml"
-    config.write_text(text)
-    import tomllib
-
-    campaign = parse_campaign(tomllib.loads(text))
-    ingest(campaign, "generic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_round(campaign).status == "done"
-    finally:
-        torch.set_num_threads(threads)
-    return config
+""" + OPEN_GATES
+    return _after_one_round(root, text)
 
 
 def test_explorer_shows_volumes_as_a_slice_viewer(volume_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,8 +99,6 @@ def test_explorer_shows_volumes_as_a_slice_viewer(volume_campaign: Path, monkeyp
 @pytest.fixture(scope="module")
 def region_campaign(tmp_path_factory) -> Path:
     """A multi-region volume campaign (3D phantoms: oedema, core, enhancing) after one real round."""
-    import tomllib
-
     from medloop.data.phantoms3d import write_phantom_folder
 
     root = tmp_path_factory.mktemp("region-dashboard")
@@ -117,27 +123,8 @@ epochs = 10
 batch_size = 4
 lr = 3e-3
 score_batch_size = 8
-[selection]
-budget = 2
-tau_c = 0.5
-tau_u = 0.5
-max_ece = 1.0
-min_val_dice = 0.0
-mask_gate = 1.0
-[labeling]
-oracle = true
-"""
-    config = root / "campaign.toml"
-    config.write_text(text)
-    campaign = parse_campaign(tomllib.loads(text))
-    ingest(campaign, "generic")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_round(campaign).status == "done"
-    finally:
-        torch.set_num_threads(threads)
-    return config
+""" + OPEN_GATES
+    return _after_one_round(root, text)
 
 
 def test_explorer_outlines_each_region_and_names_them(region_campaign: Path, monkeypatch: pytest.MonkeyPatch) -> None:
