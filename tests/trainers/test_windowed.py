@@ -84,3 +84,24 @@ def test_sliding_window_equals_the_pointwise_model_on_the_whole_grid():
     assert windowed(model, None) is model
     with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
         SlidingWindow(model, (8, 8, 8))(torch.rand(2, 2, 8, 8))
+
+
+def test_mc_sampling_a_window_samples_each_patch_and_blends_probabilities():
+    from medloop.trainers.uncertainty.mc import mc_sample
+
+    torch.manual_seed(1)
+    model = Pointwise()
+    x = torch.rand(2, 2, 12, 20, 24)
+    s = mc_sample(SlidingWindow(model, (8, 8, 8)), x, passes=3, cached=True, stochastic=False)
+    assert s.seg_probs.shape == (3, 2, 3, 12, 20, 24) and s.cls_probs.shape == (3, 2, 2)
+    with torch.no_grad():
+        expected = torch.softmax(model.conv(x), 1)
+    for t in range(3):  # every pass: the pointwise model's probabilities, blended back exactly
+        torch.testing.assert_close(s.seg_probs[t], expected, atol=1e-5, rtol=1e-5)
+    assert {shape[2:] for shape in model.calls} == {(8, 8, 8)}
+    starts = [[0, 4], [0, 6, 12], [0, 6, 12, 16]]
+    for b in range(2):  # class probabilities: the mean over the volume's 24 patches of each patch's softmax
+        per_patch = [torch.softmax(x[b, :, d:d + 8, h:h + 8, w:w + 8].mean(dim=(1, 2, 3)), 0)
+                     for d in starts[0] for h in starts[1] for w in starts[2]]
+        torch.testing.assert_close(s.cls_probs[0, b], torch.stack(per_patch).mean(0))
+    assert s.embedding is not None and s.embedding.shape == (2, 2)

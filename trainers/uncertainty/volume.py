@@ -26,7 +26,6 @@ from torch import nn
 
 from medloop.trainers.heads import check_head
 from medloop.trainers.uncertainty import measures as M
-from medloop.trainers.uncertainty.mc import mc_sample
 
 
 @dataclass
@@ -67,8 +66,9 @@ def score_volume(
     a volume smaller than the patch is padded by MONAI. ``passes = 1`` runs one deterministic pass
     (dropout off, ``voxel_std`` 0). ``seed`` fixes the dropout masks (None: torch's current state).
     ``cached``: each patch's T passes through the cached sampler (encoder once; needs a
-    ``JointModel``'s ``encode`` / ``decode``), else T full passes of the patch."""
-    from monai.inferers import sliding_window_inference
+    ``JointModel``'s ``encode`` / ``decode``), else T full passes of the patch. The window is
+    :meth:`medloop.trainers.windowed.SlidingWindow.sample` (the rounds' scoring of a patch campaign)."""
+    from medloop.trainers.windowed import SlidingWindow
 
     check_head(cls_head)
     check_head(seg_head)
@@ -76,29 +76,18 @@ def score_volume(
         raise ValueError(f"volume: expected (C, D, H, W), got shape {tuple(volume.shape)}")
     if passes < 1:
         raise ValueError("passes must be >= 1")
-    x = volume.unsqueeze(0).float()
-    patch_cls: list[torch.Tensor] = []  # (T, n, K) per call
-
-    def predictor(patch: torch.Tensor) -> torch.Tensor:
-        # all T passes of these patches at once: the encoder once, the decoder on a T-times batch
-        # (``cached``), blended by MONAI as T * Q channels
-        s = mc_sample(model, patch, passes, cached=cached if passes > 1 else False, cls_head=cls_head,
-                      seg_head=seg_head, stochastic=passes > 1)
-        patch_cls.append(s.cls_probs)
-        t, n, q = s.seg_probs.shape[:3]
-        return s.seg_probs.permute(1, 0, 2, 3, 4, 5).reshape(n, t * q, *s.seg_probs.shape[3:])
-
+    window = SlidingWindow(model, roi_size, overlap=overlap, sw_batch_size=sw_batch_size)
     generator_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        blended = torch.as_tensor(sliding_window_inference(x, roi_size, sw_batch_size, predictor, overlap=overlap,
-                                                           mode="gaussian"))[0]
+        s = window.sample(volume.unsqueeze(0).float(), passes, cached=cached if passes > 1 else False,
+                          cls_head=cls_head, seg_head=seg_head, stochastic=passes > 1)
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
-    seg_t = blended.reshape(passes, -1, *blended.shape[1:])  # (T, Q, D, H, W)
-    cls_t = torch.cat(patch_cls, dim=1).mean(1)  # (T, K): each pass's mean over its patches
+    seg_t = s.seg_probs[:, 0]  # (T, Q, D, H, W)
+    cls_t = s.cls_probs[:, 0]  # (T, K): each pass's mean over its patches
     seg_mean = seg_t.mean(0)
     pred = seg_mean.argmax(0)
     std = M.predicted_class_std(seg_t.unsqueeze(1))[0] if passes > 1 else torch.zeros_like(seg_mean[0])
