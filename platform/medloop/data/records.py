@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -41,6 +42,27 @@ class SamePNG(NamedTuple):
         except OSError:
             return None
         return data if len(data) == self.size else None
+
+
+#: files up to this size are read into memory in one call and decoded from there (PIL reading a file issues
+#: one small read per PNG chunk: about 10 system calls for a small image, most of an ingest's reading time);
+#: larger ones are decoded from the file, so a huge file is not held whole before the decompression-bomb check
+READ_WHOLE_BELOW = 32 << 20
+
+
+def read_source(path: Path) -> tuple[IO[bytes] | Path, SamePNG | None]:
+    """What to decode ``path`` from (its bytes, read in one call, or the path itself) and the file's size and
+    time at that read (None when it cannot be read: decoding the path then reports why)."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            stat = SamePNG(path, st.st_size, st.st_mtime_ns)
+            if st.st_size > READ_WHOLE_BELOW:
+                return path, stat
+            data = fh.read()
+    except OSError:
+        return path, None
+    return io.BytesIO(data), stat
 
 
 @dataclass
@@ -122,12 +144,13 @@ def decode_image(
 
 
 def _decode_image(
-    path: Path, channels: int = 1, window: tuple[float, float] | None = None
+    path: Path, channels: int = 1, window: tuple[float, float] | None = None, source: IO[bytes] | Path | None = None
 ) -> tuple[np.ndarray, str, list[str], str | None]:
-    """:func:`decode_image` and the file's format (``PNG``, ``JPEG``, ...)."""
+    """:func:`decode_image` and the file's format (``PNG``, ``JPEG``, ...); ``source``: what to decode
+    (:func:`read_source`; default the path)."""
     notes: list[str] = []
     try:
-        with Image.open(path) as im:
+        with Image.open(path if source is None else source) as im:
             im.load()
             mode, fmt = str(im.mode), im.format
             if is_deep(mode):
@@ -155,12 +178,12 @@ def read_mask(path: Path) -> np.ndarray:
     return _read_mask(path)[0]
 
 
-def read_region_mask(path: Path, regions: int) -> tuple[np.ndarray, bool]:
+def read_region_mask(path: Path, regions: int, source: IO[bytes] | Path | None = None) -> tuple[np.ndarray, bool]:
     """A region label mask (``data.regions``: one grey / palette channel, labels 0..``regions``) as uint8, and
     whether the file holds exactly what the store writes for it (a grey PNG of the labels when some label is
     above 1); a :class:`FileError` naming the file for colour masks or labels above ``regions``."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if source is None else source) as im:
             im.load()
             mode, fmt = im.mode, im.format
             arr = np.asarray(im)
@@ -186,10 +209,10 @@ def region_label_problem(mask: np.ndarray, regions: int, ignore: int | None = No
     return f"mask holds label(s) {unknown[:5]}; data.regions names {regions} region(s), labels 1..{regions}"
 
 
-def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
+def _read_mask(path: Path, source: IO[bytes] | Path | None = None) -> tuple[np.ndarray, bool]:
     """:func:`read_mask`, and whether the file is a grey PNG holding only 0 and 255 (the store's form)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if source is None else source) as im:
             im.load()
             arr = np.asarray(im)
             stored_form = im.format == "PNG" and im.mode == "L"
@@ -229,13 +252,14 @@ class Item:
         """Read the image and the union of its masks; raises :class:`FileError` naming the bad file.
         ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`);
         ``regions``: the number of ``data.regions``, whose labels the masks keep (:func:`read_region_mask`)."""
-        stat = _stat(self.image)
-        image, mode, notes, fmt = _decode_image(self.image, channels, window)
+        source, stat = read_source(self.image)
+        image, mode, notes, fmt = _decode_image(self.image, channels, window, source)
         mask = None
         mask_png = None
         for mpath in self.masks:
-            mstat = _stat(mpath)
-            m, stored_form = _read_mask(mpath) if regions is None else read_region_mask(mpath, regions)
+            msource, mstat = read_source(mpath)
+            m, stored_form = (_read_mask(mpath, msource) if regions is None
+                              else read_region_mask(mpath, regions, msource))
             check_mask_size(mpath, m, image)
             mask = m if mask is None else np.maximum(mask, m)
             mask_png = mstat if stored_form and len(self.masks) == 1 else None
@@ -245,9 +269,3 @@ class Item:
                       mask_png=mask_png)
 
 
-def _stat(path: Path) -> SamePNG | None:
-    """The file's size and time before it is decoded (a change afterwards turns the byte copy off)."""
-    try:
-        return SamePNG.of(path)
-    except OSError:
-        return None  # decoding reports the problem
