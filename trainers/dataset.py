@@ -377,13 +377,13 @@ class JointDataset(torch.utils.data.Dataset):
             raise IndexError(item)
         i = item % len(self.arrays)
         stored = self.arrays.images[i]
-        image = stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
         mask = self.arrays.masks[i]
         rng = np.random.default_rng((self.seed, self._epoch, int(item)))
-        if self.patch is not None and image.ndim == 4:
+        if self.patch is not None and stored.ndim == 4:  # cut first: only the patch is converted to float
             corner = patch_corner(mask, self.patch, rng)
             box = tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
-            image, mask = image[(slice(None), *box)], mask[box]
+            stored, mask = stored[(slice(None), *box)], mask[box]
+        image = stored.astype(np.float32) / 255.0 if stored.dtype == np.uint8 else stored.astype(np.float32)
         if self.augment is not None:
             image, mask = self.augment(image, mask, rng)
         return {
