@@ -213,7 +213,7 @@ class Backend:
         classes: Sequence[str],
         model_version: str,
         lesion_label: str,
-        regions: Sequence[str] = (),
+        regions: Sequence[str] | None = (),
         description: str = "",
         batch_size: int = 8,
     ) -> None:
@@ -222,7 +222,7 @@ class Backend:
         self.classes = list(classes)
         self.model_version = model_version
         self.lesion_label = lesion_label
-        self.regions = tuple(regions)
+        self.regions = tuple(regions or ())
         self.description = description
         self.batch_size = max(1, int(batch_size))
         self._model_lock = threading.Lock()
