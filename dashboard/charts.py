@@ -423,9 +423,9 @@ def region_note(masks: dict[str, np.ndarray | None], regions: list[str] | None) 
         return ""
     for kind in ("predicted", "human", "pseudo"):
         m = masks.get(kind)
-        if m is not None and region_values(m):
-            counts = [f"{regions[v - 1]} {int((np.asarray(m) == v).sum())} px" for v in region_values(m)
-                      if v <= len(regions)]
+        values = [] if m is None else region_values(m)
+        if values:
+            counts = [f"{regions[v - 1]} {int((np.asarray(m) == v).sum())} px" for v in values if v <= len(regions)]
             return f" · {kind} regions (one outline each): " + ", ".join(counts)
     return ""
 
@@ -443,9 +443,9 @@ def overlay(image: np.ndarray, masks: dict[str, np.ndarray | None], scale: int =
     for kind, mask in masks.items():
         if mask is None:
             continue
-        values = region_values(mask)
-        parts = [np.asarray(mask) == v for v in values] if len(values) > 1 else [
-            (np.asarray(mask) > 0) & (np.asarray(mask) != 255)]
+        labels = np.asarray(mask)
+        values = region_values(labels)
+        parts = [labels == v for v in values] if len(values) > 1 else [(labels > 0) & (labels != 255)]
         for part in parts:
             m = np.kron(part.astype(np.uint8), block) > 0
             if m.shape != rgb.shape[:2]:

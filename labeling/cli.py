@@ -72,11 +72,12 @@ def start(
     from .errors import LabelStudioInstallError
 
     campaign = _campaign(config)
-    if database is not None:  # the same checks as labeling.server_database (no password here either)
+    options = {k: v for k, v in (("server_workers", workers), ("server_database", database)) if v is not None}
+    if options:  # checked as the campaign keys are (no password in --database either)
         from medloop.config import ConfigError, with_labeling
 
         try:
-            campaign = with_labeling(campaign, "--database", server_database=database)
+            campaign = with_labeling(campaign, "--workers / --database", **options)
         except ConfigError as err:
             _fail(err)
     if port is not None and port != campaign.labeling.server_port:
@@ -84,7 +85,7 @@ def start(
                          f"{campaign.labeling.server_port}): rounds push to and sync from labeling.url; set "
                          "labeling.url (or labeling.port) in the campaign file instead"))
     try:
-        info = server.start(campaign, port=port, venv=venv, timeout=timeout, workers=workers)
+        info = server.start(campaign, port=port, venv=venv, timeout=timeout)
     except LabelStudioInstallError as err:
         _fail(err)
     typer.echo(f"Label Studio runs at {info.url} (pid {info.pid}); log: {info.log}")

@@ -485,22 +485,24 @@ def push_queue(
         report.remaining -= len(chunk)
         report.chunks += 1
 
+    def finish_oldest() -> None:
+        chunk, sent, future = in_flight.popleft()
+        record(chunk, sent, future.result())  # raises LabelStudioUnavailable
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
         try:
             for chunk in chunks:
                 payload = build(chunk)
                 if len(in_flight) >= concurrency:
-                    done_chunk, sent, future = in_flight.popleft()
-                    record(done_chunk, sent, future.result())  # raises LabelStudioUnavailable
+                    finish_oldest()
                 in_flight.append((chunk, payload, pool.submit(import_tasks, client, pid, payload)))
             while in_flight:
-                done_chunk, sent, future = in_flight.popleft()
-                record(done_chunk, sent, future.result())
+                finish_oldest()
         except BaseException:
             # every import that did succeed is recorded before the error goes up (the rest stay intents)
-            for done_chunk, sent, future in in_flight:
+            while in_flight:
                 try:
-                    record(done_chunk, sent, future.result())
+                    finish_oldest()
                 except Exception:  # noqa: BLE001 - the first error is the one raised
                     pass
             raise

@@ -319,14 +319,11 @@ def start(
     venv: str | Path | None = None,
     timeout: float = 240.0,
     install_missing: bool = True,
-    workers: int | None = None,
-    database: str | None = None,
 ) -> ServerInfo:
     """Start the campaign's Label Studio server (or return the running one) and wait for ``/health``.
 
-    ``workers`` / ``database`` (default ``labeling.server_workers`` / ``labeling.server_database``): more
-    than one worker serves it under gunicorn, a PostgreSQL URL keeps its data there
-    (:mod:`labeling.server_launch`)."""
+    ``labeling.server_workers`` > 1 serves it under gunicorn, ``labeling.server_database`` keeps its data in
+    PostgreSQL (:mod:`labeling.server_launch`)."""
     current = status(campaign)
     if current.running:
         if current.healthy or _wait_health(current.url, current.pid, timeout):
@@ -345,8 +342,7 @@ def start(
         raise LabelStudioInstallError(
             f"Label Studio is not installed ({exe} missing); run `medloop labelstudio install`"
         )
-    workers = workers or campaign.labeling.server_workers
-    database = database or campaign.labeling.server_database
+    workers = campaign.labeling.server_workers
     if workers > 1:
         install_gunicorn(venv)
     port = port or campaign.labeling.server_port  # one address: the port of labeling.url
@@ -379,7 +375,7 @@ def start(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.update(server_launch.database_env(database, os.environ))
+    env.update(server_launch.database_env(campaign.labeling.server_database, os.environ))
     for key in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL", "ALL_PROXY", "all_proxy"):
         env.pop(key, None)
     env.update(NO_OUTBOUND_ENV)

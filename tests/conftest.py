@@ -78,9 +78,8 @@ if _path:
 
 
 @_pytest.fixture(scope="session")
-def labelstudio_server(tmp_path_factory):
-    """Start Label Studio once per test run (installing it when missing); skip when impossible."""
-    from medloop.config import Campaign
+def labelstudio_venv() -> _Path:
+    """Label Studio's virtual environment, installed when missing; skip when impossible."""
     from medloop.labeling import server
     from medloop.labeling.errors import LabelStudioInstallError
 
@@ -90,6 +89,17 @@ def labelstudio_server(tmp_path_factory):
             server.install(venv)
         except LabelStudioInstallError as err:
             _pytest.skip(f"Label Studio server cannot be installed ({err}); run `medloop labelstudio install`")
+    return venv
+
+
+@_pytest.fixture(scope="session")
+def labelstudio_server(tmp_path_factory, labelstudio_venv):
+    """Start Label Studio once per test run (installing it when missing); skip when impossible."""
+    from medloop.config import Campaign
+    from medloop.labeling import server
+    from medloop.labeling.errors import LabelStudioInstallError
+
+    venv = labelstudio_venv
     reuse = os.environ.get("MEDLOOP_TEST_LS_ROOT")  # development: a server already started there
     if reuse:
         campaign = Campaign(name="ls-tests", root=reuse)

@@ -177,7 +177,7 @@ class StrongAugment:
             x = x + on() * ((x - mean) * contrast + mean + bright - x)
         if "gamma" in self.ops:
             gamma = torch.exp(s * 1.5 * (2 * draw(b, *ones) - 1))
-            switch = on()
+            switch = on()  # drawn either way: the later ops' draws stay those of a [0, 1] batch
             if unit:
                 x = x + switch * (x.clamp(0, 1) ** gamma - x)
         if "speckle" in self.ops:

@@ -48,11 +48,10 @@ class SlidingWindow(nn.Module):
         if tuple(x.shape[2:]) == self.roi_size:
             return self.patch_model(x)
         outs = [self._one(x[b:b + 1]) for b in range(x.shape[0])]
-        embeddings = [o.embedding for o in outs if o.embedding is not None]
         return JointOutput(
             cls_logits=torch.cat([o.cls_logits for o in outs]),
             seg_logits=torch.cat([o.seg_logits for o in outs]),
-            embedding=torch.cat(embeddings) if len(embeddings) == len(outs) else None,
+            embedding=_joined([o.embedding for o in outs], torch.cat),
         )
 
     def _one(self, x: torch.Tensor) -> JointOutput:
@@ -65,10 +64,8 @@ class SlidingWindow(nn.Module):
 
         seg = self._blend(x, predictor)[None]
         cls = torch.cat([p.cls_logits for p in parts]).mean(0, keepdim=True)
-        embeddings = [p.embedding for p in parts if p.embedding is not None]
-        embedding = torch.cat(embeddings).mean(0, keepdim=True) if len(embeddings) == len(parts) else None
+        embedding = _joined([p.embedding for p in parts], lambda e: torch.cat(e).mean(0, keepdim=True))
         return JointOutput(cls_logits=cls, seg_logits=seg, embedding=embedding)
-
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, passes: int, *, cached: bool | str = True, cls_head: str = "softmax",
@@ -77,8 +74,11 @@ class SlidingWindow(nn.Module):
         sampler: the patch's encoder once), MONAI blending the T x Q probability maps (and the Dirichlet
         parameters of an evidential head) with Gaussian weights; each pass's class probabilities (and
         alphas) are the mean over the volume's patches, the embedding the mean over patches and passes."""
-        from medloop.trainers.uncertainty.mc import MCSamples
+        from medloop.trainers.uncertainty.mc import MCSamples, mc_sample
 
+        if tuple(x.shape[2:]) == self.roi_size:  # one patch: the patch model's own sampler, as forward does
+            return mc_sample(self.patch_model, x, passes, cached=cached,  # type: ignore[arg-type]
+                             cls_head=cls_head, seg_head=seg_head, stochastic=stochastic)
         cls_p, seg_p, cls_a, seg_a, emb = [], [], [], [], []
         for b in range(x.shape[0]):
             parts: list[MCSamples] = []
@@ -92,13 +92,11 @@ class SlidingWindow(nn.Module):
             cls_p.append(torch.cat([p.cls_probs for p in parts], 1).mean(1))  # (T, K)
             if parts[0].cls_alpha is not None:
                 cls_a.append(torch.cat([p.cls_alpha for p in parts if p.cls_alpha is not None], 1).mean(1))
-            embeddings = [p.embedding for p in parts if p.embedding is not None]
-            if len(embeddings) == len(parts):
-                emb.append(torch.cat(embeddings).mean(0))
+            emb.append(_joined([p.embedding for p in parts], lambda e: torch.cat(e).mean(0)))
         return MCSamples(
             cls_probs=torch.stack(cls_p, 1), seg_probs=torch.stack(seg_p, 1),
             cls_alpha=torch.stack(cls_a, 1) if cls_a else None, seg_alpha=torch.stack(seg_a, 1) if seg_a else None,
-            embedding=torch.stack(emb) if len(emb) == x.shape[0] else None,
+            embedding=_joined(emb, torch.stack),
         )
 
     def _blend(self, x: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -118,6 +116,13 @@ class SlidingWindow(nn.Module):
         maps = [s.seg_probs] + ([s.seg_alpha] if s.seg_alpha is not None else [])
         t, n = s.seg_probs.shape[:2]
         return torch.cat([m.permute(1, 0, 2, 3, 4, 5).reshape(n, t * m.shape[2], *m.shape[3:]) for m in maps], 1)
+
+
+def _joined(parts: Sequence[torch.Tensor | None], join: Callable[[list[torch.Tensor]], torch.Tensor]
+            ) -> torch.Tensor | None:
+    """``join`` of the parts' embeddings, or None when any part has none (a model without an embedding)."""
+    present = [p for p in parts if p is not None]
+    return join(present) if present and len(present) == len(parts) else None
 
 
 def windowed(model: nn.Module, patch_size: Sequence[int] | None) -> nn.Module:

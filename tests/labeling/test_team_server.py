@@ -17,7 +17,6 @@ from sqlalchemy import select
 
 from medloop.config import Campaign, ConfigError, parse_campaign, with_labeling
 from medloop.labeling import server, server_launch
-from medloop.labeling.errors import LabelStudioInstallError
 from medloop.labeling.push import existing_tasks, push_queue
 from medloop.ledger import AnnotationTask
 
@@ -57,13 +56,7 @@ def test_one_worker_is_label_studios_own_server_and_more_run_under_gunicorn(tmp_
 
 
 @pytest.fixture
-def team_server(postgres_server: PostgresServer, tmp_path: Path):
-    venv = server.venv_path()
-    if not server.is_installed(venv):
-        try:
-            server.install(venv)
-        except LabelStudioInstallError as err:
-            pytest.skip(f"Label Studio server cannot be installed ({err})")
+def team_server(labelstudio_venv: Path, postgres_server: PostgresServer, tmp_path: Path):
     database = postgres_server.create_database("labelstudio")
     url = f"postgresql://postgres@/{database}?host={postgres_server.socket_dir}&port={PORT}"
     root = tmp_path / "team"
@@ -71,7 +64,7 @@ def team_server(postgres_server: PostgresServer, tmp_path: Path):
         "name": "team", "root": str(root),
         "labeling": {"port": server.free_port(), "server_workers": 2, "server_database": url},
     })
-    info = server.start(campaign)
+    info = server.start(campaign, venv=labelstudio_venv)
     try:
         yield campaign, info, postgres_server, database
     finally:

@@ -170,10 +170,10 @@ def mc_sample(
     check_head(seg_head)
     if passes < 1:
         raise ValueError("passes must be >= 1")
-    sample = getattr(model, "sample", None)  # a patch model over a whole volume (SlidingWindow): patch by patch
-    if callable(sample):
-        return cast(MCSamples, sample(x, passes, cached=cached, cls_head=cls_head, seg_head=seg_head,
-                                      stochastic=stochastic))
+    from medloop.trainers.windowed import SlidingWindow
+
+    if isinstance(model, SlidingWindow):  # a patch model over a whole volume: sampled patch by patch
+        return model.sample(x, passes, cached=cached, cls_head=cls_head, seg_head=seg_head, stochastic=stochastic)
     if cached == "auto":
         cached = stochastic and probe_cached(model, x, passes)
     elif cached and not (hasattr(model, "encode") and hasattr(model, "decode")):

@@ -26,11 +26,6 @@ class SamePNG(NamedTuple):
     size: int
     mtime_ns: int
 
-    @classmethod
-    def of(cls, path: Path) -> SamePNG:
-        st = os.stat(path)
-        return cls(path, st.st_size, st.st_mtime_ns)
-
     def read(self) -> bytes | None:
         """The file's bytes, or None when it changed since it was read (then encode the array)."""
         try:

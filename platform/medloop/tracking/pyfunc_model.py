@@ -25,6 +25,7 @@ them equal to medloop's own prediction.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -197,22 +198,20 @@ class JointModel(PythonModel):
         norm = torch.zeros(grid)
         cls_parts: list[torch.Tensor] = []
         cls_alpha_parts: list[torch.Tensor] = []
-        starts = [window_starts(n, p) for n, p in zip(grid, patch)]
-        for d in starts[0]:
-            for h in starts[1]:
-                for w in starts[2]:
-                    box = (slice(d, d + patch[0]), slice(h, h + patch[1]), slice(w, w + patch[2]))
-                    cp, sp, ca, sa = self._passes(x[(slice(None), slice(None), *box)].contiguous(), passes, mc)
-                    if seg_sum is None:
-                        seg_sum = torch.zeros(*sp.shape[:2], *grid)
-                        seg_alpha_sum = None if sa is None else torch.zeros(*sa.shape[:2], *grid)
-                    seg_sum[(slice(None), slice(None), *box)] += sp * weight
-                    if sa is not None and seg_alpha_sum is not None:
-                        seg_alpha_sum[(slice(None), slice(None), *box)] += sa * weight
-                    norm[box] += weight
-                    cls_parts.append(cp)
-                    if ca is not None:
-                        cls_alpha_parts.append(ca)
+        for corner in itertools.product(*(window_starts(n, p) for n, p in zip(grid, patch))):
+            box = tuple(slice(c, c + p) for c, p in zip(corner, patch))
+            rows = (slice(None), slice(None), *box)
+            cp, sp, ca, sa = self._passes(x[rows].contiguous(), passes, mc)
+            if seg_sum is None:
+                seg_sum = torch.zeros(*sp.shape[:2], *grid)
+                seg_alpha_sum = None if sa is None else torch.zeros(*sa.shape[:2], *grid)
+            seg_sum[rows] += sp * weight
+            if sa is not None and seg_alpha_sum is not None:
+                seg_alpha_sum[rows] += sa * weight
+            norm[box] += weight
+            cls_parts.append(cp)
+            if ca is not None:
+                cls_alpha_parts.append(ca)
         assert seg_sum is not None
         cls_alpha = torch.stack(cls_alpha_parts).mean(0) if cls_alpha_parts else None
         seg_alpha = None if seg_alpha_sum is None else seg_alpha_sum / norm
