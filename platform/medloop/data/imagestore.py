@@ -17,9 +17,12 @@ same grid (255 = voxel not annotated, e.g. the other slices of a partially label
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import io
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +33,33 @@ from PIL import Image
 def binarise(mask: np.ndarray) -> np.ndarray:
     """The one mask convention: any non-zero value is lesion -> uint8 {0, 1}."""
     return (np.asarray(mask) > 0).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype, bool, tuple[int, ...]]:
+    """An ``.npy`` version 1.0 header -> (dtype, Fortran order, shape); cached, since a store holds
+    thousands of arrays with a handful of distinct headers and parsing one costs more than reading
+    a small array."""
+    fields = ast.literal_eval(header.decode("latin1"))
+    return np.dtype(fields["descr"]), bool(fields["fortran_order"]), tuple(int(n) for n in fields["shape"])
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """``np.load(path, allow_pickle=False)``, parsing each distinct header once. Other ``.npy`` versions
+    and object arrays go to ``np.load``; a file shorter than its header says is a ``ValueError``
+    naming the file."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        if len(head) < 10 or head[:6] != b"\x93NUMPY" or head[6] != 1:
+            return np.load(path, allow_pickle=False)
+        dtype, fortran, shape = _npy_header(f.read(int.from_bytes(head[8:10], "little")))
+        if dtype.hasobject:
+            return np.load(path, allow_pickle=False)
+        count = math.prod(shape)
+        data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise ValueError(f"{path}: truncated array file, {data.size} of {count} values of shape {shape}")
+    return data.reshape(shape, order="F" if fortran else "C")
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -238,13 +268,13 @@ class ImageStore:
 
     def load_volume(self, rel: str) -> np.ndarray:
         """A stored volume as written: float32 (C, D, H, W)."""
-        return np.load(self.root / rel, allow_pickle=False)
+        return read_npy(self.root / rel)
 
     def load_label_map(self, rel: str) -> np.ndarray:
         """A stored mask with its labels: a volume's ``.npy`` as written (region ids, 255 = not annotated),
         uint8 (D, H, W); a 2D PNG (H, W) with 255 (the binary masks' lesion) read as label 1."""
         if rel.endswith(".npy"):
-            return np.load(self.root / rel, allow_pickle=False)
+            return read_npy(self.root / rel)
         with Image.open(self.root / rel) as im:
             m = np.asarray(im.convert("L") if im.mode not in ("L", "P") else im).astype(np.uint8)
         return np.where(m == 255, 1, m).astype(np.uint8)
@@ -264,7 +294,7 @@ class ImageStore:
         return mask_at(self.load_mask(rel), shape)
 
     def load_array(self, rel: str) -> np.ndarray:
-        return np.load(self.root / rel, allow_pickle=False)
+        return read_npy(self.root / rel)
 
     def load_ignore(self, rel: str) -> np.ndarray:
         """A pseudo-mask's ignore map (bool ``.npy`` array, or a PNG mask) as uint8 {0, 1}."""
