@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from common import machine, md_table, write_results
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from medloop.config import parse_campaign
     from medloop.data.ingest import ingest
@@ -79,9 +79,9 @@ def main() -> None:
         history = list(train_detail.get("history") or [])
         rnd = s.get(Round, outcome.round_id)
         metrics = dict(rnd.metrics or {})
-        scored = len(list(s.scalars(select(Prediction.id).where(Prediction.round_id == outcome.round_id))))
-        splits = {split: len(list(s.scalars(select(Sample.id).where(Sample.split == split))))
-                  for split in ("train", "val", "test", "pool")}
+        scored = int(s.scalar(select(func.count()).select_from(Prediction)
+                              .where(Prediction.round_id == outcome.round_id)) or 0)
+        splits = {str(k): int(n) for k, n in s.execute(select(Sample.split, func.count()).group_by(Sample.split))}
     ledger.close()
     # one random patch per training item an epoch, at least compute.min_epoch_samples items
     n_train = max(int(trained_on.get("human", 0)) + int(trained_on.get("pseudo", 0)),

@@ -47,11 +47,16 @@ def _records(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     return code, 3 + run_bits + 8
 
 
+def _runs(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D array's runs of equal values: (index of each run's last element, run lengths)."""
+    ends = np.append(np.flatnonzero(a[1:] != a[:-1]), a.size - 1) if a.size else np.zeros(0, np.int64)
+    return ends, np.diff(np.append(-1, ends))
+
+
 def encode_rle(arr: np.ndarray) -> list[int]:
     """A 1-D uint8 array -> brush RLE bytes (Label Studio's word size 8, run-size classes 3/4/8/16)."""
     a = np.asarray(arr).ravel()
-    ends = np.append(np.flatnonzero(a[1:] != a[:-1]), a.size - 1) if a.size else np.zeros(0, np.int64)
-    lengths = np.diff(np.append(-1, ends))
+    ends, lengths = _runs(a)
     return _pack(a.size, lengths, a[ends])
 
 
@@ -76,9 +81,8 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     if m.ndim != 2:
         raise ValueError(f"mask: expected (H, W), got shape {m.shape}")
     flat = (m > 0).ravel()
-    ends = np.append(np.flatnonzero(flat[1:] != flat[:-1]), flat.size - 1) if flat.size else np.zeros(0, np.int64)
-    lengths = np.diff(np.append(-1, ends)) * 4  # each pixel is 4 equal bytes (R, G, B, alpha)
-    return _pack(4 * flat.size, lengths, np.where(flat[ends], 255, 0))
+    ends, lengths = _runs(flat)  # runs of pixels; each pixel is 4 equal bytes (R, G, B, alpha)
+    return _pack(4 * flat.size, 4 * lengths, np.where(flat[ends], 255, 0))
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
