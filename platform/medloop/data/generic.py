@@ -11,24 +11,26 @@ from .errors import BadFile, DataError
 from .records import IMAGE_SUFFIXES, Item, inside
 
 
-def _files(root: Path, folder: Path) -> list[tuple[Path, Path | None]]:
-    """The image files of ``folder``, sorted, each with its real path when it lies inside ``root``
-    (None when it escapes it). One directory read: an entry that is not a symlink resolves to the
-    folder's real path + its name, so only the folder and symlinks are resolved."""
+def _files(root: Path, folder: Path) -> list[tuple[str, str, str | None]]:
+    """The image files of ``folder`` as (name, stem, real path), sorted by name; the real path is None when
+    the file escapes ``root``. One directory read, plain strings (a dataset folder may hold 10^5 files): an
+    entry that is not a symlink resolves to the folder's real path + its name, so only the folder and
+    symlinks are resolved."""
     real_root, real_folder = root.resolve(), folder.resolve()
-    folder_inside = real_folder.is_relative_to(real_root)
-    found: list[tuple[str, Path | None]] = []
+    inside_folder = os.path.join(str(real_folder), "") if real_folder.is_relative_to(real_root) else None
+    found: list[tuple[str, str, str | None]] = []
     with os.scandir(folder) as entries:
         for e in entries:
-            if os.path.splitext(e.name)[1].lower() not in IMAGE_SUFFIXES or not e.is_file():
+            stem, suffix = os.path.splitext(e.name)
+            if suffix.lower() not in IMAGE_SUFFIXES or not e.is_file():
                 continue
             if e.is_symlink():
                 real = Path(e.path).resolve()
-                found.append((e.name, real if real.is_relative_to(real_root) else None))
+                found.append((e.name, stem, str(real) if real.is_relative_to(real_root) else None))
             else:
-                found.append((e.name, real_folder / e.name if folder_inside else None))
+                found.append((e.name, stem, None if inside_folder is None else inside_folder + e.name))
     found.sort(key=lambda t: t[0])
-    return [(folder / name, real) for name, real in found]
+    return found
 
 
 def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]) -> dict[str, str | None]:
@@ -61,29 +63,39 @@ def _read_labels(root: Path, classes: list[str], images: dict[str, Path], bad: l
 def _label_rows(
     root: Path, csv_path: Path, classes: list[str], images: dict[str, Path], bad: list[BadFile]
 ) -> dict[str, list[tuple[int, str, str]]]:
-    """The valid rows of labels.csv by image stem: [(line, name as written, label or "")]."""
+    """The valid rows of labels.csv by image stem: [(line, name as written, label or "")]. A row naming a
+    file the walk found (the common case) is taken without parsing its name as a path."""
     rows_of: dict[str, list[tuple[int, str, str]]] = {}
+    stem_of = {p.name: stem for stem, p in images.items()}
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"image", "label"} <= {f.strip() for f in reader.fieldnames}:
-            raise DataError(f"{csv_path}: expected a header with columns image,label (got {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            name, label = row["image"], row["label"]
-            where = f"{csv_path}:{line}"
-            stem = Path(name).stem
-            found = images.get(stem)
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        column = {} if header is None else {f.strip(): i for i, f in enumerate(header)}  # a repeated name: the last
+        if "image" not in column or "label" not in column:
+            raise DataError(f"{csv_path}: expected a header with columns image,label (got {header})")
+        at_image, at_label = column["image"], column["label"]
+        rows = (row for row in reader if row)  # blank lines are skipped (and not counted), as csv.DictReader does
+        for line, row in enumerate(rows, start=2):
+            name = row[at_image].strip() if at_image < len(row) else ""
+            label = row[at_label].strip() if at_label < len(row) else ""
+            known = stem_of.get(name)
+            stem = "" if known is None else known
+            found = None if known is None else images.get(known)
+            if found is None:
+                stem = Path(name).stem
+                found = images.get(stem)
             if found is None or name != found.name:  # not simply the file the walk found (and checked)
+                where = f"{csv_path}:{line}"
                 target = (root / "images" / name) if (root / "images" / name).exists() else (root / name)
                 if not name or ".." in Path(name).parts or Path(name).is_absolute() or not inside(root, target):
                     bad.append(BadFile(f"{where} ({name})",
                                        f"path escapes the dataset root {root} (symlink or '..')"))
                     continue
             if stem not in images:
-                bad.append(BadFile(f"{where} ({name})", "listed in labels.csv but no such file in images/"))
+                bad.append(BadFile(f"{csv_path}:{line} ({name})", "listed in labels.csv but no such file in images/"))
                 continue
             if label and label not in classes:
-                bad.append(BadFile(f"{where} ({name})",
+                bad.append(BadFile(f"{csv_path}:{line} ({name})",
                                    f"unknown class {label!r} (expected one of {', '.join(classes)})"))
                 images.pop(stem)
                 continue
@@ -98,27 +110,29 @@ def scan_generic(path: str | Path, classes: list[str]) -> tuple[list[Item], list
         raise DataError(f"{root}: expected a folder images/ (and optionally masks/ and labels.csv)")
     bad: list[BadFile] = []
     images: dict[str, Path] = {}
-    real: dict[Path, Path] = {}
-    for f, f_real in _files(root, root / "images"):
+    real: dict[str, str] = {}  # stem -> the image's real path
+    folder = root / "images"
+    for name, stem, f_real in _files(root, folder):
         if f_real is None:
-            bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
-        elif f.stem in images:
-            bad.append(BadFile(str(f), f"two images with the stem {f.stem!r} ({images[f.stem].name})"))
+            bad.append(BadFile(str(folder / name), f"path escapes the dataset root {root} (symlink or '..')"))
+        elif stem in images:
+            bad.append(BadFile(str(folder / name), f"two images with the stem {stem!r} ({images[stem].name})"))
         else:
-            images[f.stem] = f
-            real[f] = f_real
+            images[stem] = folder / name
+            real[stem] = f_real
     masks: dict[str, Path] = {}
-    if (root / "masks").is_dir():
-        for f, f_real in _files(root, root / "masks"):
+    folder = root / "masks"
+    if folder.is_dir():
+        for name, stem, f_real in _files(root, folder):
             if f_real is None:
-                bad.append(BadFile(str(f), f"path escapes the dataset root {root} (symlink or '..')"))
-            elif f.stem not in images:
-                bad.append(BadFile(str(f), f"mask without an image (no images/{f.stem}.*)"))
+                bad.append(BadFile(str(folder / name), f"path escapes the dataset root {root} (symlink or '..')"))
+            elif stem not in images:
+                bad.append(BadFile(str(folder / name), f"mask without an image (no images/{stem}.*)"))
             else:
-                masks[f.stem] = f
+                masks[stem] = folder / name
     labels = _read_labels(root, classes, images, bad)
     items = [
-        Item(image=p, masks=[masks[s]] if s in masks else [], class_name=labels.get(s), resolved=real[p])
+        Item(image=p, masks=[masks[s]] if s in masks else [], class_name=labels.get(s), resolved=real[s])
         for s, p in sorted(images.items())
     ]
     return items, bad

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -19,15 +20,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 class SamePNG(NamedTuple):
     """A PNG file whose pixels are exactly an array ingest stores (an 8-bit grey or RGB image, a 0/255
-    mask): the store may copy its bytes instead of encoding the array again, while the file still has
-    this size and modification time."""
+    mask): the store may copy its bytes instead of encoding the array again. ``data``: the bytes that
+    were decoded, when held (ingest's reader processes send them instead of the decoded arrays, and the
+    store writes exactly what was checked); without them the file is read again, and used only while it
+    still has this size and modification time."""
 
-    path: Path
+    path: str  # a string: ingest's reader processes send one per file back (a Path costs more to unpickle)
     size: int
     mtime_ns: int
+    data: bytes | None = None
 
     def read(self) -> bytes | None:
         """The file's bytes, or None when it changed since it was read (then encode the array)."""
+        if self.data is not None:
+            return self.data
         try:
             with open(self.path, "rb") as fh:
                 st = os.fstat(fh.fileno())
@@ -37,6 +43,10 @@ class SamePNG(NamedTuple):
         except OSError:
             return None
         return data if len(data) == self.size else None
+
+    def holding(self, source: IO[bytes] | Path) -> SamePNG:
+        """This file with the bytes it was decoded from (``source`` of :func:`read_source`), when read whole."""
+        return self._replace(data=source.getvalue()) if isinstance(source, io.BytesIO) else self
 
 
 #: files up to this size are read into memory in one call and decoded from there (PIL reading a file issues
@@ -51,7 +61,7 @@ def read_source(path: Path) -> tuple[IO[bytes] | Path, SamePNG | None]:
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
-            stat = SamePNG(path, st.st_size, st.st_mtime_ns)
+            stat = SamePNG(os.fspath(path), st.st_size, st.st_mtime_ns)
             if st.st_size > READ_WHOLE_BELOW:
                 return path, stat
             data = fh.read()
@@ -240,19 +250,28 @@ class Item:
     image: Path
     masks: list[Path]
     class_name: str | None
-    resolved: Path | None = None  # ``image`` with symlinks resolved, when the walk knows it (else resolved here)
+    resolved: str | None = None  # ``image`` with symlinks resolved, when the walk knows it (else resolved here)
 
-    def load(self, channels: int = 1, window: tuple[float, float] | None = None, regions: int | None = None
-             ) -> Record:
+    def __reduce__(self) -> tuple[Callable[..., Item], tuple[str, list[str], str | None, str | None]]:
+        """Pickled with its paths as strings: ingest sends every item to a reader process."""
+        return _item, (os.fspath(self.image), [os.fspath(m) for m in self.masks], self.class_name, self.resolved)
+
+    def load(self, channels: int = 1, window: tuple[float, float] | None = None, regions: int | None = None,
+             keep_bytes: bool = False) -> Record:
         """Read the image and the union of its masks; raises :class:`FileError` naming the bad file.
         ``window``: ``data.intensity_window`` for images deeper than 8 bits (see :func:`decode_image`);
-        ``regions``: the number of ``data.regions``, whose labels the masks keep (:func:`read_region_mask`)."""
+        ``regions``: the number of ``data.regions``, whose labels the masks keep (:func:`read_region_mask`);
+        ``keep_bytes``: the record's ``image_png`` / ``mask_png`` hold the bytes decoded (:class:`SamePNG`)."""
         source, stat = read_source(self.image)
+        if keep_bytes and stat is not None:
+            stat = stat.holding(source)
         image, mode, notes, fmt = _decode_image(self.image, channels, window, source)
         mask = None
         mask_png = None
         for mpath in self.masks:
             msource, mstat = read_source(mpath)
+            if keep_bytes and mstat is not None:
+                mstat = mstat.holding(msource)
             m, stored_form = (_read_mask(mpath, msource) if regions is None
                               else read_region_mask(mpath, regions, msource))
             check_mask_size(mpath, m, image)
@@ -264,3 +283,5 @@ class Item:
                       mask_png=mask_png)
 
 
+def _item(image: str, masks: list[str], class_name: str | None, resolved: str | None) -> Item:
+    return Item(Path(image), [Path(m) for m in masks], class_name, resolved)
