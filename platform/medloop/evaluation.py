@@ -289,7 +289,7 @@ def _image_cases(campaign: Campaign, im: Any, path: str | Path, fmt: str, settin
     step = campaign.compute.score_batch_size
     for start in range(0, len(cases), step):
         chunk = cases[start:start + step]
-        preds = predict_images(im, [p.image for p in chunk], settings)
+        preds = predict_images(im, [p.pixels for p in chunk], settings)
         seg = case_segmentation([q.mask for q in preds], [p.mask for p in chunk])
         out.add([p.original_path for p in chunk], [p.class_name for p in chunk], [p.mask is not None for p in chunk],
                 preds, seg, im.classes)

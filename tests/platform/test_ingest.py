@@ -324,8 +324,74 @@ def test_reading_in_worker_processes_gives_what_one_process_gives(lay, tmp_path:
     assert one[0].duplicate_groups >= 1
     assert one[1:4] == two[1:4] and one[4] == two[4]  # rows, labels, store files byte for byte
 
-    # the workers' thumbnails are the ones the parent would make
+    # the workers' thumbnails are the ones the parent would make; a worker sends a PNG's bytes instead of its
+    # decoded pixels where the store keeps those bytes, and they decode to the pixels read here
+    import io
+
+    from PIL import Image
+
     read, _ = ingest_module.read_dataset(make("three"), "generic", root, workers=2)
-    assert all(p.thumb is not None for p in read)
+    here, _ = ingest_module.read_dataset(make("four"), "generic", root, workers=1)
+    assert all(p.thumb is not None for p in read) and all(p.thumb is None for p in here)
     np.testing.assert_array_equal(np.stack([p.thumb for p in read]).astype(np.float64),
-                                  thumbnails([p.image for p in read]))
+                                  thumbnails([p.pixels for p in here]))
+    assert all(p.image is None and p.image_png is not None and p.image_png.data for p in read)
+    as_bytes = [(p, q) for p, q in zip(read, here) if p.mask is None and p.mask_png is not None]
+    assert 0 < len(as_bytes) < len(read)  # the 0/255 grey masks travel as bytes; 1-bit and colour ones as arrays
+    for p, q in zip(read, here):
+        assert (p.case_hash, p.shape, p.has_mask) == (q.case_hash, q.image.shape, q.mask is not None)
+        with Image.open(io.BytesIO(p.image_png.data)) as im:
+            np.testing.assert_array_equal(np.asarray(im), q.image)
+    for p, q in as_bytes:
+        with Image.open(io.BytesIO(p.mask_png.data)) as im:
+            np.testing.assert_array_equal(np.asarray(im) // 255, q.mask)
+
+
+def test_a_failed_split_stops_the_store_writer_and_records_nothing(lay, tmp_path: Path, monkeypatch,
+                                                                    campaign_factory) -> None:
+    """The store's files are written by one thread while the near-duplicate search runs. When the split fails,
+    the error reaches the caller, the writer stops (no thread left behind) and no ledger row exists: the files
+    it wrote are new names that nothing points to, overwritten by the next ingest of those cases."""
+    import threading
+
+    import medloop.data.ingest as ingest_module
+
+    root = lay.write_generic(tmp_path / "d", n=30)
+    split_cases = ingest_module._split_cases
+
+    def failing_split(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a failure inside the search
+        split_cases(*args, **kwargs)
+        raise MemoryError("near-duplicate search ran out of memory")
+
+    campaign = campaign_factory(unlabeled_fraction=0.0)
+    monkeypatch.setattr(ingest_module, "_split_cases", failing_split)
+    with pytest.raises(MemoryError, match="near-duplicate search"):
+        ingest(campaign, "generic", root)
+    assert not [t for t in threading.enumerate() if t.name.startswith("medloop-store")]
+    assert _counts(campaign) == (0, 0)
+
+    monkeypatch.setattr(ingest_module, "_split_cases", split_cases)
+    report = ingest(campaign, "generic", root)  # the same cases, now stored and recorded
+    assert report.added == 30 and _counts(campaign)[0] == 30
+    store = ImageStore(campaign.store)
+    ledger = Ledger.open(campaign.ledger)
+    with ledger.reading() as s:
+        rows = s.execute(select(Sample.original_path, Sample.image_path)).all()
+    ledger.close()
+    from PIL import Image
+
+    for original, image_path in rows:
+        with Image.open(original) as im:
+            np.testing.assert_array_equal(store.load_image(image_path), np.asarray(im.convert("L")))
+
+
+def test_an_item_crosses_to_a_reader_process_with_its_paths(tmp_path: Path) -> None:
+    """Items sent to reader processes are pickled with plain string paths and come back equal, with Paths."""
+    import pickle
+
+    from medloop.data.records import Item
+
+    item = Item(tmp_path / "images" / "a b.png", [tmp_path / "masks" / "a b.png"], "benign", str(tmp_path / "x.png"))
+    back = pickle.loads(pickle.dumps(item))
+    assert back == item and isinstance(back.image, Path) and all(isinstance(m, Path) for m in back.masks)
+    assert pickle.loads(pickle.dumps(Item(tmp_path / "c.png", [], None))) == Item(tmp_path / "c.png", [], None)

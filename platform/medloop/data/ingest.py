@@ -8,8 +8,10 @@ Cases are deduplicated by the hash of their pixels and mask, so ingesting twice 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,12 +35,13 @@ FORMATS = ("synthetic", "busi", "generic")
 @dataclass
 class Prepared:
     """A record normalised for the store: image (campaign channels) and mask at the image's native
-    size, and its case hash."""
+    size, and its case hash. From a reader process, the image and mask arrays are None where their
+    PNG's bytes stand for them (``image_png.data``, ``mask_png.data``: what the store writes)."""
 
     uid: str
     case_hash: str
     image_hash: str
-    image: np.ndarray
+    image: np.ndarray | None
     mask: np.ndarray | None
     class_name: str | None
     original_path: str | None
@@ -47,6 +50,24 @@ class Prepared:
     image_png: SamePNG | None = None  # a PNG file holding ``image`` exactly: stored by copying its bytes
     mask_png: SamePNG | None = None  # a 0/255 grey PNG file holding ``mask`` exactly
     thumb: np.ndarray | None = None  # the near-duplicate thumbnail (float32), when a reader worker made it
+    shape: tuple[int, ...] = ()  # the image's (height, width[, channels])
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The image array (always held when read in this process; see :meth:`as_bytes`)."""
+        return _array(self.image, self)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None or self.mask_png is not None
+
+    def as_bytes(self) -> None:
+        """Drop the arrays whose PNG bytes are held (a reader process sends the smaller, cheaper-to-unpickle
+        bytes; the store writes them as they are)."""
+        if self.image_png is not None and self.image_png.data is not None:
+            self.image = None
+        if self.mask_png is not None and self.mask_png.data is not None:
+            self.mask = None
 
 
 #: below this many files ingest reads in its own process (starting workers costs about half a second each)
@@ -143,6 +164,7 @@ def prepare(record: Record, source: str, size: int | None, channels: int) -> Pre
         notes=list(record.notes),
         image_png=image_png,
         mask_png=record.mask_png if mask is not None else None,
+        shape=tuple(int(n) for n in image.shape),
     )
 
 
@@ -192,10 +214,11 @@ def _track(progress, items: Iterable, total: int, description: str) -> Iterator:
 
 
 def _read_item(item: Item, *, fmt: str, channels: int, window: tuple[float, float] | None, min_size: int,
-               image_size: int, regions: int | None = None) -> Prepared | BadFile:
-    """One case read and normalised (:func:`prepare`), or the bad file with its reason."""
+               image_size: int, regions: int | None = None, keep_bytes: bool = False) -> Prepared | BadFile:
+    """One case read and normalised (:func:`prepare`), or the bad file with its reason (``keep_bytes``:
+    see :meth:`Item.load`)."""
     try:
-        rec = item.load(channels, window, regions)
+        rec = item.load(channels, window, regions, keep_bytes)
     except FileError as err:
         return err.as_bad()
     h, w = rec.image.shape[:2]
@@ -226,7 +249,8 @@ def read_dataset(
     read = partial(_read_item, fmt=fmt, channels=d.channels, window=window, min_size=d.min_image_size,
                    image_size=d.image_size, regions=None if d.regions is None else len(d.regions))
     if workers > 1 and len(items) >= PARALLEL_MIN_FILES:
-        results: Iterable[Prepared | BadFile] = _read_in_workers(items, read, workers, progress, fmt)
+        results: Iterable[Prepared | BadFile] = _read_in_workers(items, partial(read, keep_bytes=True), workers,
+                                                                 progress, fmt)
     else:
         # One thread. Decoding a small PNG is mostly Python code in PIL: reader threads contending for the GIL
         # measured 2.2x slower than one (10,000 64x48 images + masks, 2-core machine: 5.7 s on 4 threads, 2.5 s
@@ -242,13 +266,15 @@ def read_dataset(
 
 def _read_chunk(items: list[Item], read: Callable[[Item], Prepared | BadFile], thumb_size: int
                 ) -> list[Prepared | BadFile]:
-    """A reader worker's share: each case read (:func:`_read_item`) with its near-duplicate thumbnail."""
+    """A reader worker's share: each case read (:func:`_read_item`) with its near-duplicate thumbnail, sent
+    back as PNG bytes where those are what the store keeps (:meth:`Prepared.as_bytes`)."""
     from .duplicates import thumbnails
 
     out = [read(item) for item in items]
     for p in out:
         if isinstance(p, Prepared):
-            p.thumb = thumbnails([p.image], thumb_size)[0].astype(np.float32)  # PIL "F": float32 exactly
+            p.thumb = thumbnails([p.pixels], thumb_size)[0].astype(np.float32)  # PIL "F": float32 exactly
+            p.as_bytes()
     return out
 
 
@@ -340,21 +366,48 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
         new[p.case_hash] = p
     cases = sorted(new.values(), key=lambda p: p.case_hash)  # file order never changes the split
     store = ImageStore(campaign.store)
-    splits = _split_cases(campaign, ledger, store, cases, report)
-    # one thread: creating files in one folder from several threads is slower (they wait on each other)
-    paths = [_store_case(store, p) for p in _track(bar, cases, len(cases), "storing images")]
+    splits, paths = _split_while_storing(campaign, ledger, store, cases, report, bar)
     author = f"dataset:{report.source}"
     with ledger.transaction() as s:
         sample_rows = [
             {"uid": p.uid, "content_hash": p.case_hash, "image_path": img_rel, "original_path": p.original_path,
-             "source": report.source, "split": split, "height": p.image.shape[0], "width": p.image.shape[1],
-             "channels": 1 if p.image.ndim == 2 else p.image.shape[2]}
+             "source": report.source, "split": split, "height": p.shape[0], "width": p.shape[1],
+             "channels": 1 if len(p.shape) == 2 else p.shape[2]}
             for p, split, (img_rel, _) in zip(cases, splits, paths)
         ]
         insert_cases(s, sample_rows, [(p.class_name, mask_rel) for p, (_, mask_rel) in zip(cases, paths)], author)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
+
+
+def _split_while_storing(campaign: Campaign, ledger: Ledger, store: ImageStore, cases: list[Prepared],
+                         report: IngestReport, bar) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """The new cases' splits (:func:`_split_cases`) and their stored (image, mask) paths, the two done at
+    once: the near-duplicate search runs in this thread (numpy and scipy's k-d tree release the GIL) while
+    one writer thread creates the store's files (system calls, in the kernel). One writer, as creating
+    files from two threads measured slower on ext4 (their creations wait on each other). Nothing is
+    written before every file was read; when the split fails, the writer stops at the next case and the
+    files it wrote are new names no ledger row points to (as after a crash, see ``put_bytes``)."""
+    stop = threading.Event()
+
+    def store_all() -> list[tuple[str, str | None]]:
+        paths = []
+        for p in _track(bar, cases, len(cases), "storing images"):
+            if stop.is_set():
+                break
+            paths.append(_store_case(store, p))
+        return paths
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medloop-store") as writer:
+        stored = writer.submit(store_all)
+        try:
+            splits = _split_cases(campaign, ledger, store, cases, report)
+        except BaseException:
+            stop.set()
+            raise
+        paths = stored.result()
+    return splits, paths
 
 
 def insert_cases(session: Session, sample_rows: list[dict], labels: list[tuple[str | None, str | None]],
@@ -383,14 +436,20 @@ def _store_case(store: ImageStore, p: Prepared) -> tuple[str, str | None]:
     """Write a case's image and mask to the store: the dataset's own PNG bytes when they already hold
     exactly the stored pixels (an 8-bit PNG of the campaign's channels, a 0/255 grey mask), else encoded."""
     data = None if p.image_png is None else p.image_png.read()
-    img_rel = (store.put_image(p.uid, p.image) if data is None
+    img_rel = (store.put_image(p.uid, p.pixels) if data is None
                else store.put_bytes(f"images/{p.uid}.png", data, unreferenced=True))
-    if p.mask is None:
+    if not p.has_mask:
         return img_rel, None
     data = None if p.mask_png is None else p.mask_png.read()
-    mask_rel = (store.put_mask(p.uid, p.mask) if data is None
+    mask_rel = (store.put_mask(p.uid, _array(p.mask, p)) if data is None
                 else store.put_bytes(f"masks/{p.uid}.png", data, unreferenced=True))
     return img_rel, mask_rel
+
+
+def _array(array: np.ndarray | None, p: Prepared) -> np.ndarray:
+    if array is None:  # held bytes always read (SamePNG.read); an array is dropped only when they are held
+        raise RuntimeError(f"{p.original_path}: neither the pixels nor the file's bytes were kept")
+    return array
 
 
 def _check_synthetic(campaign: Campaign, ledger: Ledger, prepared: list[Prepared]) -> None:
@@ -446,7 +505,7 @@ def _split_cases(
     if made:
         thumbs[made] = np.stack([cast(np.ndarray, cases[i].thumb) for i in made])
     todo = [i for i, p in enumerate(cases) if p.thumb is None]
-    thumbs[todo] = thumbnails([cases[i].image for i in todo], THUMB_SIZE)
+    thumbs[todo] = thumbnails([cases[i].pixels for i in todo], THUMB_SIZE)
     thumbs[len(cases):] = thumbnails([store.load_image(path) for path, _ in existing], THUMB_SIZE)
     groups = near_duplicate_groups(thumbs=thumbs, threshold=d.duplicate_threshold)
     n = len(cases)
@@ -476,4 +535,4 @@ def _stratum(p: Prepared) -> str | None:
     """Split stratum: the class; a mask-only case is its own stratum; no label at all -> None (pool)."""
     if p.class_name is not None:
         return p.class_name
-    return "(mask only)" if p.mask is not None else None
+    return "(mask only)" if p.has_mask else None
