@@ -23,7 +23,6 @@ threshold), the whole matrix is computed as for small sets.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,7 +64,7 @@ def _zscore(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows centred and scaled so that ``z @ z.T / d`` is the correlation; constant rows become 0
     (and are flagged in the second array)."""
     z = rows - rows.mean(axis=1, keepdims=True)
-    std = z.std(axis=1, keepdims=True)
+    std = np.sqrt(np.einsum("ij,ij->i", z, z) / rows.shape[1])[:, None]  # one pass (z.std centres z again)
     flat = std[:, 0] <= 1e-12 * (1.0 + np.abs(rows).max(axis=1))
     std[flat] = 1.0
     z /= std
@@ -155,15 +154,26 @@ def near_duplicate_pairs(
 
 def _identical_pairs(thumbs: np.ndarray) -> np.ndarray:
     """Pairs of rows with identical values: each group of equal rows as a chain (i1, i2), (i2, i3), ...
-    in index order. Rows are grouped by a hash of their bytes, then compared exactly."""
-    groups: dict[bytes, list[int]] = {}
-    for i, row in enumerate(np.ascontiguousarray(thumbs)):
-        groups.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), []).append(i)
+    in index order. Rows are grouped by a fingerprint of their bits (a weighted sum, modulo 2^64, of the
+    64-bit words; equal rows have equal fingerprints), then compared exactly (a collision splits the group)."""
+    rows = np.ascontiguousarray(thumbs, dtype=np.float64)
+    n = len(rows)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    words = rows.reshape(n, -1).view(np.uint64)
+    weights = np.random.default_rng(0).integers(1, 2**63, words.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    prints = np.concatenate([(words[i:i + 4096] * weights).sum(axis=1, dtype=np.uint64)  # wraps: modulo 2^64
+                             for i in range(0, n, 4096)])
+    order = np.argsort(prints, kind="stable")  # equal fingerprints together, each run in index order
+    sorted_prints = prints[order]
+    starts = np.flatnonzero(np.r_[True, sorted_prints[1:] != sorted_prints[:-1]])
+    ends = np.r_[starts[1:], n]
     pairs = []
-    for members in groups.values():
-        while len(members) > 1:  # equal hashes: compare the values (a collision splits the group)
-            first = thumbs[members[0]]
-            same = [i for i in members if np.array_equal(thumbs[i], first)]
+    for a, b in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+        members = [int(i) for i in order[a:b]]
+        while len(members) > 1:
+            first = rows[members[0]]
+            same = [members[0]] + [i for i in members[1:] if np.array_equal(rows[i], first)]  # NaN: alone
             pairs += list(zip(same[:-1], same[1:]))
             taken = set(same)
             members = [i for i in members if i not in taken]
