@@ -371,3 +371,21 @@ def test_busi_near_duplicates_never_straddle(tmp_path: Path) -> None:
     # fractions still close to 0.7 / 0.15 / 0.15 (train incl. the pool)
     held = sum(1 for s in splits if s in ("val", "test"))
     assert abs(held - 0.3 * 624) <= 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=40), st.integers(0, 2**31))
+def test_exact_copies_are_chained_in_index_order(which: list[int], seed: int) -> None:
+    """Rows drawn from a few distinct thumbnails: every group of equal rows is one chain (i1, i2), (i2, i3), ...
+    in index order, and nothing else pairs; a row holding NaN (never equal to itself) pairs with nothing."""
+    from medloop.data.duplicates import _identical_pairs
+
+    rng = np.random.default_rng(seed)
+    distinct = rng.random((6, 16))
+    distinct[5, 3] = np.nan
+    rows = distinct[which] if which else np.zeros((0, 16))
+    expected = []
+    for k in range(5):
+        members = [i for i, w in enumerate(which) if w == k]
+        expected += list(zip(members[:-1], members[1:]))
+    assert sorted(map(tuple, _identical_pairs(rows).tolist())) == sorted(expected)
