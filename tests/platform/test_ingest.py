@@ -350,26 +350,39 @@ def test_reading_in_worker_processes_gives_what_one_process_gives(lay, tmp_path:
 def test_a_failed_split_stops_the_store_writer_and_records_nothing(lay, tmp_path: Path, monkeypatch,
                                                                     campaign_factory) -> None:
     """The store's files are written by one thread while the near-duplicate search runs. When the split fails,
-    the error reaches the caller, the writer stops (no thread left behind) and no ledger row exists: the files
-    it wrote are new names that nothing points to, overwritten by the next ingest of those cases."""
+    the error reaches the caller, the writer stops at the next case (no thread left behind) and no ledger row
+    exists: the files it wrote are new names that nothing points to, overwritten by the next ingest of those
+    cases. The writer is held after its first case until the split has failed."""
     import threading
 
     import medloop.data.ingest as ingest_module
 
     root = lay.write_generic(tmp_path / "d", n=30)
-    split_cases = ingest_module._split_cases
+    split_cases, store_case = ingest_module._split_cases, ingest_module._store_case
+    first_stored, failed = threading.Event(), threading.Event()
+
+    def store_then_wait(store, p):  # noqa: ANN001, ANN202 - the first case stored, then held
+        out = store_case(store, p)
+        first_stored.set()
+        failed.wait(10)
+        return out
 
     def failing_split(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a failure inside the search
         split_cases(*args, **kwargs)
+        first_stored.wait(10)
+        threading.Timer(0.5, failed.set).start()  # the writer goes on once the error has been raised
         raise MemoryError("near-duplicate search ran out of memory")
 
     campaign = campaign_factory(unlabeled_fraction=0.0)
     monkeypatch.setattr(ingest_module, "_split_cases", failing_split)
+    monkeypatch.setattr(ingest_module, "_store_case", store_then_wait)
     with pytest.raises(MemoryError, match="near-duplicate search"):
         ingest(campaign, "generic", root)
     assert not [t for t in threading.enumerate() if t.name.startswith("medloop-store")]
     assert _counts(campaign) == (0, 0)
+    assert _stored_images(campaign) == 1  # stopped after the case it was writing
 
+    monkeypatch.setattr(ingest_module, "_store_case", store_case)
     monkeypatch.setattr(ingest_module, "_split_cases", split_cases)
     report = ingest(campaign, "generic", root)  # the same cases, now stored and recorded
     assert report.added == 30 and _counts(campaign)[0] == 30

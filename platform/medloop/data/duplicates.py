@@ -168,8 +168,9 @@ def _identical_pairs(thumbs: np.ndarray) -> np.ndarray:
     sorted_prints = prints[order]
     starts = np.flatnonzero(np.r_[True, sorted_prints[1:] != sorted_prints[:-1]])
     ends = np.r_[starts[1:], n]
+    shared = ends - starts > 1  # fingerprints of two rows or more
     pairs = []
-    for a, b in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+    for a, b in zip(starts[shared], ends[shared]):
         members = [int(i) for i in order[a:b]]
         while len(members) > 1:
             first = rows[members[0]]

@@ -78,24 +78,20 @@ def _label_rows(
         for line, row in enumerate(rows, start=2):
             name = row[at_image].strip() if at_image < len(row) else ""
             label = row[at_label].strip() if at_label < len(row) else ""
-            known = stem_of.get(name)
-            stem = "" if known is None else known
-            found = None if known is None else images.get(known)
-            if found is None:
-                stem = Path(name).stem
-                found = images.get(stem)
+            where = f"{csv_path}:{line}"
+            stem = stem_of.get(name) or Path(name).stem  # a found file's stem is the one Path gives its name
+            found = images.get(stem)
             if found is None or name != found.name:  # not simply the file the walk found (and checked)
-                where = f"{csv_path}:{line}"
                 target = (root / "images" / name) if (root / "images" / name).exists() else (root / name)
                 if not name or ".." in Path(name).parts or Path(name).is_absolute() or not inside(root, target):
                     bad.append(BadFile(f"{where} ({name})",
                                        f"path escapes the dataset root {root} (symlink or '..')"))
                     continue
             if stem not in images:
-                bad.append(BadFile(f"{csv_path}:{line} ({name})", "listed in labels.csv but no such file in images/"))
+                bad.append(BadFile(f"{where} ({name})", "listed in labels.csv but no such file in images/"))
                 continue
             if label and label not in classes:
-                bad.append(BadFile(f"{csv_path}:{line} ({name})",
+                bad.append(BadFile(f"{where} ({name})",
                                    f"unknown class {label!r} (expected one of {', '.join(classes)})"))
                 images.pop(stem)
                 continue
