@@ -16,6 +16,8 @@ Arms (``--arms``, comma list):
 * ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
 * ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``;
+* ``hybrid_ups_align``: ``hybrid_ups`` with ``selection.distribution_alignment = true`` (class pseudo-labels
+  decided on the pool's probabilities aligned to the human class ratio);
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
 * ``hybrid_last_decoder``: ``hybrid`` with ``model.dropout_placement = ["last_decoder", "classifier"]``
   (cheap MC sampling: does the acquisition still pick as well?);
@@ -65,6 +67,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
     "hybrid_ups_semi_da": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                            "training": {"semi": "fixmatch", "distribution_alignment": True}},
+    "hybrid_ups_align": {"selection": {"acquisition": "hybrid", "policy": "ups", "distribution_alignment": True}},
     "hybrid_last_decoder": {"selection": {"acquisition": "hybrid", **NO_PSEUDO},
                             "model": {"dropout_placement": ["last_decoder", "classifier"]}},
     "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},

@@ -18,10 +18,11 @@ rerun with other settings for an existing campaign is refused (delete the folder
 A row (see :func:`round_record`): ``round``; ``human_labels`` = the train step's
 ``trained_on.human_labels`` (every human label the round's model used, validation labels included);
 ``trained_on``; ``test`` (the test metrics); ``val`` (the train step's best validation metrics);
-``pseudo_labels`` / ``pseudo_masks`` / ``pseudo_per_class`` / ``queue_size`` / ``audit_size`` (select
-step); ``pseudo_precision`` / ``pseudo_mask_dice`` (the report's precision of the class pseudo-labels
-and Dice of the pseudo-masks against the hidden truth, ``Round.metrics``), ``pseudo_class_precision``
-(the same per class, from the ledger); ``gates``; ``oracle`` (push step); ``epochs_run``, ``seconds``.
+``pseudo_labels`` / ``pseudo_masks`` / ``pseudo_per_class`` / ``pool_predicted_per_class`` /
+``queue_size`` / ``audit_size`` (select step); ``pseudo_precision`` / ``pseudo_mask_dice`` (the report's
+precision of the class pseudo-labels and Dice of the pseudo-masks against the hidden truth,
+``Round.metrics``), ``pseudo_class_precision`` (the same per class, from the ledger); ``gates``;
+``oracle`` (push step); ``epochs_run``, ``seconds``.
 The pseudo-labels of round r are chosen after round r's training: round r + 1 trains on them.
 
 Used by ``bench_label_efficiency.py`` and ``bench_pseudo_labels.py``.
@@ -276,6 +277,7 @@ def round_record(campaign: Any, ledger: Any, round_id: int) -> dict[str, Any]:
         "pseudo_labels": select_d.get("pseudo_labels"),
         "pseudo_masks": select_d.get("pseudo_masks"),
         "pseudo_per_class": select_d.get("pseudo_per_class"),
+        "pool_predicted_per_class": select_d.get("pool_predicted_per_class"),
         "queue_size": select_d.get("queue_size"),
         "audit_size": select_d.get("audit_size"),
         "pseudo_precision": metrics.get("pseudo_precision_truth"),

@@ -246,6 +246,10 @@ class SelectionConfig(_Section):
         "std", description="uncertainty measure for UPS"
     )
     class_balance: bool = Field(True, description="selected pseudo-labels follow the human class ratio")
+    distribution_alignment: bool = Field(
+        False, description="decide class pseudo-labels on the pool's class probabilities aligned to the human class "
+        "ratio (ReMixMatch's distribution alignment), against a pool predicted as the majority class",
+    )
     pixel_tau_u: float = Field(
         0.1, ge=0.0, description="pixels with uncertainty above this become 'ignore' in pseudo-masks"
     )

@@ -212,3 +212,48 @@ def test_parse_every_and_watch(campaign) -> None:
     slept: list[float] = []
     outs = watch(campaign, 5.0, max_rounds=2, run=lambda c: _run(c), sleep=slept.append, echo=lambda m: None)
     assert [o.status for o in outs] == ["done", "done"] and slept == [5.0]
+
+
+def test_distribution_alignment_in_the_select_step(campaign) -> None:
+    """``selection.distribution_alignment = true``: the step decides on the pool's probabilities aligned to
+    the human class ratio (the same pure function, on the round's own stored predictions), says how the pool
+    was predicted before and after, and records the option with every pseudo-label it writes."""
+    import numpy as np
+
+    from medloop.rounds.scores import human_class_counts, load_scores
+    from medloop.selection.balance import align_to_prior
+
+    c = campaign.model_copy(update={"selection": campaign.selection.model_copy(
+        update={"distribution_alignment": True, "max_ece": 1.0})})
+    assert _run(c).status == "done"
+    classes = c.data.classes
+    led = Ledger.open(c.ledger)
+    with led.reading() as s:
+        detail = s.get(RoundStep, (1, "select")).detail
+        version = s.get(RoundStep, (1, "train")).detail["model_version"]
+        pool = load_scores(s, version, "pool", len(classes))
+        # the counts the step saw: the oracle's answers came after it
+        counts = np.asarray(detail["human_class_counts"])
+        thresholds = s.scalars(select(Label.thresholds).where(Label.kind == "pseudo")).all()
+        answered = s.scalars(select(Label.sample_id).where(Label.author == "oracle")).all()  # after the step
+        scored = dict(s.execute(select(Selection.sample_id, Selection.score).where(
+            Selection.round_id == 1, Selection.decision == "pseudo")).all())
+        assert human_class_counts(s, classes).sum() == counts.sum() + len(answered) > 0
+    led.close()
+    unlabeled = ~pool.has_human | np.isin(pool.sample_ids, answered)
+    model = np.bincount(pool.arrays["pred_class"][unlabeled].astype(int), minlength=len(classes))
+    aligned_probs = align_to_prior(pool.arrays["probs"], counts)
+    aligned = aligned_probs.argmax(axis=1)
+    decided = np.bincount(aligned[unlabeled], minlength=len(classes))
+    # a pseudo-label's recorded score is the aligned confidence the policy judged, not the model's own
+    row = {int(sid): i for i, sid in enumerate(pool.sample_ids)}
+    assert scored
+    for sid, score in scored.items():
+        assert score == pytest.approx(aligned_probs[row[sid]].max())
+        assert abs(score - pool.arrays["confidence"][row[sid]]) > 1e-6
+    assert detail["pool_predicted_per_class"] == {
+        "model": dict(zip(classes, model.tolist(), strict=True)),
+        "decided": dict(zip(classes, decided.tolist(), strict=True)),
+    }
+    assert detail["thresholds"]["distribution_alignment"] is True
+    assert thresholds and all(t["distribution_alignment"] is True for t in thresholds)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from medloop.selection import balance_to_ratio, balanced_counts
+from medloop.selection.balance import align_to_prior
 
 
 def test_balanced_counts_hand_cases():
@@ -118,3 +119,41 @@ def test_balanced_counts_properties(k, data):
         for j in np.flatnonzero(used):
             assert abs(c[i] * r[j] - c[j] * r[i]) < r[i] + r[j] + 1e-6  # c_i / r_i and c_j / r_j within 1 / r
     assert np.any(c[used] == n[used])  # the binding class keeps all of its candidates (largest such set)
+
+
+def test_align_to_prior_hand_case():
+    # pool mean (0.75, 0.25) against a 1 : 1 ratio: class 0 weighed by 0.5 / 0.75, class 1 by 0.5 / 0.25
+    probs = np.array([[0.9, 0.1], [0.6, 0.4]])
+    out = align_to_prior(probs, np.array([10.0, 10.0]))
+    w = np.array([0.5 / 0.75, 0.5 / 0.25])
+    expected = probs * w / (probs * w).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, expected)
+    np.testing.assert_allclose(out[1], [1 / 3, 2 / 3])  # (0.6 * 2/3, 0.4 * 2) = (0.4, 0.8), normalised
+    assert out[1].argmax() == 1  # a 0.6 majority-class case becomes a minority-class case
+
+
+def test_align_to_prior_keeps_non_finite_rows_and_rejects_bad_input():
+    probs = np.array([[0.8, 0.2], [np.nan, np.nan], [0.4, 0.6]])
+    out = align_to_prior(probs, np.array([1.0, 1.0]))
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[[0, 2]], align_to_prior(probs[[0, 2]], np.array([1.0, 1.0])))
+    with pytest.raises(ValueError, match="prior"):
+        align_to_prior(probs, np.array([0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"\(N, K\)"):
+        align_to_prior(probs, np.array([1.0, 1.0, 1.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(2, 4), data=st.data())
+def test_align_to_prior_properties(n, k, data):
+    raw = data.draw(arrays(np.float64, (n, k), elements=st.floats(0.01, 1.0)))
+    probs = raw / raw.sum(axis=1, keepdims=True)
+    prior = data.draw(arrays(np.float64, k, elements=st.floats(0.5, 50.0)))
+    out = align_to_prior(probs, prior)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert np.all(out >= 0)
+    # one common per-class factor: the ratios between a row's classes change by the same amounts in every row
+    w = (prior / prior.sum()) / probs.mean(axis=0)
+    np.testing.assert_allclose(out * (probs * w).sum(axis=1, keepdims=True), probs * w, rtol=1e-9, atol=1e-12)
+    # a pool whose mean already is the ratio is left unchanged
+    np.testing.assert_allclose(align_to_prior(probs, probs.mean(axis=0)), probs, atol=1e-12)

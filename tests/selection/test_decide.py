@@ -1,5 +1,7 @@
 """decide_pseudo_labels: policy + balancing + mask gate; human labels always win."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from medloop.config import SelectionConfig
-from medloop.selection import REASONS, PseudoLabelParams, decide_pseudo_labels, reason_names
+from medloop.selection import REASONS, PseudoLabelParams, balanced_counts, decide_pseudo_labels, reason_names
 
 
 def hand_scores():
@@ -198,3 +200,45 @@ def test_policy_none_accepts_no_class_and_no_mask():
     names = reason_names(out["reason_mask"]).tolist()
     assert names == ["no_pseudo_labels"] * 7 + ["human_label"]
     assert reason_names(out["reason_class"]).tolist() == ["no_pseudo_labels"] * 7 + ["human_label"]
+
+
+def test_distribution_alignment_lets_the_minority_classes_in():
+    """A pool predicted mostly as class 0 (mean 0.8 / 0.1 / 0.1) against a human ratio 2 : 1 : 1: without
+    alignment only class-0 cases pass tau_c = 0.9; aligned (ReMixMatch, Eq. 1) class 1 and 2 cases do, and
+    balancing then keeps the human ratio among them."""
+    probs = np.array([
+        [0.97, 0.02, 0.01], [0.96, 0.03, 0.01], [0.95, 0.03, 0.02], [0.94, 0.04, 0.02],
+        [0.93, 0.05, 0.02], [0.92, 0.04, 0.04], [0.91, 0.05, 0.04], [0.90, 0.06, 0.04],
+        [0.20, 0.78, 0.02], [0.10, 0.02, 0.88], [0.85, 0.10, 0.05], [0.35, 0.05, 0.60],
+    ])
+    scores = {"probs": probs, "pred_class": probs.argmax(1).astype(float), "confidence": probs.max(1),
+              "std": np.full(12, 0.01)}
+    human = np.zeros(12, dtype=bool)
+    counts = np.array([20, 10, 10])
+    plain = decide_pseudo_labels(scores, human, counts, PseudoLabelParams(class_balance=False))
+    assert set(plain["pseudo_class"][plain["accept_class"]].tolist()) == {0}
+    np.testing.assert_array_equal(plain["confidence"], scores["confidence"])
+    params = PseudoLabelParams(class_balance=False, distribution_alignment=True)
+    out = decide_pseudo_labels(scores, human, counts, params)
+    mean = probs.mean(axis=0)
+    w = np.array([0.5, 0.25, 0.25]) / mean
+    aligned = probs * w / (probs * w).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out["confidence"], aligned.max(1))
+    np.testing.assert_array_equal(out["decided_class"], aligned.argmax(1))
+    np.testing.assert_array_equal(out["accept_class"], aligned.max(1) >= 0.9)
+    assert {1, 2} <= set(out["pseudo_class"][out["accept_class"]].tolist())
+    balanced = decide_pseudo_labels(scores, human, counts, replace(params, class_balance=True))
+    kept = np.bincount(balanced["pseudo_class"][balanced["accept_class"]], minlength=3)
+    np.testing.assert_array_equal(kept, balanced_counts(
+        np.bincount(aligned.argmax(1)[aligned.max(1) >= 0.9], minlength=3), counts))
+    # no human class label yet: nothing to align to, the model's own prediction is judged
+    none = decide_pseudo_labels(scores, human, np.zeros(3), params)
+    np.testing.assert_array_equal(none["confidence"], scores["confidence"])
+    with pytest.raises(ValueError, match="probs"):
+        decide_pseudo_labels(dict(scores, probs=probs[:, :2]), human, counts, params)
+
+
+def test_distribution_alignment_comes_from_the_campaign():
+    params = PseudoLabelParams.from_config(SelectionConfig(distribution_alignment=True))
+    assert params.distribution_alignment
+    assert not PseudoLabelParams.from_config(SelectionConfig()).distribution_alignment

@@ -18,6 +18,11 @@ follow the human ratio among themselves (``n = [0, 91, 0]``, ``r = [15, 49, 23]`
 ``[0, 91, 0]``; a strict rule would keep nothing and starve self-training whenever one class has no
 confident case). An all-zero ratio (no human class labels at all) means "nothing to follow": the
 accepted mask is returned unchanged.
+
+:func:`align_to_prior` is the other half of class balance, on the prediction side: with
+``selection.distribution_alignment`` the pool's class probabilities are aligned to the human class ratio
+before the policy decides (Berthelot et al., ReMixMatch, ICLR 2020, Eq. 1), so that a model drifting to
+the majority class does not make every confident case a majority-class case.
 """
 
 from __future__ import annotations
@@ -43,6 +48,29 @@ def balanced_counts(available: np.ndarray, target_ratio: np.ndarray) -> np.ndarr
     counts = np.floor(s * r + _EPS).astype(np.int64)
     counts[~use] = 0
     return np.minimum(counts, n)
+
+
+def align_to_prior(probs: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Distribution alignment (Berthelot et al., ReMixMatch, ICLR 2020, Eq. 1) over a scored pool:
+    ``p~_ik = p_ik (pi_k / pbar_k) / sum_j p_ij (pi_j / pbar_j)`` with ``pi`` the target class ratio
+    (e.g. human label counts, normalised) and ``pbar`` the mean of ``probs`` (N, K) over the rows that are
+    finite. Rows holding a non-finite value are returned unchanged. A pool whose mean already equals the
+    ratio is left as it is; otherwise every row is rescaled by the same per-class factor."""
+    p = np.asarray(probs, dtype=np.float64)
+    r = np.asarray(prior, dtype=np.float64)
+    if p.ndim != 2 or r.shape != (p.shape[1],):
+        raise ValueError(f"probs {p.shape} must be (N, K) and prior {r.shape} (K,)")
+    if np.any(r < 0) or not np.all(np.isfinite(r)) or r.sum() <= 0:
+        raise ValueError("prior must be finite, >= 0 and not all zero")
+    finite = np.isfinite(p).all(axis=1)
+    out = p.copy()
+    if not finite.any():
+        return out
+    mean = p[finite].mean(axis=0)
+    weight = np.maximum(r / r.sum(), 1e-6) / np.maximum(mean, 1e-6)
+    scaled = p[finite] * weight
+    out[finite] = scaled / np.maximum(scaled.sum(axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def balance_to_ratio(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from medloop.selection import POLICIES
-from medloop.selection.balance import balance_to_ratio
+from medloop.selection.balance import align_to_prior, balance_to_ratio
 from medloop.selection.pseudo_masks import mask_gate as _mask_gate
 
 REASONS: tuple[str, ...] = (
@@ -66,6 +66,10 @@ class PseudoLabelParams:
     a pseudo-mask is accepted only if it is empty exactly when the predicted class is the no-lesion
     class. A model that confidently predicts an empty mask on a lesion image has low pixel
     uncertainty, so the gate alone would accept that empty mask (seen on BUSI, bench/README.md).
+    ``distribution_alignment``: when ``scores`` has ``probs`` (N, K) and human class counts are given, the
+    class and its confidence are taken from the probabilities aligned to the human class ratio
+    (:func:`~medloop.selection.balance.align_to_prior`) before the policy; the uncertainty measure stays
+    the model's own (alignment rescales the mean prediction, not its spread over passes).
     """
 
     policy: str = "ups"
@@ -76,6 +80,7 @@ class PseudoLabelParams:
     mask_gate: float = 0.05
     mask_measure: str = "seg_uncertainty"
     no_lesion_class: int | None = None
+    distribution_alignment: bool = False
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> PseudoLabelParams:
@@ -122,7 +127,9 @@ def decide_pseudo_labels(
     replace fields of ``params``.
 
     Returns ``accept_class`` bool, ``accept_mask`` bool, ``pseudo_class`` int64 (-1 if not
-    accepted), ``reason_class`` int8 and ``reason_mask`` int8 (codes in ``REASONS``), all (N,).
+    accepted), ``reason_class`` int8, ``reason_mask`` int8 (codes in ``REASONS``) and ``confidence``
+    float and ``decided_class`` int64 (the confidence and class the policy judged: aligned when
+    ``distribution_alignment`` applies; class -1 where a score is missing), all (N,).
     Pixel-level ignore maps are made per accepted image with :func:`pseudo_mask`.
     """
     p = replace(params or PseudoLabelParams(), **overrides)
@@ -131,6 +138,8 @@ def decide_pseudo_labels(
     n = human.shape[0]
     pred = _arr(scores, "pred_class", n)
     conf = _arr(scores, "confidence", n)
+    if p.distribution_alignment and human_class_counts is not None and "probs" in scores:
+        pred, conf = _aligned_prediction(scores["probs"], human_class_counts, n, pred, conf)
     unc = _arr(scores, p.measure, n) if (p.measure in scores or p.policy == "ups") else None
 
     # ---- class ---------------------------------------------------------------------------
@@ -192,4 +201,24 @@ def decide_pseudo_labels(
         "pseudo_class": pseudo_class,
         "reason_class": reason_class,
         "reason_mask": reason_mask,
+        "confidence": conf,
+        "decided_class": pred_int,
     }
+
+
+def _aligned_prediction(
+    probs: np.ndarray, counts: np.ndarray, n: int, pred: np.ndarray, conf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class, confidence) from the pool's probabilities aligned to the human class ratio; unchanged where
+    the ratio is empty (no human class label yet) or a row is not finite."""
+    prior = np.asarray(counts, dtype=np.float64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != (n, prior.shape[0]):
+        raise ValueError(f"scores['probs'] has shape {p.shape}, expected ({n}, {prior.shape[0]})")
+    if prior.sum() <= 0:
+        return pred, conf
+    aligned = align_to_prior(p, prior)
+    finite = np.isfinite(aligned).all(axis=1)
+    new_pred = np.where(finite, np.argmax(np.where(finite[:, None], aligned, 0.0), axis=1), pred)
+    new_conf = np.where(finite, np.max(np.where(finite[:, None], aligned, 0.0), axis=1), conf)
+    return new_pred.astype(np.float64), new_conf

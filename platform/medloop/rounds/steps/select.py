@@ -147,7 +147,8 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
     queue = build_queue(acq, eligible, sel.budget, diversity=sel.diversity, embeddings=pool.embeddings,
                         seed=sel.seed + ctx.round_id)
     thresholds = {"tau_c": sel.tau_c, "tau_u": sel.tau_u, "measure": sel.measure,
-                  "pixel_tau_u": sel.pixel_tau_u, "mask_gate": sel.mask_gate}
+                  "pixel_tau_u": sel.pixel_tau_u, "mask_gate": sel.mask_gate,
+                  "distribution_alignment": sel.distribution_alignment}
     rc, rm = reason_names(dec["reason_class"]), reason_names(dec["reason_mask"])
     rows: list[PseudoLabelRow] = []
     row_of: dict[int, int] = {}  # sample id -> pool row
@@ -159,7 +160,7 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
         sid = int(pool.sample_ids[i])
         row_of[sid] = i
         rows.append(PseudoLabelRow(sid, cls, mfiles[0] if mfiles else None, mfiles[1] if mfiles else None))
-    acq_scores, confidence = _finite_or_none(acq), _finite_or_none(pool.arrays["confidence"])
+    acq_scores, confidence = _finite_or_none(acq), _finite_or_none(dec["confidence"])
     with ctx.ledger.transaction() as s:
         retired = retire_pseudo_labels(s, ctx.round_id)
         # a human label that arrived since scoring wins: add_pseudo_labels skips those samples
@@ -214,10 +215,23 @@ def select_step(ctx: StepContext) -> dict[str, Any]:
             "queue_size": int(queue.shape[0]), "audit_size": int(audit.shape[0]), "rejected": rejected,
             "skipped_human": skipped_human, "thresholds": thresholds, "policy": params.policy,
             "acquisition": sel.acquisition, "human_class_counts": counts.tolist(),
+            "pool_predicted_per_class": _predicted_per_class(pool, dec, classes),
             "nothing_selected_reason": nothing,
         }
         ctx.complete(s, detail)
     return detail
+
+
+def _predicted_per_class(pool: ScoreTable, dec: dict[str, np.ndarray], classes: list[str]) -> dict[str, dict[str, int]]:
+    """How the unlabeled pool was predicted, per class: by the model (``model``) and as the policy judged it
+    (``decided``: after distribution alignment when that is on), so that a drift to one class shows."""
+    unlabeled = ~pool.has_human
+    out: dict[str, dict[str, int]] = {}
+    for name, values in (("model", pool.arrays["pred_class"]), ("decided", dec["decided_class"])):
+        v = np.asarray(values, dtype=np.float64)[unlabeled]
+        counts = np.bincount(v[np.isfinite(v) & (v >= 0)].astype(np.int64), minlength=len(classes))
+        out[name] = {c: int(counts[k]) for k, c in enumerate(classes)}
+    return out
 
 
 def _val_dice(train_detail: dict[str, Any]) -> float | None:
