@@ -130,8 +130,9 @@ def test_missing_measure_for_ups_raises():
     policy=st.sampled_from(["pl", "cpl", "ups"]),
     balance=st.booleans(),
     allow=st.booleans(),
+    align=st.booleans(),
 )
-def test_human_label_never_accepted(n, data, policy, balance, allow):
+def test_human_label_never_accepted(n, data, policy, balance, allow, align):
     f = st.one_of(st.floats(0, 1), st.just(np.nan))
     sc = {
         "pred_class": data.draw(arrays(np.int64, n, elements=st.integers(0, 2))),
@@ -139,11 +140,13 @@ def test_human_label_never_accepted(n, data, policy, balance, allow):
         "std": data.draw(arrays(np.float64, n, elements=f)),
         "seg_uncertainty": data.draw(arrays(np.float64, n, elements=f)),
     }
+    raw = data.draw(arrays(np.float64, (n, 3), elements=st.floats(0.01, 1)))
+    sc["probs"] = raw / raw.sum(axis=1, keepdims=True)
     human = data.draw(arrays(bool, n))
     counts = data.draw(arrays(np.int64, 3, elements=st.integers(0, 20)))
     out = decide_pseudo_labels(
         sc, human, counts, policy=policy, class_balance=balance, tau_c=0.5, tau_u=0.5, mask_gate=0.5,
-        allow_pseudo=allow,
+        allow_pseudo=allow, distribution_alignment=align,
     )
     assert not np.any(out["accept_class"] & human)
     assert not np.any(out["accept_mask"] & human)
