@@ -217,8 +217,9 @@ def _aligned_prediction(
         raise ValueError(f"scores['probs'] has shape {p.shape}, expected ({n}, {prior.shape[0]})")
     if prior.sum() <= 0:
         return pred, conf
-    aligned = align_to_prior(p, prior)
+    aligned = align_to_prior(p, prior)  # a non-finite row comes back as it was
     finite = np.isfinite(aligned).all(axis=1)
-    new_pred = np.where(finite, np.argmax(np.where(finite[:, None], aligned, 0.0), axis=1), pred)
-    new_conf = np.where(finite, np.max(np.where(finite[:, None], aligned, 0.0), axis=1), conf)
-    return new_pred.astype(np.float64), new_conf
+    new_pred, new_conf = pred.copy(), conf.copy()
+    new_pred[finite] = aligned[finite].argmax(axis=1)
+    new_conf[finite] = aligned[finite].max(axis=1)
+    return new_pred, new_conf
