@@ -6,7 +6,7 @@ labels ``(N,)`` int64 with **-1 = no class label**). A volume campaign (samples 
 gives images ``(N, C, D, H, W)`` float16 (the normalised intensities) and masks ``(N, D, H, W)`` at
 ``data.volume_size`` (:func:`model_volume`, :func:`volume_mask`). :class:`JointDataset` turns it into the
 training batch of the contracts (``image`` float32 in [0, 1], ``label`` int64, ``mask`` int64),
-with augmentation (flips, 90-degree rotations, intensity) applied identically to image and mask.
+with augmentation (flips, 90-degree rotations, small affine changes, intensity) applied identically to image and mask.
 
 Which samples train (see docs/contracts.md): active human labels on every split except
 ``val`` and ``test`` (annotated pool cases included) plus active pseudo-labels; a pseudo-mask's
@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from sqlalchemy import select
 
-from medloop.config import Campaign
+from medloop.config import AUGMENTATIONS, Campaign
 from medloop.data.imagestore import ImageStore, mask_at
 from medloop.ledger.schema import Label, Sample
 from medloop.ledger.store import Ledger
 
 IGNORE = 255
-AUGMENTATIONS = ("flip", "rotate", "intensity")
+#: "affine" ranges: rotation in degrees, scale factor, shift as a share of the side
+AFFINE_DEGREES, AFFINE_SCALE, AFFINE_SHIFT = 15.0, 0.1, 0.08
 
 
 @dataclass
@@ -279,12 +281,15 @@ def load_samples(campaign: Campaign, ledger: Ledger, sample_ids: Sequence[int]) 
 
 @dataclass
 class Augment:
-    """Random flips, 90-degree rotations and intensity changes (gamma, contrast, brightness)."""
+    """Random flips, 90-degree rotations, small affine changes and intensity changes (gamma, contrast,
+    brightness). ``hflip`` flips left-right only (ignored when ``flip`` is on)."""
 
     flip: bool = True
     rotate: bool = True
     intensity: bool = True
     intensity_strength: float = 0.2
+    hflip: bool = False
+    affine: bool = False
 
     @classmethod
     def from_names(cls, names: Iterable[str]) -> Augment | None:
@@ -294,7 +299,8 @@ class Augment:
             raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
         if not names:
             return None
-        return cls(flip="flip" in names, rotate="rotate" in names, intensity="intensity" in names)
+        return cls(flip="flip" in names, rotate="rotate" in names, intensity="intensity" in names,
+                   hflip="hflip" in names, affine="affine" in names)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """image (C, H, W) float32 in [0, 1], mask (H, W) -- or a volume (C, D, H, W), mask (D, H, W): the same
@@ -309,6 +315,10 @@ class Augment:
                 image, mask = image[..., ::-1, :], mask[..., ::-1, :]
             if volume and rng.random() < 0.5:
                 image, mask = image[:, ::-1], mask[::-1]
+        elif self.hflip and rng.random() < 0.5:
+            image, mask = image[..., ::-1], mask[..., ::-1]
+        if self.affine and not volume:
+            image, mask = random_affine(image, mask, rng)
         if self.rotate:
             k = int(rng.integers(0, 4))
             if image.shape[-1] != image.shape[-2] and k != 2:
@@ -325,6 +335,25 @@ class Augment:
             else:
                 image = image * contrast + bright
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
+
+
+def random_affine(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A small rotation (+-``AFFINE_DEGREES``), isotropic scale (1 +- ``AFFINE_SCALE``) and shift (+-
+    ``AFFINE_SHIFT`` of the side) about the centre of a 2D image (C, H, W) and its mask (H, W): bilinear for
+    the image with the border pixels repeated, nearest for the mask (so 255 = ignore stays 255), with
+    scipy.ndimage."""
+    h, w = image.shape[-2:]
+    angle = np.deg2rad(rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES))
+    scale = rng.uniform(1.0 - AFFINE_SCALE, 1.0 + AFFINE_SCALE)
+    shift = rng.uniform(-AFFINE_SHIFT, AFFINE_SHIFT, size=2) * np.array([h, w])
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    matrix = np.array([[cos, -sin], [sin, cos]])  # output (row, col) -> input, about the centre
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    offset = centre - matrix @ (centre + shift)
+    warped = np.stack([ndimage.affine_transform(channel, matrix, offset, order=1, mode="nearest")
+                       for channel in image])
+    warped_mask = ndimage.affine_transform(mask, matrix, offset, order=0, mode="nearest")
+    return warped.astype(np.float32), warped_mask.astype(mask.dtype)
 
 
 #: share of training patches centred on a lesion voxel (nnU-Net's foreground oversampling is a third; lesions

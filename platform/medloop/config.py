@@ -404,6 +404,11 @@ class TrackingConfig(_Section):
     register_model: bool = Field(True, description="register each round's model and move the 'champion' alias")
 
 
+#: training augmentations (trainers/dataset.py): "flip" left-right and up-down, "hflip" left-right only (keeps an
+#: ultrasound image's depth axis), "rotate" quarter turns, "affine" small rotation / scale / shift, "intensity"
+AUGMENTATIONS = ("flip", "hflip", "rotate", "affine", "intensity")
+
+
 class ComputeConfig(_Section):
     """Training and scoring resources."""
 
@@ -436,13 +441,25 @@ class ComputeConfig(_Section):
         "cosine", description="learning rate over a round's epochs: cosine decay after warm-up, or constant"
     )
     warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warm-up at the start of a round")
-    augment: list[str] = Field(default_factory=lambda: ["flip", "rotate", "intensity"], description="augmentations")
+    augment: list[str] = Field(
+        default_factory=lambda: ["flip", "rotate", "intensity"],
+        description="training augmentations: flip (left-right and up-down), hflip (left-right only, for ultrasound), "
+        "rotate (quarter turns), affine (small rotation, scale, shift; 2D), intensity",
+    )
     amp: bool = Field(True, description="bf16 autocast on GPU")
     channels_last: bool = Field(True, description="channels_last memory format on GPU")
     compile: bool = Field(False, description="torch.compile the model")
     score_batch_size: int = Field(32, ge=1, description="batch size for pool scoring")
     score_actors: int = Field(1, ge=1, description="Ray Data actors for pool scoring")
     seed: int = Field(0, description="training seed")
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augment(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+        return names
 
 
 SEMI_METHODS = ("none", "fixmatch", "mean_teacher")
