@@ -379,3 +379,20 @@ def test_mtunet_prefix_stops_at_the_first_active_dropout() -> None:
         assert model.decode_prefix(model.encode(x))["start"] == start, placement
     model = tiny("mtunet", dropout=0.5, dropout_placement=("decoder",)).eval()  # dropout off: all deterministic
     assert model.decode_prefix(model.encode(x))["start"] == 2
+
+
+def test_mtunet_gap_gmp_pool_is_average_and_max_of_the_bottleneck() -> None:
+    """``cls_pool="gap_gmp"``: the embedding is [mean, max] of the bottleneck per channel (MTTU-Net Eq. 10-11),
+    twice as wide as the default GAP; the split decoder still equals the whole one; a bad name is refused."""
+    torch.manual_seed(0)
+    model = tiny("mtunet", cls_pool="gap_gmp", dropout=0.5, dropout_placement=("decoder", "classifier")).eval()
+    x = torch.rand(2, 1, HW, HW)
+    feats = model.encode(x)
+    bottleneck = feats[-1]
+    out = model.decode(feats)
+    expected = torch.cat([bottleneck.mean((2, 3)), bottleneck.amax((2, 3))], dim=1)
+    torch.testing.assert_close(out.embedding, expected)
+    assert out.embedding.shape[1] == 2 * tiny("mtunet").decode(tiny("mtunet").encode(x)).embedding.shape[1]
+    torch.testing.assert_close(model.decode_rest(model.decode_prefix(feats)).cls_logits, out.cls_logits)
+    with pytest.raises(ValueError, match="cls_pool"):
+        tiny("mtunet", cls_pool="attention")

@@ -1,7 +1,8 @@
 """Multi-task U-Net with pluggable encoders, after the multi-task U-Net with VGG16 / MobileNetV2 encoders (MT-U-Net).
 
 A U-Net whose bottleneck (the "compressed representation" of MT-U-Net, Sec. 2.2) also feeds a
-classification head (GAP -> FC -> ReLU -> FC). Encoders: VGG16-style stages (2, 2, 3, 3, 3
+classification head (GAP -> FC -> ReLU -> FC; ``cls_pool="gap_gmp"`` concatenates global max pooling, as the
+MTTU-Net classifier does, Cheng et al., IEEE TMI 2022, Eq. 10-11). Encoders: VGG16-style stages (2, 2, 3, 3, 3
 convs, max-pool between), MobileNetV2-style inverted residuals, or ResNet basic blocks.
 Default loss weights seg : cls = 5 : 1 (the "mtunet" loss).
 """
@@ -16,11 +17,17 @@ import torch
 from torch import nn
 
 from . import MODELS
-from .blocks import BasicBlock, DropoutPlan, InvertedResidual, UpBlock, VGGBlock, check_input, conv_bn_act, gap
+from .blocks import BasicBlock, DropoutPlan, InvertedResidual, UpBlock, VGGBlock, check_input, conv_bn_act, gap, gmp
 from .unet_decoder import UNetDecoder
 from .weights import load_weights
 
 MOBILENET_MULT = (1, 1.5, 2, 4, 6, 10, 20)  # 16, 24, 32, 64, 96, 160, 320 at width 16
+CLS_POOLS = ("gap", "gap_gmp")
+
+
+def gap_gmp(x: torch.Tensor) -> torch.Tensor:
+    """Global average and global max pooling, concatenated (B, C, H, W) -> (B, 2C) (MTTU-Net Eq. 10-11)."""
+    return torch.cat([gap(x), gmp(x)], dim=1)
 
 
 class Encoder(nn.Module):
@@ -73,10 +80,13 @@ class MTUNet(UNetDecoder):
         dropout: float = 0.2, dropout_placement: str | Iterable[str] | None = ("decoder", "classifier"),
         seg_classes: int = 2, encoder: str = "vgg", dropout_levels: Sequence[int] | None = None,
         cls_hidden: int | None = None, weights: str | Path | None = None, weights_prefix: str = "",
-        weights_strict: bool = True,
+        weights_strict: bool = True, cls_pool: str = "gap",
     ) -> None:
         super().__init__()
+        if cls_pool not in CLS_POOLS:
+            raise ValueError(f"mtunet cls_pool: expected one of {list(CLS_POOLS)}, got {cls_pool!r}")
         self.in_channels, self.depth = in_channels, depth
+        self.pool = gap if cls_pool == "gap" else gap_gmp
         plan = DropoutPlan(dropout, dropout_placement, dropout_levels)
         self.encoder = Encoder(encoder, in_channels, width, depth)
         chs = self.encoder.channels
@@ -87,8 +97,8 @@ class MTUNet(UNetDecoder):
         self.seg_head = nn.Conv2d(chs[0], seg_classes, 1)
         hidden = cls_hidden or 4 * width
         self.classifier = nn.Sequential(
-            plan.classifier(), nn.Linear(chs[-1], hidden), nn.ReLU(inplace=True), plan.classifier(),
-            nn.Linear(hidden, num_classes),
+            plan.classifier(), nn.Linear(chs[-1] * (1 if cls_pool == "gap" else 2), hidden), nn.ReLU(inplace=True),
+            plan.classifier(), nn.Linear(hidden, num_classes),
         )
         if weights is not None:
             load_weights(self, weights, prefix=weights_prefix, strict=weights_strict)
