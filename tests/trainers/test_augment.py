@@ -106,5 +106,21 @@ def test_campaign_refuses_an_unknown_augmentation_at_load() -> None:
     from medloop.config import Campaign
 
     assert Campaign.model_validate({"compute": {"augment": ["hflip", "affine"]}}).compute.augment == ["hflip", "affine"]
+    assert Campaign.model_validate({"compute": {"augment": []}}).compute.augmentations(volume=False) == []
     with pytest.raises(ValidationError, match=r"compute\.augment|augment.*vflip"):
         Campaign.model_validate({"compute": {"augment": ["vflip"]}})
+
+
+def test_default_augmentations_keep_an_image_upright_and_volumes_as_before() -> None:
+    """Unset ``compute.augment``: a 2D campaign trains with hflip + affine + intensity (no up-down flip, no
+    quarter turn), a volume campaign with flip + rotate + intensity; a set value wins for both."""
+    from medloop.config import Campaign
+    from medloop.trainers.plain import LoopSettings
+
+    campaign = Campaign()
+    assert campaign.compute.augment is None
+    assert LoopSettings.from_campaign(campaign).augment == ["hflip", "affine", "intensity"]
+    assert LoopSettings.from_campaign(campaign, volume_channels=4).augment == ["flip", "rotate", "intensity"]
+    chosen = Campaign.model_validate({"compute": {"augment": ["flip", "rotate"]}})
+    assert LoopSettings.from_campaign(chosen).augment == ["flip", "rotate"]
+    assert LoopSettings.from_campaign(chosen, volume_channels=4).augment == ["flip", "rotate"]
