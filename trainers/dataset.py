@@ -24,7 +24,7 @@ from PIL import Image
 from scipy import ndimage
 from sqlalchemy import select
 
-from medloop.config import AUGMENTATIONS, Campaign
+from medloop.config import Campaign, check_augmentations
 from medloop.data.imagestore import ImageStore, mask_at
 from medloop.ledger.schema import Label, Sample
 from medloop.ledger.store import Ledger
@@ -293,10 +293,7 @@ class Augment:
 
     @classmethod
     def from_names(cls, names: Iterable[str]) -> Augment | None:
-        names = list(names)
-        unknown = sorted(set(names) - set(AUGMENTATIONS))
-        if unknown:
-            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+        names = check_augmentations(names)
         if not names:
             return None
         return cls(flip="flip" in names, rotate="rotate" in names, intensity="intensity" in names,

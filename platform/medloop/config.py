@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -416,6 +417,15 @@ IMAGE_AUGMENT = ("hflip", "affine", "intensity")
 VOLUME_AUGMENT = ("flip", "rotate", "intensity")
 
 
+def check_augmentations(names: Iterable[str]) -> list[str]:
+    """``names`` as a list; a ``ValueError`` naming the unknown ones and the known ones."""
+    names = list(names)
+    unknown = sorted(set(names) - set(AUGMENTATIONS))
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
+    return names
+
+
 class ComputeConfig(_Section):
     """Training and scoring resources."""
 
@@ -464,10 +474,7 @@ class ComputeConfig(_Section):
     @field_validator("augment")
     @classmethod
     def _known_augment(cls, names: list[str] | None) -> list[str] | None:
-        unknown = sorted(set(names or ()) - set(AUGMENTATIONS))
-        if unknown:
-            raise ValueError(f"unknown augmentation(s) {unknown}; known: {list(AUGMENTATIONS)}")
-        return names
+        return None if names is None else check_augmentations(names)
 
     def augmentations(self, volume: bool) -> list[str]:
         """``augment`` when set, else the default of the data kind (:data:`IMAGE_AUGMENT`, :data:`VOLUME_AUGMENT`)."""

@@ -41,9 +41,10 @@ def test_hflip_flips_left_right_about_half_the_time() -> None:
 
 def test_flip_includes_up_down_and_hflip_alone_does_not() -> None:
     image, mask = _top_heavy()
-    both = Augment.from_names(["flip"])
+    both, left_right = Augment.from_names(["flip"]), Augment.from_names(["hflip"])
     upside_down = [both(image, mask, np.random.default_rng(s))[0][0, -1, 0] == 1.0 for s in range(100)]
     assert any(upside_down)
+    assert not any(left_right(image, mask, np.random.default_rng(s))[0][0, -1, 0] == 1.0 for s in range(100))
 
 
 def test_affine_identity_ranges_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
