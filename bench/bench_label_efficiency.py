@@ -242,9 +242,19 @@ def markdown(summary: dict[str, list[dict[str, Any]]], full: dict[str, Any]) -> 
     return "\n".join(lines)
 
 
+def result_paths(res_dir: Path, reference_dir: str | None) -> list[Path]:
+    """The result files a summary reads: every arm's in ``res_dir``, the full arm's from ``reference_dir``
+    when one is given."""
+    paths = sorted(Path(res_dir).glob("*-s*.json"))
+    if reference_dir is None:
+        return paths
+    return ([p for p in paths if not p.name.startswith(f"{FULL}-s")]
+            + sorted(Path(reference_dir).glob(f"{FULL}-s*.json")))
+
+
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
     _, res_dir = R.folders(args, BENCH)
-    files = R.load_results(res_dir)
+    files = [json.loads(p.read_text()) for p in result_paths(res_dir, args.reference_results)]
     if not files:
         raise SystemExit(f"no result file in {res_dir}; run some arms first")
     arms = list(dict.fromkeys(f["arm"] for f in sorted(files, key=lambda f: list(ARMS).index(f["arm"])
@@ -280,9 +290,11 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
         "gain_at": gain_at(summary, full),
         "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
-                               for p in Path(res_dir).glob("*-s*.json")),
+                               for p in result_paths(res_dir, args.reference_results)),
     }
-    out_json = Path(res_dir).parent / f"label_efficiency_{dataset}.json"  # bench/results/label_efficiency_busi.json
+    # bench/results/label_efficiency_busi.json; a results folder of another name adds that name
+    tag = "" if Path(res_dir).name.startswith(BENCH) else f"_{Path(res_dir).name}"
+    out_json = Path(res_dir).parent / f"label_efficiency_{dataset}{tag}.json"
     R.write_json_atomic(out_json, payload)
     png = out_json.with_suffix(".png")
     try:
@@ -308,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma list of {', '.join(ARMS)}")
     ap.add_argument("--full-epochs", type=int, default=60, help="epochs of the full-label reference's one round")
     ap.add_argument("--summarise", "--summarize", action="store_true", help="summarise the result files, run nothing")
+    ap.add_argument("--reference-results", default=None,
+                    help="with --summarise: read the full arm's result files from this folder instead of --results "
+                         "(its campaigns must have the same effective settings; their files say which)")
     return ap
 
 

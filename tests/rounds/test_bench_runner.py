@@ -145,6 +145,26 @@ def test_summary_labels_to_95_and_gain(tmp_path: Path, le) -> None:
     assert out["gain_at"]["20%"]["dice_gain"] == pytest.approx(0.035)
 
 
+def test_summary_takes_the_reference_from_another_folder(tmp_path: Path, le) -> None:
+    """--reference-results: the full arm's files come from that folder, and only from it; the other arms from
+    --results."""
+    res, ref = tmp_path / "results" / "new_default", tmp_path / "results" / "reference"
+    res.mkdir(parents=True)
+    ref.mkdir(parents=True)
+    (res / "full-s0.json").write_text(json.dumps(_file("full", 0, [(500, 0.10, 0.10)])))  # must be ignored
+    (res / "hybrid-s0.json").write_text(json.dumps(_file("hybrid", 0, [(50, 0.50, 0.60), (100, 0.67, 0.77)])))
+    (ref / "full-s0.json").write_text(json.dumps(_file("full", 0, [(500, 0.70, 0.80)])))
+    (ref / "hybrid-s0.json").write_text(json.dumps(_file("hybrid", 0, [(50, 0.0, 0.0)])))  # not the full arm
+    out = le.summarise(le.parser().parse_args(["--results", str(res), "--summarise",
+                                               "--reference-results", str(ref)]))
+    assert out["full_label"]["dice"] == pytest.approx(0.70) and out["full_label"]["accuracy"] == pytest.approx(0.80)
+    assert {a["name"]: a["dice"] for a in out["arms"]} == {"hybrid": pytest.approx([0.50, 0.67])}
+    assert out["labels_to_95"]["hybrid"]["human_labels"] == 100
+    assert sorted(Path(f).name for f in out["result_files"]) == ["full-s0.json", "hybrid-s0.json"]
+    assert any(str(ref) in f or "reference" in f for f in out["result_files"])
+    assert json.loads((tmp_path / "results" / "label_efficiency_busi_new_default.json").read_text())["full_label"]
+
+
 def test_class_threshold_bench_reads_a_campaign_without_changing_it(campaign) -> None:
     """bench/bench_class_thresholds.py re-decides a finished round's pool at other tau_c with the product's
     own decide_pseudo_labels and reports per-class counts and precision against the hidden truth; it only
