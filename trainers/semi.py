@@ -18,9 +18,10 @@ confidence is >= ``tau_c`` and its std <= ``pixel_tau_u``; everything else is ig
 mask 255). The unlabeled loss is FixMatch's cross-entropy on the kept targets, averaged over every
 case and pixel of the unlabeled batch (:func:`unlabeled_loss`). The unlabeled loss weight ramps up
 as ``w * exp(-5 (1 - t)^2)`` over the first ``ramp_up`` of the round's epochs (Laine & Aila,
-Temporal Ensembling, ICLR 2017). Geometric augmentations (flips, 90-degree rotations) are part of
-the weak view, so image and target stay aligned; the strong view adds only photometric changes and
-cut-out (:class:`StrongAugment`), suited to ultrasound and dermoscopy.
+Temporal Ensembling, ICLR 2017). The campaign's geometric augmentations (``compute.augment``: for 2D
+images a left-right flip and a small affine change by default) are part of the weak view, so image and
+target stay aligned; the strong view adds only photometric changes and cut-out (:class:`StrongAugment`),
+suited to ultrasound and dermoscopy.
 """
 
 from __future__ import annotations
