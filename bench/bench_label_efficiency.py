@@ -254,7 +254,8 @@ def result_paths(res_dir: Path, reference_dir: str | None) -> list[Path]:
 
 def summarise(args: argparse.Namespace) -> dict[str, Any]:
     _, res_dir = R.folders(args, BENCH)
-    files = [json.loads(p.read_text()) for p in result_paths(res_dir, args.reference_results)]
+    paths = result_paths(res_dir, args.reference_results)
+    files = [json.loads(p.read_text()) for p in paths]
     if not files:
         raise SystemExit(f"no result file in {res_dir}; run some arms first")
     arms = list(dict.fromkeys(f["arm"] for f in sorted(files, key=lambda f: list(ARMS).index(f["arm"])
@@ -290,7 +291,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
         "gain_at": gain_at(summary, full),
         "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
-                               for p in result_paths(res_dir, args.reference_results)),
+                               for p in paths),
     }
     # bench/results/label_efficiency_busi.json; a results folder of another name adds that name
     tag = "" if Path(res_dir).name.startswith(BENCH) else f"_{Path(res_dir).name}"
