@@ -398,6 +398,53 @@ def test_a_failed_split_stops_the_store_writer_and_records_nothing(lay, tmp_path
             np.testing.assert_array_equal(store.load_image(image_path), np.asarray(im.convert("L")))
 
 
+def test_rows_are_committed_only_after_every_file_is_stored(lay, tmp_path: Path, monkeypatch,
+                                                           campaign_factory) -> None:
+    """The ledger rows are inserted while the store's writer still works, and committed after it: a reader of
+    the ledger sees no row until the last file is written (the writer is held on its last case until the rows
+    were inserted, and looks then)."""
+    import threading
+
+    import medloop.data.ingest as ingest_module
+
+    root = lay.write_generic(tmp_path / "d", n=30)
+    campaign = campaign_factory(unlabeled_fraction=0.0)
+    insert_cases, store_case = ingest_module.insert_cases, ingest_module._store_case
+    inserted, seen = threading.Event(), []
+
+    def insert_then_signal(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        insert_cases(*args, **kwargs)
+        inserted.set()
+
+    def store_and_look(store, p):  # noqa: ANN001, ANN202 - before the last case: rows inserted, visible?
+        if _stored_images(campaign) == 29:
+            assert inserted.wait(10)
+            seen.append((_counts(campaign), _stored_images(campaign)))
+        return store_case(store, p)
+
+    monkeypatch.setattr(ingest_module, "insert_cases", insert_then_signal)
+    monkeypatch.setattr(ingest_module, "_store_case", store_and_look)
+    report = ingest(campaign, "generic", root)
+    assert seen == [((0, 0), 29)]  # inserted, not committed, while a file was still to be written
+    assert report.added == 30 and _counts(campaign) == (30, 60) and _stored_images(campaign) == 30
+
+
+def test_a_failed_store_write_records_nothing(lay, tmp_path: Path, campaign_factory) -> None:
+    """A file the store cannot create (here: ``masks`` is a file, not a folder) fails the ingest with the
+    system's error; the inserted rows are rolled back, and the next ingest, with the store mended, records
+    every case."""
+    root = lay.write_generic(tmp_path / "d", n=12)
+    campaign = campaign_factory(unlabeled_fraction=0.0)
+    campaign.store.mkdir(parents=True)
+    (campaign.store / "masks").write_text("not a folder")
+    with pytest.raises(NotADirectoryError):
+        ingest(campaign, "generic", root)
+    assert _counts(campaign) == (0, 0)
+    (campaign.store / "masks").unlink()
+    report = ingest(campaign, "generic", root)
+    assert report.added == 12 and _counts(campaign) == (12, 24)
+
+
 def test_an_item_crosses_to_a_reader_process_with_its_paths(tmp_path: Path) -> None:
     """Items sent to reader processes are pickled with plain string paths and come back equal, with Paths."""
     import pickle

@@ -132,6 +132,38 @@ def test_tree_search_finds_the_pairs_of_the_full_matrix(monkeypatch) -> None:
     assert np.array_equal(near_duplicate_pairs(images, 0.99), dense[0.99])
 
 
+def test_ball_queries_list_the_pairs_of_query_pairs() -> None:
+    """Candidate pairs come from ball queries on every CPU, a chunk of query points at a time: exactly the
+    pairs (i < j) that ``cKDTree.query_pairs`` lists, whatever the chunk size."""
+    from scipy.spatial import cKDTree
+
+    from medloop.data.duplicates import _ball_pairs
+
+    points = np.random.default_rng(3).normal(size=(1500, 4))
+    points[700] = points[10]  # a copy: distance 0
+    tree = cKDTree(points, leafsize=16)
+    want = tree.query_pairs(0.6, output_type="ndarray")
+    want = want[np.lexsort((want[:, 1], want[:, 0]))]
+    assert 1000 < len(want) and [10, 700] in want.tolist()
+    for chunk in (1, 97, 1500, 4096):
+        got = _ball_pairs(tree, points, 0.6, chunk=chunk)
+        assert np.array_equal(got[np.lexsort((got[:, 1], got[:, 0]))], want), chunk
+
+
+def test_zscore_rows_give_the_correlation_across_blocks() -> None:
+    """Thumbnails are centred and scaled in blocks of rows: ``z @ z.T / d`` is Pearson's correlation
+    (``np.corrcoef``) for rows on both sides of a block boundary, and a constant row is flagged and zero."""
+    from medloop.data.duplicates import _BLOCK, _zscore
+
+    rows = np.random.default_rng(4).random((_BLOCK + 5, 64)) * 255
+    rows[_BLOCK + 1] = 7.0
+    z, flat = _zscore(rows)
+    assert flat.tolist() == [i == _BLOCK + 1 for i in range(len(rows))]
+    assert not z[_BLOCK + 1].any()
+    pick = [0, 3, _BLOCK - 1, _BLOCK, _BLOCK + 4]
+    np.testing.assert_allclose(z[pick] @ z[pick].T / 64, np.corrcoef(rows[pick]), rtol=0, atol=1e-12)
+
+
 def test_tree_search_falls_back_to_the_matrix_without_structure() -> None:
     """White-noise thumbnails have no low-frequency structure: too many candidates, the matrix is used."""
     rng = np.random.default_rng(0)
@@ -389,3 +421,4 @@ def test_exact_copies_are_chained_in_index_order(which: list[int], seed: int) ->
         members = [i for i, w in enumerate(which) if w == k]
         expected += list(zip(members[:-1], members[1:]))
     assert sorted(map(tuple, _identical_pairs(rows).tolist())) == sorted(expected)
+    assert sorted(map(tuple, _identical_pairs(rows.astype(np.float32)).tolist())) == sorted(expected)  # as stored

@@ -20,9 +20,10 @@ from volume_files import ct_case, lidc_like, save  # tests/ is on sys.path
 from medloop.cli import app
 from medloop.config import load_campaign
 from medloop.data.errors import DataError, IngestError
+from medloop.data.generic import is_volume_folder
 from medloop.data.imagestore import ImageStore
 from medloop.data.ingest import ingest
-from medloop.data.volume_ingest import intensity_kind, is_volume_folder, model_axes, patient_of
+from medloop.data.volume_ingest import intensity_kind, model_axes, patient_of
 from medloop.data.volumes import ct_window
 from medloop.ledger import Label, Ledger, Sample
 

@@ -20,11 +20,12 @@ from typing import cast
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from ..config import Campaign
 from ..ledger import Label, Ledger, Sample
+from ..ledger.schema import utcnow
 from .errors import BadFile, DataError, FileError, IngestError
 from .imagestore import ImageStore, content_hash
 from .records import Item, Record, SamePNG, is_deep
@@ -273,7 +274,7 @@ def _read_chunk(items: list[Item], read: Callable[[Item], Prepared | BadFile], t
     out = [read(item) for item in items]
     for p in out:
         if isinstance(p, Prepared):
-            p.thumb = thumbnails([p.pixels], thumb_size)[0].astype(np.float32)  # PIL "F": float32 exactly
+            p.thumb = thumbnails([p.pixels], thumb_size)[0]
             p.as_bytes()
     return out
 
@@ -325,9 +326,11 @@ def ingest(
         path = campaign.resolve_path(campaign.data.path)  # relative: from the campaign file's folder
     report = IngestReport(source=fmt, path=None if path is None else str(path))
     if fmt == "generic" and path is not None and Path(path).is_dir():
-        from .volume_ingest import ingest_volumes, is_volume_folder
+        from .generic import is_volume_folder
 
         if is_volume_folder(path):
+            from .volume_ingest import ingest_volumes  # nibabel and the volume readers: only for volumes
+
             report.volumes = True
             return ingest_volumes(campaign, path, source=fmt, skip_bad=skip_bad, report=report)
     with _progress(progress) as bar:
@@ -365,30 +368,21 @@ def _write(campaign: Campaign, ledger: Ledger, prepared: list[Prepared], report:
         by_image[p.image_hash] = p
         new[p.case_hash] = p
     cases = sorted(new.values(), key=lambda p: p.case_hash)  # file order never changes the split
-    store = ImageStore(campaign.store)
-    splits, paths = _split_while_storing(campaign, ledger, store, cases, report, bar)
-    author = f"dataset:{report.source}"
-    with ledger.transaction() as s:
-        sample_rows = [
-            {"uid": p.uid, "content_hash": p.case_hash, "image_path": img_rel, "original_path": p.original_path,
-             "source": report.source, "split": split, "height": p.shape[0], "width": p.shape[1],
-             "channels": 1 if len(p.shape) == 2 else p.shape[2]}
-            for p, split, (img_rel, _) in zip(cases, splits, paths)
-        ]
-        insert_cases(s, sample_rows, [(p.class_name, mask_rel) for p, (_, mask_rel) in zip(cases, paths)], author)
+    splits = _split_store_insert(campaign, ledger, ImageStore(campaign.store), cases, report, bar)
     report.added = len(cases)
     report.splits = dict(Counter(splits))
     report.classes = dict(Counter(p.class_name or "(unlabeled)" for p in cases))
 
 
-def _split_while_storing(campaign: Campaign, ledger: Ledger, store: ImageStore, cases: list[Prepared],
-                         report: IngestReport, bar) -> tuple[list[str], list[tuple[str, str | None]]]:
-    """The new cases' splits (:func:`_split_cases`) and their stored (image, mask) paths, the two done at
-    once: the near-duplicate search runs in this thread (numpy and scipy's k-d tree release the GIL) while
-    one writer thread creates the store's files (system calls, in the kernel). One writer, as creating
-    files from two threads measured slower on ext4 (their creations wait on each other). Nothing is
-    written before every file was read; when the split fails, the writer stops at the next case and the
-    files it wrote are new names no ledger row points to (as after a crash, see ``put_bytes``)."""
+def _split_store_insert(campaign: Campaign, ledger: Ledger, store: ImageStore, cases: list[Prepared],
+                        report: IngestReport, bar) -> list[str]:
+    """The new cases' splits (:func:`_split_cases`), their files in the store and their ledger rows, the three
+    overlapped: one writer thread creates the store's files (system calls, in the kernel) while this thread
+    finds near-duplicates and splits (numpy and scipy release the GIL), then inserts the rows. The rows are
+    committed only after every file was written, so no committed row names a missing file. One writer, as
+    creating files from two threads measured slower on ext4 (their creations wait on each other). Nothing is
+    written before every file was read; when the split or the insert fails, the writer stops at the next case
+    and the files it wrote are new names no ledger row points to (as after a crash, see ``put_bytes``)."""
     stop = threading.Event()
 
     def store_all() -> list[tuple[str, str | None]]:
@@ -399,37 +393,61 @@ def _split_while_storing(campaign: Campaign, ledger: Ledger, store: ImageStore, 
             paths.append(_store_case(store, p))
         return paths
 
+    author = f"dataset:{report.source}"
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medloop-store") as writer:
         stored = writer.submit(store_all)
         try:
             splits = _split_cases(campaign, ledger, store, cases, report)
+            paths = [_stored_paths(p) for p in cases]
+            with ledger.transaction() as s:
+                sample_rows = [
+                    {"uid": p.uid, "content_hash": p.case_hash, "image_path": img_rel,
+                     "original_path": p.original_path, "source": report.source, "split": split,
+                     "height": p.shape[0], "width": p.shape[1], "channels": 1 if len(p.shape) == 2 else p.shape[2]}
+                    for p, split, (img_rel, _) in zip(cases, splits, paths)
+                ]
+                insert_cases(s, sample_rows, [(p.class_name, mask_rel) for p, (_, mask_rel) in zip(cases, paths)],
+                             author)
+                if stored.result() != paths:  # the commit (leaving this block) waits for every file
+                    raise RuntimeError("ingest: the store's file names differ from the ledger rows'")
         except BaseException:
             stop.set()
             raise
-        paths = stored.result()
-    return splits, paths
+    return splits
 
 
 def insert_cases(session: Session, sample_rows: list[dict], labels: list[tuple[str | None, str | None]],
                  author: str) -> None:
-    """Bulk-insert new samples (Core executemany, ids returned in row order) and their dataset labels:
-    ``labels[i]`` = (class, mask path) of ``sample_rows[i]``; a labelled case gets a ``truth`` label, and a
-    ``human`` one too outside the pool. New samples have no labels yet, so the ledger rules (pseudo never
-    replaces human, history) have nothing to supersede."""
+    """Bulk-insert new samples and their dataset labels: ``labels[i]`` = (class, mask path) of ``sample_rows[i]``;
+    a labelled case gets a ``truth`` label, and a ``human`` one too outside the pool. New samples have no
+    labels yet, so the ledger rules (pseudo never replaces human, history) have nothing to supersede.
+
+    Core executemany without RETURNING (SQLAlchemy sends one statement per row when it must return ids in
+    row order on SQLite: 100,000 samples, 3.5 s), then the new ids read back by ``uid`` (unique) among the
+    rows above the largest id before the insert; one creation time for the whole batch."""
+    if not sample_rows:
+        return
     samples_t, labels_t = cast(Table, Sample.__table__), cast(Table, Label.__table__)
-    ids = list(session.scalars(insert(samples_t).returning(samples_t.c.id, sort_by_parameter_order=True),
-                               sample_rows)) if sample_rows else []
+    now = utcnow()
+    before = session.scalar(select(func.max(samples_t.c.id))) or 0
+    session.execute(insert(samples_t), [{**row, "created_at": now} for row in sample_rows])
+    id_of = dict(session.execute(select(samples_t.c.uid, samples_t.c.id).where(samples_t.c.id > before)).tuples().all())
     rows: list[dict] = []
-    for sample, sample_id, (class_name, mask_rel) in zip(sample_rows, ids, labels):
+    for sample, (class_name, mask_rel) in zip(sample_rows, labels):
         if class_name is None and mask_rel is None:
             continue  # unlabeled in the dataset itself
-        row = {"sample_id": sample_id, "class_name": class_name, "mask_path": mask_rel, "author": author,
-               "active": True}
+        row = {"sample_id": id_of[sample["uid"]], "class_name": class_name, "mask_path": mask_rel, "author": author,
+               "active": True, "created_at": now}
         rows.append({**row, "kind": "truth"})
         if sample["split"] != "pool":
             rows.append({**row, "kind": "human"})
     if rows:
         session.execute(insert(labels_t), rows)
+
+
+def _stored_paths(p: Prepared) -> tuple[str, str | None]:
+    """Where :func:`_store_case` writes a case's image and mask (store-relative): known before they are written."""
+    return f"images/{p.uid}.png", f"masks/{p.uid}.png" if p.has_mask else None
 
 
 def _store_case(store: ImageStore, p: Prepared) -> tuple[str, str | None]:
@@ -501,9 +519,9 @@ def _split_cases(
     with ledger.reading() as s:
         existing = s.execute(select(Sample.image_path, Sample.split).order_by(Sample.id)).all()
     made = [i for i, p in enumerate(cases) if p.thumb is not None]  # by the reader workers
-    thumbs = np.empty((len(cases) + len(existing), THUMB_SIZE * THUMB_SIZE), np.float64)
-    if made:
-        thumbs[made] = np.stack([cast(np.ndarray, cases[i].thumb) for i in made])
+    thumbs = np.empty((len(cases) + len(existing), THUMB_SIZE * THUMB_SIZE), np.float32)  # as thumbnails() makes
+    for i in made:
+        thumbs[i] = cast(np.ndarray, cases[i].thumb)  # row by row: no stacked copy of them all
     todo = [i for i, p in enumerate(cases) if p.thumb is None]
     thumbs[todo] = thumbnails([cases[i].pixels for i in todo], THUMB_SIZE)
     thumbs[len(cases):] = thumbnails([store.load_image(path) for path, _ in existing], THUMB_SIZE)

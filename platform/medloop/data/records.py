@@ -16,6 +16,7 @@ from .errors import FileError
 from .imagestore import binarise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")  # volume files (medloop.data.volumes reads them)
 
 
 class SamePNG(NamedTuple):

@@ -1,6 +1,6 @@
 """Volume ingest: a generic-layout folder of NIfTI files or DICOM series into the ledger and the store.
 
-``medloop ingest generic`` comes here when ``images/`` holds volumes (:func:`is_volume_folder`): a
+``medloop ingest generic`` comes here when ``images/`` holds volumes (:func:`medloop.data.generic.is_volume_folder`): a
 ``.nii`` / ``.nii.gz`` file or a sub-folder (a DICOM series). Every case is read by
 :func:`medloop.data.volume_dataset.read_volume_folder` (canonical RAS+, sequences stacked, mask checked
 against its image, optional resampling to ``data.spacing``), its intensities normalised
@@ -31,26 +31,13 @@ from ..ledger import Ledger, Sample
 from .errors import BadFile, DataError, IngestError
 from .imagestore import ImageStore, content_hash
 from .records import region_label_problem
-from .volumes import NIFTI_SUFFIXES, ct_window, zscore_within_body
+from .volumes import ct_window, zscore_within_body
 
 if TYPE_CHECKING:
     from .ingest import IngestReport
 
 #: a voxel below this (HU of air is -1000) marks a CT volume for ``data.intensity = "auto"``
 HU_AIR_BELOW = -500.0
-
-
-def is_volume_folder(root: str | Path) -> bool:
-    """True when ``root/images`` holds a volume: a NIfTI file or a sub-folder (a DICOM series)."""
-    images = Path(root) / "images"
-    if not images.is_dir():
-        return False
-    for entry in images.iterdir():
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir() or entry.name.lower().endswith(NIFTI_SUFFIXES):
-            return True
-    return False
 
 
 # ---- pure ------------------------------------------------------------------------------------------

@@ -21,9 +21,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from medloop.data.errors import FileError
+from medloop.data.records import NIFTI_SUFFIXES
 from medloop.data.splits import assign_splits
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
