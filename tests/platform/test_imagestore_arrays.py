@@ -37,3 +37,38 @@ def test_truncated_array_names_the_file(tmp_path: Path):
     store.path(rel).write_bytes(full[:-100])
     with pytest.raises(ValueError, match=r"case-7\.npy: truncated array file, 4071 of 4096 values"):
         store.load_array(rel)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 200_000))
+def test_read_file_returns_the_whole_file(tmp_path_factory, size):
+    """``read_file`` (export) and ``read_source`` (ingest) read with ``os`` calls and stop at the size ``fstat``
+    gave: every byte of files from empty to several read chunks long."""
+    from medloop.data.imagestore import read_file
+    from medloop.data.records import read_source
+
+    path = tmp_path_factory.mktemp("files") / "f.png"
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    assert read_file(str(path)) == data
+    source, stat = read_source(path)
+    assert source.read() == data and stat is not None and stat.size == size
+
+
+def test_read_fd_stops_at_the_size_and_reads_a_sizeless_file_to_its_end(tmp_path: Path):
+    """The size from ``fstat`` bounds the read (a file that grew since is read as it was); size 0 (a file
+    whose size the filesystem does not report, as under /proc) is read to its end; a file that ends sooner
+    gives what it holds."""
+    import os
+
+    from medloop.data.imagestore import read_fd
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_fd(fd, 70_000) == b"x" * 70_000
+        assert read_fd(fd, 0) == b"x" * 30_000  # the rest, to the end
+        assert read_fd(fd, 10) == b""
+    finally:
+        os.close(fd)

@@ -137,16 +137,21 @@ def read_file(path: str) -> bytes:
     """A whole file through ``os`` calls (no buffered file object: export and ingest read one per case)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        size = os.fstat(fd).st_size
-        parts, got = [], 0
-        while True:
-            chunk = os.read(fd, max(size - got, 1 << 16))
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
+        return read_fd(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def read_fd(fd: int, size: int) -> bytes:
+    """``size`` bytes from an open file (its size at ``fstat``), fewer when it ends sooner: the reads stop at
+    ``size`` without asking for the end (one system call for a small file, not two)."""
+    parts, got = [], 0
+    while got < size or size == 0:
+        chunk = os.read(fd, max(size - got, 1 << 16))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
