@@ -15,7 +15,10 @@ Arms (``--arms``, comma list):
 * ``random``: random acquisition, no pseudo-label;
 * ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
-* ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``;
+* ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``, the pixel term from the first step
+  (``semi_seg_gate = false``, as measured before that gate existed);
+* ``hybrid_ups_semi_gate``: the same with ``semi_seg_gate = true`` (the default since 2026-11-25): the pixel
+  term only while the student's validation Dice passes the segmentation gate;
 * ``hybrid_ups_align``: ``hybrid_ups`` with ``selection.distribution_alignment = true`` (class pseudo-labels
   decided on the pool's probabilities aligned to the human class ratio);
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
@@ -63,7 +66,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "random": {"selection": {"acquisition": "random", **NO_PSEUDO}},
     "hybrid": {"selection": {"acquisition": "hybrid", **NO_PSEUDO}},
     "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
-    "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
+    "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"},
+                        "training": {"semi": "fixmatch", "semi_seg_gate": False}},  # as measured before the gate
+    "hybrid_ups_semi_gate": {"selection": {"acquisition": "hybrid", "policy": "ups"},
+                             "training": {"semi": "fixmatch", "semi_seg_gate": True}},
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
     "hybrid_ups_semi_da": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                            "training": {"semi": "fixmatch", "distribution_alignment": True}},
@@ -290,6 +296,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                  for arm, rounds in summary.items()],
         "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
         "gain_at": gain_at(summary, full),
+        "gain_at_by_arm": {arm: gain_at(summary, full, a=arm) for arm in summary if arm.startswith("hybrid_ups_semi")},
         "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
                                for p in paths),
     }

@@ -100,6 +100,7 @@ class LoopSettings:
                 ema_decay=t.ema_decay, teacher_passes=t.teacher_passes, strong_augment=tuple(t.strong_augment),
                 tau_c=sel.tau_c, tau_u=sel.tau_u, pixel_tau_u=sel.pixel_tau_u,
                 distribution_alignment=t.distribution_alignment,
+                min_val_dice=sel.min_val_dice if t.semi_seg_gate else 0.0,
             ),
         )
         return replace(base, **override)
@@ -343,7 +344,8 @@ def train_epoch(
             w = semi.weight()
             total = total + w * u_total
             parts = {**parts, "unlabeled": u_total.detach(), "unlabeled_weight": torch.tensor(w),
-                     "kept_cases": torch.tensor(targets.kept_cases), "kept_pixels": torch.tensor(targets.kept_pixels)}
+                     "kept_cases": torch.tensor(targets.kept_cases), "kept_pixels": torch.tensor(targets.kept_pixels),
+                     "pixel_gate": torch.tensor(float(semi.pixels_on))}
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         _sync_loss_grads(loss_fn)
@@ -532,6 +534,8 @@ def train_plain(
                            cls_head=settings.cls_head, amp=settings.amp, channels_last=settings.channels_last,
                            no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(pred, len(settings.classes), settings.regions)
+        if semi is not None:
+            semi.update_gate(metrics.get("val_dice"))
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)
         improved = stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1)

@@ -252,6 +252,7 @@ class SemiOptions:
     distribution_alignment: bool = False
     class_prior: tuple[float, ...] | None = None  # the labeled class ratio (distribution alignment)
     alignment_momentum: float = 0.99  # running mean of the teacher's class probabilities on the pool
+    min_val_dice: float = 0.0  # segmentation gate of the pixel targets (0: always on), see SemiTrainer.update_gate
 
 
 class SemiTrainer:
@@ -287,6 +288,7 @@ class SemiTrainer:
         self.student = student
         self.running: torch.Tensor | None = None  # distribution alignment: the pool's mean prediction so far
         self.teacher: nn.Module = student
+        self.pixels_on = options.min_val_dice <= 0.0  # the segmentation gate: closed until a validation passes it
         if options.method == "mean_teacher":
             self.teacher = copy.deepcopy(student)
             if teacher_state is not None:
@@ -301,6 +303,16 @@ class SemiTrainer:
     def weight(self) -> float:
         progress = (self._epoch + self._batch / self._batches) / self.epochs
         return ramp_weight(progress, self.options.ramp_up, self.options.weight)
+
+    def update_gate(self, val_dice: float | None) -> None:
+        """The segmentation gate of the pixel targets, decided after each epoch's validation: the unlabeled
+        pixel term counts only while the student's validation Dice is at least ``min_val_dice`` (the gate
+        that keeps a round's pseudo-masks back, ``selection.min_val_dice``; no Dice closes it). Before, the
+        kept pixels are nearly all confident background, and learning from them alone empties the masks
+        (BUSI, seed 1: every test mask empty after round 2). The class targets are not gated."""
+        from medloop.selection.gate import segmentation_gate
+
+        self.pixels_on = segmentation_gate(val_dice, self.options.min_val_dice)[0]
 
     # -- data
     def next_images(self, device: torch.device) -> torch.Tensor:
@@ -326,7 +338,10 @@ class SemiTrainer:
             self.running = batch_mean if self.running is None else m * self.running + (1.0 - m) * batch_mean
             cls = align_distribution(cls, torch.tensor(o.class_prior, dtype=cls.dtype, device=cls.device),
                                      self.running)
-        return ups_targets(cls, s.seg_probs.float(), tau_c=o.tau_c, tau_u=o.tau_u, pixel_tau_u=o.pixel_tau_u)
+        out = ups_targets(cls, s.seg_probs.float(), tau_c=o.tau_c, tau_u=o.tau_u, pixel_tau_u=o.pixel_tau_u)
+        if not self.pixels_on:
+            out.mask, out.kept_pixels = torch.full_like(out.mask, IGNORE), 0.0
+        return out
 
     def strong_view(self, weak: torch.Tensor) -> torch.Tensor:
         return self.strong(weak, self.generator)

@@ -511,6 +511,10 @@ class TrainingConfig(_Section):
         False, description="align the teacher's class probabilities on the pool to the labeled class ratio before "
         "the UPS rule (ReMixMatch's distribution alignment), against a drift to the majority class",
     )
+    semi_seg_gate: bool = Field(
+        True, description="the unlabeled pixel term counts only while the student's validation Dice is at least "
+        "selection.min_val_dice (the segmentation gate of pseudo-masks); false: from the first step",
+    )
 
     @field_validator("strong_augment")
     @classmethod

@@ -205,6 +205,58 @@ def toy_pool(tmp_path_factory):
     return campaign, ledger
 
 
+def test_segmentation_gate_holds_the_pixel_targets_back_until_validation_passes():
+    """Pixel targets are all ignored until a validation Dice of at least ``min_val_dice`` opens the gate; a
+    later Dice below it (or none) closes it again; the class targets are the same either way; 0 = always on."""
+    from medloop.trainers.semi import SemiTrainer
+
+    torch.manual_seed(0)
+    model = build("mtunet", width=4, depth=2)
+    weak = torch.rand(3, 1, 32, 32)
+    opts = SemiOptions(method="fixmatch", teacher_passes=1, tau_c=0.0, tau_u=1.0, pixel_tau_u=1.0, min_val_dice=0.5)
+    semi = SemiTrainer(opts, loader=[], student=model, cls_head="softmax", seg_head="softmax", epochs=2)
+    model.eval()
+    closed = semi.targets(weak)
+    assert not semi.pixels_on and (closed.mask == IGNORE).all() and closed.kept_pixels == 0.0
+    semi.update_gate(0.5)
+    opened = semi.targets(weak)
+    assert semi.pixels_on and (opened.mask != IGNORE).all() and opened.kept_pixels == 1.0
+    assert torch.equal(opened.label, closed.label) and (opened.label >= 0).all()
+    for dice in (0.49, None):
+        semi.update_gate(0.9)
+        semi.update_gate(dice)
+        assert not semi.pixels_on and (semi.targets(weak).mask == IGNORE).all()
+    always = SemiTrainer(SemiOptions(method="fixmatch", teacher_passes=1, tau_c=0.0, tau_u=1.0, pixel_tau_u=1.0),
+                         loader=[], student=model, cls_head="softmax", seg_head="softmax", epochs=2)
+    assert always.pixels_on and (always.targets(weak).mask != IGNORE).all()
+
+
+def test_semi_seg_gate_takes_the_campaigns_segmentation_gate(toy_pool):
+    campaign, _ = toy_pool
+    assert LoopSettings.from_campaign(campaign).semi.min_val_dice == campaign.selection.min_val_dice == 0.5
+    off = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_seg_gate": False})})
+    assert LoopSettings.from_campaign(off).semi.min_val_dice == 0.0
+
+
+def test_plain_loop_opens_the_gate_from_each_epochs_validation(toy_pool):
+    """The loop decides the gate after every validation: with a gate no model passes (Dice >= 1) no pixel is
+    ever kept; with the gate off, pixels are kept from the first epoch."""
+    from dataclasses import replace
+
+    campaign, ledger = toy_pool
+    settings = LoopSettings.from_campaign(campaign, epochs=2)
+    train, val = load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "val")
+    unlabeled = load_arrays(campaign, ledger, "unlabeled")
+    shut = train_plain(replace(settings, semi=replace(settings.semi, min_val_dice=1.0, tau_c=0.0, tau_u=1.0,
+                                                      pixel_tau_u=1.0)), train, val, unlabeled=unlabeled)
+    assert [r["loss_pixel_gate"] for r in shut.history] == [0.0, 0.0]
+    assert all(r["loss_kept_pixels"] == 0.0 for r in shut.history)
+    free = train_plain(replace(settings, semi=replace(settings.semi, min_val_dice=0.0, tau_c=0.0, tau_u=1.0,
+                                                      pixel_tau_u=1.0)), train, val, unlabeled=unlabeled)
+    assert [r["loss_pixel_gate"] for r in free.history] == [1.0, 1.0]
+    assert all(r["loss_kept_pixels"] == 1.0 for r in free.history)
+
+
 def test_unlabeled_part_is_the_pool_without_labels(toy_pool):
     campaign, ledger = toy_pool
     unlabeled = load_arrays(campaign, ledger, "unlabeled")
