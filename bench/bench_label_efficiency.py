@@ -19,6 +19,8 @@ Arms (``--arms``, comma list):
   (``semi_seg_gate = false``, as measured before that gate existed);
 * ``hybrid_ups_semi_gate``: the same with ``semi_seg_gate = true`` (the default since 2026-11-25): the pixel
   term only while the student's validation Dice passes the segmentation gate;
+* ``hybrid_ups_semi_gates``: the same + ``semi_cls_gate = true``: the class term only while the student's
+  validation ECE passes the calibration gate;
 * ``hybrid_ups_align``: ``hybrid_ups`` with ``selection.distribution_alignment = true`` (class pseudo-labels
   decided on the pool's probabilities aligned to the human class ratio);
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
@@ -70,6 +72,8 @@ ARMS: dict[str, dict[str, Any]] = {
                         "training": {"semi": "fixmatch", "semi_seg_gate": False}},  # as measured before the gate
     "hybrid_ups_semi_gate": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                              "training": {"semi": "fixmatch", "semi_seg_gate": True}},
+    "hybrid_ups_semi_gates": {"selection": {"acquisition": "hybrid", "policy": "ups"},
+                              "training": {"semi": "fixmatch", "semi_seg_gate": True, "semi_cls_gate": True}},
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
     "hybrid_ups_semi_da": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                            "training": {"semi": "fixmatch", "distribution_alignment": True}},

@@ -101,6 +101,7 @@ class LoopSettings:
                 tau_c=sel.tau_c, tau_u=sel.tau_u, pixel_tau_u=sel.pixel_tau_u,
                 distribution_alignment=t.distribution_alignment,
                 min_val_dice=sel.min_val_dice if t.semi_seg_gate else 0.0,
+                max_val_ece=sel.max_ece if t.semi_cls_gate else None,
             ),
         )
         return replace(base, **override)
@@ -345,7 +346,8 @@ def train_epoch(
             total = total + w * u_total
             parts = {**parts, "unlabeled": u_total.detach(), "unlabeled_weight": torch.tensor(w),
                      "kept_cases": torch.tensor(targets.kept_cases), "kept_pixels": torch.tensor(targets.kept_pixels),
-                     "pixel_gate": torch.tensor(float(semi.pixels_on))}
+                     "pixel_gate": torch.tensor(float(semi.pixels_on)),
+                     "class_gate": torch.tensor(float(semi.classes_on))}
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         _sync_loss_grads(loss_fn)
@@ -535,7 +537,7 @@ def train_plain(
                            no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(pred, len(settings.classes), settings.regions)
         if semi is not None:
-            semi.update_gate(metrics.get("val_dice"))
+            semi.update_gate(metrics.get("val_dice"), metrics.get("val_ece"))
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), **stats, **metrics}
         history.append(row)
         improved = stopper.update(metrics.get(SCORE_METRIC, -stats["loss"]), epoch + 1)

@@ -253,6 +253,7 @@ class SemiOptions:
     class_prior: tuple[float, ...] | None = None  # the labeled class ratio (distribution alignment)
     alignment_momentum: float = 0.99  # running mean of the teacher's class probabilities on the pool
     min_val_dice: float = 0.0  # segmentation gate of the pixel targets (0: always on), see SemiTrainer.update_gate
+    max_val_ece: float | None = None  # calibration gate of the class targets (None: always on)
 
 
 class SemiTrainer:
@@ -289,6 +290,7 @@ class SemiTrainer:
         self.running: torch.Tensor | None = None  # distribution alignment: the pool's mean prediction so far
         self.teacher: nn.Module = student
         self.pixels_on = options.min_val_dice <= 0.0  # the segmentation gate: closed until a validation passes it
+        self.classes_on = options.max_val_ece is None  # the calibration gate, likewise
         if options.method == "mean_teacher":
             self.teacher = copy.deepcopy(student)
             if teacher_state is not None:
@@ -304,15 +306,19 @@ class SemiTrainer:
         progress = (self._epoch + self._batch / self._batches) / self.epochs
         return ramp_weight(progress, self.options.ramp_up, self.options.weight)
 
-    def update_gate(self, val_dice: float | None) -> None:
-        """The segmentation gate of the pixel targets, decided after each epoch's validation: the unlabeled
-        pixel term counts only while the student's validation Dice is at least ``min_val_dice`` (the gate
-        that keeps a round's pseudo-masks back, ``selection.min_val_dice``; no Dice closes it). Before, the
-        kept pixels are nearly all confident background, and learning from them alone empties the masks
-        (BUSI, seed 1: every test mask empty after round 2). The class targets are not gated."""
-        from medloop.selection.gate import segmentation_gate
+    def update_gate(self, val_dice: float | None, val_ece: float | None = None) -> None:
+        """The gates of the unlabeled targets, decided after each epoch's validation of the student.
+
+        Pixels (``min_val_dice`` > 0): the pixel term counts only while the validation Dice is at least
+        ``min_val_dice``, the gate that holds a round's pseudo-masks back (``selection.min_val_dice``; no Dice
+        closes it). Classes (``max_val_ece`` set): the class term counts only while the validation ECE is at
+        most ``max_val_ece``, the calibration gate of class pseudo-labels (``selection.max_ece``; Cheng et
+        al., MTTU-Net, 2022: confident predictions of a poorly calibrated network are often wrong)."""
+        from medloop.selection.gate import calibration_gate, segmentation_gate
 
         self.pixels_on = segmentation_gate(val_dice, self.options.min_val_dice)[0]
+        if self.options.max_val_ece is not None:
+            self.classes_on = calibration_gate(val_ece, self.options.max_val_ece)[0]
 
     # -- data
     def next_images(self, device: torch.device) -> torch.Tensor:
@@ -341,6 +347,8 @@ class SemiTrainer:
         out = ups_targets(cls, s.seg_probs.float(), tau_c=o.tau_c, tau_u=o.tau_u, pixel_tau_u=o.pixel_tau_u)
         if not self.pixels_on:
             out.mask, out.kept_pixels = torch.full_like(out.mask, IGNORE), 0.0
+        if not self.classes_on:
+            out.label, out.kept_cases = torch.full_like(out.label, NO_LABEL), 0.0
         return out
 
     def strong_view(self, weak: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     semi = make_semi(settings, unlabeled_arrays, model, rank=rank, pin_memory=pin, teacher_state=ts.get("teacher"),
                      labels=train_arrays.labels)
     if semi is not None and history:  # resumed: the gate as the last epoch's validation left it
-        semi.update_gate(history[-1].get("val_dice"))
+        semi.update_gate(history[-1].get("val_dice"), history[-1].get("val_ece"))
 
     for epoch in range(epoch0, settings.epochs):
         if stopped:
@@ -224,7 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            no_lesion=settings.no_lesion_index)
             metrics = validation_metrics(_gather(pred), len(settings.classes), settings.regions)
         if semi is not None:
-            semi.update_gate(metrics.get("val_dice"))
+            semi.update_gate(metrics.get("val_dice"), metrics.get("val_ece"))
         images = float(stats.pop("images")) * world
         row = {"epoch": epoch + 1, "global_step": global_step, "lr": epoch_lr(settings, epoch), "images": images,
                **stats, **metrics}

@@ -515,6 +515,10 @@ class TrainingConfig(_Section):
         True, description="the unlabeled pixel term counts only while the student's validation Dice is at least "
         "selection.min_val_dice (the segmentation gate of pseudo-masks); false: from the first step",
     )
+    semi_cls_gate: bool = Field(
+        False, description="the unlabeled class term counts only while the student's validation ECE is at most "
+        "selection.max_ece (the calibration gate of class pseudo-labels), decided after each epoch",
+    )
 
     @field_validator("strong_augment")
     @classmethod

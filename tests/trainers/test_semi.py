@@ -231,16 +231,43 @@ def test_segmentation_gate_holds_the_pixel_targets_back_until_validation_passes(
     assert always.pixels_on and (always.targets(weak).mask != IGNORE).all()
 
 
+def test_calibration_gate_holds_the_class_targets_back_while_validation_ece_is_high():
+    """With ``max_val_ece`` set, class targets are all dropped until a validation ECE at most ``max_val_ece``
+    opens the gate; a higher ECE (or none) closes it again; the pixel targets do not depend on it."""
+    from medloop.trainers.semi import NO_LABEL, SemiTrainer
+
+    torch.manual_seed(0)
+    model = build("mtunet", width=4, depth=2).eval()
+    weak = torch.rand(3, 1, 32, 32)
+    opts = SemiOptions(method="fixmatch", teacher_passes=1, tau_c=0.0, tau_u=1.0, pixel_tau_u=1.0, max_val_ece=0.1)
+    semi = SemiTrainer(opts, loader=[], student=model, cls_head="softmax", seg_head="softmax", epochs=2)
+    closed = semi.targets(weak)
+    assert not semi.classes_on and (closed.label == NO_LABEL).all() and closed.kept_cases == 0.0
+    assert semi.pixels_on and closed.kept_pixels == 1.0  # min_val_dice 0: pixels ungated
+    semi.update_gate(None, 0.1)
+    opened = semi.targets(weak)
+    assert semi.classes_on and (opened.label >= 0).all() and opened.kept_cases == 1.0
+    assert torch.equal(opened.mask, closed.mask)
+    for ece in (0.11, None, float("nan")):
+        semi.update_gate(None, 0.05)
+        semi.update_gate(None, ece)
+        assert not semi.classes_on and (semi.targets(weak).label == NO_LABEL).all()
+
+
 def test_semi_seg_gate_takes_the_campaigns_segmentation_gate(toy_pool):
     campaign, _ = toy_pool
     assert LoopSettings.from_campaign(campaign).semi.min_val_dice == campaign.selection.min_val_dice == 0.5
     off = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_seg_gate": False})})
     assert LoopSettings.from_campaign(off).semi.min_val_dice == 0.0
+    assert LoopSettings.from_campaign(campaign).semi.max_val_ece is None  # semi_cls_gate is off by default
+    on = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_cls_gate": True})})
+    assert LoopSettings.from_campaign(on).semi.max_val_ece == campaign.selection.max_ece
 
 
 def test_plain_loop_opens_the_gate_from_each_epochs_validation(toy_pool):
-    """The loop decides the gate after every validation: with a gate no model passes (Dice >= 1) no pixel is
-    ever kept; with the gate off, pixels are kept from the first epoch."""
+    """The loop decides the gates after every validation: with a segmentation gate no model passes (Dice >= 1)
+    no pixel is ever kept, with a calibration gate no model passes (ECE <= -1) no case; with the gates off,
+    pixels are kept from the first epoch."""
     from dataclasses import replace
 
     campaign, ledger = toy_pool
@@ -251,6 +278,10 @@ def test_plain_loop_opens_the_gate_from_each_epochs_validation(toy_pool):
                                                       pixel_tau_u=1.0)), train, val, unlabeled=unlabeled)
     assert [r["loss_pixel_gate"] for r in shut.history] == [0.0, 0.0]
     assert all(r["loss_kept_pixels"] == 0.0 for r in shut.history)
+    no_cls = train_plain(replace(settings, semi=replace(settings.semi, max_val_ece=-1.0, tau_c=0.0, tau_u=1.0)),
+                         train, val, unlabeled=unlabeled)  # an ECE is never below 0: the class term stays off
+    assert [r["loss_class_gate"] for r in no_cls.history] == [0.0, 0.0]
+    assert all(r["loss_kept_cases"] == 0.0 for r in no_cls.history)
     free = train_plain(replace(settings, semi=replace(settings.semi, min_val_dice=0.0, tau_c=0.0, tau_u=1.0,
                                                       pixel_tau_u=1.0)), train, val, unlabeled=unlabeled)
     assert [r["loss_pixel_gate"] for r in free.history] == [1.0, 1.0]
