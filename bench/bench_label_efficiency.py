@@ -15,8 +15,9 @@ Arms (``--arms``, comma list):
 * ``random``: random acquisition, no pseudo-label;
 * ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
-* ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"``, the pixel term from the first step
-  (``semi_seg_gate = false``, as measured before that gate existed);
+* ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"`` (its settings as recorded in the result
+  files, so finished campaigns resume; the results of 2026-11-23 to 25 predate ``semi_seg_gate``: they ran
+  with the pixel term from the first step);
 * ``hybrid_ups_semi_gate``: the same with ``semi_seg_gate = true`` (the default since 2026-11-25): the pixel
   term only while the student's validation Dice passes the segmentation gate;
 * ``hybrid_ups_semi_gates``: the same + ``semi_cls_gate = true``: the class term only while the student's
@@ -68,8 +69,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "random": {"selection": {"acquisition": "random", **NO_PSEUDO}},
     "hybrid": {"selection": {"acquisition": "hybrid", **NO_PSEUDO}},
     "hybrid_ups": {"selection": {"acquisition": "hybrid", "policy": "ups"}},
-    "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"},
-                        "training": {"semi": "fixmatch", "semi_seg_gate": False}},  # as measured before the gate
+    "hybrid_ups_semi": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "fixmatch"}},
     "hybrid_ups_semi_gate": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                              "training": {"semi": "fixmatch", "semi_seg_gate": True}},
     "hybrid_ups_semi_gates": {"selection": {"acquisition": "hybrid", "policy": "ups"},

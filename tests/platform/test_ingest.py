@@ -455,3 +455,20 @@ def test_an_item_crosses_to_a_reader_process_with_its_paths(tmp_path: Path) -> N
     back = pickle.loads(pickle.dumps(item))
     assert back == item and isinstance(back.image, Path) and all(isinstance(m, Path) for m in back.masks)
     assert pickle.loads(pickle.dumps(Item(tmp_path / "c.png", [], None))) == Item(tmp_path / "c.png", [], None)
+
+
+def test_reader_processes_follow_the_cpus_this_process_may_use(monkeypatch) -> None:
+    """``medloop ingest`` starts one reader per CPU of the process's affinity (not the machine's count), at
+    most 8; where there is no affinity call, the machine's count."""
+    import os
+
+    from medloop.data.cpus import usable_cpus
+    from medloop.data.ingest import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert usable_cpus() == 3 and default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert usable_cpus() == 32 and default_workers() == 8
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cpus() == 6 and default_workers() == 6

@@ -24,7 +24,6 @@ threshold), the whole matrix is computed as for small sets.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +32,8 @@ from scipy.fft import dct
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+
+from .cpus import usable_cpus
 
 _EPS = 1e-9  # float rounding: an exact copy correlates at 1 - 1e-16, and must pass threshold 1.0
 _BLOCK = 512  # rows of the correlation matrix computed at once (memory: BLOCK x N float64)
@@ -142,19 +143,12 @@ def _ball_pairs(tree: cKDTree, points: np.ndarray, radius: float, chunk: int = 1
     cores), ``chunk`` query points at a time (their neighbour lists are Python lists)."""
     found: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
     for start in range(0, len(points), chunk):
-        near = tree.query_ball_point(points[start : start + chunk], radius, workers=_cpus(), return_sorted=False)
+        near = tree.query_ball_point(points[start : start + chunk], radius, workers=usable_cpus(), return_sorted=False)
         sizes = np.fromiter((len(x) for x in near), np.int64, len(near))
         j = np.fromiter((k for x in near for k in x), np.int64, int(sizes.sum()))
         i = np.repeat(np.arange(start, start + len(near), dtype=np.int64), sizes)
         found.append(np.stack([i[i < j], j[i < j]], axis=1))
     return np.concatenate(found)
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def near_duplicate_pairs(

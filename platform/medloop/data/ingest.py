@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ..config import Campaign
 from ..ledger import Label, Ledger, Sample
 from ..ledger.schema import utcnow
+from .cpus import usable_cpus
 from .errors import BadFile, DataError, FileError, IngestError
 from .imagestore import ImageStore, content_hash
 from .records import Item, Record, SamePNG, is_deep
@@ -77,13 +78,7 @@ PARALLEL_MIN_FILES = 2000
 
 def default_workers() -> int:
     """Reader processes ``medloop ingest`` uses: the CPUs this process may run on, at most 8."""
-    import os
-
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+    return min(8, usable_cpus())
 
 
 @dataclass
@@ -446,21 +441,23 @@ def insert_cases(session: Session, sample_rows: list[dict], labels: list[tuple[s
 
 
 def _stored_paths(p: Prepared) -> tuple[str, str | None]:
-    """Where :func:`_store_case` writes a case's image and mask (store-relative): known before they are written."""
+    """Where :func:`_store_case` writes a case's image and mask (store-relative), known before they are written:
+    the names ``ImageStore.put_image`` / ``put_mask`` give a 2D case (checked against them after the writes)."""
     return f"images/{p.uid}.png", f"masks/{p.uid}.png" if p.has_mask else None
 
 
 def _store_case(store: ImageStore, p: Prepared) -> tuple[str, str | None]:
     """Write a case's image and mask to the store: the dataset's own PNG bytes when they already hold
     exactly the stored pixels (an 8-bit PNG of the campaign's channels, a 0/255 grey mask), else encoded."""
+    img_rel, mask_rel = _stored_paths(p)
     data = None if p.image_png is None else p.image_png.read()
     img_rel = (store.put_image(p.uid, p.pixels) if data is None
-               else store.put_bytes(f"images/{p.uid}.png", data, unreferenced=True))
-    if not p.has_mask:
+               else store.put_bytes(img_rel, data, unreferenced=True))
+    if mask_rel is None:
         return img_rel, None
     data = None if p.mask_png is None else p.mask_png.read()
     mask_rel = (store.put_mask(p.uid, _array(p.mask, p)) if data is None
-                else store.put_bytes(f"masks/{p.uid}.png", data, unreferenced=True))
+                else store.put_bytes(mask_rel, data, unreferenced=True))
     return img_rel, mask_rel
 
 
