@@ -24,7 +24,7 @@ CLASS_FROM = "class"
 LESION_FROM = "lesion"
 IMAGE_TO = "image"
 UNCERTAINTY_TO = "uncertainty_map"  # the second, read-only image: the model's pixel uncertainty
-CONTEXT_TO = "context"  # volumes: the third, read-only image: neighbouring slices of every sequence
+CONTEXT_TO = "context"  # volumes: read-only pages to scroll through: the slices around the task's, every sequence
 VIEW_TITLE = "medloop: most informative first"
 
 # the typed task fields (labeling.push.task_fields) and their Data Manager column types
@@ -84,8 +84,8 @@ def brush_labels(campaign: Campaign) -> list[str]:
 def label_config(campaign: Campaign, volumes: bool = False) -> str:
     """The labeling interface: the model's sentence, the class choices, the lesion brush (above the
     images, seen without scrolling), then the image (zoom) and the read-only uncertainty image beside it;
-    for a volume campaign (``volumes``) a read-only context image below: the slices before, at and after the
-    task's slice, one row per sequence."""
+    for a volume campaign (``volumes``), below, the slices around the task's slice as read-only pages to
+    scroll through (:func:`context_view`)."""
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in campaign.data.classes)
     brushes = "\n".join(f"    <Label value={quoteattr(name)} background=\"{BRUSH_COLOURS[i % len(BRUSH_COLOURS)]}\"/>"
                          for i, name in enumerate(brush_labels(campaign)))
@@ -106,18 +106,21 @@ def label_config(campaign: Campaign, volumes: bool = False) -> str:
       <Header value="Model's pixel uncertainty (read-only): bright = unsure" size="6"/>
       <Image name="{UNCERTAINTY_TO}" value="${UNCERTAINTY_TO}"/>
     </View>
-  </View>{context_view(volumes)}
+  </View>{context_view(campaign.labeling.context_slices) if volumes else ""}
 </View>
 """
 
 
-def context_view(volumes: bool) -> str:
-    """The volume campaigns' context image (read-only), or nothing."""
-    if not volumes:
-        return ""
+def context_view(radius: int) -> str:
+    """The volume campaigns' scrollable context (read-only): Label Studio's multi-image viewer (``valueList``,
+    a page per slice, arrows or Ctrl+Left / Ctrl+Right to turn) over the slices ``k - radius`` .. ``k + radius``
+    around the task's slice ``k``, every sequence side by side. No control is bound to it: nothing drawn there
+    becomes a label."""
+    header = (f"Scroll through the volume (read-only): slices k-{radius} to k+{radius} around the one you "
+              "annotate, every sequence side by side; the sentence above names slice k's page")
     return f"""
-  <Header value="Context (read-only): slices k-1, k, k+1 of the volume, one row per sequence" size="6"/>
-  <Image name="{CONTEXT_TO}" value="${CONTEXT_TO}" zoom="true" zoomControl="true"/>"""
+  <Header value={quoteattr(header)} size="6"/>
+  <Image name="{CONTEXT_TO}" valueList="${CONTEXT_TO}" zoom="true" zoomControl="true"/>"""
 
 
 def view_data() -> dict:
@@ -185,11 +188,11 @@ def ensure_local_storage(client: LSClient, project_id: int, folder: Path) -> int
     return int(row["id"])
 
 
-def _refresh_interface(campaign: Campaign, client: LSClient, pid: int) -> None:
+def _refresh_interface(campaign: Campaign, ledger: Ledger, client: LSClient, pid: int) -> None:
     """A project made by an older medloop gets the current labeling interface and instructions (new
     tasks carry the fields it shows). Label Studio refuses a config that existing annotations
     contradict; the project then keeps its interface, with a warning."""
-    wanted = label_config(campaign)
+    wanted = label_config(campaign, volumes=_holds_volumes(ledger))
     row = client.get(f"/api/projects/{pid}") or {}
     if (row.get("label_config") or "").strip() == wanted.strip() and row.get("expert_instruction") == INSTRUCTIONS:
         return
@@ -215,7 +218,7 @@ def ensure_project(
     if pid is None:
         pid = find_project(client, title)
     if pid is not None:
-        _refresh_interface(campaign, client, pid)
+        _refresh_interface(campaign, ledger, client, pid)
     if pid is None:
         row = client.post(
             "/api/projects",

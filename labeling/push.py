@@ -251,7 +251,7 @@ class TaskView:
     mask: np.ndarray | None
     note: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
-    context: str | None = None  # volumes: the context image (neighbouring slices, every sequence)
+    context: list[str] | None = None  # volumes: the pages to scroll through (a slice each, every sequence)
 
 
 def image_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> TaskView:
@@ -296,8 +296,10 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
                 index: int | None = None) -> TaskView:
     """A volume's task: slice ``index`` (default :func:`volume_slice`) of its first sequence, the slice of its
     uncertainty map, the model's mask on that slice (lesion probability >= 0.5 where the prediction has a
-    lesion). The model's maps are read and resized once for both."""
-    from .volume_slices import context_montage, slice_image
+    lesion), and the pages to scroll through below (``labeling.context_slices`` slices on each side, every
+    sequence; a page per slice, written once per volume and shared by its tasks). The model's maps are read and
+    resized once for all of them."""
+    from .volume_slices import context_page, context_span, slice_image
 
     depth = int(sample.depth or 1)
     shape = (depth, sample.height, sample.width)
@@ -305,11 +307,14 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
     if index is None:
         index = volume_slice(campaign, store, pred, sample, maps)
     image = f"images/slices/{sample.uid}/z{index:04d}.png"
-    context = f"images/slices/{sample.uid}/z{index:04d}-context.png"
-    if not store.path(image).exists() or not store.path(context).exists():
+    span = context_span(index, depth, campaign.labeling.context_slices)
+    pages = [f"images/slices/{sample.uid}/context/z{k:04d}.png" for k in span]
+    missing = [(k, page) for k, page in zip(span, pages) if not store.path(page).exists()]
+    if missing or not store.path(image).exists():
         volume = store.load_volume(sample.image_path)
         store.put_png(image, slice_image(volume, index))
-        store.put_png(context, context_montage(volume, index))
+        for k, page in missing:
+            store.put_png(page, context_page(volume, k))
     mask = None
     uncertainty = "images/uncertainty/none.png"
     if maps is None:
@@ -324,9 +329,11 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
         if not store.path(uncertainty).exists():
             vmax = max(float(np.nanmax(umap)) if umap.size else 0.0, 2 * campaign.selection.pixel_tau_u)
             _put_palette_png(store, uncertainty, uncertainty_png(umap[index], sample.height, sample.width, vmax))
-    note = f"axial slice {index + 1} of {depth}" + (f", sequence 1 of {sample.channels}" if sample.channels > 1
-                                                     else "") + "; "
-    return TaskView(image, uncertainty, mask, note, {"slice_index": int(index), "slices": depth}, context)
+    note = (f"axial slice {index + 1} of {depth}"
+            + (f", sequence 1 of {sample.channels}" if sample.channels > 1 else "")
+            + f" (page {index - span.start + 1} of {len(span)} below); ")
+    fields = {"slice_index": int(index), "slices": depth, "context_first_slice": span.start}
+    return TaskView(image, uncertainty, mask, note, fields, pages)
 
 
 def build_task(
@@ -366,7 +373,7 @@ def build_task(
         **view.fields,
     }
     if view.context is not None:
-        data[CONTEXT_TO] = image_url(store, view.context, document_root)
+        data[CONTEXT_TO] = [image_url(store, page, document_root) for page in view.context]
     out: dict[str, Any] = {"data": data}
     result = prediction_results(pred_class, mask if has_mask else None, brush_labels(campaign), sample.id)
     if result:

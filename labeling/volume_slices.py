@@ -3,13 +3,14 @@
 Label Studio has no 3D editor, so a queued volume becomes a 2D task: its **most informative slice**
 (:func:`most_informative_slice`: the highest mean voxel uncertainty over the possible lesion and its
 boundary band, the 2D ``seg_uncertainty`` of each slice) shown as a PNG of the first sequence
-(:func:`slice_image`), the slice of the model's uncertainty map beside it, the slices around it as context
-(:func:`context_montage`), and the model's class and lesion mask on that slice as the pre-annotation
-(``labeling.push.volume_view``). Sync turns the annotated slice into a
-**partial label** of the volume (:func:`partial_label_map`): that slice holds the annotator's mask and every
-other voxel is 255 (not annotated), which training leaves out of the loss, as MTTU-Net (Cheng et al.,
-IEEE TMI 2022) ignores missing labels. Slice indices are on the stored grid (``Sample.depth`` slices); the
-model's maps are on ``data.volume_size`` and are resized to the stored grid first.
+(:func:`slice_image`), the slice of the model's uncertainty map beside it, the slices around it as pages
+annotators scroll through in Label Studio's multi-image viewer (:func:`context_span`, :func:`context_page`),
+and the model's class and lesion mask on that slice as the pre-annotation (``labeling.push.volume_view``).
+Sync turns the annotated slice into a **partial label** of the volume (:func:`partial_label_map`): that slice
+holds the annotator's mask and every other voxel is 255 (not annotated), which training leaves out of the
+loss, as MTTU-Net (Cheng et al., IEEE TMI 2022) ignores missing labels. Slice indices are on the stored grid
+(``Sample.depth`` slices); the model's maps are on ``data.volume_size`` and are resized to the stored grid
+first.
 """
 
 from __future__ import annotations
@@ -61,16 +62,21 @@ def slice_image(volume: np.ndarray, index: int, sequence: int = 0) -> np.ndarray
     return (scaled * 255.0 + 0.5).astype(np.uint8)
 
 
-def context_montage(volume: np.ndarray, index: int, gap: int = 2) -> np.ndarray:
-    """The annotators' context for slice ``index`` of a stored volume (C, D, H, W): slices ``index - 1``,
-    ``index``, ``index + 1`` side by side (black beyond the volume), one row per sequence, each as
-    :func:`slice_image`, separated by ``gap`` grey pixels: an 8-bit image (C*H + (C-1)*gap, 3*W + 2*gap)."""
-    c, d, h, w = volume.shape
-    out = np.full((c * h + (c - 1) * gap, 3 * w + 2 * gap), 96, np.uint8)
+def context_span(index: int, depth: int, radius: int) -> range:
+    """The slices annotators can scroll through around slice ``index`` of a ``depth``-slice volume:
+    ``index - radius`` .. ``index + radius``, cut at the volume's ends."""
+    if not 0 <= index < depth:
+        raise ValueError(f"slice {index} is outside a volume of {depth} slices")
+    return range(max(0, index - radius), min(depth, index + radius + 1))
+
+
+def context_page(volume: np.ndarray, index: int, gap: int = 2) -> np.ndarray:
+    """One page of the scrollable context: slice ``index`` of a stored volume (C, D, H, W) in every sequence,
+    side by side (each as :func:`slice_image`), ``gap`` grey columns between: an 8-bit image (H, C*W + (C-1)*gap)."""
+    c, _, h, w = volume.shape
+    out = np.full((h, c * w + (c - 1) * gap), 96, np.uint8)
     for seq in range(c):
-        for col, k in enumerate((index - 1, index, index + 1)):
-            y, x = seq * (h + gap), col * (w + gap)
-            out[y:y + h, x:x + w] = slice_image(volume, k, seq) if 0 <= k < d else 0
+        out[:, seq * (w + gap):seq * (w + gap) + w] = slice_image(volume, index, seq)
     return out
 
 

@@ -41,3 +41,30 @@ def lidc_like(root: Path, n: int = 8, shape=(10, 12, 6)) -> dict[str, tuple[np.n
         cases[name] = (hu, mask)
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return cases
+
+
+def queue_scored_volume(campaign, model_lesion: tuple[slice, slice, slice]):  # noqa: ANN001, ANN201
+    """The first pool volume of an ingested volume campaign, scored as the score step would store it on the
+    model grid ``data.volume_size`` (a lesion of probability 0.9 at ``model_lesion``, uncertain there: 0.3 vs
+    0.01; predicted malignant, 70 % confident) and queued for annotation. Returns (ledger, store, sample)."""
+    from sqlalchemy import select
+
+    from medloop.data.imagestore import ImageStore, prob_map_path
+    from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
+
+    ledger, store = Ledger.open(campaign.ledger), ImageStore(campaign.store)
+    with ledger.reading() as s:
+        smp = s.scalars(select(Sample).where(Sample.split == "pool").order_by(Sample.id)).first()
+    assert smp is not None
+    prob = np.zeros(tuple(campaign.data.volume_size), np.float32)
+    prob[model_lesion] = 0.9
+    umap = np.where(prob > 0, 0.3, 0.01).astype(np.float32)
+    umap_rel = store.put_array(f"umap/round-1/{smp.uid}", umap)
+    store.put_array(prob_map_path(f"umap/round-1/{smp.uid}"), prob.astype(np.float16))
+    with ledger.transaction() as s:
+        s.add(Prediction(round_id=1, sample_id=smp.id, model_version="round-1", probs=[0.3, 0.7], pred_class=1,
+                         confidence=0.7, std=0.1, entropy=0.6, mutual_info=0.02, seg_uncertainty=0.3,
+                         mask_path=store.put_mask(f"pred/round-1/{smp.uid}", (prob >= 0.5).astype(np.uint8)),
+                         umap_path=umap_rel))
+        s.add(AnnotationTask(sample_id=smp.id, round_id=1, state="intent", is_audit=False, score=1.0))
+    return ledger, store, smp

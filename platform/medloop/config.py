@@ -311,6 +311,11 @@ class LabelingConfig(_Section):
     multi_annotation_policy: Literal["latest", "agreement"] = Field(
         "latest", description="several annotations on a task"
     )
+    context_slices: int = Field(
+        5, ge=0, le=64,
+        description="volumes: the slices on each side of a task's slice that annotators can scroll through below it "
+        "(read-only, every sequence side by side); 0: that slice alone",
+    )
     port: int | None = Field(
         None, ge=1, le=65535,
         description="shorthand for url = http://127.0.0.1:<port>; with url set it must agree with url's port",

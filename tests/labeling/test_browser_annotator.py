@@ -77,6 +77,17 @@ def queue_native_cases(campaign) -> tuple[Ledger, ImageStore, list[str]]:
     return ledger, store, uids
 
 
+def log_in(browser: Tab, labelstudio_server) -> None:  # noqa: ANN001
+    """Log in as an annotator would, through the login form."""
+    browser.call("Page.navigate", url=f"{labelstudio_server.url}/user/login/")
+    browser.wait("!!document.querySelector('input[name=email]')", "the login form")
+    password = server.files(labelstudio_server.server_campaign).password.read_text().strip()
+    browser.js(f"""(() => {{ document.querySelector('input[name=email]').value = {json.dumps(server.ADMIN_USER)};
+        document.querySelector('input[name=password]').value = {json.dumps(password)};
+        document.querySelector('form').submit(); return true; }})()""")
+    browser.wait("!location.pathname.startsWith('/user/login')", "the login")
+
+
 ROWS_JS = "[...document.querySelectorAll('.lsf-table__row-wrapper')].map(r => parseInt(r.innerText.split(/\\s+/)[0]))"
 TOGGLE = ("[...document.querySelectorAll('button')].find(b => "
           "/^Sort (ascending|descending)$/.test(b.getAttribute('aria-label') || ''))")
@@ -92,14 +103,7 @@ def test_annotator_view_in_chromium(labelstudio_server, browser: Tab) -> None:
     top_id = push.task_ids[top]
     url = labelstudio_server.url
 
-    # log in as an annotator would
-    browser.call("Page.navigate", url=f"{url}/user/login/")
-    browser.wait("!!document.querySelector('input[name=email]')", "the login form")
-    password = server.files(labelstudio_server.server_campaign).password.read_text().strip()
-    browser.js(f"""(() => {{ document.querySelector('input[name=email]').value = {json.dumps(server.ADMIN_USER)};
-        document.querySelector('input[name=password]').value = {json.dumps(password)};
-        document.querySelector('form').submit(); return true; }})()""")
-    browser.wait("!location.pathname.startsWith('/user/login')", "the login")
+    log_in(browser, labelstudio_server)
 
     # the project's task list (the medloop tab), sorted by acquisition score in the browser
     browser.call("Page.navigate", url=f"{url}/projects/{push.project_id}/data")
@@ -180,4 +184,70 @@ def test_annotator_view_in_chromium(labelstudio_server, browser: Tab) -> None:
     browser.wait("/acquisition_score/.test(document.body.innerText)", "the instructions")
     time.sleep(1.0)
     browser.screenshot(OUT / "instructions.png")
+    ledger.close()
+
+
+# the grey levels of the image shown on the context viewer's current page, read back from the page itself
+CONTEXT_PIXELS_JS = """(() => { const img = document.querySelector('.lsf-object .lsf-pagination')
+    ?.closest('.lsf-object')?.querySelector('.lsf-image img');
+  if (!img || !img.complete || !img.naturalWidth) return null;
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  const grey = []; for (let i = 0; i < d.length; i += 4) grey.push(d[i]);
+  return {w: c.width, h: c.height, grey}; })()"""
+PAGE_JS = "document.querySelector('.lsf-pagination__page-indicator')?.innerText.replace(/\\s+/g, ' ').trim()"
+NEXT_JS = ("document.querySelector('.lsf-pagination__btn_arrow-right:not(.lsf-pagination__btn_arrow-right-double)')"
+           ".click()")
+
+
+def test_scrolling_through_a_volume_in_chromium(labelstudio_server, browser: Tab, tmp_path: Path) -> None:
+    """A volume campaign's task: below the slice to annotate, Label Studio's multi-image viewer pages through
+    the slices around it; each page shows its slice (the pixels read back from the page), and the sentence
+    names the annotated slice's page."""
+    from volume_files import lidc_like, queue_scored_volume
+
+    from medloop.data.ingest import ingest
+    from medloop.labeling.volume_slices import context_page
+
+    name = f"scroll-{np.random.default_rng().integers(1 << 30)}"
+    lidc_like(tmp_path / "nodules", n=8, shape=(40, 48, 12))  # stored (D, H, W) = (12, 48, 40)
+    campaign = labelstudio_server.campaign(name, data={
+        "source": "generic", "classes": ["benign", "malignant"], "volume_size": [8, 16, 16],
+        "unlabeled_fraction": 0.5, "split": [0.5, 0.25, 0.25]})
+    ingest(campaign, "generic", tmp_path / "nodules")
+    ledger, store, smp = queue_scored_volume(campaign, np.s_[4:6, 6:10, 6:10])
+    push = push_queue(campaign, ledger, store)
+    tid = push.task_ids[smp.uid]
+    from medloop.labeling.client import connect
+
+    data = connect(campaign).get(f"/api/tasks/{tid}")["data"]
+    k, first, n = data["slice_index"], data["context_first_slice"], len(data["context"])
+    assert (first, n) == (max(0, k - 5), min(12, k + 6) - max(0, k - 5))  # labeling.context_slices = 5
+    volume = store.load_volume(smp.image_path)
+
+    def shows(expected: np.ndarray) -> bool:
+        """Whether the context viewer shows ``expected`` (waiting for the page's image to load)."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            out = browser.js(CONTEXT_PIXELS_JS)
+            if isinstance(out, dict) and (out["h"], out["w"]) == expected.shape and np.array_equal(
+                    np.asarray(out["grey"], np.uint8).reshape(expected.shape), expected):
+                return True
+            time.sleep(0.3)
+        return False
+
+    log_in(browser, labelstudio_server)
+    browser.call("Page.navigate", url=f"{labelstudio_server.url}/projects/{push.project_id}/data?task={tid}")
+    browser.wait(f"{PAGE_JS} === '1 of {n}'", "the context viewer on its first page")
+    sentence = f"axial slice {k + 1} of 12 (page {k - first + 1} of {n} below)"
+    assert sentence in str(browser.js("document.body.innerText"))
+    assert shows(context_page(volume, first))
+    for page in range(2, k - first + 2):  # turn the pages up to the annotated slice, one at a time
+        browser.js(NEXT_JS)
+        browser.wait(f"{PAGE_JS} === '{page} of {n}'", f"page {page}")
+        assert shows(context_page(volume, first + page - 1)), f"page {page} does not show slice {first + page - 1}"
+    browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=1500, deviceScaleFactor=1, mobile=False)
+    time.sleep(1.5)
+    browser.screenshot(OUT / "volume-context.png")
     ledger.close()

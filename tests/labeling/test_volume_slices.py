@@ -13,9 +13,8 @@ import pytest
 import requests
 from PIL import Image
 from sqlalchemy import select
-from volume_files import lidc_like  # tests/ is on sys.path
+from volume_files import lidc_like, queue_scored_volume  # tests/ is on sys.path
 
-from medloop.data.imagestore import ImageStore, prob_map_path
 from medloop.data.ingest import ingest
 from medloop.labeling.pull import sync
 from medloop.labeling.push import push_queue
@@ -23,12 +22,13 @@ from medloop.labeling.rle import rle_to_mask
 from medloop.labeling.volume_slices import (
     NOT_ANNOTATED,
     annotated_slice,
-    context_montage,
+    context_page,
+    context_span,
     most_informative_slice,
     partial_label_map,
     slice_image,
 )
-from medloop.ledger import AnnotationTask, Label, Ledger, Prediction, Sample
+from medloop.ledger import AnnotationTask, Label
 from medloop.rounds.oracle import annotation_result  # what the labeling UI sends
 
 MODEL = (8, 16, 16)
@@ -59,13 +59,21 @@ def test_partial_label_maps_and_slice_images() -> None:
     assert np.array_equal(slice_image(ct, 1), (ct[0, 1] * 255 + 0.5).astype(np.uint8))
     z = np.array([[[[-4.0, -3.0, 0.0, 3.0, 5.0]]]], np.float32)  # a z-scored MRI slice: [-3, 3] -> 0..255
     assert slice_image(z, 0).tolist() == [[0, 0, 128, 255, 255]]
-    # the context: slices k-1, k, k+1 side by side (black beyond the volume), one row per sequence, 2 px gaps
-    montage = context_montage(ct, 0)
-    assert montage.shape == (2 * 4 + 2, 3 * 5 + 4)
-    assert (montage[:4, :5] == 0).all()  # slice -1 does not exist
-    assert np.array_equal(montage[:4, 7:12], slice_image(ct, 0, 0))
-    assert np.array_equal(montage[6:10, 14:19], slice_image(ct, 1, 1))
-    assert (montage[4:6] == 96).all()
+    # a context page: one slice of every sequence side by side, 2 grey columns between
+    page = context_page(ct, 2)
+    assert page.shape == (4, 2 * 5 + 2)
+    assert np.array_equal(page[:, :5], slice_image(ct, 2, 0)) and np.array_equal(page[:, 7:], slice_image(ct, 2, 1))
+    assert (page[:, 5:7] == 96).all()
+
+
+def test_the_context_spans_the_radius_around_the_slice_cut_at_the_volume_ends() -> None:
+    assert list(context_span(5, 20, 3)) == [2, 3, 4, 5, 6, 7, 8]
+    assert list(context_span(1, 20, 3)) == [0, 1, 2, 3, 4]  # cut at the first slice
+    assert list(context_span(19, 20, 3)) == [16, 17, 18, 19]  # and at the last
+    assert list(context_span(4, 6, 0)) == [4]  # radius 0: the slice alone
+    assert list(context_span(0, 1, 5)) == [0]
+    with pytest.raises(ValueError, match="slice 6 is outside a volume of 6 slices"):
+        context_span(6, 6, 2)
 
 
 @pytest.mark.labelstudio
@@ -77,29 +85,16 @@ def test_volume_slice_round_trip(labelstudio_server, tmp_path: Path) -> None:
     lidc_like(data, n=8, shape=(10, 12, 6))  # stored (D, H, W) = (6, 12, 10)
     campaign = labelstudio_server.campaign(name, data={
         "source": "generic", "classes": ["benign", "malignant"], "volume_size": list(MODEL),
-        "unlabeled_fraction": 0.5, "split": [0.5, 0.25, 0.25]})
+        "unlabeled_fraction": 0.5, "split": [0.5, 0.25, 0.25]}, labeling={"context_slices": 2})
     ingest(campaign, "generic", data)
-    ledger, store = Ledger.open(campaign.ledger), ImageStore(campaign.store)
-    with ledger.reading() as s:
-        smp = s.scalars(select(Sample).where(Sample.split == "pool").order_by(Sample.id)).first()
-    assert smp is not None and (smp.depth, smp.height, smp.width) == (6, 12, 10)
-
     # what scoring writes on the model grid (8, 16, 16): a lesion on model slices 5-6, uncertain there
-    prob = np.zeros(MODEL, np.float32)
-    prob[5:7, 6:10, 6:10] = 0.9
-    umap = np.where(prob > 0, 0.3, 0.01).astype(np.float32)
-    umap_rel = store.put_array(f"umap/round-1/{smp.uid}", umap)
-    store.put_array(prob_map_path(f"umap/round-1/{smp.uid}"), prob.astype(np.float16))
-    with ledger.transaction() as s:
-        s.add(Prediction(round_id=1, sample_id=smp.id, model_version="round-1", probs=[0.3, 0.7], pred_class=1,
-                         confidence=0.7, std=0.1, entropy=0.6, mutual_info=0.02, seg_uncertainty=0.3,
-                         mask_path=store.put_mask(f"pred/round-1/{smp.uid}", (prob >= 0.5).astype(np.uint8)),
-                         umap_path=umap_rel))
-        s.add(AnnotationTask(sample_id=smp.id, round_id=1, state="intent", is_audit=False, score=1.0))
+    ledger, store, smp = queue_scored_volume(campaign, np.s_[5:7, 6:10, 6:10])
+    assert (smp.depth, smp.height, smp.width) == (6, 12, 10)
 
     push = push_queue(campaign, ledger, store)
     assert push.pushed == 1
     from medloop.labeling.client import connect
+    from medloop.labeling.project import ensure_project
 
     client = connect(campaign)
     tid = push.task_ids[smp.uid]
@@ -107,16 +102,28 @@ def test_volume_slice_round_trip(labelstudio_server, tmp_path: Path) -> None:
     # model slices 5-6 of 8 are stored slices 3.75-5.25 of 6: the chosen slice holds the lesion
     k = task_data["slice_index"]
     assert k in (4, 5) and task_data["slices"] == 6
-    assert task_data["summary"].startswith(f"axial slice {k + 1} of 6; model: malignant, 70 % confident")
+    # the context: slices k-2 .. k+2 (labeling.context_slices = 2), cut at the last slice (5)
+    first = task_data["context_first_slice"]
+    assert first == k - 2 and len(task_data["context"]) == min(5, 6 - first)
+    assert task_data["summary"].startswith(f"axial slice {k + 1} of 6 (page 3 of {len(task_data['context'])} "
+                                           "below); model: malignant, 70 % confident")
     with ledger.reading() as s:
         row = s.scalars(select(AnnotationTask).where(AnnotationTask.sample_id == smp.id)).one()
     assert (row.state, row.slice_index) == ("pushed", k)
     headers = {"Authorization": f"Token {labelstudio_server.token}"}
-    for key, size in (("image", (10, 12)), ("uncertainty_map", (10, 12)), ("context", (3 * 10 + 4, 12))):
-        r = requests.get(campaign.labeling.url + task_data[key], headers=headers, timeout=60)
-        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == size, key
-    project = client.get(f"/api/projects/{client.get(f'/api/tasks/{tid}')['project']}")
-    assert '<Image name="context" value="$context"' in project["label_config"]  # a volume campaign's interface
+    def served(url: str) -> np.ndarray:
+        r = requests.get(campaign.labeling.url + url, headers=headers, timeout=60)
+        assert r.status_code == 200, url
+        return np.asarray(Image.open(io.BytesIO(r.content)))
+
+    assert served(task_data["image"]).shape == served(task_data["uncertainty_map"]).shape == (12, 10)
+    volume = store.load_volume(smp.image_path)
+    for page, url in enumerate(task_data["context"]):  # each page is its slice, as Label Studio serves it
+        assert np.array_equal(served(url), slice_image(volume, first + page)), page
+    pid = client.get(f"/api/tasks/{tid}")["project"]
+    assert '<Image name="context" valueList="$context"' in client.get(f"/api/projects/{pid}")["label_config"]
+    assert ensure_project(campaign, ledger, client) == pid  # found again (the next push): the interface is kept
+    assert '<Image name="context" valueList="$context"' in client.get(f"/api/projects/{pid}")["label_config"]
     (pred,) = client.get("/api/predictions", params={"task": tid})
     brush = next(r for r in pred["result"] if r["type"] == "brushlabels")
     assert (brush["original_width"], brush["original_height"]) == (10, 12)

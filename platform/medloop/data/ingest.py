@@ -426,7 +426,8 @@ def insert_cases(session: Session, sample_rows: list[dict], labels: list[tuple[s
     now = utcnow()
     before = session.scalar(select(func.max(samples_t.c.id))) or 0
     session.execute(insert(samples_t), [{**row, "created_at": now} for row in sample_rows])
-    id_of = dict(session.execute(select(samples_t.c.uid, samples_t.c.id).where(samples_t.c.id > before)).tuples().all())
+    new_rows = session.execute(select(samples_t.c.uid, samples_t.c.id).where(samples_t.c.id > before))
+    id_of = {uid: sid for uid, sid in new_rows}
     rows: list[dict] = []
     for sample, (class_name, mask_rel) in zip(sample_rows, labels):
         if class_name is None and mask_rel is None:
