@@ -292,27 +292,38 @@ def volume_slice(campaign: Campaign, store: ImageStore, pred: Prediction | None,
     return most_informative_slice(umap, (mask > 0).astype(np.uint8), prob, campaign.uncertainty.boundary_band)
 
 
+def sequence_name(campaign: Campaign, seq: int) -> str:
+    """How the task's sentence names 0-based sequence ``seq``: its number, and its name when
+    ``data.sequences`` gives one (``4 (flair)``)."""
+    names = campaign.data.sequences
+    return f"{seq + 1} ({names[seq]})" if names and seq < len(names) else str(seq + 1)
+
+
 def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample,
                 index: int | None = None) -> TaskView:
-    """A volume's task: slice ``index`` (default :func:`volume_slice`) of its first sequence, the slice of its
-    uncertainty map, the model's mask on that slice (lesion probability >= 0.5 where the prediction has a
-    lesion), and the pages to scroll through below (``labeling.context_slices`` slices on each side, every
-    sequence; a page per slice, written once per volume and shared by its tasks). The model's maps are read and
-    resized once for all of them."""
+    """A volume's task: slice ``index`` (default :func:`volume_slice`) of sequence ``labeling.slice_sequence``
+    (default the first), the slice of its uncertainty map, the model's mask on that slice (lesion probability
+    >= 0.5 where the prediction has a lesion), and the pages to scroll through below (``labeling.context_slices``
+    slices on each side, every sequence; a page per slice, written once per volume and shared by its tasks).
+    The model's maps are read and resized once for all of them."""
+    from medloop.config import slice_sequence_index
+
     from .volume_slices import context_page, context_span, slice_image
 
     depth = int(sample.depth or 1)
+    channels = int(sample.channels or 1)
+    seq = slice_sequence_index(campaign, channels, sample.uid)
     shape = (depth, sample.height, sample.width)
     maps = _volume_maps(store, pred, shape)
     if index is None:
         index = volume_slice(campaign, store, pred, sample, maps)
-    image = f"images/slices/{sample.uid}/z{index:04d}.png"
+    image = f"images/slices/{sample.uid}/seq{seq + 1}/z{index:04d}.png"
     span = context_span(index, depth, campaign.labeling.context_slices)
     pages = [f"images/slices/{sample.uid}/context/z{k:04d}.png" for k in span]
     missing = [(k, page) for k, page in zip(span, pages) if not store.path(page).exists()]
     if missing or not store.path(image).exists():
         volume = store.load_volume(sample.image_path)
-        store.put_png(image, slice_image(volume, index))
+        store.put_png(image, slice_image(volume, index, seq))
         for k, page in missing:
             store.put_png(page, context_page(volume, k))
     mask = None
@@ -330,7 +341,7 @@ def volume_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, 
             vmax = max(float(np.nanmax(umap)) if umap.size else 0.0, 2 * campaign.selection.pixel_tau_u)
             _put_palette_png(store, uncertainty, uncertainty_png(umap[index], sample.height, sample.width, vmax))
     note = (f"axial slice {index + 1} of {depth}"
-            + (f", sequence 1 of {sample.channels}" if sample.channels > 1 else "")
+            + (f", sequence {sequence_name(campaign, seq)} of {channels}" if channels > 1 else "")
             + f" (page {index - span.start + 1} of {len(span)} below); ")
     fields = {"slice_index": int(index), "slices": depth, "context_first_slice": span.start}
     return TaskView(image, uncertainty, mask, note, fields, pages)

@@ -2,10 +2,11 @@
 
 Label Studio has no 3D editor, so a queued volume becomes a 2D task: its **most informative slice**
 (:func:`most_informative_slice`: the highest mean voxel uncertainty over the possible lesion and its
-boundary band, the 2D ``seg_uncertainty`` of each slice) shown as a PNG of the first sequence
-(:func:`slice_image`), the slice of the model's uncertainty map beside it, the slices around it as pages
-annotators scroll through in Label Studio's multi-image viewer (:func:`context_span`, :func:`context_page`),
-and the model's class and lesion mask on that slice as the pre-annotation (``labeling.push.volume_view``).
+boundary band, the 2D ``seg_uncertainty`` of each slice) shown as a PNG of one sequence
+(``labeling.slice_sequence``; :func:`slice_image`), the slice of the model's uncertainty map beside it, the
+slices around it as pages annotators scroll through in Label Studio's multi-image viewer
+(:func:`context_span`, :func:`context_page`), and the model's class and lesion mask on that slice as the
+pre-annotation (``labeling.push.volume_view``).
 Sync turns the annotated slice into a **partial label** of the volume (:func:`partial_label_map`): that slice
 holds the annotator's mask and every other voxel is 255 (not annotated), which training leaves out of the
 loss, as MTTU-Net (Cheng et al., IEEE TMI 2022) ignores missing labels. Slice indices are on the stored grid

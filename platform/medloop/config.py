@@ -311,6 +311,11 @@ class LabelingConfig(_Section):
     multi_annotation_policy: Literal["latest", "agreement"] = Field(
         "latest", description="several annotations on a task"
     )
+    slice_sequence: int | str = Field(
+        1,
+        description="volumes: the sequence a slice task is painted on: its number (1 = the first) or its name in "
+        "data.sequences (e.g. \"flair\" for oedema)",
+    )
     context_slices: int = Field(
         5, ge=0, le=64,
         description="volumes: the slices on each side of a task's slice that annotators can scroll through below it "
@@ -561,7 +566,7 @@ class Campaign(_Section):
         """The selection measure and acquisition must exist for the uncertainty method and heads
         (caught at load, not as an all-NaN column mid-round); the model must exist and fit
         ``data.image_size`` (caught at load, not when training starts)."""
-        problems = check_model(self) + check_measures(self)
+        problems = check_model(self) + check_measures(self) + check_slice_sequence(self)
         if problems:
             raise ValueError("\n  ".join(problems))
         return self
@@ -671,6 +676,28 @@ def check_model(campaign: Campaign) -> list[str]:
     use = " or ".join(str(s) for s in near) or f"a multiple of {step}"
     return [f'data.image_size = {size} cannot be divided by 2**{depth} = {step}, the down-sampling of model '
             f'"{m.name}" ({where}); use data.image_size = {use}, or a smaller model.depth']
+
+
+def check_slice_sequence(campaign: Campaign) -> list[str]:
+    """A message when ``labeling.slice_sequence`` names no sequence (a number below 1, or a name that
+    ``data.sequences`` does not hold); a number above a volume's sequences is caught when its task is made."""
+    seq, names = campaign.labeling.slice_sequence, campaign.data.sequences
+    if isinstance(seq, int):
+        return [] if seq >= 1 else [f"labeling.slice_sequence = {seq}: expected a sequence number from 1"]
+    if names is None or seq not in names:
+        return [f"labeling.slice_sequence = {seq!r}: not a name in data.sequences ({names}); "
+                "give its number (1 = the first) or one of those names"]
+    return []
+
+
+def slice_sequence_index(campaign: Campaign, channels: int, case: str) -> int:
+    """The 0-based sequence a volume's slice task is painted on (``labeling.slice_sequence``) for a case of
+    ``channels`` sequences; ValueError naming the key and the case when it has fewer."""
+    seq = campaign.labeling.slice_sequence
+    index = seq - 1 if isinstance(seq, int) else (campaign.data.sequences or []).index(seq)
+    if index >= channels:
+        raise ValueError(f"labeling.slice_sequence = {seq!r}: case {case} has {channels} sequence(s)")
+    return index
 
 
 def check_measures(campaign: Campaign) -> list[str]:

@@ -15,6 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 from volume_files import lidc_like, queue_scored_volume  # tests/ is on sys.path
 
+from medloop.data.imagestore import ImageStore
 from medloop.data.ingest import ingest
 from medloop.labeling.pull import sync
 from medloop.labeling.push import push_queue
@@ -28,7 +29,7 @@ from medloop.labeling.volume_slices import (
     partial_label_map,
     slice_image,
 )
-from medloop.ledger import AnnotationTask, Label
+from medloop.ledger import AnnotationTask, Label, Ledger, Sample
 from medloop.rounds.oracle import annotation_result  # what the labeling UI sends
 
 MODEL = (8, 16, 16)
@@ -145,4 +146,39 @@ def test_volume_slice_round_trip(labelstudio_server, tmp_path: Path) -> None:
     i = arrays.uids.index(smp.uid)
     assert (arrays.masks[i] == IGNORE).mean() > 0.6 and (arrays.masks[i] == 1).any()
     assert arrays.labels[i] == 0
+    ledger.close()
+
+
+def test_a_slice_task_is_painted_on_the_chosen_sequence_with_every_sequence_in_its_pages(tmp_path: Path) -> None:
+    """Four-sequence phantoms (T1, T1ce, T2, FLAIR as one 4D file each): with ``labeling.slice_sequence = 4``
+    the slice to paint is FLAIR's, the sentence says so, and each page holds that slice of all four."""
+    from medloop.config import parse_campaign
+    from medloop.data.phantoms3d import write_phantom_folder
+    from medloop.labeling.push import volume_view
+
+    write_phantom_folder(tmp_path / "data", n=6, size=16)
+    campaign = parse_campaign({
+        "name": "seq", "root": str(tmp_path / "c"),
+        "data": {"source": "generic", "path": str(tmp_path / "data"), "classes": ["idh_mutant", "idh_wildtype"],
+                 "volume_size": [16, 16, 16], "unlabeled_fraction": 0.5},
+        "labeling": {"slice_sequence": 4, "context_slices": 1}}, "<test>")
+    ingest(campaign, "generic")
+    ledger, store = Ledger.open(campaign.ledger), ImageStore(campaign.store)
+    with ledger.reading() as s:
+        smp = s.scalars(select(Sample).where(Sample.split == "pool").order_by(Sample.id)).first()
+    assert smp is not None and smp.channels == 4
+    volume = store.load_volume(smp.image_path)
+    view = volume_view(campaign, store, None, smp)  # not scored: the middle slice
+    k = int(smp.depth or 0) // 2
+    assert view.fields == {"slice_index": k, "slices": smp.depth, "context_first_slice": k - 1}
+    assert view.note == f"axial slice {k + 1} of {smp.depth}, sequence 4 of 4 (page 2 of 3 below); "
+    assert np.array_equal(np.asarray(Image.open(store.path(view.image))), slice_image(volume, k, 3))
+    assert not np.array_equal(slice_image(volume, k, 3), slice_image(volume, k, 0))  # FLAIR, not T1
+    assert view.context is not None and len(view.context) == 3
+    for j, page in zip(range(k - 1, k + 2), view.context):
+        assert np.array_equal(np.asarray(Image.open(store.path(page))), context_page(volume, j))
+    assert context_page(volume, k).shape == (smp.height, 4 * int(smp.width or 0) + 3 * 2)  # all four sequences
+    five = campaign.model_copy(update={"labeling": campaign.labeling.model_copy(update={"slice_sequence": 5})})
+    with pytest.raises(ValueError, match=f"labeling.slice_sequence = 5: case {smp.uid} has 4 sequence"):
+        volume_view(five, store, None, smp)
     ledger.close()

@@ -165,3 +165,30 @@ def test_no_lesion_class_defaults_to_normal_only_where_it_exists():
     assert two.data.no_lesion_class is None
     with pytest.raises(ConfigError, match="no_lesion_class"):
         parse_campaign({"data": {"no_lesion_class": "healthy"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[labeling]\nslice_sequence = 0\n", "labeling.slice_sequence = 0: expected a sequence number from 1"),
+        ('[labeling]\nslice_sequence = "flair"\n',
+         "labeling.slice_sequence = 'flair': not a name in data.sequences (None)"),
+        ('[data]\nsequences = ["t1", "t2"]\n[labeling]\nslice_sequence = "flair"\n',
+         "labeling.slice_sequence = 'flair': not a name in data.sequences (['t1', 't2'])"),
+    ],
+)
+def test_a_slice_sequence_that_names_no_sequence_is_refused(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    assert expected in str(exc.value)
+
+
+def test_the_slice_sequence_resolves_by_number_or_name(tmp_path: Path) -> None:
+    from medloop.config import slice_sequence_index
+
+    named = _load(tmp_path, '[data]\nsequences = ["t1", "t1ce", "t2", "flair"]\n[labeling]\nslice_sequence = "flair"\n')
+    assert slice_sequence_index(named, 4, "case-1") == 3
+    assert slice_sequence_index(_load(tmp_path, "[labeling]\nslice_sequence = 2\n"), 4, "case-1") == 1
+    assert slice_sequence_index(Campaign(), 1, "case-1") == 0  # the default: the first
+    with pytest.raises(ValueError, match=r"labeling.slice_sequence = 'flair': case case-7 has 2 sequence\(s\)"):
+        slice_sequence_index(named, 2, "case-7")
