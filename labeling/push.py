@@ -34,6 +34,7 @@ from PIL import Image
 from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
+from medloop.data.cpus import usable_cpus
 from medloop.data.imagestore import ImageStore, mask_at, prob_map_path, prob_mask
 from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 from medloop.ledger.schema import utcnow
@@ -58,6 +59,10 @@ class PushReport:
     def as_dict(self) -> dict[str, Any]:
         return {"project_id": self.project_id, "pushed": self.pushed, "reconciled": self.reconciled,
                 "remaining": self.remaining, "chunks": self.chunks, "seconds": round(self.seconds, 3)}
+
+
+#: threads building task payloads during a push (at most 4: past that, the GIL-bound parts dominate)
+BUILD_THREADS = max(1, min(4, usable_cpus()))
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,11 +147,7 @@ def _put_palette_png(store: ImageStore, rel: str, index: np.ndarray) -> None:
     im.putpalette(_PALETTE.tobytes())
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
-    path = store.path(rel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    store.put_bytes(rel, buf.getvalue())  # atomic: a temporary name of its own, then renamed
 
 
 def uncertainty_image(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> str:
@@ -496,8 +497,11 @@ def push_queue(
     report.remaining = len(todo)
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
 
+    def build_one(row: tuple[AnnotationTask, Sample, Prediction | None]) -> dict[str, Any]:
+        return build_task(campaign, store, root, *row)
+
     def build(chunk: list) -> list[dict[str, Any]]:
-        return [build_task(campaign, store, root, t, smp, pred) for t, smp, pred in chunk]
+        return list(builders.map(build_one, chunk))
 
     # pipeline: the next chunk's payload is built while Label Studio imports the ones in flight
     # (labeling.push_concurrency imports at once; more than one pays with a server of several workers)
@@ -518,7 +522,10 @@ def push_queue(
         chunk, sent, future = in_flight.popleft()
         record(chunk, sent, future.result())  # raises LabelStudioUnavailable
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
+    # the payloads are built by a few threads: resizing and PNG encoding release the GIL, so they overlap
+    # with each other and with Label Studio's imports
+    builders = ThreadPoolExecutor(max_workers=BUILD_THREADS, thread_name_prefix="ls-build")
+    with builders, ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
         try:
             for chunk in chunks:
                 payload = build(chunk)

@@ -72,3 +72,22 @@ def test_read_fd_stops_at_the_size_and_reads_a_sizeless_file_to_its_end(tmp_path
         assert read_fd(fd, 10) == b""
     finally:
         os.close(fd)
+
+
+def test_threads_writing_the_same_file_each_rename_a_whole_file_of_their_own(tmp_path: Path) -> None:
+    """The push builds payloads in threads, and every task without a map points at one placeholder image: the
+    store's atomic write uses a temporary name per process and thread, so concurrent writers of one path never
+    rename each other's temporary (FileNotFoundError) or leave half a file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ImageStore(tmp_path)
+    contents = [bytes([i]) * (4096 + i) for i in range(8)]
+
+    def write(i: int) -> None:
+        for _ in range(40):
+            store.put_bytes("images/uncertainty/none.png", contents[i])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))  # raises what any writer raised
+    assert store.path("images/uncertainty/none.png").read_bytes() in contents
+    assert sorted(p.name for p in store.path("images/uncertainty").iterdir()) == ["none.png"]  # no temporary left
