@@ -311,9 +311,11 @@ def train_epoch(
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns (global step after it, mean loss parts + images).
 
-    With ``semi``, every step also draws an unlabeled batch: the teacher's UPS targets on its weak
-    view supervise the student on its strong view, in the same forward pass as the labeled batch
-    (one batch, so BatchNorm and DDP see one graph), weighted by the ramped unlabeled weight."""
+    With ``semi``, a step also draws an unlabeled batch while a gate is open: the teacher's UPS targets on
+    its weak view supervise the student on its strong view, in the same forward pass as the labeled batch
+    (one batch, so BatchNorm and DDP see one graph), weighted by the ramped unlabeled weight. A step whose
+    unlabeled batch keeps no target (every gate closed, or no case or pixel confident and certain) trains on
+    the labeled batch alone: the strong views would only shift BatchNorm's statistics."""
     model.train()
     loss_fn.train()
     t0 = time.perf_counter()
@@ -325,16 +327,20 @@ def train_epoch(
         batch = _to(batch, device, channels_last)
         images = batch["image"]
         targets = None
-        if semi is not None:
+        if semi is not None and (semi.pixels_on or semi.classes_on):
             weak = semi.next_images(device)
             with _autocast(device, amp):
                 targets = semi.targets(weak)
-            images = torch.cat([images, semi.strong_view(weak)])
-            if channels_last and device.type == "cuda":
-                images = images.contiguous(memory_format=memory_format(images.ndim))
+            if targets.kept_cases > 0 or targets.kept_pixels > 0:
+                images = torch.cat([images, semi.strong_view(weak)])
+                if channels_last and device.type == "cuda":
+                    images = images.contiguous(memory_format=memory_format(images.ndim))
+            else:
+                targets = None  # nothing to learn from this batch: the step is the labeled batch's alone
         with _autocast(device, amp):
             output = model(images)
         output = _float_output(output)
+        u_total, kept_cases, kept_pixels = torch.zeros(()), 0.0, 0.0
         if targets is None:
             total, parts = loss_fn(output, batch, step=global_step)
         else:
@@ -342,10 +348,12 @@ def train_epoch(
             out_l, out_u = split_output(output, int(batch["image"].shape[0]))
             total, parts = loss_fn(out_l, batch, step=global_step)
             u_total = unlabeled_loss(out_u, targets, cls_head=semi.cls_head, seg_head=semi.seg_head)
+            kept_cases, kept_pixels = targets.kept_cases, targets.kept_pixels
+            total = total + semi.weight() * u_total
+        if semi is not None:
             w = semi.weight()
-            total = total + w * u_total
             parts = {**parts, "unlabeled": u_total.detach(), "unlabeled_weight": torch.tensor(w),
-                     "kept_cases": torch.tensor(targets.kept_cases), "kept_pixels": torch.tensor(targets.kept_pixels),
+                     "kept_cases": torch.tensor(kept_cases), "kept_pixels": torch.tensor(kept_pixels),
                      "pixel_gate": torch.tensor(float(semi.pixels_on)),
                      "class_gate": torch.tensor(float(semi.classes_on))}
         optimizer.zero_grad(set_to_none=True)

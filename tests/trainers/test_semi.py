@@ -288,6 +288,31 @@ def test_plain_loop_opens_the_gate_from_each_epochs_validation(toy_pool):
     assert all(r["loss_kept_pixels"] == 1.0 for r in free.history)
 
 
+def test_a_step_that_keeps_no_unlabeled_target_trains_on_the_labeled_batch_alone(toy_pool):
+    """With gates no model passes, and with open gates whose thresholds no case or pixel meets, no strong view
+    enters a forward pass: BatchNorm sees the labeled batches only, and the weights after two epochs equal
+    supervised training's (``semi = "none"``, same seed) exactly. (A one-pass teacher draws no dropout mask,
+    so the random stream is the same.)"""
+    from dataclasses import replace
+
+    campaign, ledger = toy_pool
+    settings = LoopSettings.from_campaign(campaign, epochs=2)
+    train, val = load_arrays(campaign, ledger, "train"), load_arrays(campaign, ledger, "val")
+    unlabeled = load_arrays(campaign, ledger, "unlabeled")
+    supervised = train_plain(replace(settings, semi=replace(settings.semi, method="none")), train, val)
+    shut = train_plain(replace(settings, semi=replace(settings.semi, min_val_dice=1.0, max_val_ece=-1.0)),
+                       train, val, unlabeled=unlabeled)
+    unmet = train_plain(replace(settings, semi=replace(settings.semi, min_val_dice=0.0, max_val_ece=None,
+                                                       teacher_passes=1, tau_c=1.01, pixel_tau_u=-1.0)),
+                        train, val, unlabeled=unlabeled)
+    assert [r["loss_class_gate"] for r in unmet.history] == [1.0, 1.0]  # the gates were open
+    for run in (shut, unmet):
+        assert all(r["loss_kept_cases"] == 0.0 and r["loss_kept_pixels"] == 0.0 for r in run.history)
+        want, got = supervised.model.state_dict(), run.model.state_dict()
+        assert want.keys() == got.keys()
+        assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+
+
 def test_unlabeled_part_is_the_pool_without_labels(toy_pool):
     campaign, ledger = toy_pool
     unlabeled = load_arrays(campaign, ledger, "unlabeled")
