@@ -34,7 +34,6 @@ from PIL import Image
 from sqlalchemy import Table, bindparam, select, update
 
 from medloop.config import Campaign
-from medloop.data.cpus import usable_cpus
 from medloop.data.imagestore import ImageStore, mask_at, prob_map_path, prob_mask
 from medloop.ledger import AnnotationTask, Ledger, Prediction, Sample
 from medloop.ledger.schema import utcnow
@@ -59,10 +58,6 @@ class PushReport:
     def as_dict(self) -> dict[str, Any]:
         return {"project_id": self.project_id, "pushed": self.pushed, "reconciled": self.reconciled,
                 "remaining": self.remaining, "chunks": self.chunks, "seconds": round(self.seconds, 3)}
-
-
-#: threads building task payloads during a push (at most 4: past that, the GIL-bound parts dominate)
-BUILD_THREADS = max(1, min(4, usable_cpus()))
 
 
 @functools.lru_cache(maxsize=64)
@@ -497,11 +492,8 @@ def push_queue(
     report.remaining = len(todo)
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
 
-    def build_one(row: tuple[AnnotationTask, Sample, Prediction | None]) -> dict[str, Any]:
-        return build_task(campaign, store, root, *row)
-
     def build(chunk: list) -> list[dict[str, Any]]:
-        return list(builders.map(build_one, chunk))
+        return [build_task(campaign, store, root, t, smp, pred) for t, smp, pred in chunk]
 
     # pipeline: the next chunk's payload is built while Label Studio imports the ones in flight
     # (labeling.push_concurrency imports at once; more than one pays with a server of several workers)
@@ -522,10 +514,7 @@ def push_queue(
         chunk, sent, future = in_flight.popleft()
         record(chunk, sent, future.result())  # raises LabelStudioUnavailable
 
-    # the payloads are built by a few threads: resizing and PNG encoding release the GIL, so they overlap
-    # with each other and with Label Studio's imports
-    builders = ThreadPoolExecutor(max_workers=BUILD_THREADS, thread_name_prefix="ls-build")
-    with builders, ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ls-import") as pool:
         try:
             for chunk in chunks:
                 payload = build(chunk)
