@@ -79,26 +79,36 @@ def image_url(store: ImageStore, rel: str, document_root: Path) -> str:
     return "/data/local-files/?d=" + quote(inside.as_posix(), safe="/")
 
 
-def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, width: int) -> np.ndarray | None:
+def preannotation_mask(store: ImageStore, pred: Prediction | None, height: int, width: int, *,
+                       regions: bool = False) -> np.ndarray | None:
     """The brush pre-annotation at the image's native size (``height`` x ``width``), or None.
 
     Scoring writes the model-size lesion probability (``arrays/prob/<version>/<uid>.npy``, beside the
     pixel-uncertainty map): it is resized bilinearly to the native size, then thresholded at 0.5, so
     the mask follows the lesion boundary instead of the blocks of an upscaled model-size mask. The
     predicted mask decides whether there is a lesion at all (scoring empties it when the predicted
-    class has none): an empty predicted mask gives no brush region. A prediction without a
-    probability map (scored before the maps were written) falls back to its mask, nearest-resized. A
-    multi-region prediction (``data.regions``) gives each lesion pixel its region (nearest)."""
-    if pred is None or not pred.mask_path or not store.path(pred.mask_path).exists():
+    class has none): an empty predicted mask gives no brush region. Its ``lesion_fraction``, which
+    scoring records, says so without reading the mask (a push builds one payload per task). A
+    prediction without a probability map (scored before the maps were written) falls back to its mask,
+    nearest-resized. A multi-region prediction (``regions``: ``data.regions``) gives each lesion pixel its
+    region (nearest)."""
+    if pred is None or not pred.mask_path:
+        return None
+    ppath = prob_map_path(pred.umap_path) if pred.umap_path else None
+    known = pred.lesion_fraction is not None and math.isfinite(pred.lesion_fraction)
+    if known and not regions and ppath is not None:
+        if pred.lesion_fraction == 0.0:
+            return None
+        if store.path(ppath).exists():
+            return prob_mask(store.load_array(ppath), (height, width))
+    if not store.path(pred.mask_path).exists():
         return None
     labels = store.load_label_map(pred.mask_path)
     if not labels.any():
         return None
     native = None
-    if pred.umap_path:
-        ppath = prob_map_path(pred.umap_path)
-        if store.path(ppath).exists():
-            native = prob_mask(store.load_array(ppath), (height, width))
+    if ppath is not None and store.path(ppath).exists():
+        native = prob_mask(store.load_array(ppath), (height, width))
     if native is None:
         return mask_at(labels, (height, width))
     if int(labels.max()) > 1:  # a multi-region label map (data.regions): each lesion pixel keeps its region
@@ -253,7 +263,7 @@ class TaskView:
 def image_view(campaign: Campaign, store: ImageStore, pred: Prediction | None, sample: Sample) -> TaskView:
     """A 2D image's task: the stored native image, its uncertainty image, the native-size pre-annotation."""
     return TaskView(sample.image_path, uncertainty_image(campaign, store, pred, sample),
-                    preannotation_mask(store, pred, sample.height, sample.width))
+                    preannotation_mask(store, pred, sample.height, sample.width, regions=bool(campaign.data.regions)))
 
 
 def _volume_maps(store: ImageStore, pred: Prediction | None,

@@ -81,7 +81,8 @@ def build_queue(campaign, n: int, *, size: int = 64, round_id: int = 1, audit_ev
                 pc = i % len(classes)
                 s.add(Prediction(round_id=round_id, sample_id=smp.id, model_version=f"round-{round_id}",
                                  probs=[0.2, 0.5, 0.3], pred_class=pc, confidence=0.5, std=0.1, entropy=1.0,
-                                 mutual_info=0.2, seg_uncertainty=0.3, mask_path=mp, umap_path=umap_rel))
+                                 mutual_info=0.2, seg_uncertainty=0.3, mask_path=mp, umap_path=umap_rel,
+                                 lesion_fraction=float((m > 0).mean())))  # as scoring records it
                 q.pred_masks[uid] = m
                 q.pred_class[uid] = classes[pc]
             audit = audit_every > 0 and i % audit_every == 0
