@@ -526,8 +526,8 @@ class TrainingConfig(_Section):
         "selection.min_val_dice (the segmentation gate of pseudo-masks); false: from the first step",
     )
     semi_cls_gate: bool = Field(
-        False, description="the unlabeled class term counts only while the student's validation ECE is at most "
-        "selection.max_ece (the calibration gate of class pseudo-labels), decided after each epoch",
+        True, description="the unlabeled class term counts only while the student's validation ECE is at most "
+        "selection.max_ece (the calibration gate of class pseudo-labels), decided after each epoch; false: always",
     )
 
     @field_validator("strong_augment")

@@ -259,9 +259,9 @@ def test_semi_seg_gate_takes_the_campaigns_segmentation_gate(toy_pool):
     assert LoopSettings.from_campaign(campaign).semi.min_val_dice == campaign.selection.min_val_dice == 0.5
     off = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_seg_gate": False})})
     assert LoopSettings.from_campaign(off).semi.min_val_dice == 0.0
-    assert LoopSettings.from_campaign(campaign).semi.max_val_ece is None  # semi_cls_gate is off by default
-    on = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_cls_gate": True})})
-    assert LoopSettings.from_campaign(on).semi.max_val_ece == campaign.selection.max_ece
+    assert LoopSettings.from_campaign(campaign).semi.max_val_ece == campaign.selection.max_ece  # on by default
+    no = campaign.model_copy(update={"training": campaign.training.model_copy(update={"semi_cls_gate": False})})
+    assert LoopSettings.from_campaign(no).semi.max_val_ece is None
 
 
 def test_plain_loop_opens_the_gate_from_each_epochs_validation(toy_pool):
