@@ -16,12 +16,12 @@ Arms (``--arms``, comma list):
 * ``hybrid``: hybrid acquisition (class + segmentation uncertainty), no pseudo-label;
 * ``hybrid_ups``: hybrid acquisition + UPS pseudo-labels (the product's default policy, gates included);
 * ``hybrid_ups_semi``: the same + ``[training] semi = "fixmatch"`` (its settings as recorded in the result
-  files, so finished campaigns resume; the results of 2026-11-23 to 25 predate ``semi_seg_gate``: they ran
-  with the pixel term from the first step);
-* ``hybrid_ups_semi_gate``: the same with ``semi_seg_gate = true`` (the default since 2026-11-25): the pixel
-  term only while the student's validation Dice passes the segmentation gate;
+  files, so finished campaigns resume; the results of 2026-11-23 to 25 predate both gates, ``semi_seg_gate``
+  and ``semi_cls_gate``, on by default since 2026-11-25: they ran with the unlabeled terms from the first step);
+* ``hybrid_ups_semi_gate``: the same with ``semi_seg_gate = true``: the pixel term only while the student's
+  validation Dice passes the segmentation gate (its seed-1 rounds ran with the class gate off, then the default);
 * ``hybrid_ups_semi_gates``: the same + ``semi_cls_gate = true``: the class term only while the student's
-  validation ECE passes the calibration gate;
+  validation ECE passes the calibration gate (both gates: the product's semi-supervised defaults);
 * ``hybrid_ups_align``: ``hybrid_ups`` with ``selection.distribution_alignment = true`` (class pseudo-labels
   decided on the pool's probabilities aligned to the human class ratio);
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);

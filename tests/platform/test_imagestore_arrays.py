@@ -75,7 +75,7 @@ def test_read_fd_stops_at_the_size_and_reads_a_sizeless_file_to_its_end(tmp_path
 
 
 def test_threads_writing_the_same_file_each_rename_a_whole_file_of_their_own(tmp_path: Path) -> None:
-    """The push builds payloads in threads, and every task without a map points at one placeholder image: the
+    """Every pushed task without a map points at one placeholder image, and ingest writes from a thread: the
     store's atomic write uses a temporary name per process and thread, so concurrent writers of one path never
     rename each other's temporary (FileNotFoundError) or leave half a file."""
     from concurrent.futures import ThreadPoolExecutor

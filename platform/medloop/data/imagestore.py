@@ -170,8 +170,8 @@ def write_file(path: str, data: bytes) -> None:
 def _atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary name beside ``path``, then rename it over ``path`` (a crash never leaves
     half a file under the real name). Plain strings and ``os`` calls: ingest writes two files per case. The
-    temporary name is the process's and thread's own: threads writing the same file (the push's builders, one
-    placeholder image) each rename a whole file of their own."""
+    temporary name is the process's and thread's own, so threads writing the same file (ingest's writer thread
+    beside the caller, or two pushes' placeholder image) each rename a whole file of their own."""
     target = os.fspath(path)
     folder, name = os.path.split(target)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
