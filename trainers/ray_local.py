@@ -70,6 +70,21 @@ def ensure_ray(campaign: Campaign | None = None) -> None:
     start_local_ray()
 
 
+def threads_per_actor(actors: int, configured: int | None = None) -> int:
+    """Torch threads for each of ``actors`` CPU actors: ``configured`` when set (``compute.score_threads``),
+    else the Ray cluster's CPUs shared evenly (at least 1).
+
+    Ray starts an actor that reserves one CPU with ``OMP_NUM_THREADS=1``, so torch inside it computes on one
+    core however many the machine has (on 2 cores, pool scoring ran at half speed). The scoring and
+    predicting actors reserve one CPU each, so that Ray Data's decode tasks can still be scheduled beside
+    them, and set this many threads themselves."""
+    if configured is not None:
+        return int(configured)
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, actors))
+
+
 def start_local_ray(base: Path | None = None, *, num_cpus: int | None = None) -> Path:
     """Reap the leftovers of dead owners under ``base``, then start a local Ray on 127.0.0.1 in a new
     folder there; returns that folder. Ray's logs go to the driver as usual (``log_to_driver``)."""

@@ -3,7 +3,8 @@
 ``score_samples`` finds the samples of the given splits not yet scored by ``model_version``
 (incremental), builds ``ray.data.from_items`` of their ids and image paths, decodes them in
 ``map_batches`` tasks, scores them in ``map_batches`` over :class:`Scorer` actors
-(``concurrency = compute.score_actors``, one GPU each when ``compute.use_gpu``), and writes:
+(``concurrency = compute.score_actors``, one GPU each when ``compute.use_gpu``; on CPU each reserves one CPU
+and computes with the cluster's CPUs / actors torch threads, :func:`threads_per_actor`), and writes:
 
 * per image into the image store: the predicted mask ``masks/pred/<model_version>/<uid>.png`` and the
   pixel-uncertainty map ``arrays/umap/<model_version>/<uid>.npy`` and the lesion-probability map
@@ -32,6 +33,8 @@ from medloop.ledger.store import Ledger
 from .dataset import model_image, model_volume, to_model_input, volume_channels
 from .plain import memory_format, no_lesion_index
 
+#: Scorer options that are the actor's, not :func:`score_arrays`'s
+ACTOR_OPTIONS = ("use_gpu", "threads")
 SCORE_COLUMNS = (
     "confidence", "std", "entropy", "mutual_info", "vacuity", "margin",
     "seg_uncertainty", "seg_uncertainty_image", "lesion_fraction",
@@ -79,13 +82,17 @@ class Scorer:
             # Module.to takes memory_format at runtime; torch's overloads do not list it
             fmt = memory_format(5 if self.meta.get("volume_size") else 4)
             self.model = self.model.to(memory_format=fmt)  # type: ignore[call-overload]
+        if self.device.type == "cpu" and options.get("threads"):
+            torch.set_num_threads(int(options["threads"]))  # Ray starts a one-CPU actor with one thread
         self.store = ImageStore(store_root)
         self.version = model_version
         self.options = options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return score_arrays(self.model, self.meta, batch, store=self.store, model_version=self.version,
-                            device=self.device, **{k: v for k, v in self.options.items() if k != "use_gpu"})
+        out = score_arrays(self.model, self.meta, batch, store=self.store, model_version=self.version,
+                           device=self.device, **{k: v for k, v in self.options.items() if k not in ACTOR_OPTIONS})
+        out["threads"] = np.full(len(out["sample_id"]), torch.get_num_threads(), np.int64)
+        return out
 
 
 def score_arrays(
@@ -218,9 +225,11 @@ def score_samples(
 
     import ray.data
 
+    from .ray_local import threads_per_actor
     from .train import ensure_ray
 
     ensure_ray(campaign)
+    options["threads"] = threads_per_actor(c.score_actors, c.score_threads)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds: ray.data.Dataset = ray.data.from_items(items)
@@ -240,7 +249,14 @@ def score_samples(
     for batch in ds.iter_batches(batch_size=c.score_batch_size, batch_format="numpy"):
         report.written += write_predictions(ledger, prediction_rows(batch, round_id, model_version), model_version)
         report.batches += 1
+        _note_threads(report, batch)
     return report
+
+
+def _note_threads(report: ScoreReport, batch: dict[str, np.ndarray]) -> None:
+    """Record in the report the torch threads the scoring actors computed with (the most any batch saw)."""
+    if "threads" in batch and len(batch["threads"]):
+        report.extra["torch_threads"] = max(int(report.extra.get("torch_threads", 0)), int(np.max(batch["threads"])))
 
 
 def _score_local(
@@ -256,4 +272,5 @@ def _score_local(
         report.written += write_predictions(ledger, prediction_rows(out, report.round_id, report.model_version),
                                             report.model_version)
         report.batches += 1
+        _note_threads(report, out)
     return report

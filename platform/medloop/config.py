@@ -479,6 +479,10 @@ class ComputeConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model")
     score_batch_size: int = Field(32, ge=1, description="batch size for pool scoring")
     score_actors: int = Field(1, ge=1, description="Ray Data actors for pool scoring")
+    score_threads: int | None = Field(
+        None, ge=1,
+        description="torch threads of each CPU scoring actor (default: the cluster's CPUs / score_actors)",
+    )
     seed: int = Field(0, description="training seed")
 
     @field_validator("augment")

@@ -3,7 +3,8 @@ through Ray Data for large folders.
 
 ``ray.data.from_items`` of the input paths -> ``map_batches`` over :class:`Predictor` actors (a fixed pool
 of ``compute.score_actors``, ``ray.data.ActorPoolStrategy``; one GPU each when ``compute.use_gpu`` and a
-GPU is present), each loading the checkpoint once. An actor reads its batch with predict's rules, runs
+GPU is present, else one CPU each computing with the cluster's CPUs / actors torch threads), each loading the
+checkpoint once. An actor reads its batch with predict's rules, runs
 :func:`medloop.trainers.inference.predict_images` with the same :class:`Settings`, and returns per file the
 ``predictions.csv`` row, the mask (and overlay) as PNG bytes, the notes, or the reason it could not be
 used. The driver writes everything into the staged output folder (so the workers need to reach the
@@ -41,10 +42,15 @@ class Predictor:
     """Ray Data actor: loads the checkpoint once; reads, predicts and PNG-encodes batches of files."""
 
     def __init__(self, checkpoint: str, model_args: ModelArgs, settings: Settings,
-                 window: tuple[float, float] | None, overlays: bool, use_gpu: bool) -> None:
+                 window: tuple[float, float] | None, overlays: bool, use_gpu: bool, threads: int) -> None:
+        import torch
+
         from medloop.trainers.inference import load_inference_model, pick_device
 
-        self.im = load_inference_model(checkpoint, device=pick_device(use_gpu), **model_args)
+        device = pick_device(use_gpu)
+        if device.type == "cpu":
+            torch.set_num_threads(threads)  # Ray starts a one-CPU actor with one thread
+        self.im = load_inference_model(checkpoint, device=device, **model_args)
         self.settings, self.window, self.overlays = settings, window, overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,7 +104,7 @@ def predict_files_ray(
     import ray.data
 
     from medloop.predict import csv_header
-    from medloop.trainers.ray_local import ensure_ray
+    from medloop.trainers.ray_local import ensure_ray, threads_per_actor
 
     ensure_ray(campaign)
     ctx = ray.data.DataContext.get_current()
@@ -108,7 +114,8 @@ def predict_files_ray(
     ds = ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"checkpoint": checkpoint, "model_args": model_args, "settings": settings,
-                               "window": window, "overlays": overlays, "use_gpu": use_gpu},
+                               "window": window, "overlays": overlays, "use_gpu": use_gpu,
+                               "threads": threads_per_actor(actors, campaign.compute.score_threads)},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -55,6 +55,21 @@ def test_scores_written_to_ledger_and_store(setup):
         assert r.embedding is not None and len(r.embedding) % 4 == 0
 
 
+def test_scoring_actor_computes_on_every_cpu_of_the_cluster(setup):
+    """Ray starts a one-CPU actor with OMP_NUM_THREADS=1; the scorer sets the cluster's CPUs / actors torch
+    threads itself (2 here: before, pool scoring ran on one of the 2 cores) and the report says so."""
+    campaign, ledger, _, ckpt = setup
+    report = score_samples(campaign, ledger, round_id=3, checkpoint_path=ckpt, model_version="round-3-threads")
+    assert report.written == 10
+    assert report.extra["torch_threads"] == 2
+    two = campaign.model_copy(update={"compute": campaign.compute.model_copy(update={"score_actors": 2})})
+    shared = score_samples(two, ledger, round_id=3, checkpoint_path=ckpt, model_version="round-3-two-actors")
+    assert shared.written == 10 and shared.extra["torch_threads"] == 1
+    one = campaign.model_copy(update={"compute": campaign.compute.model_copy(update={"score_threads": 1})})
+    assert score_samples(one, ledger, round_id=3, checkpoint_path=ckpt,
+                         model_version="round-3-one-thread").extra["torch_threads"] == 1
+
+
 def test_incremental_rescoring_skips_done(setup):
     campaign, ledger, ids, ckpt = setup
     score_samples(campaign, ledger, round_id=1, checkpoint_path=ckpt, model_version="round-1")
