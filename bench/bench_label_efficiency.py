@@ -306,7 +306,8 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     }
     # bench/results/label_efficiency_busi.json; a results folder of another name adds that name
     tag = "" if Path(res_dir).name.startswith(BENCH) else f"_{Path(res_dir).name}"
-    out_json = Path(res_dir).parent / f"label_efficiency_{dataset}{tag}.json"
+    out_json = (Path(args.summary_out) if getattr(args, "summary_out", None)
+                else Path(res_dir).parent / f"label_efficiency_{dataset}{tag}.json")
     R.write_json_atomic(out_json, payload)
     png = out_json.with_suffix(".png")
     try:
@@ -335,6 +336,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-results", default=None,
                     help="with --summarise: read the full arm's result files from this folder instead of --results "
                          "(its campaigns must have the same effective settings; their files say which)")
+    ap.add_argument("--summary-out", default=None,
+                    help="with --summarise: write the summary JSON (and the .png beside it) here instead of "
+                         "label_efficiency_<dataset>[_<results folder>].json beside the results folder")
     return ap
 
 

@@ -138,6 +138,10 @@ def test_summary_labels_to_95_and_gain(tmp_path: Path, le) -> None:
     assert arms["hybrid"]["dice"] == pytest.approx([0.50, 0.665, 0.69])
     assert arms["hybrid"]["dice_std"] == pytest.approx([0.0, 0.0, 0.01])
     # 10 % of 500 = 50 labels -> round 1 of both; per seed gains 0.10 and 0.02
+    elsewhere = tmp_path / "current" / "summary.json"
+    le.summarise(le.parser().parse_args(["--results", str(res), "--summarise", "--summary-out", str(elsewhere)]))
+    assert json.loads(elsewhere.read_text())["labels_to_95"] == out["labels_to_95"]
+    assert elsewhere.with_suffix(".png").exists()
     g10 = out["gain_at"]["10%"]
     assert g10["hybrid"]["round"] == 1 and g10["hybrid_ups_semi"]["round"] == 1
     assert g10["dice_gain"] == pytest.approx(0.06) and g10["dice_gain_std"] == pytest.approx(0.04)
