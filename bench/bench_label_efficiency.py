@@ -301,6 +301,9 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
         "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
         "gain_at": gain_at(summary, full),
         "gain_at_by_arm": {arm: gain_at(summary, full, a=arm) for arm in summary if arm.startswith("hybrid_ups_semi")},
+        # the same against random acquisition (the other supervised-only arm; the better one is the baseline)
+        "gain_over_random_by_arm": {arm: gain_at(summary, full, a=arm, b="random") for arm in summary
+                                    if arm.startswith("hybrid_ups")},
         "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
                                for p in paths),
     }

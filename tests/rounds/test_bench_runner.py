@@ -118,6 +118,7 @@ def test_summary_labels_to_95_and_gain(tmp_path: Path, le) -> None:
         "hybrid-s1": _file("hybrid", 1, [(50, 0.50, 0.60), (100, 0.665, 0.75), (150, 0.68, 0.78)]),
         "hybrid_ups_semi-s0": _file("hybrid_ups_semi", 0, [(50, 0.60, 0.60), (100, 0.70, 0.75), (150, 0.70, 0.8)]),
         "hybrid_ups_semi-s1": _file("hybrid_ups_semi", 1, [(50, 0.52, 0.60), (100, 0.70, 0.75), (150, 0.70, 0.8)]),
+        "random-s0": _file("random", 0, [(50, 0.50, 0.60), (100, 0.60, 0.70)]),
     }
     for name, f in files.items():
         (res / f"{name}.json").write_text(json.dumps(f))
@@ -147,6 +148,10 @@ def test_summary_labels_to_95_and_gain(tmp_path: Path, le) -> None:
     assert g10["dice_gain"] == pytest.approx(0.06) and g10["dice_gain_std"] == pytest.approx(0.04)
     # 20 % = 100 labels -> round 2: 0.70 - 0.665
     assert out["gain_at"]["20%"]["dice_gain"] == pytest.approx(0.035)
+    # against random (seed 0 only, the seed both arms have): 0.60 - 0.50 at 50 labels, 0.70 - 0.60 at 100
+    over_random = out["gain_over_random_by_arm"]["hybrid_ups_semi"]
+    assert over_random["10%"]["per_seed"] == {"0": pytest.approx(0.10)}
+    assert over_random["20%"]["dice_gain"] == pytest.approx(0.10)
 
 
 def test_summary_takes_the_reference_from_another_folder(tmp_path: Path, le) -> None:
