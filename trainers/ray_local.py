@@ -75,9 +75,9 @@ def threads_per_actor(actors: int, configured: int | None = None) -> int:
     else the Ray cluster's CPUs shared evenly (at least 1).
 
     Ray starts an actor that reserves one CPU with ``OMP_NUM_THREADS=1``, so torch inside it computes on one
-    core however many the machine has (on 2 cores, pool scoring ran at half speed). The scoring and
-    predicting actors reserve one CPU each, so that Ray Data's decode tasks can still be scheduled beside
-    them, and set this many threads themselves."""
+    core however many the machine has (on 2 cores, pool scoring ran at 0.6x). The scoring and predicting
+    actors keep their one-CPU reservation, so that other Ray tasks can still be scheduled beside them, and
+    set this many threads themselves."""
     if configured is not None:
         return int(configured)
     import ray
