@@ -309,7 +309,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     }
     # bench/results/label_efficiency_busi.json; a results folder of another name adds that name
     tag = "" if Path(res_dir).name.startswith(BENCH) else f"_{Path(res_dir).name}"
-    out_json = (Path(args.summary_out) if getattr(args, "summary_out", None)
+    out_json = (Path(args.summary_out) if args.summary_out
                 else Path(res_dir).parent / f"label_efficiency_{dataset}{tag}.json")
     R.write_json_atomic(out_json, payload)
     png = out_json.with_suffix(".png")

@@ -70,6 +70,14 @@ def ensure_ray(campaign: Campaign | None = None) -> None:
     start_local_ray()
 
 
+def cpus_per_worker(configured: int | None, cluster_cpus: float, workers: int) -> int:
+    """CPUs (and torch threads) per Ray worker or actor: the configured number, else the cluster's
+    CPUs shared evenly between the workers (at least 1)."""
+    if configured is not None:
+        return int(configured)
+    return max(1, int(cluster_cpus) // max(1, workers))
+
+
 def threads_per_actor(actors: int, configured: int | None = None) -> int:
     """Torch threads for each of ``actors`` CPU actors: ``configured`` when set (``compute.score_threads``),
     else the Ray cluster's CPUs shared evenly (at least 1).
@@ -82,7 +90,7 @@ def threads_per_actor(actors: int, configured: int | None = None) -> int:
         return int(configured)
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, actors))
+    return cpus_per_worker(None, ray.cluster_resources().get("CPU", 1), actors)
 
 
 def start_local_ray(base: Path | None = None, *, num_cpus: int | None = None) -> Path:

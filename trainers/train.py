@@ -47,7 +47,7 @@ from .plain import (
     train_plain,
     validation_metrics,
 )
-from .ray_local import ensure_ray
+from .ray_local import cpus_per_worker, ensure_ray
 from .windowed import windowed
 
 
@@ -130,14 +130,6 @@ def initial_state(config: dict[str, Any], checkpoint_dir: str | None) -> dict[st
     weights = scratch_weights(settings) if settings is not None else None
     return {"weights": weights, "meta": {}, "train_state": {}, "source": "scratch" if weights is None else
             "weights_file", "global_step": 0}
-
-
-def cpus_per_worker(configured: int | None, cluster_cpus: float, workers: int) -> int:
-    """CPUs (and torch threads) per Ray Train worker: the configured number, else the cluster's
-    CPUs shared evenly between the workers (at least 1)."""
-    if configured is not None:
-        return int(configured)
-    return max(1, int(cluster_cpus) // max(1, workers))
 
 
 def _gather(pred: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
