@@ -25,6 +25,8 @@ Arms (``--arms``, comma list):
 * ``hybrid_ups_align``: ``hybrid_ups`` with ``selection.distribution_alignment = true`` (class pseudo-labels
   decided on the pool's probabilities aligned to the human class ratio);
 * ``hybrid_ups_mt``: the same with ``[training] semi = "mean_teacher"`` (the other semi-supervised variant);
+* ``random_ups``, ``random_ups_semi_gates``: ``hybrid_ups`` and ``hybrid_ups_semi_gates`` with random
+  acquisition (random beat hybrid on test Dice without pseudo-labels, so it is the best acquisition by Dice);
 * ``hybrid_last_decoder``: ``hybrid`` with ``model.dropout_placement = ["last_decoder", "classifier"]``
   (cheap MC sampling: does the acquisition still pick as well?);
 * ``entropy``, ``seg_uncertainty``: other acquisitions, no pseudo-label;
@@ -75,6 +77,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid_ups_semi_gates": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                               "training": {"semi": "fixmatch", "semi_seg_gate": True, "semi_cls_gate": True}},
     "hybrid_ups_mt": {"selection": {"acquisition": "hybrid", "policy": "ups"}, "training": {"semi": "mean_teacher"}},
+    "random_ups": {"selection": {"acquisition": "random", "policy": "ups"}},
+    "random_ups_semi_gates": {"selection": {"acquisition": "random", "policy": "ups"},
+                              "training": {"semi": "fixmatch", "semi_seg_gate": True, "semi_cls_gate": True}},
     "hybrid_ups_semi_da": {"selection": {"acquisition": "hybrid", "policy": "ups"},
                            "training": {"semi": "fixmatch", "distribution_alignment": True}},
     "hybrid_ups_align": {"selection": {"acquisition": "hybrid", "policy": "ups", "distribution_alignment": True}},
@@ -300,10 +305,10 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                  for arm, rounds in summary.items()],
         "labels_to_95": {arm: labels_to_95(rounds, full) for arm, rounds in summary.items()},
         "gain_at": gain_at(summary, full),
-        "gain_at_by_arm": {arm: gain_at(summary, full, a=arm) for arm in summary if arm.startswith("hybrid_ups_semi")},
+        "gain_at_by_arm": {arm: gain_at(summary, full, a=arm) for arm in summary if "_ups_semi" in arm},
         # the same against random acquisition (the other supervised-only arm; the better one is the baseline)
         "gain_over_random_by_arm": {arm: gain_at(summary, full, a=arm, b="random") for arm in summary
-                                    if arm.startswith("hybrid_ups")},
+                                    if "_ups" in arm},
         "result_files": sorted(str(p.relative_to(R.ROOT)) if p.is_relative_to(R.ROOT) else str(p)
                                for p in paths),
     }
