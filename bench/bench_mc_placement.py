@@ -17,11 +17,16 @@ sampler, T = ``--passes``):
 * ``seg_auroc_error``: AUROC of the lesion uncertainty (``seg_uncertainty``) for lesion cases whose
   predicted mask has Dice < 0.5; test accuracy and lesion Dice of the mean prediction.
 
-``default``: the cheapest placement whose pseudo-label precision is within 0.02 of the best and whose
-AUROC is within 0.05 of the best, among those at <= 2.5x one pass (else the current default).
-Each placement's result is written to ``--work/<placement>.json`` when it is done, so a run resumes.
+``--seeds 0,1``: one split and one training per seed and placement; the summary per placement is the mean
+over seeds of the cost, AUROC, ECE, accuracy and Dice, and the pooled pseudo-label precision (correct accepted
+cases over accepted cases, all seeds together: one error among a few dozen accepted cases moves a single seed's
+precision by 0.03).
 
-    .venv/bin/python bench/bench_mc_placement.py                      # 128 px, width 16, 30 epochs
+``default``: the cheapest placement whose pooled pseudo-label precision is within 0.02 of the best and whose
+mean AUROC is within 0.05 of the best, among those at <= 2.5x one pass (else the current default).
+Each placement's result is written to ``--work/<placement>-...-s<seed>.json`` when it is done, so a run resumes.
+
+    .venv/bin/python bench/bench_mc_placement.py --seeds 0,1          # 128 px, width 16, 30 epochs
     .venv/bin/python bench/bench_mc_placement.py --size 64 --width 8 --epochs 2   # smoke test only
 
 Writes bench/results/mc_placement.json and mc_placement.md.
@@ -113,6 +118,26 @@ def quality(scores: dict[str, np.ndarray], labels: np.ndarray, masks: np.ndarray
     }
 
 
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(statistics.fmean(kept), 3) if kept else None
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One placement's per-seed rows -> means over seeds, and the precision pooled over every accepted case."""
+    accepted = sum(r["pseudo_accepted"] for r in rows)
+    correct = sum(round(r["pseudo_precision"] * r["pseudo_accepted"]) for r in rows
+                  if r["pseudo_precision"] is not None)
+    out: dict[str, Any] = {"placement": rows[0]["placement"], "seeds": [r.get("seed", 0) for r in rows],
+                           "pseudo_accepted": accepted, "pseudo_correct": correct,
+                           "pseudo_precision": round(correct / accepted, 3) if accepted else None,
+                           "errors": sum(r["errors"] for r in rows), "test_cases": sum(r["test_cases"] for r in rows)}
+    for k in ("cpu_cost_vs_one_pass", "auroc_error", "ece", "seg_auroc_error", "accuracy", "dice",
+              "mc_images_per_s", "one_pass_images_per_s"):
+        out[k] = _mean([r.get(k) for r in rows])
+    return out
+
+
 def choose_default(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if r["cpu_cost_vs_one_pass"] <= 2.5 and r["pseudo_precision"] is not None]
     if not ok:
@@ -133,7 +158,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma list of split and training seeds")
     ap.add_argument("--placements", nargs="+", default=list(PLACEMENTS), choices=list(PLACEMENTS))
     ap.add_argument("--work", type=Path, default=C.ROOT / "bench" / "out" / "mc_placement")
     ap.add_argument("--out-dir", type=Path, default=C.RESULTS)
@@ -145,46 +170,61 @@ def main() -> None:
     sel = SelectionConfig()
     data = C.load_data(args, args.size)
     groups = near_duplicate_groups([im[0] for im in data.images], DataConfig().duplicate_threshold)
-    sp = C.split(data.labels, args.seed, groups=groups)
+    seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.placements:
-        part = args.work / f"{name}-{args.dataset}-{args.size}px-w{args.width}-e{args.epochs}-s{args.seed}.json"
-        if part.exists():
-            rows.append(json.loads(part.read_text()))
-            print(f"{name}: kept {part}", file=sys.stderr)
-            continue
-        settings = C.loop_settings("mtunet", size=args.size, width=args.width, epochs=args.epochs, seed=args.seed,
-                                   dropout_placement=PLACEMENTS[name])
-        model, info = C.train(settings, C.arrays(data, sp["train"]), C.arrays(data, sp["val"]))
-        test = sp["test"]
-        scores = score(model, data.images[test], args.passes, args.batch)
-        row = {"placement": name, "dropout_placement": list(PLACEMENTS[name]),
-               **cost(model, data.images[test[:args.batch]], args.passes, args.repeats),
-               **quality(scores, data.labels[test], data.masks[test], sel.tau_c, sel.tau_u),
-               "test_cases": int(len(test)), "train": info}
-        part.write_text(json.dumps(row, indent=2, default=C.json_default))
-        rows.append(row)
-        print(f"{name}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}", file=sys.stderr)
-    default = choose_default(rows)
+    sizes = {}
+    for seed in seeds:
+        sp = C.split(data.labels, seed, groups=groups)
+        sizes[seed] = (len(sp["train"]), len(sp["val"]), len(sp["test"]))
+        for name in args.placements:
+            part = args.work / f"{name}-{args.dataset}-{args.size}px-w{args.width}-e{args.epochs}-s{seed}.json"
+            if part.exists():
+                rows.append({"seed": seed, **json.loads(part.read_text())})
+                print(f"{name} seed {seed}: kept {part}", file=sys.stderr)
+                continue
+            settings = C.loop_settings("mtunet", size=args.size, width=args.width, epochs=args.epochs, seed=seed,
+                                       dropout_placement=PLACEMENTS[name])
+            model, info = C.train(settings, C.arrays(data, sp["train"]), C.arrays(data, sp["val"]))
+            test = sp["test"]
+            scores = score(model, data.images[test], args.passes, args.batch)
+            row = {"placement": name, "seed": seed, "dropout_placement": list(PLACEMENTS[name]),
+                   **cost(model, data.images[test[:args.batch]], args.passes, args.repeats),
+                   **quality(scores, data.labels[test], data.masks[test], sel.tau_c, sel.tau_u),
+                   "test_cases": int(len(test)), "train": info}
+            part.write_text(json.dumps(row, indent=2, default=C.json_default))
+            rows.append(row)
+            print(f"{name} seed {seed}: {json.dumps({k: v for k, v in row.items() if k != 'train'})}",
+                  file=sys.stderr)
+    summary = [over_seeds([r for r in rows if r["placement"] == name]) for name in args.placements]
+    default = choose_default(summary)
     table = C.md_table(
-        rows, ["placement", "cpu_cost_vs_one_pass", "mc_images_per_s", "auroc_error", "errors", "ece",
+        summary, ["placement", "cpu_cost_vs_one_pass", "mc_images_per_s", "auroc_error", "errors", "ece",
                "pseudo_precision", "pseudo_accepted", "seg_auroc_error", "accuracy", "dice"],
         ["placement", "T passes / one pass (CPU)", "images/s (T passes)", "AUROC (errors)", "errors", "ECE",
-         "pseudo-label precision", "accepted", "seg AUROC (Dice < 0.5)", "accuracy", "Dice"])
+         "pseudo-label precision (pooled)", "accepted", "seg AUROC (Dice < 0.5)", "accuracy", "Dice"])
+    per_seed = C.md_table(
+        rows, ["placement", "seed", "cpu_cost_vs_one_pass", "auroc_error", "errors", "ece", "pseudo_precision",
+               "pseudo_accepted", "accuracy", "dice"],
+        ["placement", "seed", "T passes / one pass", "AUROC (errors)", "errors", "ECE", "pseudo-label precision",
+         "accepted", "accuracy", "Dice"])
     setup = (f"{data.name} at {args.size} px, mtunet width {args.width}, {args.epochs} epochs (plain loop, best epoch "
-             f"on validation Dice), duplicate-aware split seed {args.seed} ({len(sp['train'])} / {len(sp['val'])} / "
-             f"{len(sp['test'])}); test split scored with T = {args.passes} (cached sampler); cost on a batch of "
+             f"on validation Dice), duplicate-aware splits, seeds {seeds} (train / val / test "
+             f"{', '.join(f'{a} / {b} / {c}' for a, b, c in sizes.values())}); means over seeds, pseudo-label "
+             f"precision pooled over the seeds' accepted cases; test split scored with T = {args.passes} "
+             f"(cached sampler); cost on a batch of "
              f"{args.batch}, median of {args.repeats}; UPS thresholds tau_c = {sel.tau_c}, tau_u = {sel.tau_u}. "
              f"Chosen default: **{default}** (rule in the script's docstring). GPU: not measured (no GPU here).")
     payload = {"machine": C.machine(), "dataset": args.dataset, "size": args.size, "width": args.width,
-               "epochs": args.epochs, "passes": args.passes, "seed": args.seed,
+               "epochs": args.epochs, "passes": args.passes, "seeds": seeds,
                "placements": {r["placement"]: {k: r.get(k) for k in (
                    "cpu_cost_vs_one_pass", "auroc_error", "ece", "pseudo_precision", "pseudo_accepted",
-                   "seg_auroc_error", "accuracy", "dice", "mc_images_per_s", "one_pass_images_per_s")}
-                   for r in rows},
+                   "pseudo_correct", "seg_auroc_error", "accuracy", "dice", "mc_images_per_s",
+                   "one_pass_images_per_s", "seeds")}
+                   for r in summary},
                "default": default, "rows": rows, "gpu": None}
-    C.write_results("mc_placement", payload, f"# MC-dropout placement: cost and quality\n\n{setup}\n\n{table}\n",
+    C.write_results("mc_placement", payload,
+                    f"# MC-dropout placement: cost and quality\n\n{setup}\n\n{table}\n\nPer seed:\n\n{per_seed}\n",
                     out_dir=args.out_dir)
 
 
