@@ -28,7 +28,8 @@ Arms (``--arms``, comma list):
 * ``random_ups``, ``random_ups_semi_gates``: ``hybrid_ups`` and ``hybrid_ups_semi_gates`` with random
   acquisition (random beat hybrid on test Dice without pseudo-labels, so it is the best acquisition by Dice);
 * ``hybrid_last_decoder``: ``hybrid`` with ``model.dropout_placement = ["last_decoder", "classifier"]``
-  (cheap MC sampling: does the acquisition still pick as well?);
+  (cheap MC sampling: does the acquisition still pick as well?); ``hybrid_ups_last_decoder``: ``hybrid_ups``
+  so (are the pseudo-labels and pseudo-masks, decided on that placement's smaller pixel std, as good?);
 * ``entropy``, ``seg_uncertainty``: other acquisitions, no pseudo-label;
 * ``pl``, ``cpl``, ``ups``: no annotation after the start (budget 0), pseudo-labels by that policy
   (the pseudo-label quality measurement of ``bench_pseudo_labels.py``).
@@ -85,6 +86,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "hybrid_ups_align": {"selection": {"acquisition": "hybrid", "policy": "ups", "distribution_alignment": True}},
     "hybrid_last_decoder": {"selection": {"acquisition": "hybrid", **NO_PSEUDO},
                             "model": {"dropout_placement": ["last_decoder", "classifier"]}},
+    "hybrid_ups_last_decoder": {"selection": {"acquisition": "hybrid", "policy": "ups"},
+                                "model": {"dropout_placement": ["last_decoder", "classifier"]}},
     "entropy": {"selection": {"acquisition": "entropy", **NO_PSEUDO}},
     "seg_uncertainty": {"selection": {"acquisition": "seg_uncertainty", **NO_PSEUDO}},
     "pl": {"selection": {"policy": "pl", "budget": 0, "audit_fraction": 0.0}},
